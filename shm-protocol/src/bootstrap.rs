@@ -1,0 +1,132 @@
+//! Child-side bring-up: attach the inherited segment and say hello.
+//!
+//! The supervisor passes the segment as an inherited file descriptor
+//! (`--shm-fd N`, a memfd) or a path (`--shm-path P`).  [`connect`] then:
+//!
+//! 1. asks the kernel to SIGKILL this process if the supervisor dies
+//!    (`PR_SET_PDEATHSIG`) and checks the parent did not die before that;
+//! 2. attaches the segment, validating its header;
+//! 3. opens a pidfd on the creator so blocked ring calls see its death;
+//! 4. sends [`Up::Hello`] and waits for [`Down::Welcome`].
+
+use crate::control::{Down, ExitCode, Hello, PROTOCOL_VERSION, Role, Up};
+use crate::endpoint::{ChannelError, Endpoint, WaitPolicy};
+use crate::peer::PidFd;
+use crate::segment::{Segment, SegmentError};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Where the child finds its segment.
+#[derive(Debug, Clone)]
+pub enum SegmentSource {
+    /// An inherited descriptor.
+    Fd(RawFd),
+    /// A file path.
+    Path(PathBuf),
+}
+
+/// Bring-up failures, each mapped to an [`ExitCode`].
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// The descriptor is not open.
+    #[error("file descriptor {0} passed with --shm-fd is not open")]
+    BadFd(RawFd),
+    /// The segment could not be attached.
+    #[error("could not attach the shared-memory segment")]
+    Attach(#[source] SegmentError),
+    /// The supervisor is already gone.
+    #[error("the supervisor (pid {0}) is not our parent or already exited")]
+    ParentGone(u32),
+    /// The handshake failed.
+    #[error("handshake with the supervisor failed")]
+    Handshake(#[source] ChannelError),
+    /// The supervisor refused us.
+    #[error("the supervisor rejected the handshake: {0}")]
+    Rejected(String),
+    /// The supervisor answered with something else.
+    #[error("unexpected handshake answer: {0}")]
+    Unexpected(String),
+}
+
+impl BootstrapError {
+    /// The exit code for this failure.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            BootstrapError::BadFd(_) | BootstrapError::Attach(_) => ExitCode::Attach,
+            BootstrapError::ParentGone(_) => ExitCode::SupervisorGone,
+            BootstrapError::Handshake(ChannelError::PeerGone(_)) => ExitCode::SupervisorGone,
+            BootstrapError::Handshake(_)
+            | BootstrapError::Rejected(_)
+            | BootstrapError::Unexpected(_) => ExitCode::Handshake,
+        }
+    }
+}
+
+/// Takes ownership of an inherited descriptor after checking it is open.
+fn take_fd(fd: RawFd) -> Result<OwnedFd, BootstrapError> {
+    // SAFETY: F_GETFD only queries the descriptor table; any integer is a
+    // valid argument (a closed one yields EBADF).
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(BootstrapError::BadFd(fd));
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to this
+    // process by its supervisor for exactly this purpose; bring-up takes
+    // ownership of it once and nothing else in the process refers to it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches the segment and completes the handshake as `role`/`name`.
+pub fn connect(
+    source: &SegmentSource,
+    role: Role,
+    name: &str,
+    policy: WaitPolicy,
+) -> Result<Endpoint, BootstrapError> {
+    // Die with the supervisor even if we are busy and never touch the rings.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    let segment = match source {
+        SegmentSource::Fd(fd) => {
+            let file = std::fs::File::from(take_fd(*fd)?);
+            Segment::attach(file, format!("fd {fd}")).map_err(BootstrapError::Attach)?
+        }
+        SegmentSource::Path(p) => Segment::attach_path(p).map_err(BootstrapError::Attach)?,
+    };
+    let creator = segment.info().creator_pid;
+    let inherited = matches!(source, SegmentSource::Fd(_));
+    if inherited && nix::unistd::getppid().as_raw() as u32 != creator {
+        return Err(BootstrapError::ParentGone(creator));
+    }
+    let pidfd = PidFd::open(creator).map_err(|_| BootstrapError::ParentGone(creator))?;
+    let mut ep = Endpoint::new(segment, Some(pidfd), None, policy);
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        role,
+        pid: std::process::id(),
+        name: name.to_owned(),
+        build: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let deadline = Some(Instant::now() + Duration::from_secs(30));
+    ep.send_msg(&Up::Hello(hello), deadline)
+        .map_err(BootstrapError::Handshake)?;
+    match ep
+        .recv_msg::<Down>(deadline)
+        .map_err(BootstrapError::Handshake)?
+    {
+        Down::Welcome { protocol, .. } if protocol == PROTOCOL_VERSION => Ok(ep),
+        Down::Welcome { protocol, .. } => Err(BootstrapError::Rejected(format!(
+            "supervisor speaks protocol {protocol}"
+        ))),
+        Down::Reject { reason } => Err(BootstrapError::Rejected(reason)),
+        other => Err(BootstrapError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Installs a panic hook that reports the panic and exits with
+/// [`ExitCode::Internal`] (instead of unwinding into half-updated state).
+pub fn install_panic_exit(name: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("{name}: internal error: {info}");
+        ExitCode::Internal.exit();
+    }));
+}

@@ -1,0 +1,116 @@
+//! `serde` + `postcard` encoding of control messages.
+//!
+//! A message travels as one ring frame of kind [`KIND_MESSAGE`] whose payload
+//! is the postcard encoding of the value.  Decoding is strict: malformed bytes,
+//! unknown enum variants and trailing bytes are all a [`CodecError`], never a
+//! panic; length prefixes cannot make the decoder pre-allocate more than
+//! serde's cautious bound.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Frame kind of a postcard-encoded control message.
+pub const KIND_MESSAGE: u32 = 1;
+
+/// Encoding/decoding failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The value could not be encoded.
+    #[error("could not encode message")]
+    Encode(#[source] postcard::Error),
+    /// The bytes are not a valid encoding of the expected type.
+    #[error("malformed message ({len} bytes)")]
+    Decode {
+        /// Length of the rejected payload.
+        len: usize,
+        /// The decoder's complaint.
+        #[source]
+        source: postcard::Error,
+    },
+    /// A valid message followed by unexpected bytes.
+    #[error("message has {extra} trailing bytes")]
+    Trailing {
+        /// Number of bytes left over.
+        extra: usize,
+    },
+}
+
+/// Appends the encoding of `msg` to `out`.
+pub fn encode_into<T: Serialize + ?Sized>(msg: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let buf = std::mem::take(out);
+    *out = postcard::to_extend(msg, buf).map_err(CodecError::Encode)?;
+    Ok(())
+}
+
+/// Encodes `msg` into a new vector.
+pub fn encode<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    postcard::to_stdvec(msg).map_err(CodecError::Encode)
+}
+
+/// Decodes exactly one `T` from `bytes`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(bytes).map_err(|source| CodecError::Decode {
+            len: bytes.len(),
+            source,
+        })?;
+    if !rest.is_empty() {
+        return Err(CodecError::Trailing { extra: rest.len() });
+    }
+    Ok(value)
+}
+
+/// Decodes `bytes` as every control message type (fuzz entry point).
+#[doc(hidden)]
+pub fn fuzz_decode(bytes: &[u8]) {
+    let _ = decode::<crate::control::Down>(bytes);
+    let _ = decode::<crate::control::Up>(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{Down, Hello, Role, Up};
+
+    #[test]
+    fn round_trip() {
+        let m = Up::Hello(Hello {
+            protocol: 1,
+            role: Role::Worker,
+            pid: 42,
+            name: "worker-0".into(),
+            build: "0.1.0".into(),
+        });
+        assert_eq!(decode::<Up>(&encode(&m).unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn malformed_and_trailing_bytes_are_errors() {
+        assert!(matches!(
+            decode::<Down>(&[200]),
+            Err(CodecError::Decode { .. })
+        ));
+        let mut b = encode(&Down::Shutdown).unwrap();
+        b.push(0);
+        assert!(matches!(
+            decode::<Down>(&b),
+            Err(CodecError::Trailing { extra: 1 })
+        ));
+        assert!(matches!(
+            decode::<Down>(&[]),
+            Err(CodecError::Decode { len: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = 0xdead_beef_u64;
+        for _ in 0..100_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = (rng % 24) as usize;
+            let bytes: Vec<u8> = (0..len).map(|i| (rng >> (i * 3 % 56)) as u8).collect();
+            fuzz_decode(&bytes);
+        }
+    }
+}
