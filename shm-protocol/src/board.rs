@@ -642,6 +642,29 @@ mod tests {
     }
 
     #[test]
+    fn random_board_files_never_panic() {
+        let d = dir("fuzz");
+        let good = d.join("good");
+        let mut w = BoardWriter::create(&good, 64).unwrap();
+        w.publish(b"state").unwrap();
+        let base = std::fs::read(&good).unwrap();
+        let mut rng = 0x5eed_u64;
+        for i in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let mut bytes = base.clone();
+            let pos = (rng as usize) % bytes.len();
+            bytes[pos] ^= (rng >> 40) as u8 | 1;
+            if i % 5 == 0 {
+                bytes.truncate((rng >> 20) as usize % base.len());
+            }
+            fuzz_board_reader(&bytes);
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
     fn concurrent_reads_are_never_torn() {
         let d = dir("torn");
         let path = d.join("b");
@@ -670,4 +693,20 @@ mod tests {
         assert!(reader.join().unwrap() > 0);
         std::fs::remove_dir_all(d).unwrap();
     }
+}
+
+/// Opens and reads a board file holding `bytes` (fuzz entry point): must
+/// return an error or a state, never panic or read out of bounds.
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub fn fuzz_board_reader(bytes: &[u8]) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("lockstep-fuzz-board-{}-{n}", std::process::id()));
+    if std::fs::write(&path, bytes).is_ok()
+        && let Ok(r) = BoardReader::open(&path)
+    {
+        let _ = r.read();
+    }
+    let _ = std::fs::remove_file(&path);
 }

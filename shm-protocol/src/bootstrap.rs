@@ -130,3 +130,62 @@ pub fn install_panic_exit(name: &'static str) {
         ExitCode::Internal.exit();
     }));
 }
+
+/// What a child's handler wants after a command.
+#[derive(Debug)]
+pub enum Reply {
+    /// Send this message back.
+    Send(Up),
+    /// Nothing to send.
+    None,
+}
+
+/// Runs a child's command loop until [`Down::Shutdown`] or the supervisor
+/// disappears, and returns the exit code to use.
+///
+/// Pings are answered here; every other command goes to `handle`.  A frame
+/// that does not decode is answered with [`Up::Error`] (the loop goes on); a
+/// corrupt ring ends the loop with [`ExitCode::Protocol`]; a dead, hung or
+/// closed supervisor with [`ExitCode::SupervisorGone`].
+pub fn serve(ep: &mut Endpoint, mut handle: impl FnMut(Down) -> Reply) -> ExitCode {
+    loop {
+        let msg = match ep.recv_msg::<Down>(None) {
+            Ok(m) => m,
+            Err(ChannelError::Codec(e)) => {
+                let msg = Up::Error { message: format!("undecodable command: {e}") };
+                if ep.send_msg(&msg, None).is_err() {
+                    return ExitCode::SupervisorGone;
+                }
+                continue;
+            }
+            Err(ChannelError::UnexpectedKind(k)) => {
+                let msg = Up::Error { message: format!("unexpected frame kind {k}") };
+                if ep.send_msg(&msg, None).is_err() {
+                    return ExitCode::SupervisorGone;
+                }
+                continue;
+            }
+            Err(ChannelError::PeerGone(_)) | Err(ChannelError::Timeout) => {
+                return ExitCode::SupervisorGone;
+            }
+            Err(ChannelError::Ring(_)) => return ExitCode::Protocol,
+        };
+        let reply = match msg {
+            Down::Ping { seq } => Reply::Send(Up::Pong { seq }),
+            Down::Shutdown => {
+                let _ = ep.send_msg(&Up::ShutdownAck, None);
+                ep.close();
+                return ExitCode::Ok;
+            }
+            other => handle(other),
+        };
+        if let Reply::Send(up) = reply
+            && let Err(e) = ep.send_msg(&up, None)
+        {
+            return match e {
+                ChannelError::Ring(_) => ExitCode::Protocol,
+                _ => ExitCode::SupervisorGone,
+            };
+        }
+    }
+}

@@ -1,1 +1,178 @@
-//! placeholder
+//! Helpers for Lockstep's cross-process integration tests.
+//!
+//! * [`Watchdog`] — aborts the test process (after killing its children) if a
+//!   test runs past its deadline, so a hang is a loud failure, never a stuck
+//!   CI job.
+//! * [`ChildGuard`] — kills and reaps a spawned process on drop.
+//! * [`bin`] — finds the workspace's binaries in the target directory.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Aborts the process if not dropped within its timeout.
+#[derive(Debug)]
+pub struct Watchdog {
+    done: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Arms a watchdog for `label`.
+    pub fn new(label: &str, timeout: Duration) -> Self {
+        let (tx, rx) = mpsc::channel::<()>();
+        let label = label.to_owned();
+        let thread = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
+                eprintln!("WATCHDOG: test `{label}` exceeded {timeout:?}; killing children and aborting");
+                // Kill the whole process group's children we may have left.
+                let _ = std::process::Command::new("pkill")
+                    .args(["-KILL", "-P", &std::process::id().to_string()])
+                    .status();
+                std::process::abort();
+            }
+        });
+        Self { done: Some(tx), thread: Some(thread) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Kills and reaps a child process when dropped.
+#[derive(Debug)]
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Takes the child out (it will no longer be killed on drop).
+    pub fn take(mut self) -> Child {
+        self.0.take().expect("child already taken")
+    }
+
+    /// Mutable access.
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child already taken")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Path of a workspace binary, next to the test executable's target
+/// directory (`target/<profile>/<name>`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("deps dir");
+    let profile_dir = if dir.ends_with("deps") { dir.parent().expect("profile dir") } else { dir };
+    let p = profile_dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} not found: run `cargo build --workspace --bins` before the tests (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A fresh temporary directory for one test (removed on drop).
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `$TMPDIR/lockstep-test-<label>-<pid>-<n>`.
+    pub fn new(label: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("lockstep-test-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    /// The path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The frame format of the cross-process stream tests: `seq: u64`,
+/// `checksum: u64` (first 8 bytes of BLAKE3 over the rest), then the body.
+pub mod stream {
+    /// Deterministic body length for frame `seq` of stream `seed`.
+    pub fn body_len(seed: u64, seq: u64, max: usize) -> usize {
+        let x = splitmix(seed ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        // Mostly small frames, sometimes large ones, to exercise wrap-around.
+        if x % 64 == 0 { (x >> 8) as usize % max } else { (x >> 8) as usize % 256 }
+    }
+
+    /// SplitMix64.
+    pub fn splitmix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Fills `out` with frame `seq` (header + body of `len` bytes).
+    pub fn fill(out: &mut [u8], seed: u64, seq: u64) {
+        let body = &mut out[16..];
+        let mut x = splitmix(seed ^ seq);
+        for chunk in body.chunks_mut(8) {
+            x = splitmix(x);
+            let b = x.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        let sum = checksum(&out[16..]);
+        out[..8].copy_from_slice(&seq.to_le_bytes());
+        out[8..16].copy_from_slice(&sum.to_le_bytes());
+    }
+
+    /// Checksum of a body.
+    pub fn checksum(body: &[u8]) -> u64 {
+        let h = blake3::hash(body);
+        u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+    }
+
+    /// Verifies a received frame; returns its sequence number.
+    pub fn verify(frame: &[u8]) -> Result<u64, String> {
+        if frame.len() < 16 {
+            return Err(format!("frame of {} bytes is shorter than its header", frame.len()));
+        }
+        let seq = u64::from_le_bytes(frame[..8].try_into().expect("8"));
+        let sum = u64::from_le_bytes(frame[8..16].try_into().expect("8"));
+        if checksum(&frame[16..]) != sum {
+            return Err(format!("frame {seq}: checksum mismatch (torn or corrupted)"));
+        }
+        Ok(seq)
+    }
+}

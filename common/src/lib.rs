@@ -1,0 +1,76 @@
+//! Pieces shared by the Lockstep binaries.
+//!
+//! * [`init_logging`] — `tracing` to stderr, filtered by `LOCKSTEP_LOG`
+//!   (same syntax as `RUST_LOG`; default `warn`).
+//! * [`ChildArgs`] — the command line the supervisor gives every child, to be
+//!   `#[command(flatten)]`ed into the child's own arguments.
+//! * [`parse_or_exit`] / [`connect_or_exit`] — argument parsing and bring-up
+//!   that end the process with the documented [`ExitCode`] on failure.
+
+pub mod live;
+
+use clap::{Args, Parser};
+use shm_protocol::bootstrap::{self, SegmentSource};
+use shm_protocol::control::{ExitCode, Role};
+use shm_protocol::{Endpoint, WaitPolicy};
+use std::path::PathBuf;
+
+/// Installs the stderr `tracing` subscriber (idempotent).
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// How a child finds its supervisor.
+#[derive(Debug, Clone, Args)]
+pub struct ChildArgs {
+    /// Inherited file descriptor of the shared-memory segment.
+    #[arg(long, conflicts_with = "shm_path", required_unless_present = "shm_path")]
+    pub shm_fd: Option<i32>,
+    /// Path of the shared-memory segment (alternative to --shm-fd).
+    #[arg(long)]
+    pub shm_path: Option<PathBuf>,
+    /// Name given by the supervisor (e.g. worker-0).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+impl ChildArgs {
+    /// The segment source named on the command line.
+    pub fn source(&self) -> SegmentSource {
+        match (&self.shm_fd, &self.shm_path) {
+            (Some(fd), _) => SegmentSource::Fd(*fd),
+            (None, Some(p)) => SegmentSource::Path(p.clone()),
+            // clap enforces one of the two.
+            (None, None) => ExitCode::Usage.exit(),
+        }
+    }
+}
+
+/// Parses the command line; a usage error exits with [`ExitCode::Usage`]
+/// (`--help`/`--version` with [`ExitCode::Ok`]).
+pub fn parse_or_exit<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            if e.use_stderr() { ExitCode::Usage.exit() } else { ExitCode::Ok.exit() }
+        }
+    }
+}
+
+/// Attaches and completes the handshake, or exits with the failure's code.
+pub fn connect_or_exit(args: &ChildArgs, role: Role) -> (Endpoint, String) {
+    let name = args.name.clone().unwrap_or_else(|| role.to_string());
+    match bootstrap::connect(&args.source(), role, &name, WaitPolicy::ADAPTIVE) {
+        Ok(ep) => (ep, name),
+        Err(e) => {
+            tracing::error!(%name, error = %e, "bring-up failed");
+            e.exit_code().exit();
+        }
+    }
+}
