@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Lockstep's build, tests and demo need, idempotently:
+# system packages (apt, when root), the pinned ONNX Runtime library, the
+# WebAssembly agents and the test models.  Safe to run repeatedly.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+need_pkgs=()
+command -v python3 >/dev/null || need_pkgs+=(python3 python3-pip)
+command -v pkill >/dev/null || need_pkgs+=(procps)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
+    else
+        echo "setup: please install: ${need_pkgs[*]}" >&2
+        exit 1
+    fi
+fi
+
+for step in fetch-onnxruntime.sh build-agents.sh gen-models.sh; do
+    if [ -x "scripts/$step" ]; then
+        echo "== setup: $step"
+        "scripts/$step"
+    fi
+done
