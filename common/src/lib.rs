@@ -29,7 +29,11 @@ pub fn init_logging(default: &str) {
 #[derive(Debug, Clone, Args)]
 pub struct ChildArgs {
     /// Inherited file descriptor of the shared-memory segment.
-    #[arg(long, conflicts_with = "shm_path", required_unless_present = "shm_path")]
+    #[arg(
+        long,
+        conflicts_with = "shm_path",
+        required_unless_present = "shm_path"
+    )]
     pub shm_fd: Option<i32>,
     /// Path of the shared-memory segment (alternative to --shm-fd).
     #[arg(long)]
@@ -58,7 +62,11 @@ pub fn parse_or_exit<T: Parser>() -> T {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            if e.use_stderr() { ExitCode::Usage.exit() } else { ExitCode::Ok.exit() }
+            if e.use_stderr() {
+                ExitCode::Usage.exit()
+            } else {
+                ExitCode::Ok.exit()
+            }
         }
     }
 }

@@ -2,35 +2,244 @@
 //! that owns all model execution (ONNX Runtime through `ort`).
 //!
 //! Started by the supervisor with an inherited shared-memory segment
-//! (`--shm-fd`), it attaches, says hello and serves the supervisor's commands
-//! over its ring pair.  Keeping inference in its own process isolates the
+//! (`--shm-fd`), it first loads ONNX Runtime (`--ort-lib`, else
+//! `ORT_DYLIB_PATH`, else `.deps/onnxruntime/` above the executable) and
+//! checks it works, then attaches, says hello and serves
+//! [`Down::Inference`] commands over its ring pair, answering each with one
+//! [`Up::Inference`].  Keeping inference in its own process isolates the
 //! runtime from native-library crashes (an abort inside ONNX Runtime takes
 //! down this process only; the supervisor restarts it).
 //!
-//! The model registry and execution are the inference-host issue's scope;
-//! this binary currently speaks the bring-up protocol (hello, ping, shutdown).
+//! A missing or unusable library, or `--device cuda` without a working CUDA,
+//! ends the process with [`ExitCode::Runtime`] (72) and a message naming the
+//! fix, before the handshake.
 
 use clap::Parser;
 use lockstep_common::ChildArgs;
+use lockstep_inference_host::{
+    DevicePref, HostOptions, InferenceError, ModelRegistry, RssSampler, init_runtime,
+    locate_ort_library,
+};
 use shm_protocol::bootstrap::{self, Reply};
-use shm_protocol::control::{Role, Up};
+use shm_protocol::control::{Down, ExitCode, Role, Up};
+use shm_protocol::inference::{InferenceCommand, InferenceReply, InferenceResult, Tensor};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Command line of the inference host (normally written by the supervisor).
 #[derive(Debug, Parser)]
-#[command(name = "lockstep-inference-host", version, about = "Lockstep inference host process")]
+#[command(
+    name = "lockstep-inference-host",
+    version,
+    about = "Lockstep inference host process"
+)]
 struct Args {
     #[command(flatten)]
     child: ChildArgs,
+    /// The ONNX Runtime shared library (default: $ORT_DYLIB_PATH, else
+    /// .deps/onnxruntime/libonnxruntime.so.1.32.0 above the executable).
+    #[arg(long, value_name = "PATH")]
+    ort_lib: Option<PathBuf>,
+    /// Where models run: `auto` (CUDA if it works, else CPU), `cpu`, `cuda`.
+    #[arg(long, default_value = "auto")]
+    device: DevicePref,
+    /// Intra-op threads per model session (1 keeps results independent of
+    /// the thread count).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    intra_threads: u16,
+}
+
+fn fail(e: &InferenceError) -> ! {
+    eprintln!("lockstep-inference-host: {e}");
+    ExitCode::Runtime.exit()
+}
+
+/// Loads ONNX Runtime and the registry, or exits with [`ExitCode::Runtime`].
+fn start_runtime(args: &Args) -> ModelRegistry {
+    let lib = locate_ort_library(args.ort_lib.as_deref()).unwrap_or_else(|e| fail(&e));
+    let env = init_runtime(&lib).unwrap_or_else(|e| fail(&e));
+    let options = HostOptions {
+        device: args.device,
+        intra_threads: usize::from(args.intra_threads),
+    };
+    let mut registry = ModelRegistry::new(&env, options);
+    registry.self_test().unwrap_or_else(|e| fail(&e));
+    match args.device {
+        DevicePref::Cpu => {}
+        DevicePref::Cuda => registry.probe_cuda().unwrap_or_else(|e| fail(&e)),
+        DevicePref::Auto => {
+            if let Err(e) = registry.probe_cuda() {
+                tracing::info!(reason = %e, "--device auto: using the CPU");
+            }
+        }
+    }
+    tracing::debug!(lib = %lib.display(), ?options, "ONNX Runtime ready");
+    registry
+}
+
+/// Serves one inference command.
+fn handle(
+    registry: &mut ModelRegistry,
+    rss: &mut RssSampler,
+    cmd: InferenceCommand,
+) -> InferenceReply {
+    match cmd {
+        InferenceCommand::LoadModel {
+            id,
+            version,
+            path,
+            blake3_hex,
+        } => match registry.load_model(&id, &version, Path::new(&path), &blake3_hex) {
+            Ok(m) => InferenceReply::Loaded {
+                device: m.device().to_string(),
+                inputs: m.inputs().to_vec(),
+                outputs: m.outputs().to_vec(),
+                id,
+                version,
+            },
+            Err(e) => InferenceReply::LoadFailed {
+                id,
+                version,
+                error: e.to_string(),
+            },
+        },
+        InferenceCommand::UnloadModel { id, version } => {
+            let versions = registry.unload_model(&id, version.as_deref());
+            InferenceReply::Unloaded { id, versions }
+        }
+        InferenceCommand::Infer {
+            batch_id,
+            model_id,
+            version,
+            requests,
+            max_batch,
+        } => {
+            let outcome = registry.batch_infer(&model_id, version.as_deref(), &requests, max_batch);
+            let results: Vec<InferenceResult> = requests
+                .iter()
+                .zip(outcome.results)
+                .map(|(r, out)| result(r.request_key, out.map_err(|e| e.to_string())))
+                .collect();
+            let mut telemetry = outcome.telemetry;
+            telemetry.rss_bytes = rss.rss_bytes();
+            InferenceReply::Results {
+                batch_id,
+                results,
+                telemetry,
+            }
+        }
+        InferenceCommand::Status => InferenceReply::Status {
+            models: registry.status(),
+            rss_bytes: rss.rss_bytes(),
+            gpu_mem_bytes: None,
+        },
+    }
+}
+
+fn result(request_key: u64, output: Result<Tensor, String>) -> InferenceResult {
+    let output_blake3 = match &output {
+        Ok(t) => *blake3::hash(&t.encode_abi()).as_bytes(),
+        Err(e) => *blake3::hash(e.as_bytes()).as_bytes(),
+    };
+    InferenceResult {
+        request_key,
+        output,
+        output_blake3,
+    }
+}
+
+/// Encoded size of a value (0 if it cannot be encoded, which the real send
+/// would report anyway).
+fn encoded_len<T: serde::Serialize>(v: &T) -> usize {
+    shm_protocol::codec::encode(v).map_or(0, |b| b.len())
+}
+
+/// Makes an `Infer` reply fit one ring frame (a reply that does not fit
+/// would end the host): outputs are replaced by errors, largest first; if
+/// even that is not enough the whole batch is answered with [`Up::Error`].
+fn fit_reply(reply: InferenceReply, max_reply: usize) -> Up {
+    let InferenceReply::Results {
+        batch_id,
+        mut results,
+        telemetry,
+    } = reply
+    else {
+        return Up::Inference(reply);
+    };
+    // Fast path: a generous upper bound (hash, key, shape, tags, lengths,
+    // error text) that fits.
+    let bound: usize = 512
+        + telemetry.device.len()
+        + results
+            .iter()
+            .map(|r| {
+                160 + r
+                    .output
+                    .as_ref()
+                    .map_or_else(String::len, |t| t.data().len())
+            })
+            .sum::<usize>();
+    if bound <= max_reply {
+        return Up::Inference(InferenceReply::Results {
+            batch_id,
+            results,
+            telemetry,
+        });
+    }
+    let mut sizes: Vec<usize> = results.iter().map(encoded_len).collect();
+    // postcard is concatenative: header + length varint + the results.
+    let empty = Up::Inference(InferenceReply::Results {
+        batch_id,
+        results: Vec::new(),
+        telemetry: telemetry.clone(),
+    });
+    let base = encoded_len(&empty) + 10;
+    let total = |sizes: &[usize]| base + sizes.iter().sum::<usize>();
+    while total(&sizes) > max_reply {
+        let Some((i, _)) = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.output.is_ok())
+            .max_by_key(|(i, _)| sizes[*i])
+        else {
+            tracing::warn!(batch_id, "reply does not fit the ring even without outputs");
+            return Up::Error {
+                message: format!(
+                    "inference batch {batch_id}: {} results do not fit one reply frame of {max_reply} bytes; use larger rings or fewer requests per batch",
+                    results.len()
+                ),
+            };
+        };
+        let bytes = sizes[i];
+        results[i] = result(
+            results[i].request_key,
+            Err(format!(
+                "output of {bytes} bytes does not fit the reply frame ({max_reply} bytes)"
+            )),
+        );
+        sizes[i] = encoded_len(&results[i]);
+    }
+    Up::Inference(InferenceReply::Results {
+        batch_id,
+        results,
+        telemetry,
+    })
 }
 
 fn main() {
     bootstrap::install_panic_exit("lockstep-inference-host");
     let args: Args = lockstep_common::parse_or_exit();
     lockstep_common::init_logging("warn");
+    let mut registry = start_runtime(&args);
     let (mut ep, name) = lockstep_common::connect_or_exit(&args.child, Role::InferenceHost);
     tracing::debug!(%name, "inference host ready");
-    let code = bootstrap::serve(&mut ep, |cmd| {
-        Reply::Send(Up::Error { message: format!("inference host does not handle {cmd:?}") })
+    let max_reply = ep.tx.producer().max_payload();
+    let mut rss = RssSampler::new(Duration::from_millis(100));
+    let code = bootstrap::serve(&mut ep, |cmd| match cmd {
+        Down::Inference(c) => Reply::Send(fit_reply(handle(&mut registry, &mut rss, c), max_reply)),
+        other => Reply::Send(Up::Error {
+            message: format!("inference host does not handle {other:?}"),
+        }),
     });
     code.exit();
 }

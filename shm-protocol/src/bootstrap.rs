@@ -136,6 +136,8 @@ pub fn install_panic_exit(name: &'static str) {
 pub enum Reply {
     /// Send this message back.
     Send(Up),
+    /// Send these messages back, in order (published together).
+    Many(Vec<Up>),
     /// Nothing to send.
     None,
 }
@@ -152,14 +154,18 @@ pub fn serve(ep: &mut Endpoint, mut handle: impl FnMut(Down) -> Reply) -> ExitCo
         let msg = match ep.recv_msg::<Down>(None) {
             Ok(m) => m,
             Err(ChannelError::Codec(e)) => {
-                let msg = Up::Error { message: format!("undecodable command: {e}") };
+                let msg = Up::Error {
+                    message: format!("undecodable command: {e}"),
+                };
                 if ep.send_msg(&msg, None).is_err() {
                     return ExitCode::SupervisorGone;
                 }
                 continue;
             }
             Err(ChannelError::UnexpectedKind(k)) => {
-                let msg = Up::Error { message: format!("unexpected frame kind {k}") };
+                let msg = Up::Error {
+                    message: format!("unexpected frame kind {k}"),
+                };
                 if ep.send_msg(&msg, None).is_err() {
                     return ExitCode::SupervisorGone;
                 }
@@ -179,9 +185,16 @@ pub fn serve(ep: &mut Endpoint, mut handle: impl FnMut(Down) -> Reply) -> ExitCo
             }
             other => handle(other),
         };
-        if let Reply::Send(up) = reply
-            && let Err(e) = ep.send_msg(&up, None)
-        {
+        let sent = match reply {
+            Reply::Send(up) => ep.send_msg(&up, None),
+            Reply::Many(ups) => {
+                let r = ups.iter().try_for_each(|up| ep.tx.push_msg(up, None));
+                ep.tx.publish();
+                r
+            }
+            Reply::None => Ok(()),
+        };
+        if let Err(e) = sent {
             return match e {
                 ChannelError::Ring(_) => ExitCode::Protocol,
                 _ => ExitCode::SupervisorGone,

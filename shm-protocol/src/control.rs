@@ -71,6 +71,10 @@ pub enum Down {
     },
     /// Finish and exit cleanly.
     Shutdown,
+    /// A command for the inference host (answered with [`Up::Inference`]).
+    Inference(crate::inference::InferenceCommand),
+    /// A command for a worker (answered with [`Up::Worker`]).
+    Worker(crate::worker::WorkerCommand),
 }
 
 /// Child → supervisor.
@@ -90,6 +94,10 @@ pub enum Up {
         /// What went wrong.
         message: String,
     },
+    /// The inference host's answer to a [`Down::Inference`] command.
+    Inference(crate::inference::InferenceReply),
+    /// A worker's answer to a [`Down::Worker`] command.
+    Worker(crate::worker::WorkerReply),
 }
 
 /// Exit codes of child processes, one per failure class, so the supervisor

@@ -51,7 +51,9 @@ pub(crate) mod sync;
 pub mod board;
 pub mod codec;
 pub mod control;
+pub mod inference;
 pub mod ring;
+pub mod worker;
 
 #[cfg(not(loom))]
 pub mod bootstrap;

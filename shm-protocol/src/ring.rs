@@ -970,12 +970,9 @@ pub fn fuzz_frame_reader(input: &[u8]) -> usize {
     let mut c = unsafe { Consumer::from_raw(base.cast(), data, owner) };
     let mut frames = 0;
     for step in 0..4096 {
-        match c.try_read() {
-            Ok(Some(f)) => {
-                frames += 1;
-                std::hint::black_box(f.payload().iter().fold(0u8, |a, b| a ^ b));
-            }
-            Ok(None) | Err(_) => {}
+        if let Ok(Some(f)) = c.try_read() {
+            frames += 1;
+            std::hint::black_box(f.payload().iter().fold(0u8, |a, b| a ^ b));
         }
         if step % 3 == 0 {
             c.release();

@@ -653,7 +653,10 @@ mod tests {
         let (base, len) = seg.raw_bytes();
         assert!(off + value.len() <= len);
         // SAFETY: in bounds of a live mapping that this test owns.
-        unsafe { std::ptr::copy_nonoverlapping(value.as_ptr(), base.add(off), value.len()) };
+        let dst = unsafe { base.add(off) };
+        // SAFETY: `dst..dst+len` is inside the mapping (asserted above) and
+        // does not overlap `value`.
+        unsafe { std::ptr::copy_nonoverlapping(value.as_ptr(), dst, value.len()) };
     }
 
     #[test]

@@ -25,7 +25,9 @@ impl Watchdog {
         let label = label.to_owned();
         let thread = std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
-                eprintln!("WATCHDOG: test `{label}` exceeded {timeout:?}; killing children and aborting");
+                eprintln!(
+                    "WATCHDOG: test `{label}` exceeded {timeout:?}; killing children and aborting"
+                );
                 // Kill the whole process group's children we may have left.
                 let _ = std::process::Command::new("pkill")
                     .args(["-KILL", "-P", &std::process::id().to_string()])
@@ -33,7 +35,10 @@ impl Watchdog {
                 std::process::abort();
             }
         });
-        Self { done: Some(tx), thread: Some(thread) }
+        Self {
+            done: Some(tx),
+            thread: Some(thread),
+        }
     }
 }
 
@@ -88,7 +93,11 @@ impl Drop for ChildGuard {
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("deps dir");
-    let profile_dir = if dir.ends_with("deps") { dir.parent().expect("profile dir") } else { dir };
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("profile dir")
+    } else {
+        dir
+    };
     let p = profile_dir.join(name);
     assert!(
         p.is_file(),
@@ -107,7 +116,8 @@ impl TempDir {
     pub fn new(label: &str) -> Self {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("lockstep-test-{label}-{}-{n}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("lockstep-test-{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         Self(p)
@@ -132,7 +142,11 @@ pub mod stream {
     pub fn body_len(seed: u64, seq: u64, max: usize) -> usize {
         let x = splitmix(seed ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         // Mostly small frames, sometimes large ones, to exercise wrap-around.
-        if x % 64 == 0 { (x >> 8) as usize % max } else { (x >> 8) as usize % 256 }
+        if x.is_multiple_of(64) {
+            (x >> 8) as usize % max
+        } else {
+            (x >> 8) as usize % 256
+        }
     }
 
     /// SplitMix64.
@@ -166,12 +180,17 @@ pub mod stream {
     /// Verifies a received frame; returns its sequence number.
     pub fn verify(frame: &[u8]) -> Result<u64, String> {
         if frame.len() < 16 {
-            return Err(format!("frame of {} bytes is shorter than its header", frame.len()));
+            return Err(format!(
+                "frame of {} bytes is shorter than its header",
+                frame.len()
+            ));
         }
         let seq = u64::from_le_bytes(frame[..8].try_into().expect("8"));
         let sum = u64::from_le_bytes(frame[8..16].try_into().expect("8"));
         if checksum(&frame[16..]) != sum {
-            return Err(format!("frame {seq}: checksum mismatch (torn or corrupted)"));
+            return Err(format!(
+                "frame {seq}: checksum mismatch (torn or corrupted)"
+            ));
         }
         Ok(seq)
     }

@@ -13,7 +13,10 @@ fn setup(label: &str, cap: usize) -> (TempDir, std::path::PathBuf, Segment) {
     let dir = TempDir::new(label);
     let path = dir.path().join("segment");
     let seg = Segment::create(
-        SegmentConfig { to_attacher: 4096, to_creator: cap },
+        SegmentConfig {
+            to_attacher: 4096,
+            to_creator: cap,
+        },
         Backing::File(path.clone()),
     )
     .unwrap();
@@ -23,7 +26,12 @@ fn setup(label: &str, cap: usize) -> (TempDir, std::path::PathBuf, Segment) {
 fn spawn(mode: &str, path: &std::path::Path, seed: u64, frames: u64) -> ChildGuard {
     ChildGuard::new(
         Command::new(PEER)
-            .args([mode, path.to_str().unwrap(), &seed.to_string(), &frames.to_string()])
+            .args([
+                mode,
+                path.to_str().unwrap(),
+                &seed.to_string(),
+                &frames.to_string(),
+            ])
             .spawn()
             .unwrap(),
     )
@@ -47,14 +55,20 @@ fn million_frames_between_processes() {
         let mut ep = Endpoint::new(seg, Some(pidfd), None, policy);
         let mut bytes = 0u64;
         for want in 0..FRAMES {
-            let f = ep.rx.recv(deadline()).unwrap_or_else(|e| panic!("frame {want}: {e}"));
+            let f = ep
+                .rx
+                .recv(deadline())
+                .unwrap_or_else(|e| panic!("frame {want}: {e}"));
             let seq = stream::verify(f.payload()).unwrap();
             assert_eq!(seq, want, "sequence gap or duplicate");
             bytes += f.payload().len() as u64;
         }
         // Then a clean close.
         let end = ep.rx.recv(deadline()).unwrap_err();
-        assert!(matches!(end, ChannelError::PeerGone(PeerGone::Closed)), "{end}");
+        assert!(
+            matches!(end, ChannelError::PeerGone(PeerGone::Closed)),
+            "{end}"
+        );
         assert!(child.child().wait().unwrap().success());
         assert!(bytes > FRAMES * 16);
     }
@@ -85,10 +99,16 @@ fn killed_writer_yields_peer_gone() {
                 Err(e) => break e,
             }
         };
-        assert!(matches!(err, ChannelError::PeerGone(PeerGone::Exited { .. })), "{err}");
+        assert!(
+            matches!(err, ChannelError::PeerGone(PeerGone::Exited { .. })),
+            "{err}"
+        );
         assert!(next >= kill_at);
         let status = child.child().wait().unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
     }
 }
 
@@ -108,7 +128,10 @@ fn rogue_writer_cannot_crash_the_reader() {
         let mut good = 0u64;
         let mut bad_frames = 0u64;
         let outcome = loop {
-            match ep.rx.recv(Some(Instant::now() + Duration::from_millis(200))) {
+            match ep
+                .rx
+                .recv(Some(Instant::now() + Duration::from_millis(200)))
+            {
                 Ok(f) => match stream::verify(f.payload()) {
                     Ok(_) => good += 1,
                     Err(_) => bad_frames += 1,
@@ -127,14 +150,22 @@ fn rogue_writer_cannot_crash_the_reader() {
             }
             Some(ChannelError::Ring(RingError::Broken)) => corrupt_seen += 1,
             Some(ChannelError::Timeout) | None => {
-                eprintln!("seed {seed}: no structural corruption detected ({good} good, {bad_frames} bad)")
+                eprintln!(
+                    "seed {seed}: no structural corruption detected ({good} good, {bad_frames} bad)"
+                )
             }
             Some(other) => eprintln!("seed {seed}: ended with {other}"),
         }
         // The ring stays unusable after corruption, with an error, not a panic.
         if ep.rx.consumer().is_broken() {
-            assert!(matches!(ep.rx.recv(deadline()), Err(ChannelError::Ring(RingError::Broken))));
+            assert!(matches!(
+                ep.rx.recv(deadline()),
+                Err(ChannelError::Ring(RingError::Broken))
+            ));
         }
     }
-    assert!(corrupt_seen > 0, "random scribbling should corrupt at least one ring");
+    assert!(
+        corrupt_seen > 0,
+        "random scribbling should corrupt at least one ring"
+    );
 }

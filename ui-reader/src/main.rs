@@ -14,7 +14,11 @@ use std::time::Duration;
 
 /// Command line.
 #[derive(Debug, Parser)]
-#[command(name = "lockstep-ui", version, about = "Read-only viewer of a Lockstep run")]
+#[command(
+    name = "lockstep-ui",
+    version,
+    about = "Read-only viewer of a Lockstep run"
+)]
 struct Args {
     /// A run directory or a state board file.
     target: PathBuf,
@@ -27,13 +31,23 @@ struct Args {
 }
 
 fn board_path(target: &std::path::Path) -> PathBuf {
-    if target.is_dir() { target.join("state.board") } else { target.to_path_buf() }
+    if target.is_dir() {
+        target.join("state.board")
+    } else {
+        target.to_path_buf()
+    }
 }
 
 fn render(state: &LiveState, generation: u64) -> String {
-    let mut out = format!("phase {}  tick {}  (board generation {generation})\n", state.phase, state.tick);
+    let mut out = format!(
+        "phase {}  tick {}  (board generation {generation})\n",
+        state.phase, state.tick
+    );
     if !state.children.is_empty() {
-        out.push_str(&format!("{:<16} {:<15} {:>8} {:>10}  state\n", "child", "role", "pid", "rtt"));
+        out.push_str(&format!(
+            "{:<16} {:<15} {:>8} {:>10}  state\n",
+            "child", "role", "pid", "rtt"
+        ));
         for c in &state.children {
             out.push_str(&format!(
                 "{:<16} {:<15} {:>8} {:>8.2}µs  {}\n",
@@ -56,7 +70,10 @@ fn read_state(reader: &BoardReader) -> Result<(LiveState, u64), String> {
     let state: LiveState = shm_protocol::codec::decode(&snap.data)
         .map_err(|e| format!("state board holds an unreadable state: {e}"))?;
     if state.version != LIVE_STATE_VERSION {
-        return Err(format!("state version {} (this viewer reads {LIVE_STATE_VERSION})", state.version));
+        return Err(format!(
+            "state version {} (this viewer reads {LIVE_STATE_VERSION})",
+            state.version
+        ));
     }
     Ok((state, snap.generation))
 }
@@ -103,4 +120,3 @@ fn main() -> ExitCode {
         std::thread::sleep(Duration::from_millis(args.interval_ms));
     }
 }
-

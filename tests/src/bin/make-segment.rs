@@ -2,7 +2,9 @@
 //! that tests get a valid segment whose creator is dead.
 
 fn main() {
-    let path = std::env::args_os().nth(1).expect("usage: make-segment <path>");
+    let path = std::env::args_os()
+        .nth(1)
+        .expect("usage: make-segment <path>");
     let seg = shm_protocol::segment::Segment::create(
         shm_protocol::segment::SegmentConfig::default(),
         shm_protocol::segment::Backing::File(path.into()),

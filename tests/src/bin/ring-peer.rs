@@ -67,7 +67,9 @@ fn main() {
                     let off = (x as usize) % len;
                     // SAFETY: `off < len` within our own live mapping; this
                     // process is deliberately the rogue peer.
-                    unsafe { base.add(off).write_volatile((x >> 32) as u8) };
+                    let p = unsafe { base.add(off) };
+                    // SAFETY: as above: a byte of our own live mapping.
+                    unsafe { p.write_volatile((x >> 32) as u8) };
                 }
                 std::thread::yield_now();
             }

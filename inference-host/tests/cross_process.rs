@@ -1,0 +1,372 @@
+//! The real `lockstep-inference-host` process, spawned and driven through the
+//! supervisor library over its shared-memory rings, against in-process
+//! results.
+
+mod common;
+
+use common::{bits, blake3_hex, env, mlp_input, model};
+use lockstep_inference_host::{DevicePref, HostOptions, ModelRegistry};
+use lockstep_supervisor::child::{Child, ChildSpec};
+use lockstep_supervisor::reaper::{ExitKind, Reaper};
+use shm_protocol::WaitPolicy;
+use shm_protocol::control::{Down, ExitCode, Role, Up};
+use shm_protocol::inference::{DType, InferenceCommand, InferenceReply, InferenceRequest, Tensor};
+use shm_protocol::segment::SegmentConfig;
+use std::ffi::OsString;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const HOST: &str = env!("CARGO_BIN_EXE_lockstep-inference-host");
+
+fn soon() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_secs(30))
+}
+
+fn spawn(reaper: &Reaper, args: &[&str]) -> Child {
+    let spec = ChildSpec {
+        role: Role::InferenceHost,
+        name: "inference-host".into(),
+        program: HOST.into(),
+        args: args.iter().map(OsString::from).collect(),
+        rings: SegmentConfig::default(),
+        policy: WaitPolicy::ADAPTIVE,
+    };
+    let mut child = Child::spawn(&spec, reaper).unwrap();
+    child.handshake(Duration::from_secs(30)).unwrap();
+    child
+}
+
+fn call(child: &mut Child, cmd: InferenceCommand) -> InferenceReply {
+    let ep = child.endpoint();
+    ep.send_msg(&Down::Inference(cmd), soon()).unwrap();
+    match ep.recv_msg::<Up>(soon()).unwrap() {
+        Up::Inference(r) => r,
+        other => panic!("expected an inference reply, got {other:?}"),
+    }
+}
+
+fn load(child: &mut Child, id: &str, version: &str, file: &str) -> InferenceReply {
+    let p = model(file);
+    call(
+        child,
+        InferenceCommand::LoadModel {
+            id: id.into(),
+            version: version.into(),
+            path: p.display().to_string(),
+            blake3_hex: blake3_hex(&p),
+        },
+    )
+}
+
+fn infer(
+    child: &mut Child,
+    batch_id: u64,
+    model: &str,
+    version: Option<&str>,
+    tensors: &[Tensor],
+    max_batch: u32,
+) -> InferenceReply {
+    let requests = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| InferenceRequest {
+            request_key: (batch_id << 32) | i as u64,
+            input_name: Some("input".into()),
+            tensor: t.clone(),
+        })
+        .collect();
+    call(
+        child,
+        InferenceCommand::Infer {
+            batch_id,
+            model_id: model.into(),
+            version: version.map(str::to_owned),
+            requests,
+            max_batch,
+        },
+    )
+}
+
+#[test]
+fn host_process_serves_models_over_the_ring() {
+    let (reaper, deaths) = Reaper::start().unwrap();
+    let mut child = spawn(&reaper, &["--device", "auto"]);
+
+    // In-process reference.
+    let mut local = ModelRegistry::new(
+        env(),
+        HostOptions {
+            device: DevicePref::Cpu,
+            intra_threads: 1,
+        },
+    );
+    for (v, f) in [("v1", "mlp.onnx"), ("v2", "mlp_v2.onnx")] {
+        let p = model(f);
+        local.load_model("mlp", v, &p, &blake3_hex(&p)).unwrap();
+    }
+
+    // Load: `auto` ends up on the CPU here, and says so.
+    match load(&mut child, "mlp", "v1", "mlp.onnx") {
+        InferenceReply::Loaded {
+            id,
+            version,
+            device,
+            inputs,
+            outputs,
+        } => {
+            assert_eq!(
+                (id.as_str(), version.as_str(), device.as_str()),
+                ("mlp", "v1", "cpu")
+            );
+            assert_eq!(inputs[0].name, "input");
+            assert_eq!(inputs[0].dtype, Some(DType::F32));
+            assert_eq!(inputs[0].shape, [None, Some(16)]);
+            assert_eq!(outputs[0].name, "output");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Several ticks of batches, compared with in-process results bit for bit.
+    for tick in 0..5u64 {
+        let tensors: Vec<Tensor> = (0..64)
+            .map(|i| mlp_input(1 + i % 3, tick * 1000 + i))
+            .collect();
+        let InferenceReply::Results {
+            batch_id,
+            results,
+            telemetry,
+        } = infer(&mut child, tick, "mlp", None, &tensors, 16)
+        else {
+            panic!("expected results");
+        };
+        assert_eq!(batch_id, tick);
+        assert_eq!(results.len(), 64);
+        assert_eq!(telemetry.device, "cpu");
+        assert!(
+            telemetry.batches >= 8 && telemetry.max_batch_size > 1,
+            "{telemetry:?}"
+        );
+        assert!(telemetry.rss_bytes > 0);
+        for (i, (r, t)) in results.iter().zip(&tensors).enumerate() {
+            assert_eq!(r.request_key, (tick << 32) | i as u64);
+            let out = r.output.as_ref().unwrap();
+            let expect = local.infer("mlp", Some("v1"), None, t).unwrap();
+            assert_eq!(bits(out), bits(&expect), "tick {tick} request {i}");
+            assert_eq!(r.output_blake3, *blake3::hash(&out.encode_abi()).as_bytes());
+        }
+    }
+
+    // A second version becomes current; the first stays addressable.
+    assert!(matches!(
+        load(&mut child, "mlp", "v2", "mlp_v2.onnx"),
+        InferenceReply::Loaded { .. }
+    ));
+    let x = [mlp_input(2, 42)];
+    for (version, local_version) in [(None, "v2"), (Some("v1"), "v1"), (Some("v2"), "v2")] {
+        let InferenceReply::Results { results, .. } = infer(&mut child, 9, "mlp", version, &x, 8)
+        else {
+            panic!("expected results");
+        };
+        let expect = local
+            .infer("mlp", Some(local_version), None, &x[0])
+            .unwrap();
+        assert_eq!(results[0].output.as_ref().unwrap(), &expect, "{version:?}");
+    }
+
+    // Unknown model / version / bad input: error results, not a hang.
+    for (model_id, version) in [("nope", None), ("mlp", Some("v7"))] {
+        let InferenceReply::Results {
+            batch_id, results, ..
+        } = infer(&mut child, 77, model_id, version, &x, 8)
+        else {
+            panic!("expected results");
+        };
+        assert_eq!(batch_id, 77);
+        let e = results[0].output.as_ref().unwrap_err();
+        assert!(
+            e.contains("unknown model") || e.contains("no version"),
+            "{e}"
+        );
+        assert_eq!(
+            results[0].output_blake3,
+            *blake3::hash(e.as_bytes()).as_bytes()
+        );
+    }
+    let wrong = Tensor::from_slice(vec![1, 3], &[1i64, 2, 3]).unwrap();
+    let InferenceReply::Results { results, .. } =
+        infer(&mut child, 78, "mlp", None, &[wrong, x[0].clone()], 8)
+    else {
+        panic!("expected results");
+    };
+    assert!(
+        results[0]
+            .output
+            .as_ref()
+            .unwrap_err()
+            .contains("takes f32, got i64")
+    );
+    assert!(results[1].output.is_ok());
+
+    // Bad files: LoadFailed with the reason, and the host keeps serving.
+    match load(&mut child, "broken", "v1", "broken.onnx") {
+        InferenceReply::LoadFailed { error, .. } => {
+            assert!(error.contains("cannot load"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let p = model("mlp.onnx");
+    let reply = call(
+        &mut child,
+        InferenceCommand::LoadModel {
+            id: "x".into(),
+            version: "v1".into(),
+            path: p.display().to_string(),
+            blake3_hex: "00".repeat(32),
+        },
+    );
+    assert!(
+        matches!(&reply, InferenceReply::LoadFailed { error, .. } if error.contains("expected 0000")),
+        "{reply:?}"
+    );
+
+    // Status and unload.
+    match call(&mut child, InferenceCommand::Status) {
+        InferenceReply::Status {
+            models,
+            rss_bytes,
+            gpu_mem_bytes,
+        } => {
+            let names: Vec<(String, String, bool)> = models
+                .iter()
+                .map(|m| (m.id.clone(), m.version.clone(), m.current))
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    ("mlp".into(), "v1".into(), false),
+                    ("mlp".into(), "v2".into(), true)
+                ]
+            );
+            assert!(models[0].requests >= 5 * 64);
+            assert!(rss_bytes > 1 << 20, "{rss_bytes}");
+            assert_eq!(gpu_mem_bytes, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    let reply = call(
+        &mut child,
+        InferenceCommand::UnloadModel {
+            id: "mlp".into(),
+            version: None,
+        },
+    );
+    assert_eq!(
+        reply,
+        InferenceReply::Unloaded {
+            id: "mlp".into(),
+            versions: vec!["v1".into(), "v2".into()]
+        }
+    );
+
+    // Still alive and well: ping, then a clean shutdown.
+    child.ping(Duration::from_secs(10)).unwrap();
+    child.shutdown(Duration::from_secs(10)).unwrap();
+    let exit = deaths.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(exit.kind, ExitKind::Exited(0), "{exit}");
+}
+
+/// A reply that would not fit the ring turns into per-request errors instead
+/// of killing the host.
+#[test]
+fn oversized_replies_become_errors() {
+    let (reaper, _deaths) = Reaper::start().unwrap();
+    let spec = ChildSpec {
+        role: Role::InferenceHost,
+        name: "small-rings".into(),
+        program: HOST.into(),
+        args: vec!["--device".into(), "cpu".into()],
+        rings: SegmentConfig {
+            to_attacher: 1 << 20,
+            to_creator: 1 << 12,
+        },
+        policy: WaitPolicy::ADAPTIVE,
+    };
+    let mut child = Child::spawn(&spec, &reaper).unwrap();
+    child.handshake(Duration::from_secs(30)).unwrap();
+    assert!(matches!(
+        load(&mut child, "mlp", "v1", "mlp.onnx"),
+        InferenceReply::Loaded { .. }
+    ));
+    // 64 rows × 4 f32 = 1 KiB per request; 8 of them exceed a 4 KiB ring.
+    let tensors: Vec<Tensor> = (0..8).map(|i| mlp_input(64, i)).collect();
+    let InferenceReply::Results { results, .. } = infer(&mut child, 1, "mlp", None, &tensors, 1024)
+    else {
+        panic!("expected results");
+    };
+    let ok = results.iter().filter(|r| r.output.is_ok()).count();
+    assert!(ok > 0 && ok < 8, "{ok} outputs kept");
+    for r in results.iter().filter(|r| r.output.is_err()) {
+        assert!(r.output.as_ref().unwrap_err().contains("does not fit"));
+    }
+    // So many requests that even their errors do not fit: one Up::Error.
+    let many: Vec<InferenceRequest> = (0..64)
+        .map(|i| InferenceRequest {
+            request_key: i,
+            input_name: None,
+            tensor: mlp_input(64, i),
+        })
+        .collect();
+    let cmd = InferenceCommand::Infer {
+        batch_id: 2,
+        model_id: "mlp".into(),
+        version: None,
+        requests: many,
+        max_batch: 64,
+    };
+    child
+        .endpoint()
+        .send_msg(&Down::Inference(cmd), soon())
+        .unwrap();
+    match child.endpoint().recv_msg::<Up>(soon()).unwrap() {
+        Up::Error { message } => assert!(message.contains("batch 2"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    child.ping(Duration::from_secs(10)).unwrap();
+    child.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// Start-up failures exit with `ExitCode::Runtime` and name the fix.
+#[test]
+fn missing_library_or_cuda_exit_with_runtime_code() {
+    let run = |args: &[&str]| {
+        let out = Command::new(HOST)
+            .args(["--shm-path", "/nonexistent/segment"])
+            .args(args)
+            .env_remove("ORT_DYLIB_PATH")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let runtime = Some(ExitCode::Runtime as i32);
+    let (code, err) = run(&["--ort-lib", "/nonexistent/libonnxruntime.so"]);
+    assert_eq!(code, runtime, "{err}");
+    assert!(err.contains("scripts/fetch-onnxruntime.sh"), "{err}");
+    let (code, err) = run(&["--ort-lib", "/etc/hostname"]);
+    assert_eq!(code, runtime, "{err}");
+    assert!(err.contains("could not initialise ONNX Runtime"), "{err}");
+    // The pinned library is CPU-only.
+    let (code, err) = run(&["--device", "cuda"]);
+    assert_eq!(code, runtime, "{err}");
+    assert!(err.contains("CUDA is not available"), "{err}");
+    // With a working library, start-up gets as far as attaching.
+    let (code, err) = run(&["--device", "cpu"]);
+    assert_eq!(code, Some(ExitCode::Attach as i32), "{err}");
+    // Bad flags are usage errors.
+    let (code, _) = run(&["--intra-threads", "0"]);
+    assert_eq!(code, Some(ExitCode::Usage as i32));
+    let (code, _) = run(&["--device", "tpu"]);
+    assert_eq!(code, Some(ExitCode::Usage as i32));
+}

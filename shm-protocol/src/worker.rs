@@ -1,0 +1,453 @@
+//! Wire types between the supervisor and a worker (`Down::Worker` /
+//! `Up::Worker`), postcard-encoded.
+//!
+//! The per-tick exchange is one [`TickWork`] down and one [`TickDone`] up per
+//! worker.  Everything a worker reports is data the supervisor validates: an
+//! agent id it does not host, a result for an agent that was not asked to
+//! run, or an output that breaks a limit is a protocol error of that worker.
+
+use serde::{Deserialize, Serialize};
+
+/// Per-agent resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLimits {
+    /// Largest linear memory in bytes.
+    pub memory_bytes: u64,
+    /// Fuel per call into the agent.
+    pub fuel_per_call: u64,
+    /// Largest table size (elements).
+    pub table_elements: u32,
+    /// Largest payload of one output (bytes).
+    pub max_payload: u32,
+    /// Most outputs per call.
+    pub max_outputs_per_call: u32,
+    /// Most output bytes (payloads) per tick, over all of the agent's calls.
+    pub max_output_bytes_per_tick: u32,
+}
+
+impl Default for AgentLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 16 << 20,
+            fuel_per_call: 10_000_000,
+            table_elements: 10_000,
+            max_payload: 64 << 10,
+            max_outputs_per_call: 1024,
+            max_output_bytes_per_tick: 1 << 20,
+        }
+    }
+}
+
+/// A message as delivered to an agent (see docs/abi.md, "Message").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireMessage {
+    /// Kind: 0 direct, 1 topic, 2 channel, 3 inference result, 4 inference
+    /// error, 5 runtime notice.
+    pub kind: u32,
+    /// Sender agent id (`u64::MAX` for the runtime).
+    pub sender: u64,
+    /// Tick in which it was produced.
+    pub sent_tick: u64,
+    /// Sender sequence number (request id for inference answers).
+    pub seq: u64,
+    /// Topic or channel name (empty for direct messages).
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// A task handed to an agent's step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRef {
+    /// Task id (`(issuer << 32) | n`).
+    pub task_id: u64,
+    /// Priority.
+    pub priority: i32,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// One agent to start (instantiate + `agent_init`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnOrder {
+    /// The new agent's id (below 2³²).
+    pub agent_id: u64,
+    /// Module previously loaded with [`WorkerCommand::LoadModule`].
+    pub module_id: u32,
+    /// Its tenant (for per-tenant fuel sums).
+    pub tenant: u32,
+    /// Its limits.
+    pub limits: AgentLimits,
+}
+
+/// One step to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepOrder {
+    /// The agent.
+    pub agent_id: u64,
+    /// The task, if the scheduler runs one.
+    pub task: Option<TaskRef>,
+}
+
+/// Messages for one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The recipient.
+    pub agent_id: u64,
+    /// Messages, in canonical order.
+    pub messages: Vec<WireMessage>,
+}
+
+/// The work of one tick for one worker.  The worker performs, in order:
+/// spawns (ascending agent id), restarts, deliveries (each agent's messages
+/// in the given order, then its step if it has one), steps, stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickWork {
+    /// The tick.
+    pub tick: u64,
+    /// Agents to start.
+    pub spawns: Vec<SpawnOrder>,
+    /// Agents to re-create from scratch and re-`init` (restart policy).
+    pub restarts: Vec<u64>,
+    /// Messages to deliver.
+    pub deliveries: Vec<Delivery>,
+    /// Step every live agent this worker hosts (ascending id), in addition
+    /// to `steps` (round-robin mode).
+    pub step_all: bool,
+    /// Individual steps (tasks, or a subset of agents).
+    pub steps: Vec<StepOrder>,
+    /// Agents to shut down (`agent_shutdown`) and drop.
+    pub stops: Vec<u64>,
+    /// Measure per-agent wall time this tick (telemetry sampling).
+    pub measure_time: bool,
+    /// More parts of this tick's work follow (a large tick is split into
+    /// several messages); the worker answers only after the last part.
+    pub more: bool,
+}
+
+/// Why an agent call failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fault {
+    /// A wasm trap (the wasmtime trap message, e.g. "wasm `unreachable`
+    /// instruction executed").
+    Trap(String),
+    /// The call used more than its fuel.
+    OutOfFuel,
+    /// `memory.grow` beyond the agent's limit.
+    MemoryLimit,
+    /// A table grew beyond its limit.
+    TableLimit,
+    /// An import was called with an invalid argument.
+    BadHostCall(String),
+    /// An export returned a non-zero code.
+    AgentError(i32),
+    /// The call ran past the wall-clock watchdog (not deterministic: the
+    /// supervisor treats it as a fault of the run, not a result).
+    Watchdog,
+    /// The agent could not be instantiated.
+    Instantiate(String),
+    /// The supervisor referred to an agent or module the worker does not
+    /// have.
+    Unknown(String),
+}
+
+impl Fault {
+    /// Whether this fault is a deterministic function of the agent's inputs.
+    pub fn is_deterministic(&self) -> bool {
+        !matches!(self, Fault::Watchdog | Fault::Unknown(_))
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Trap(m) => write!(f, "trap: {m}"),
+            Fault::OutOfFuel => f.write_str("out of fuel"),
+            Fault::MemoryLimit => f.write_str("memory limit exceeded"),
+            Fault::TableLimit => f.write_str("table limit exceeded"),
+            Fault::BadHostCall(m) => write!(f, "bad host call: {m}"),
+            Fault::AgentError(c) => write!(f, "agent error {c}"),
+            Fault::Watchdog => f.write_str("wall-clock watchdog expired"),
+            Fault::Instantiate(m) => write!(f, "instantiation failed: {m}"),
+            Fault::Unknown(m) => write!(f, "unknown: {m}"),
+        }
+    }
+}
+
+/// Something an agent asked for during a call, applied by the supervisor at
+/// the tick barrier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Output {
+    /// Direct message.
+    Send {
+        /// Recipient.
+        to: u64,
+        /// Sender sequence.
+        seq: u64,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// Topic publication.
+    Publish {
+        /// Topic.
+        topic: String,
+        /// Sender sequence.
+        seq: u64,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// Channel message.
+    ChannelSend {
+        /// Channel.
+        channel: String,
+        /// Sender sequence.
+        seq: u64,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// Subscribe to a topic.
+    Subscribe(String),
+    /// Unsubscribe from a topic.
+    Unsubscribe(String),
+    /// Join a channel.
+    Join(String),
+    /// Leave a channel.
+    Leave(String),
+    /// Schedule a task.
+    ScheduleTask {
+        /// Its id (`(issuer << 32) | n`).
+        task_id: u64,
+        /// The agent that runs it.
+        target: u64,
+        /// Priority.
+        priority: i32,
+        /// Payload.
+        payload: Vec<u8>,
+        /// Tasks it depends on.
+        deps: Vec<u64>,
+    },
+    /// Inference request.
+    Infer {
+        /// Request id (per agent, from 1).
+        request_id: u64,
+        /// Model (`id` or `id@version`).
+        model: String,
+        /// Input tensor (docs/abi.md layout).
+        input: Vec<u8>,
+    },
+    /// Log line.
+    Log {
+        /// 0 error … 4 trace.
+        level: u8,
+        /// Text.
+        line: String,
+    },
+}
+
+/// What one agent did in one tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentResult {
+    /// The agent.
+    pub agent_id: u64,
+    /// Fuel consumed by all its calls this tick.
+    pub fuel: u64,
+    /// Calls made into it (init, receives, step, shutdown).
+    pub calls: u32,
+    /// Its outputs, in the order it produced them.
+    pub outputs: Vec<Output>,
+    /// The fault that ended its last call, if any (the agent is then
+    /// `faulted` until restarted).
+    pub fault: Option<Fault>,
+    /// Wall time of its calls (only when `measure_time`), ns.
+    pub wall_ns: u64,
+    /// Agent-level log lines suppressed by rate limiting this tick.
+    pub logs_suppressed: u32,
+}
+
+/// Result of [`TickWork`].
+///
+/// To keep the per-tick message small with thousands of agents, only agents
+/// that produced outputs, faulted, were spawned/stopped, or were timed get an
+/// [`AgentResult`]; every called agent is folded into `digest`, a multiset
+/// hash (lane-wise wrapping sum of BLAKE3(agent id, fuel, calls)) that does
+/// not depend on which worker hosted which agent, and into the per-tenant
+/// fuel sums.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickDone {
+    /// The tick.
+    pub tick: u64,
+    /// Agents with something to report, ascending agent id.
+    pub results: Vec<AgentResult>,
+    /// Number of agents called.
+    pub agents_called: u32,
+    /// Number of calls made (inits, receives, steps, shutdowns).
+    pub calls: u64,
+    /// Fuel consumed, per tenant (ascending tenant id).
+    pub tenant_fuel: Vec<(u32, u64)>,
+    /// Multiset digest of (agent id, fuel, calls) of every called agent.
+    pub digest: [u64; 4],
+    /// Wall time of the whole tick in the worker, ns.
+    pub wall_ns: u64,
+    /// More parts of this result follow (results are split across several
+    /// messages when large); the aggregate fields are in the last part.
+    pub more: bool,
+}
+
+/// The multiset-digest term of one agent's tick (see [`TickDone::digest`]).
+pub fn digest_term(agent_id: u64, fuel: u64, calls: u32) -> [u64; 4] {
+    let mut b = [0u8; 20];
+    b[..8].copy_from_slice(&agent_id.to_le_bytes());
+    b[8..16].copy_from_slice(&fuel.to_le_bytes());
+    b[16..].copy_from_slice(&calls.to_le_bytes());
+    let h = blake3::hash(&b);
+    let h = h.as_bytes();
+    let lane = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&h[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    [lane(0), lane(1), lane(2), lane(3)]
+}
+
+/// Adds a digest term (lane-wise wrapping addition: order-independent).
+pub fn digest_add(acc: &mut [u64; 4], term: [u64; 4]) {
+    for (a, t) in acc.iter_mut().zip(term) {
+        *a = a.wrapping_add(t);
+    }
+}
+
+/// A mutable global's captured value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GlobalValue {
+    /// i32.
+    I32(i32),
+    /// i64.
+    I64(i64),
+    /// f32 bits.
+    F32(u32),
+    /// f64 bits.
+    F64(u64),
+    /// v128 bits.
+    V128(u128),
+}
+
+/// Everything mutable about an agent between calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// The module's BLAKE3 (its version hash).
+    pub module_hash: [u8; 32],
+    /// Linear memory contents.
+    pub memory: Vec<u8>,
+    /// Every mutable global, in definition order.
+    pub globals: Vec<GlobalValue>,
+    /// Host-side counters (output sequence, task and request counters, host
+    /// buffer) that are part of the agent's deterministic state.
+    pub host: HostCounters,
+}
+
+/// Host-side per-agent state that must survive capture/restore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCounters {
+    /// Next output sequence number.
+    pub out_seq: u64,
+    /// Tasks issued.
+    pub tasks: u64,
+    /// Inference requests issued.
+    pub requests: u64,
+    /// The buffer returned by `agent_buffer` (pointer, capacity).
+    pub buffer: (u32, u32),
+    /// Whether the agent was initialised and has not faulted.
+    pub live: bool,
+}
+
+/// Supervisor → worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerCommand {
+    /// Run parameters (first command after the handshake).
+    Configure {
+        /// The run seed (for the agents' random streams).
+        seed: u64,
+        /// Wall-clock watchdog per call, ms.
+        watchdog_ms: u32,
+        /// Directory for the compiled-module cache.
+        cache_dir: Option<String>,
+    },
+    /// Load (compile or fetch from cache) a module.
+    LoadModule {
+        /// Id used by later orders.
+        module_id: u32,
+        /// Name for messages.
+        name: String,
+        /// Path of the `.wasm` (or `.wat`) file.
+        path: String,
+        /// Expected BLAKE3 of the file (hex), if the manifest pins one.
+        expected_blake3: Option<String>,
+        /// Largest memory an agent of this module may have.
+        memory_limit: u64,
+    },
+    /// One tick of work.
+    Tick(TickWork),
+    /// Capture these agents' states.
+    Capture {
+        /// The agents (ascending).
+        agents: Vec<u64>,
+    },
+    /// Re-create an agent from a captured state.
+    Restore {
+        /// The agent.
+        agent_id: u64,
+        /// Its module.
+        module_id: u32,
+        /// Its tenant.
+        tenant: u32,
+        /// Its limits.
+        limits: AgentLimits,
+        /// The state.
+        state: AgentState,
+    },
+    /// Hash the full state of these agents.
+    HashState {
+        /// The agents (ascending).
+        agents: Vec<u64>,
+    },
+}
+
+/// Worker → supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerReply {
+    /// `Configure` done.
+    Configured,
+    /// Module loaded.
+    ModuleLoaded {
+        /// The id.
+        module_id: u32,
+        /// BLAKE3 of the file.
+        blake3: [u8; 32],
+        /// ABI version it declares.
+        abi_version: u32,
+        /// Whether it came from the compiled-module cache.
+        cached: bool,
+    },
+    /// Module refused.
+    ModuleRefused {
+        /// The id.
+        module_id: u32,
+        /// Why (names the module and the item).
+        error: String,
+    },
+    /// Result of a tick.
+    TickDone(TickDone),
+    /// Captured states, in the order asked.
+    Captured(Vec<(u64, AgentState)>),
+    /// Restore done (or the error that prevented it).
+    Restored {
+        /// The agent.
+        agent_id: u64,
+        /// Error, if any.
+        error: Option<String>,
+    },
+    /// State hashes, in the order asked.
+    Hashes(Vec<(u64, [u8; 32])>),
+    /// A command the worker could not execute.
+    Error(String),
+}

@@ -1,0 +1,564 @@
+//! One agent: its own `Store`, instance and linear memory, the calls into
+//! it, and capture/restore of its complete mutable state.
+
+use crate::engine::{ABI_MAJOR, ABI_MINOR, AgentModule, EPOCH_PERIOD};
+use crate::error::LoadError;
+use crate::host::{AgentHost, HostTrap};
+use shm_protocol::worker::{
+    AgentLimits, AgentState, Fault, GlobalValue, HostCounters, TaskRef, WireMessage,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{Engine, Global, Instance, Linker, Memory, Store, TypedFunc, Val};
+
+/// Size of the fixed part of the step context (docs/abi.md).
+pub const CTX_SIZE: usize = 64;
+/// Size of the fixed part of a message (docs/abi.md).
+pub const MSG_SIZE: usize = 48;
+/// Wasm page size.
+pub const PAGE: usize = 65536;
+
+/// What one call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOutcome {
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// The fault that ended the call, if any.
+    pub fault: Option<Fault>,
+}
+
+/// Per-worker settings every agent shares.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// The engine.
+    pub engine: Engine,
+    /// Linker with the `lockstep` imports.
+    pub linker: Arc<Linker<AgentHost>>,
+    /// Run seed.
+    pub seed: u64,
+    /// Wall-clock watchdog per call.
+    pub watchdog: Duration,
+}
+
+impl Runtime {
+    /// A runtime over `engine` with the ABI imports.
+    pub fn new(engine: Engine, seed: u64, watchdog: Duration) -> wasmtime::Result<Self> {
+        let mut linker = Linker::new(&engine);
+        crate::host::add_imports(&mut linker)?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            seed,
+            watchdog,
+        })
+    }
+
+    fn watchdog_ticks(&self) -> u64 {
+        (self.watchdog.as_millis() / EPOCH_PERIOD.as_millis()).max(1) as u64 + 1
+    }
+}
+
+/// A live agent.
+pub struct Agent {
+    module: Arc<AgentModule>,
+    store: Store<AgentHost>,
+    memory: Memory,
+    globals: Vec<Global>,
+    f_buffer: TypedFunc<i32, i32>,
+    f_init: TypedFunc<(), i32>,
+    f_step: TypedFunc<i32, i32>,
+    f_receive: TypedFunc<i32, i32>,
+    f_shutdown: TypedFunc<(), i32>,
+    f_migrate: Option<TypedFunc<i32, i32>>,
+    watchdog_ticks: u64,
+    /// Whether the next step is the first after `agent_init`.
+    first_step: bool,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("id", &self.store.data().id)
+            .field("module", &self.module.name)
+            .field("live", &self.store.data().counters.live)
+            .finish_non_exhaustive()
+    }
+}
+
+fn inst_fault(e: impl std::fmt::Display) -> Fault {
+    Fault::Instantiate(e.to_string())
+}
+
+/// Maps an error from a call into the agent's fault class.
+fn classify(err: &wasmtime::Error, host_fault: Option<Fault>) -> Fault {
+    if let Some(f) = host_fault {
+        return f;
+    }
+    if let Some(HostTrap(f)) = err.downcast_ref::<HostTrap>() {
+        return f.clone();
+    }
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => Fault::OutOfFuel,
+        Some(wasmtime::Trap::Interrupt) => Fault::Watchdog,
+        Some(t) => Fault::Trap(format!("{t:?}")),
+        None => Fault::Trap(format!("{err:#}")),
+    }
+}
+
+impl Agent {
+    /// Instantiates `module` for agent `id` (no `agent_init` yet).
+    pub fn instantiate(
+        rt: &Runtime,
+        module: Arc<AgentModule>,
+        id: u64,
+        limits: AgentLimits,
+    ) -> Result<Self, Fault> {
+        let mut store = Store::new(&rt.engine, AgentHost::new(id, rt.seed, limits));
+        store.limiter(|h| h);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(rt.watchdog_ticks());
+        // A start function, if any, runs under the per-call fuel limit.
+        store.set_fuel(limits.fuel_per_call).map_err(inst_fault)?;
+        let instance = rt
+            .linker
+            .instantiate(&mut store, &module.module)
+            .map_err(|e| {
+                let host = store.data_mut().fault.take();
+                match classify(&e, host) {
+                    Fault::Trap(m) => Fault::Instantiate(m),
+                    other => other,
+                }
+            })?;
+        Self::from_instance(rt, module, store, instance)
+    }
+
+    fn from_instance(
+        rt: &Runtime,
+        module: Arc<AgentModule>,
+        mut store: Store<AgentHost>,
+        instance: Instance,
+    ) -> Result<Self, Fault> {
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| inst_fault("no exported memory"))?;
+        store.data_mut().memory = Some(memory);
+        let mut globals = Vec::with_capacity(module.globals.len());
+        for g in &module.globals {
+            let global = instance
+                .get_global(&mut store, &g.export)
+                .ok_or_else(|| inst_fault(format!("global export {} missing", g.export)))?;
+            globals.push(global);
+        }
+        let f_buffer = instance
+            .get_typed_func(&mut store, "agent_buffer")
+            .map_err(inst_fault)?;
+        let f_init = instance
+            .get_typed_func(&mut store, "agent_init")
+            .map_err(inst_fault)?;
+        let f_step = instance
+            .get_typed_func(&mut store, "agent_step")
+            .map_err(inst_fault)?;
+        let f_receive = instance
+            .get_typed_func(&mut store, "agent_receive")
+            .map_err(inst_fault)?;
+        let f_shutdown = instance
+            .get_typed_func(&mut store, "agent_shutdown")
+            .map_err(inst_fault)?;
+        let f_migrate = if module.has_migrate {
+            Some(
+                instance
+                    .get_typed_func(&mut store, "agent_migrate")
+                    .map_err(inst_fault)?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            module,
+            store,
+            memory,
+            globals,
+            f_buffer,
+            f_init,
+            f_step,
+            f_receive,
+            f_shutdown,
+            f_migrate,
+            watchdog_ticks: rt.watchdog_ticks(),
+            first_step: true,
+        })
+    }
+
+    /// Instantiates the module once and checks its `agent_abi_version`
+    /// (part of validation at load time).
+    pub fn check_abi(
+        rt: &Runtime,
+        module: &AgentModule,
+        memory_limit: u64,
+    ) -> Result<u32, LoadError> {
+        let limits = AgentLimits {
+            memory_bytes: memory_limit,
+            ..AgentLimits::default()
+        };
+        let mut store = Store::new(&rt.engine, AgentHost::new(0, rt.seed, limits));
+        store.limiter(|h| h);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(rt.watchdog_ticks());
+        let fail = |reason: String| LoadError::Invalid {
+            module: module.name.clone(),
+            reason,
+        };
+        store
+            .set_fuel(limits.fuel_per_call)
+            .map_err(|e| fail(e.to_string()))?;
+        let instance = rt
+            .linker
+            .instantiate(&mut store, &module.module)
+            .map_err(|e| fail(format!("instantiation failed: {e:#}")))?;
+        let v = instance
+            .get_typed_func::<(), i32>(&mut store, "agent_abi_version")
+            .and_then(|f| f.call(&mut store, ()))
+            .map_err(|e| fail(format!("agent_abi_version() failed: {e:#}")))?
+            as u32;
+        let (major, minor) = (v >> 16, v & 0xFFFF);
+        if major != ABI_MAJOR || minor > ABI_MINOR {
+            return Err(LoadError::AbiVersion {
+                module: module.name.clone(),
+                major,
+                minor,
+            });
+        }
+        Ok(v)
+    }
+
+    /// The agent's id.
+    pub fn id(&self) -> u64 {
+        self.store.data().id
+    }
+
+    /// The module.
+    pub fn module(&self) -> &Arc<AgentModule> {
+        &self.module
+    }
+
+    /// Whether the agent is initialised and has not faulted.
+    pub fn is_live(&self) -> bool {
+        self.store.data().counters.live
+    }
+
+    /// The host data (outputs, counters).
+    pub fn host(&mut self) -> &mut AgentHost {
+        self.store.data_mut()
+    }
+
+    /// Current linear memory size in bytes.
+    pub fn memory_size(&self) -> usize {
+        self.memory.data_size(&self.store)
+    }
+
+    /// Runs `f` as one call with the per-call fuel limit and watchdog.
+    fn call(
+        &mut self,
+        tick: u64,
+        f: impl FnOnce(&mut Self) -> wasmtime::Result<i32>,
+    ) -> CallOutcome {
+        let limit = self.store.data().limits.fuel_per_call;
+        {
+            let h = self.store.data_mut();
+            h.tick = tick;
+            h.fault = None;
+            h.call_outputs = 0;
+        }
+        if self.store.set_fuel(limit).is_err() {
+            return CallOutcome {
+                fuel: 0,
+                fault: Some(Fault::OutOfFuel),
+            };
+        }
+        self.store.set_epoch_deadline(self.watchdog_ticks);
+        let r = f(self);
+        let left = self.store.get_fuel().unwrap_or(0);
+        let fuel = limit.saturating_sub(left);
+        let fault = match r {
+            Ok(0) => None,
+            Ok(code) => Some(Fault::AgentError(code)),
+            Err(e) => {
+                let host = self.store.data_mut().fault.take();
+                Some(classify(&e, host))
+            }
+        };
+        if fault.is_some() {
+            self.store.data_mut().counters.live = false;
+        }
+        CallOutcome { fuel, fault }
+    }
+
+    /// Places `bytes` in the agent's host buffer (asking the agent for a
+    /// larger one if needed) and returns its address.
+    fn place(&mut self, bytes: &[u8]) -> wasmtime::Result<i32> {
+        let need = bytes.len();
+        let (mut ptr, mut cap) = self.store.data().counters.buffer;
+        if (cap as usize) < need {
+            let want = need.next_power_of_two().max(256);
+            let want = i32::try_from(want)
+                .map_err(|_| HostTrap(Fault::BadHostCall("message too large".into())))?;
+            let p = self.f_buffer.call(&mut self.store, want)?;
+            ptr = p as u32;
+            cap = want as u32;
+            if p == 0 || ptr % 8 != 0 {
+                let f = Fault::BadHostCall(format!("agent_buffer({want}) returned {p:#x}"));
+                self.store.data_mut().fault = Some(f.clone());
+                return Err(HostTrap(f).into());
+            }
+            self.store.data_mut().counters.buffer = (ptr, cap);
+        }
+        let size = self.memory.data_size(&self.store);
+        if (ptr as usize)
+            .checked_add(need)
+            .is_none_or(|end| end > size)
+        {
+            let f = Fault::BadHostCall(format!("agent buffer {ptr:#x}+{need} is outside memory"));
+            self.store.data_mut().fault = Some(f.clone());
+            return Err(HostTrap(f).into());
+        }
+        self.memory.write(&mut self.store, ptr as usize, bytes)?;
+        Ok(ptr as i32)
+    }
+
+    /// `agent_init`.
+    pub fn init(&mut self, tick: u64) -> CallOutcome {
+        let out = self.call(tick, |a| a.f_init.call(&mut a.store, ()));
+        if out.fault.is_none() {
+            self.store.data_mut().counters.live = true;
+            self.first_step = true;
+        }
+        out
+    }
+
+    /// `agent_receive` for one message.
+    pub fn receive(&mut self, tick: u64, msg: &WireMessage) -> CallOutcome {
+        let bytes = encode_message(msg);
+        self.call(tick, |a| {
+            let p = a.place(&bytes)?;
+            a.f_receive.call(&mut a.store, p)
+        })
+    }
+
+    /// `agent_step`.
+    pub fn step(&mut self, tick: u64, task: Option<&TaskRef>, mailbox_len: u32) -> CallOutcome {
+        let first = std::mem::replace(&mut self.first_step, false);
+        let ctx = encode_context(tick, self.id(), task, mailbox_len, first);
+        self.call(tick, |a| {
+            let p = a.place(&ctx)?;
+            a.f_step.call(&mut a.store, p)
+        })
+    }
+
+    /// `agent_shutdown`.
+    pub fn shutdown(&mut self, tick: u64) -> CallOutcome {
+        let out = self.call(tick, |a| a.f_shutdown.call(&mut a.store, ()));
+        self.store.data_mut().counters.live = false;
+        out
+    }
+
+    /// `agent_migrate(from)` after a hot-swap, if the module exports it.
+    pub fn migrate(&mut self, tick: u64, from_version: i32) -> Option<CallOutcome> {
+        let f = self.f_migrate.clone()?;
+        Some(self.call(tick, |a| f.call(&mut a.store, from_version)))
+    }
+
+    /// Captures the agent's complete mutable state (between calls).
+    pub fn capture(&mut self) -> AgentState {
+        let memory = self.memory.data(&self.store).to_vec();
+        let globals = self
+            .globals
+            .iter()
+            .map(|g| global_value(g.get(&mut self.store)))
+            .collect();
+        AgentState {
+            module_hash: self.module.hash,
+            memory,
+            globals,
+            host: self.store.data().counters,
+        }
+    }
+
+    /// BLAKE3 of the agent's state, computed in place (same value as
+    /// [`state_hash`] of [`Agent::capture`]).
+    pub fn state_hash(&mut self) -> [u8; 32] {
+        let globals: Vec<GlobalValue> = self
+            .globals
+            .iter()
+            .map(|g| global_value(g.get(&mut self.store)))
+            .collect();
+        let counters = self.store.data().counters;
+        hash_parts(
+            &self.module.hash,
+            self.memory.data(&self.store),
+            &globals,
+            &counters,
+        )
+    }
+
+    /// Re-creates an agent from a captured state: a fresh instance whose
+    /// memory, globals and host counters are overwritten with the state.
+    pub fn restore(
+        rt: &Runtime,
+        module: Arc<AgentModule>,
+        id: u64,
+        limits: AgentLimits,
+        state: &AgentState,
+    ) -> Result<Self, Fault> {
+        if state.module_hash != module.hash {
+            return Err(Fault::Instantiate(format!(
+                "state was captured from module {}, not {} ({})",
+                hex(&state.module_hash),
+                module.name,
+                hex(&module.hash)
+            )));
+        }
+        if state.globals.len() != module.globals.len() {
+            return Err(Fault::Instantiate(format!(
+                "state has {} globals, module {} has {}",
+                state.globals.len(),
+                module.name,
+                module.globals.len()
+            )));
+        }
+        let len = state.memory.len();
+        if !len.is_multiple_of(PAGE) || len as u64 > limits.memory_bytes {
+            return Err(Fault::Instantiate(format!(
+                "captured memory of {len} bytes is not a whole number of pages within the limit"
+            )));
+        }
+        let mut agent = Self::instantiate(rt, module, id, limits)?;
+        let current = agent.memory.data_size(&agent.store);
+        if len < current {
+            return Err(Fault::Instantiate(format!(
+                "captured memory ({len} bytes) is smaller than the module's initial memory ({current})"
+            )));
+        }
+        if len > current {
+            agent
+                .memory
+                .grow(&mut agent.store, ((len - current) / PAGE) as u64)
+                .map_err(|e| Fault::Instantiate(format!("growing memory: {e}")))?;
+        }
+        agent
+            .memory
+            .data_mut(&mut agent.store)
+            .copy_from_slice(&state.memory);
+        for (g, v) in agent.globals.iter().zip(&state.globals) {
+            let val = match *v {
+                GlobalValue::I32(x) => Val::I32(x),
+                GlobalValue::I64(x) => Val::I64(x),
+                GlobalValue::F32(x) => Val::F32(x),
+                GlobalValue::F64(x) => Val::F64(x),
+                GlobalValue::V128(x) => Val::V128(x.into()),
+            };
+            g.set(&mut agent.store, val)
+                .map_err(|e| Fault::Instantiate(format!("restoring a global: {e}")))?;
+        }
+        agent.store.data_mut().counters = state.host;
+        agent.first_step = false;
+        Ok(agent)
+    }
+}
+
+fn global_value(v: Val) -> GlobalValue {
+    match v {
+        Val::I32(x) => GlobalValue::I32(x),
+        Val::I64(x) => GlobalValue::I64(x),
+        Val::F32(x) => GlobalValue::F32(x),
+        Val::F64(x) => GlobalValue::F64(x),
+        Val::V128(x) => GlobalValue::V128(x.as_u128()),
+        // Reference-typed mutable globals are refused at load.
+        _ => GlobalValue::I32(0),
+    }
+}
+
+fn hash_parts(
+    module: &[u8; 32],
+    memory: &[u8],
+    globals: &[GlobalValue],
+    c: &HostCounters,
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"lockstep-agent-state-v1");
+    h.update(module);
+    h.update(&(memory.len() as u64).to_le_bytes());
+    h.update(memory);
+    h.update(&(globals.len() as u64).to_le_bytes());
+    for g in globals {
+        let (tag, bits): (u8, u128) = match *g {
+            GlobalValue::I32(x) => (1, u128::from(x as u32)),
+            GlobalValue::I64(x) => (2, u128::from(x as u64)),
+            GlobalValue::F32(x) => (3, u128::from(x)),
+            GlobalValue::F64(x) => (4, u128::from(x)),
+            GlobalValue::V128(x) => (5, x),
+        };
+        h.update(&[tag]);
+        h.update(&bits.to_le_bytes());
+    }
+    for v in [
+        c.out_seq,
+        c.tasks,
+        c.requests,
+        u64::from(c.buffer.0),
+        u64::from(c.buffer.1),
+        u64::from(c.live),
+    ] {
+        h.update(&v.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The stable content hash of a captured state.
+pub fn state_hash(s: &AgentState) -> [u8; 32] {
+    hash_parts(&s.module_hash, &s.memory, &s.globals, &s.host)
+}
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Encodes the step context (docs/abi.md "Step context").
+pub fn encode_context(
+    tick: u64,
+    id: u64,
+    task: Option<&TaskRef>,
+    mailbox_len: u32,
+    first: bool,
+) -> Vec<u8> {
+    let payload: &[u8] = task.map_or(&[], |t| &t.payload);
+    let mut b = Vec::with_capacity(CTX_SIZE + payload.len());
+    b.extend_from_slice(&(CTX_SIZE as u32).to_le_bytes());
+    b.extend_from_slice(&((ABI_MAJOR << 16) | ABI_MINOR).to_le_bytes());
+    b.extend_from_slice(&tick.to_le_bytes());
+    b.extend_from_slice(&id.to_le_bytes());
+    b.extend_from_slice(&task.map_or(0, |t| t.task_id).to_le_bytes());
+    b.extend_from_slice(&task.map_or(0, |t| t.priority).to_le_bytes());
+    b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(&mailbox_len.to_le_bytes());
+    b.extend_from_slice(&u32::from(first).to_le_bytes());
+    b.extend_from_slice(&[0u8; 16]);
+    b.extend_from_slice(payload);
+    b
+}
+
+/// Encodes a message (docs/abi.md "Message").
+pub fn encode_message(m: &WireMessage) -> Vec<u8> {
+    let mut b = Vec::with_capacity(MSG_SIZE + m.topic.len() + m.payload.len());
+    b.extend_from_slice(&(MSG_SIZE as u32).to_le_bytes());
+    b.extend_from_slice(&m.kind.to_le_bytes());
+    b.extend_from_slice(&m.sender.to_le_bytes());
+    b.extend_from_slice(&m.sent_tick.to_le_bytes());
+    b.extend_from_slice(&m.seq.to_le_bytes());
+    b.extend_from_slice(&(m.topic.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(m.payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(&[0u8; 8]);
+    b.extend_from_slice(m.topic.as_bytes());
+    b.extend_from_slice(&m.payload);
+    b
+}

@@ -1,0 +1,576 @@
+//! The deterministic wasmtime engine, module validation and instrumentation,
+//! and the on-disk compiled-module cache.
+//!
+//! # Determinism settings
+//!
+//! | setting | value | why |
+//! |---|---|---|
+//! | fuel | on | the deterministic bound on every call |
+//! | NaN canonicalisation | on | float results identical on every CPU |
+//! | relaxed SIMD | rejected | its results may differ between CPUs |
+//! | threads, shared memory | off (the `threads` feature is not even compiled in) | no data races, no scheduling dependence |
+//! | multi-memory, memory64 | off | one 32-bit memory per agent, captured whole |
+//! | epoch interruption | on, as a wall-clock watchdog only | an epoch kill is a fault, never a result |
+//! | memory reservation / guard | 0 / 0 (packed, explicitly bounds-checked memories) | 10,000 agents fit under an address-space limit |
+//!
+//! wasmtime is pinned (`=48.0.8`): its fuel costs are part of the contract.
+
+use crate::error::LoadError;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::{Config, Engine, ExternType, Module, OptLevel, ValType};
+
+/// ABI major version this worker implements.
+pub const ABI_MAJOR: u32 = 1;
+/// ABI minor version this worker implements.
+pub const ABI_MINOR: u32 = 0;
+/// Engine epoch period (the watchdog's resolution).
+pub const EPOCH_PERIOD: Duration = Duration::from_millis(10);
+/// Prefix of the exports added for unexported mutable globals.
+pub const GLOBAL_EXPORT_PREFIX: &str = "__lockstep_global_";
+
+/// Builds the deterministic engine (see the module docs).
+pub fn deterministic_engine() -> Result<Engine, LoadError> {
+    let mut c = Config::new();
+    c.consume_fuel(true)
+        .cranelift_nan_canonicalization(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .wasm_relaxed_simd(false)
+        .shared_memory(false)
+        .wasm_multi_memory(false)
+        .wasm_memory64(false)
+        .epoch_interruption(true)
+        .memory_reservation(0)
+        .memory_guard_size(0)
+        .memory_reservation_for_growth(1 << 16)
+        .guard_before_linear_memory(false)
+        .memory_init_cow(false)
+        .max_wasm_stack(512 << 10)
+        .parallel_compilation(false);
+    Engine::new(&c).map_err(|e| LoadError::Engine(e.to_string()))
+}
+
+/// Starts the thread that advances the engine's epoch every
+/// [`EPOCH_PERIOD`] (the watchdog clock); it stops when the returned guard
+/// is dropped.
+pub fn start_epoch_ticker(engine: &Engine) -> EpochTicker {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (e, s) = (engine.clone(), stop.clone());
+    let thread = std::thread::Builder::new()
+        .name("lockstep-epoch".into())
+        .spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_PERIOD);
+                e.increment_epoch();
+            }
+        })
+        .ok();
+    EpochTicker { stop, thread }
+}
+
+/// Stops the epoch thread on drop.
+#[derive(Debug)]
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The signature of an import or export, for checking modules.
+type Sig = (&'static [ValType], &'static [ValType]);
+
+const I32: ValType = ValType::I32;
+const I64: ValType = ValType::I64;
+
+/// Every import a module may use (docs/abi.md), with its signature.
+pub const IMPORTS: &[(&str, Sig)] = &[
+    ("send", (&[I64, I32, I32], &[I32])),
+    ("publish", (&[I32, I32, I32, I32], &[I32])),
+    ("subscribe", (&[I32, I32], &[I32])),
+    ("unsubscribe", (&[I32, I32], &[I32])),
+    ("join_channel", (&[I32, I32], &[I32])),
+    ("leave_channel", (&[I32, I32], &[I32])),
+    ("channel_send", (&[I32, I32, I32, I32], &[I32])),
+    ("schedule_task", (&[I64, I32, I32, I32, I32, I32], &[I64])),
+    ("infer", (&[I32, I32, I32, I32], &[I64])),
+    ("log", (&[I32, I32, I32], &[I32])),
+    ("random", (&[], &[I64])),
+    ("tick", (&[], &[I64])),
+    ("agent_id", (&[], &[I64])),
+];
+
+/// Required function exports and their signatures.
+pub const EXPORTS: &[(&str, Sig)] = &[
+    ("agent_abi_version", (&[], &[I32])),
+    ("agent_buffer", (&[I32], &[I32])),
+    ("agent_init", (&[], &[I32])),
+    ("agent_step", (&[I32], &[I32])),
+    ("agent_receive", (&[I32], &[I32])),
+    ("agent_shutdown", (&[], &[I32])),
+];
+
+/// Optional function exports.
+pub const OPTIONAL_EXPORTS: &[(&str, Sig)] = &[("agent_migrate", (&[I32], &[I32]))];
+
+/// A mutable global of a module and the export through which it is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutableGlobal {
+    /// Index in the module's global index space.
+    pub index: u32,
+    /// Export name (the module's own, or one we added).
+    pub export: String,
+}
+
+/// A validated, instrumented, compiled agent module.
+#[derive(Debug, Clone)]
+pub struct AgentModule {
+    /// Name (for messages).
+    pub name: String,
+    /// BLAKE3 of the original bytes: the module's version hash.
+    pub hash: [u8; 32],
+    /// The compiled module.
+    pub module: Module,
+    /// Every mutable global, in index order.
+    pub globals: Vec<MutableGlobal>,
+    /// Whether the module exports `agent_migrate`.
+    pub has_migrate: bool,
+    /// Whether it came from the on-disk cache.
+    pub cached: bool,
+}
+
+fn sig_matches(ty: &wasmtime::FuncType, sig: Sig) -> bool {
+    let p: Vec<ValType> = ty.params().collect();
+    let r: Vec<ValType> = ty.results().collect();
+    p.len() == sig.0.len()
+        && r.len() == sig.1.len()
+        && p.iter().zip(sig.0).all(|(a, b)| ValType::eq(a, b))
+        && r.iter().zip(sig.1).all(|(a, b)| ValType::eq(a, b))
+}
+
+fn fmt_sig(sig: Sig) -> String {
+    let f = |v: &[ValType]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("({}) -> ({})", f(sig.0), f(sig.1))
+}
+
+/// What a pre-compilation scan of the module found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// (global index, mutable, exported name).
+    globals: Vec<(u32, bool, Option<String>)>,
+}
+
+/// Parses and validates the module bytes, rejects what ABI v1 forbids, and
+/// returns the facts instrumentation needs.
+fn scan(name: &str, bytes: &[u8]) -> Result<Scan, LoadError> {
+    use wasmparser::{Operator, Parser, Payload, TypeRef};
+    let invalid = |reason: String| LoadError::Invalid {
+        module: name.to_owned(),
+        reason,
+    };
+    let mut features = wasmparser::WasmFeatures::default();
+    features.remove(wasmparser::WasmFeatures::THREADS);
+    features.remove(wasmparser::WasmFeatures::SHARED_EVERYTHING_THREADS);
+    features.remove(wasmparser::WasmFeatures::RELAXED_SIMD);
+    features.remove(wasmparser::WasmFeatures::MULTI_MEMORY);
+    features.remove(wasmparser::WasmFeatures::MEMORY64);
+    features.remove(wasmparser::WasmFeatures::COMPONENT_MODEL);
+    let mut validator = wasmparser::Validator::new_with_features(features);
+    validator
+        .validate_all(bytes)
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut out = Scan::default();
+    let mut imported_globals = 0u32;
+    let mut exports: HashMap<u32, String> = HashMap::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| invalid(e.to_string()))? {
+            Payload::ImportSection(r) => {
+                for imp in r.into_imports() {
+                    let imp = imp.map_err(|e| invalid(e.to_string()))?;
+                    if let TypeRef::Global(_) = imp.ty {
+                        imported_globals += 1;
+                    }
+                }
+            }
+            Payload::GlobalSection(r) => {
+                for (i, g) in r.into_iter().enumerate() {
+                    let g = g.map_err(|e| invalid(e.to_string()))?;
+                    let index = imported_globals + i as u32;
+                    if g.ty.mutable
+                        && !matches!(
+                            g.ty.content_type,
+                            wasmparser::ValType::I32
+                                | wasmparser::ValType::I64
+                                | wasmparser::ValType::F32
+                                | wasmparser::ValType::F64
+                                | wasmparser::ValType::V128
+                        )
+                    {
+                        return Err(LoadError::Forbidden {
+                            module: name.to_owned(),
+                            item: format!("mutable reference-typed global {index}"),
+                            why: "its value cannot be captured in a snapshot".into(),
+                        });
+                    }
+                    out.globals.push((index, g.ty.mutable, None));
+                }
+            }
+            Payload::ExportSection(r) => {
+                for e in r {
+                    let e = e.map_err(|e| invalid(e.to_string()))?;
+                    if e.kind == wasmparser::ExternalKind::Global {
+                        exports.entry(e.index).or_insert_with(|| e.name.to_owned());
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let mut ops = body
+                    .get_operators_reader()
+                    .map_err(|e| invalid(e.to_string()))?;
+                while !ops.eof() {
+                    let op = ops.read().map_err(|e| invalid(e.to_string()))?;
+                    let forbidden = match op {
+                        Operator::TableSet { .. }
+                        | Operator::TableGrow { .. }
+                        | Operator::TableFill { .. }
+                        | Operator::TableCopy { .. }
+                        | Operator::TableInit { .. }
+                        | Operator::ElemDrop { .. } => Some("table mutation"),
+                        Operator::DataDrop { .. } => Some("data.drop"),
+                        _ => None,
+                    };
+                    if let Some(what) = forbidden {
+                        return Err(LoadError::Forbidden {
+                            module: name.to_owned(),
+                            item: format!("instruction {what} at offset {}", ops.original_position()),
+                            why: "ABI v1 keeps tables and data segments immutable so that state capture is complete".into(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for g in &mut out.globals {
+        g.2 = exports.get(&g.0).cloned();
+    }
+    Ok(out)
+}
+
+/// Adds an export for every mutable global that has none, so that state
+/// capture can read and restore it (as Wizer does).  Returns the new bytes
+/// and the export name of every mutable global.
+fn instrument(
+    name: &str,
+    bytes: &[u8],
+    scan: &Scan,
+) -> Result<(Vec<u8>, Vec<MutableGlobal>), LoadError> {
+    use wasm_encoder::{ExportKind, ExportSection, RawSection};
+    use wasmparser::{Parser, Payload};
+    let invalid = |reason: String| LoadError::Invalid {
+        module: name.to_owned(),
+        reason,
+    };
+    let mut globals = Vec::new();
+    let mut added = Vec::new();
+    for (index, mutable, export) in &scan.globals {
+        if !mutable {
+            continue;
+        }
+        let export = match export {
+            Some(e) => e.clone(),
+            None => {
+                let e = format!("{GLOBAL_EXPORT_PREFIX}{index}");
+                added.push((e.clone(), *index));
+                e
+            }
+        };
+        globals.push(MutableGlobal {
+            index: *index,
+            export,
+        });
+    }
+    if added.is_empty() {
+        return Ok((bytes.to_vec(), globals));
+    }
+    let mut module = wasm_encoder::Module::new();
+    let mut wrote_exports = false;
+    let write_exports = |module: &mut wasm_encoder::Module,
+                         existing: Option<wasmparser::ExportSectionReader<'_>>|
+     -> Result<(), LoadError> {
+        let mut sec = ExportSection::new();
+        if let Some(r) = existing {
+            for e in r {
+                let e = e.map_err(|e| invalid(e.to_string()))?;
+                let kind = match e.kind {
+                    wasmparser::ExternalKind::Func => ExportKind::Func,
+                    wasmparser::ExternalKind::Table => ExportKind::Table,
+                    wasmparser::ExternalKind::Memory => ExportKind::Memory,
+                    wasmparser::ExternalKind::Global => ExportKind::Global,
+                    wasmparser::ExternalKind::Tag => ExportKind::Tag,
+                    other => return Err(invalid(format!("unsupported export kind {other:?}"))),
+                };
+                sec.export(e.name, kind, e.index);
+            }
+        }
+        for (n, i) in &added {
+            sec.export(n, ExportKind::Global, *i);
+        }
+        module.section(&sec);
+        Ok(())
+    };
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| invalid(e.to_string()))?;
+        match payload {
+            Payload::Version { .. } | Payload::End(_) => {}
+            Payload::ExportSection(r) => {
+                write_exports(&mut module, Some(r))?;
+                wrote_exports = true;
+            }
+            other => {
+                if let Some((id, range)) = other.as_section() {
+                    // Start (8), element (9), data count (12), code (10) and
+                    // data (11) follow the export section's slot.
+                    if !wrote_exports && matches!(id, 8..=12) {
+                        write_exports(&mut module, None)?;
+                        wrote_exports = true;
+                    }
+                    let data = bytes
+                        .get(range.clone())
+                        .ok_or_else(|| invalid("section out of range".into()))?;
+                    module.section(&RawSection { id, data });
+                }
+            }
+        }
+    }
+    if !wrote_exports {
+        write_exports(&mut module, None)?;
+    }
+    Ok((module.finish(), globals))
+}
+
+/// The compiled-module cache: `<dir>/<blake3(module)>-<engine hash>.cwasm`
+/// plus a `.b3` file holding the BLAKE3 of the serialized bytes.  An entry
+/// whose checksum does not match, or that wasmtime refuses (another engine
+/// configuration or version), is recompiled, never trusted.
+#[derive(Debug, Clone)]
+pub struct ModuleCache {
+    dir: Option<PathBuf>,
+}
+
+impl ModuleCache {
+    /// A cache in `dir` (created on demand); `None` disables caching.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self { dir }
+    }
+
+    fn engine_key(engine: &Engine) -> String {
+        use std::hash::{Hash, Hasher};
+        // The compatibility hash implements `Hash`; fold it through a fixed
+        // (non-randomised) hasher into the key.
+        struct B3(blake3::Hasher);
+        impl Hasher for B3 {
+            fn finish(&self) -> u64 {
+                let h = self.0.finalize();
+                u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+            }
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.update(bytes);
+            }
+        }
+        let mut h = B3(blake3::Hasher::new());
+        engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    fn paths(&self, engine: &Engine, code_hash: &[u8; 32]) -> Option<(PathBuf, PathBuf)> {
+        let dir = self.dir.as_ref()?;
+        let stem = format!(
+            "{}-{}",
+            blake3::Hash::from(*code_hash).to_hex(),
+            Self::engine_key(engine)
+        );
+        Some((
+            dir.join(format!("{stem}.cwasm")),
+            dir.join(format!("{stem}.b3")),
+        ))
+    }
+
+    /// Loads a cached compilation of `code` (already instrumented), if a
+    /// valid one exists.
+    fn get(&self, engine: &Engine, code_hash: &[u8; 32]) -> Option<Module> {
+        let (bin, sum) = self.paths(engine, code_hash)?;
+        let bytes = std::fs::read(&bin).ok()?;
+        let want = std::fs::read_to_string(&sum).ok()?;
+        if blake3::hash(&bytes).to_hex().as_str() != want.trim() {
+            tracing::warn!(path = %bin.display(), "compiled-module cache entry fails its checksum; recompiling");
+            return None;
+        }
+        // SAFETY: the bytes were produced by `Module::serialize` of this
+        // worker (same engine configuration: the key includes the engine's
+        // compatibility hash, which wasmtime re-checks) and their BLAKE3
+        // matches the checksum written alongside, so they are exactly what we
+        // serialized — not arbitrary input.
+        match unsafe { Module::deserialize(engine, &bytes) } {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(path = %bin.display(), error = %e, "compiled-module cache entry refused; recompiling");
+                None
+            }
+        }
+    }
+
+    fn put(&self, engine: &Engine, code_hash: &[u8; 32], module: &Module) {
+        let Some((bin, sum)) = self.paths(engine, code_hash) else {
+            return;
+        };
+        let Ok(bytes) = module.serialize() else {
+            return;
+        };
+        let Some(dir) = bin.parent() else { return };
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        // Write to temporary names, then rename: a crash leaves no torn entry.
+        let tmp = bin.with_extension(format!("tmp{}", std::process::id()));
+        let ok = std::fs::write(&tmp, &bytes).is_ok()
+            && std::fs::write(&sum, blake3::hash(&bytes).to_hex().as_str()).is_ok()
+            && std::fs::rename(&tmp, &bin).is_ok();
+        if !ok {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// Validates, instruments and compiles (or fetches from the cache) an agent
+/// module.  `memory_limit` bounds the memory's declared minimum.
+pub fn load_module(
+    engine: &Engine,
+    cache: &ModuleCache,
+    name: &str,
+    bytes: &[u8],
+    memory_limit: u64,
+) -> Result<AgentModule, LoadError> {
+    let hash = *blake3::hash(bytes).as_bytes();
+    // Accept the text format too (handy for fixtures).
+    let binary;
+    let bytes = if bytes.starts_with(b"\0asm") {
+        bytes
+    } else {
+        binary = wat::parse_bytes(bytes)
+            .map_err(|e| LoadError::Invalid {
+                module: name.to_owned(),
+                reason: e.to_string(),
+            })?
+            .into_owned();
+        &binary[..]
+    };
+    let scan = scan(name, bytes)?;
+    let (code, globals) = instrument(name, bytes, &scan)?;
+    let code_hash = *blake3::hash(&code).as_bytes();
+    let (module, cached) = match cache.get(engine, &code_hash) {
+        Some(m) => (m, true),
+        None => {
+            let m = Module::new(engine, &code).map_err(|e| LoadError::Invalid {
+                module: name.to_owned(),
+                reason: format!("{e:#}"),
+            })?;
+            cache.put(engine, &code_hash, &m);
+            (m, false)
+        }
+    };
+    check_interface(name, &module, memory_limit)?;
+    let has_migrate = module.get_export("agent_migrate").is_some();
+    Ok(AgentModule {
+        name: name.to_owned(),
+        hash,
+        module,
+        globals,
+        has_migrate,
+        cached,
+    })
+}
+
+/// Checks imports, exports and the memory against the ABI.
+fn check_interface(name: &str, module: &Module, memory_limit: u64) -> Result<(), LoadError> {
+    for imp in module.imports() {
+        let known = IMPORTS
+            .iter()
+            .find(|(n, _)| imp.module() == "lockstep" && *n == imp.name());
+        match (known, imp.ty()) {
+            (Some((_, sig)), ExternType::Func(ft)) if sig_matches(&ft, *sig) => {}
+            (Some((n, sig)), _) => {
+                return Err(LoadError::ImportSignature {
+                    module: name.to_owned(),
+                    import: (*n).to_owned(),
+                    expected: fmt_sig(*sig),
+                });
+            }
+            (None, _) => {
+                return Err(LoadError::UnknownImport {
+                    module: name.to_owned(),
+                    import: format!("{}::{}", imp.module(), imp.name()),
+                });
+            }
+        }
+    }
+    for (export, sig) in EXPORTS.iter().chain(OPTIONAL_EXPORTS) {
+        let required = EXPORTS.iter().any(|(n, _)| n == export);
+        match module.get_export(export) {
+            Some(ExternType::Func(ft)) if sig_matches(&ft, *sig) => {}
+            Some(_) => {
+                return Err(LoadError::ExportSignature {
+                    module: name.to_owned(),
+                    export: (*export).to_owned(),
+                    expected: fmt_sig(*sig),
+                });
+            }
+            None if required => {
+                return Err(LoadError::MissingExport {
+                    module: name.to_owned(),
+                    export: (*export).to_owned(),
+                });
+            }
+            None => {}
+        }
+    }
+    match module.get_export("memory") {
+        Some(ExternType::Memory(m)) => {
+            let min = m.minimum().saturating_mul(m.page_size());
+            if min > memory_limit {
+                return Err(LoadError::MemoryTooLarge {
+                    module: name.to_owned(),
+                    declared: min,
+                    limit: memory_limit,
+                });
+            }
+        }
+        _ => {
+            return Err(LoadError::MissingExport {
+                module: name.to_owned(),
+                export: "memory".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Path helper for messages.
+pub fn display(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,45 @@
+//! The Lockstep worker: hosts WebAssembly agents under wasmtime and serves
+//! the supervisor over its shared-memory ring pair.
+//!
+//! ```
+//! use lockstep_worker::{agent::{Agent, Runtime}, engine};
+//! use shm_protocol::worker::AgentLimits;
+//! use std::{sync::Arc, time::Duration};
+//!
+//! let eng = engine::deterministic_engine().unwrap();
+//! let rt = Runtime::new(eng.clone(), 42, Duration::from_secs(1)).unwrap();
+//! let wat = r#"(module
+//!   (memory (export "memory") 1)
+//!   (global $n (mut i32) (i32.const 0))
+//!   (func (export "agent_abi_version") (result i32) (i32.const 0x10000))
+//!   (func (export "agent_buffer") (param i32) (result i32) (i32.const 1024))
+//!   (func (export "agent_init") (result i32) (i32.const 0))
+//!   (func (export "agent_step") (param i32) (result i32)
+//!     (global.set $n (i32.add (global.get $n) (i32.const 1))) (i32.const 0))
+//!   (func (export "agent_receive") (param i32) (result i32) (i32.const 0))
+//!   (func (export "agent_shutdown") (result i32) (i32.const 0)))"#;
+//! let cache = engine::ModuleCache::new(None);
+//! let module = Arc::new(engine::load_module(&eng, &cache, "counter", wat.as_bytes(), 1 << 20).unwrap());
+//! let mut agent = Agent::instantiate(&rt, module, 1, AgentLimits::default()).unwrap();
+//! assert!(agent.init(0).fault.is_none());
+//! let step = agent.step(1, None, 0);
+//! assert!(step.fault.is_none() && step.fuel > 0);
+//! ```
+//!
+//! # Core concepts
+//!
+//! * [`engine`] — the deterministic engine configuration, module validation
+//!   against the ABI, instrumentation (every mutable global exported so it
+//!   can be captured), and the on-disk compiled-module cache.
+//! * [`host`] — the `lockstep` imports every agent may call, with pointer
+//!   validation and fuel charging.
+//! * [`agent::Agent`] — one agent: its own `Store` and memory, calls with
+//!   per-call fuel, fault classification, capture/restore of its state.
+//! * [`service::Worker`] — the agents of one worker process and the
+//!   execution of the supervisor's per-tick work.
+
+pub mod agent;
+pub mod engine;
+pub mod error;
+pub mod host;
+pub mod service;

@@ -1,0 +1,527 @@
+//! The agents of one worker process, and the execution of the supervisor's
+//! commands (one [`TickWork`] per tick).
+
+use crate::agent::{Agent, CallOutcome, Runtime, hex, state_hash};
+use crate::engine::{self, AgentModule, EpochTicker, ModuleCache};
+use crate::error::LoadError;
+use shm_protocol::worker::{
+    AgentLimits, AgentResult, Fault, Output, TickDone, TickWork, WorkerCommand, WorkerReply,
+    digest_add, digest_term,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one agent did in the current tick (reset every tick).
+#[derive(Debug, Default)]
+struct Acc {
+    called: bool,
+    report: bool,
+    fuel: u64,
+    calls: u32,
+    fault: Option<Fault>,
+    wall_ns: u64,
+    mailbox: u32,
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: u64,
+    tenant: u32,
+    module_id: u32,
+    limits: AgentLimits,
+    agent: Agent,
+    acc: Acc,
+}
+
+/// A worker's agents and modules.
+#[derive(Debug)]
+pub struct Worker {
+    rt: Runtime,
+    _ticker: EpochTicker,
+    cache: ModuleCache,
+    modules: BTreeMap<u32, Arc<AgentModule>>,
+    /// Sorted by agent id.
+    slots: Vec<Slot>,
+    /// Results of agents that no longer have a slot (failed spawns, stops).
+    gone: Vec<(u32, AgentResult)>,
+    /// Agents stopped in earlier parts of the current tick.
+    stopped: Vec<u64>,
+    /// Wall time of the current tick's parts so far.
+    tick_wall_ns: u64,
+}
+
+impl Worker {
+    /// A worker with default settings (seed 0, 1 s watchdog, no cache) until
+    /// [`WorkerCommand::Configure`].
+    pub fn new() -> Result<Self, LoadError> {
+        let engine = engine::deterministic_engine()?;
+        let ticker = engine::start_epoch_ticker(&engine);
+        let rt = Runtime::new(engine, 0, Duration::from_secs(1))
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        Ok(Self {
+            rt,
+            _ticker: ticker,
+            cache: ModuleCache::new(None),
+            modules: BTreeMap::new(),
+            slots: Vec::new(),
+            gone: Vec::new(),
+            stopped: Vec::new(),
+            tick_wall_ns: 0,
+        })
+    }
+
+    /// Number of agents hosted.
+    pub fn agent_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Direct access to an agent (tests, benchmarks).
+    pub fn agent_mut(&mut self, id: u64) -> Option<&mut Agent> {
+        let i = self.find(id).ok()?;
+        Some(&mut self.slots[i].agent)
+    }
+
+    fn find(&self, id: u64) -> Result<usize, usize> {
+        self.slots.binary_search_by_key(&id, |s| s.id)
+    }
+
+    /// Executes one command.
+    pub fn handle(&mut self, cmd: WorkerCommand) -> WorkerReply {
+        match cmd {
+            WorkerCommand::Configure {
+                seed,
+                watchdog_ms,
+                cache_dir,
+            } => {
+                self.rt.seed = seed;
+                self.rt.watchdog = Duration::from_millis(u64::from(watchdog_ms.max(1)));
+                self.cache = ModuleCache::new(cache_dir.map(Into::into));
+                WorkerReply::Configured
+            }
+            WorkerCommand::LoadModule {
+                module_id,
+                name,
+                path,
+                expected_blake3,
+                memory_limit,
+            } => {
+                match self.load_module(
+                    module_id,
+                    &name,
+                    &path,
+                    expected_blake3.as_deref(),
+                    memory_limit,
+                ) {
+                    Ok(reply) => reply,
+                    Err(e) => WorkerReply::ModuleRefused {
+                        module_id,
+                        error: e.to_string(),
+                    },
+                }
+            }
+            WorkerCommand::Tick(work) => WorkerReply::TickDone(self.tick(&work)),
+            WorkerCommand::Capture { agents } => {
+                let mut out = Vec::with_capacity(agents.len());
+                for id in agents {
+                    match self.find(id) {
+                        Ok(i) => out.push((id, self.slots[i].agent.capture())),
+                        Err(_) => {
+                            return WorkerReply::Error(format!(
+                                "capture: no agent {id} in this worker"
+                            ));
+                        }
+                    }
+                }
+                WorkerReply::Captured(out)
+            }
+            WorkerCommand::HashState { agents } => {
+                let mut out = Vec::with_capacity(agents.len());
+                for id in agents {
+                    match self.find(id) {
+                        Ok(i) => out.push((id, self.slots[i].agent.state_hash())),
+                        Err(_) => {
+                            return WorkerReply::Error(format!(
+                                "hash: no agent {id} in this worker"
+                            ));
+                        }
+                    }
+                }
+                WorkerReply::Hashes(out)
+            }
+            WorkerCommand::Restore {
+                agent_id,
+                module_id,
+                tenant,
+                limits,
+                state,
+            } => {
+                let error = self
+                    .restore(agent_id, module_id, tenant, limits, &state)
+                    .err();
+                WorkerReply::Restored { agent_id, error }
+            }
+        }
+    }
+
+    /// Loads a module from a file, checking its pinned hash and its ABI.
+    pub fn load_module(
+        &mut self,
+        module_id: u32,
+        name: &str,
+        path: &str,
+        expected_blake3: Option<&str>,
+        memory_limit: u64,
+    ) -> Result<WorkerReply, LoadError> {
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
+            module: name.to_owned(),
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let actual = blake3::hash(&bytes).to_hex().to_string();
+        if let Some(want) = expected_blake3
+            && !want.eq_ignore_ascii_case(&actual)
+        {
+            return Err(LoadError::HashMismatch {
+                module: name.to_owned(),
+                expected: want.to_owned(),
+                actual,
+            });
+        }
+        let module = engine::load_module(&self.rt.engine, &self.cache, name, &bytes, memory_limit)?;
+        let abi_version = Agent::check_abi(&self.rt, &module, memory_limit)?;
+        let reply = WorkerReply::ModuleLoaded {
+            module_id,
+            blake3: module.hash,
+            abi_version,
+            cached: module.cached,
+        };
+        self.modules.insert(module_id, Arc::new(module));
+        Ok(reply)
+    }
+
+    /// Adds an already-loaded module (tests, benchmarks).
+    pub fn insert_module(&mut self, module_id: u32, module: AgentModule) {
+        self.modules.insert(module_id, Arc::new(module));
+    }
+
+    /// The runtime (engine, seed).
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    fn restore(
+        &mut self,
+        id: u64,
+        module_id: u32,
+        tenant: u32,
+        limits: AgentLimits,
+        state: &shm_protocol::worker::AgentState,
+    ) -> Result<(), String> {
+        let module = self
+            .modules
+            .get(&module_id)
+            .cloned()
+            .ok_or_else(|| format!("no module {module_id}"))?;
+        let agent =
+            Agent::restore(&self.rt, module, id, limits, state).map_err(|f| f.to_string())?;
+        let slot = Slot {
+            id,
+            tenant,
+            module_id,
+            limits,
+            agent,
+            acc: Acc::default(),
+        };
+        match self.find(id) {
+            Ok(i) => self.slots[i] = slot,
+            Err(i) => self.slots.insert(i, slot),
+        }
+        Ok(())
+    }
+
+    fn record(slot: &mut Slot, out: CallOutcome, started: Option<Instant>) {
+        let acc = &mut slot.acc;
+        acc.called = true;
+        acc.fuel += out.fuel;
+        acc.calls += 1;
+        if let Some(t) = started {
+            acc.wall_ns += t.elapsed().as_nanos() as u64;
+        }
+        if out.fault.is_some() {
+            acc.fault = out.fault;
+            acc.report = true;
+        }
+    }
+
+    /// Runs `f` on the slot as one call; discards the outputs of a call that
+    /// faults (a call's effects apply only if it completes).
+    fn run(slot: &mut Slot, timed: bool, f: impl FnOnce(&mut Agent) -> CallOutcome) {
+        let before = slot.agent.host().outputs.len();
+        let t = timed.then(Instant::now);
+        let out = f(&mut slot.agent);
+        if out.fault.is_some() {
+            slot.agent.host().outputs.truncate(before);
+        }
+        Self::record(slot, out, t);
+    }
+
+    fn fresh(&self, id: u64, module_id: u32, limits: AgentLimits) -> Result<Agent, Fault> {
+        let module = self
+            .modules
+            .get(&module_id)
+            .cloned()
+            .ok_or_else(|| Fault::Unknown(format!("module {module_id} is not loaded")))?;
+        Agent::instantiate(&self.rt, module, id, limits)
+    }
+
+    /// Executes one tick of work (see [`TickWork`] for the order).
+    pub fn tick(&mut self, work: &TickWork) -> TickDone {
+        let t0 = Instant::now();
+        let tick = work.tick;
+        let timed = work.measure_time;
+        for sp in &work.spawns {
+            if self.find(sp.agent_id).is_ok() {
+                self.gone_fault(
+                    sp.tenant,
+                    sp.agent_id,
+                    Fault::Unknown(format!("agent {} already exists", sp.agent_id)),
+                );
+                continue;
+            }
+            match self.fresh(sp.agent_id, sp.module_id, sp.limits) {
+                Ok(agent) => {
+                    let mut slot = Slot {
+                        id: sp.agent_id,
+                        tenant: sp.tenant,
+                        module_id: sp.module_id,
+                        limits: sp.limits,
+                        agent,
+                        acc: Acc {
+                            report: true,
+                            ..Acc::default()
+                        },
+                    };
+                    Self::run(&mut slot, timed, |a| a.init(tick));
+                    match self.find(sp.agent_id) {
+                        Ok(i) => self.slots[i] = slot,
+                        Err(i) => self.slots.insert(i, slot),
+                    }
+                }
+                Err(f) => self.gone_fault(sp.tenant, sp.agent_id, f),
+            }
+        }
+        for &id in &work.restarts {
+            let Ok(i) = self.find(id) else {
+                self.gone_fault(0, id, Fault::Unknown(format!("restart: no agent {id}")));
+                continue;
+            };
+            let (module_id, limits) = (self.slots[i].module_id, self.slots[i].limits);
+            match self.fresh(id, module_id, limits) {
+                Ok(agent) => {
+                    let slot = &mut self.slots[i];
+                    slot.agent = agent;
+                    slot.acc.report = true;
+                    Self::run(slot, timed, |a| a.init(tick));
+                }
+                Err(f) => {
+                    let slot = &mut self.slots[i];
+                    slot.acc.called = true;
+                    slot.acc.report = true;
+                    slot.acc.fault = Some(f);
+                }
+            }
+        }
+        for d in &work.deliveries {
+            let Ok(i) = self.find(d.agent_id) else {
+                self.gone_fault(
+                    0,
+                    d.agent_id,
+                    Fault::Unknown(format!("delivery: no agent {}", d.agent_id)),
+                );
+                continue;
+            };
+            let slot = &mut self.slots[i];
+            for m in &d.messages {
+                if !slot.agent.is_live() {
+                    break;
+                }
+                slot.acc.mailbox += 1;
+                Self::run(slot, timed, |a| a.receive(tick, m));
+            }
+        }
+        if work.step_all {
+            for slot in &mut self.slots {
+                if slot.agent.is_live() {
+                    let mailbox = slot.acc.mailbox;
+                    Self::run(slot, timed, |a| a.step(tick, None, mailbox));
+                }
+            }
+        }
+        for s in &work.steps {
+            let Ok(i) = self.find(s.agent_id) else {
+                self.gone_fault(
+                    0,
+                    s.agent_id,
+                    Fault::Unknown(format!("step: no agent {}", s.agent_id)),
+                );
+                continue;
+            };
+            let slot = &mut self.slots[i];
+            if slot.agent.is_live() {
+                let mailbox = slot.acc.mailbox;
+                Self::run(slot, timed, |a| a.step(tick, s.task.as_ref(), mailbox));
+            }
+        }
+        let mut stopped = Vec::new();
+        for &id in &work.stops {
+            let Ok(i) = self.find(id) else {
+                self.gone_fault(0, id, Fault::Unknown(format!("stop: no agent {id}")));
+                continue;
+            };
+            let slot = &mut self.slots[i];
+            slot.acc.report = true;
+            if slot.agent.is_live() {
+                Self::run(slot, timed, |a| a.shutdown(tick));
+            }
+            stopped.push(id);
+        }
+        self.tick_wall_ns += t0.elapsed().as_nanos() as u64;
+        if work.more {
+            // Accumulate until the last part of the tick's work.
+            self.stopped.extend(stopped);
+            return TickDone {
+                tick,
+                more: true,
+                ..TickDone::default()
+            };
+        }
+        let mut done = self.collect(tick, timed);
+        stopped.extend(std::mem::take(&mut self.stopped));
+        for id in stopped {
+            if let Ok(i) = self.find(id) {
+                self.slots.remove(i);
+            }
+        }
+        done.wall_ns = std::mem::take(&mut self.tick_wall_ns);
+        done
+    }
+
+    fn gone_fault(&mut self, tenant: u32, id: u64, fault: Fault) {
+        self.gone.push((
+            tenant,
+            AgentResult {
+                agent_id: id,
+                fuel: 0,
+                calls: 0,
+                outputs: Vec::new(),
+                fault: Some(fault),
+                wall_ns: 0,
+                logs_suppressed: 0,
+            },
+        ));
+    }
+
+    /// Gathers this tick's results and resets the accumulators.
+    fn collect(&mut self, tick: u64, timed: bool) -> TickDone {
+        let mut done = TickDone {
+            tick,
+            ..TickDone::default()
+        };
+        let mut tenant_fuel: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut gone = std::mem::take(&mut self.gone);
+        gone.sort_by_key(|(_, r)| r.agent_id);
+        let mut gone = gone.into_iter().peekable();
+        for slot in &mut self.slots {
+            while let Some((_, r)) = gone.next_if(|(_, r)| r.agent_id < slot.id) {
+                done.results.push(r);
+            }
+            let acc = std::mem::take(&mut slot.acc);
+            if !acc.called && !acc.report {
+                continue;
+            }
+            done.agents_called += 1;
+            done.calls += u64::from(acc.calls);
+            *tenant_fuel.entry(slot.tenant).or_default() += acc.fuel;
+            digest_add(&mut done.digest, digest_term(slot.id, acc.fuel, acc.calls));
+            let host = slot.agent.host();
+            let suppressed = host.logs_suppressed();
+            let has_outputs = !host.outputs.is_empty();
+            if acc.report || has_outputs || timed || suppressed > 0 {
+                let outputs: Vec<Output> = std::mem::take(&mut host.outputs);
+                done.results.push(AgentResult {
+                    agent_id: slot.id,
+                    fuel: acc.fuel,
+                    calls: acc.calls,
+                    outputs,
+                    fault: acc.fault,
+                    wall_ns: acc.wall_ns,
+                    logs_suppressed: suppressed,
+                });
+            }
+        }
+        for (_, r) in gone {
+            done.results.push(r);
+        }
+        done.tenant_fuel = tenant_fuel.into_iter().collect();
+        done
+    }
+
+    /// Hex BLAKE3 of an agent's captured state (tests).
+    pub fn state_hash_hex(&mut self, id: u64) -> Option<String> {
+        let i = self.find(id).ok()?;
+        let s = self.slots[i].agent.capture();
+        Some(hex(&state_hash(&s)))
+    }
+}
+
+/// Rough upper bound of an [`AgentResult`]'s encoded size.
+fn result_size(r: &AgentResult) -> usize {
+    64 + r
+        .outputs
+        .iter()
+        .map(|o| {
+            64 + match o {
+                Output::Send { payload, .. } => payload.len(),
+                Output::Publish { topic, payload, .. } => topic.len() + payload.len(),
+                Output::ChannelSend {
+                    channel, payload, ..
+                } => channel.len() + payload.len(),
+                Output::Subscribe(n)
+                | Output::Unsubscribe(n)
+                | Output::Join(n)
+                | Output::Leave(n) => n.len(),
+                Output::ScheduleTask { payload, deps, .. } => payload.len() + 10 * deps.len(),
+                Output::Infer { model, input, .. } => model.len() + input.len(),
+                Output::Log { line, .. } => line.len(),
+            }
+        })
+        .sum::<usize>()
+        + r.fault.as_ref().map_or(0, |f| f.to_string().len())
+}
+
+/// Splits a tick's result into parts of at most about `limit` encoded bytes
+/// each; every part but the last has `more` set and empty aggregates.
+pub fn split_tick_done(mut done: TickDone, limit: usize) -> Vec<TickDone> {
+    let mut parts = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for r in std::mem::take(&mut done.results) {
+        let s = result_size(&r);
+        if size + s > limit && !current.is_empty() {
+            parts.push(TickDone {
+                tick: done.tick,
+                results: std::mem::take(&mut current),
+                more: true,
+                ..TickDone::default()
+            });
+            size = 0;
+        }
+        size += s;
+        current.push(r);
+    }
+    done.results = current;
+    done.more = false;
+    parts.push(done);
+    parts
+}
