@@ -106,7 +106,8 @@ pub fn locate_binary(name: &str, env_override: &str) -> Result<PathBuf, String> 
     if let Some(p) = std::env::var_os(env_override) {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate the running binary: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot locate the running binary: {e}"))?;
     let mut dirs = Vec::new();
     if let Some(dir) = exe.parent() {
         dirs.push(dir.to_path_buf());
@@ -133,10 +134,15 @@ impl Child {
     /// Steps 1–3 of the bring-up: segment, process, pidfds.
     pub fn spawn(spec: &ChildSpec, reaper: &Reaper) -> Result<Self, ChildError> {
         use command_fds::{CommandFdExt, FdMapping};
-        let seg_err = |source| ChildError::Segment { name: spec.name.clone(), source };
+        let seg_err = |source| ChildError::Segment {
+            name: spec.name.clone(),
+            source,
+        };
         let segment = Segment::create(
             spec.rings,
-            Backing::Memfd { name: format!("lockstep-{}", spec.name) },
+            Backing::Memfd {
+                name: format!("lockstep-{}", spec.name),
+            },
         )
         .map_err(seg_err)?;
         let spawn_err = |source| ChildError::Spawn {
@@ -146,17 +152,26 @@ impl Child {
         };
         let fd = segment.fd().try_clone_to_owned().map_err(spawn_err)?;
         let mut cmd = std::process::Command::new(&spec.program);
-        cmd.arg("--shm-fd").arg("3").arg("--name").arg(&spec.name).args(&spec.args);
+        cmd.arg("--shm-fd")
+            .arg("3")
+            .arg("--name")
+            .arg(&spec.name)
+            .args(&spec.args);
         cmd.stdin(std::process::Stdio::null());
-        cmd.fd_mappings(vec![FdMapping { parent_fd: fd, child_fd: 3 }])
-            .map_err(|_| spawn_err(std::io::Error::other("fd mapping collision")))?;
+        cmd.fd_mappings(vec![FdMapping {
+            parent_fd: fd,
+            child_fd: 3,
+        }])
+        .map_err(|_| spawn_err(std::io::Error::other("fd mapping collision")))?;
         let proc = cmd.spawn().map_err(spawn_err)?;
         let pid = proc.id();
         // The child cannot be reaped before we open pidfds (only we wait for
         // it), so its pid cannot have been reused yet.
         drop(proc);
         let pidfd = PidFd::open(pid).map_err(spawn_err)?;
-        reaper.watch(&spec.name, spec.role, pid).map_err(spawn_err)?;
+        reaper
+            .watch(&spec.name, spec.role, pid)
+            .map_err(spawn_err)?;
         let ep = Endpoint::new(segment, Some(pidfd), None, spec.policy);
         tracing::debug!(name = %spec.name, pid, "spawned");
         Ok(Self {
@@ -173,11 +188,14 @@ impl Child {
     /// Step 4: wait for the hello and answer it.
     pub fn handshake(&mut self, timeout: Duration) -> Result<&Hello, ChildError> {
         let deadline = Some(Instant::now() + timeout);
-        let up: Up = self.ep.recv_msg(deadline).map_err(|e| ChildError::Channel {
-            name: self.name.clone(),
-            what: "waiting for hello",
-            source: e,
-        })?;
+        let up: Up = self
+            .ep
+            .recv_msg(deadline)
+            .map_err(|e| ChildError::Channel {
+                name: self.name.clone(),
+                what: "waiting for hello",
+                source: e,
+            })?;
         let hello = match up {
             Up::Hello(h) => h,
             other => {
@@ -188,7 +206,10 @@ impl Child {
             }
         };
         let problem = if hello.protocol != PROTOCOL_VERSION {
-            Some(format!("protocol {} (supervisor speaks {PROTOCOL_VERSION})", hello.protocol))
+            Some(format!(
+                "protocol {} (supervisor speaks {PROTOCOL_VERSION})",
+                hello.protocol
+            ))
         } else if hello.role != self.role {
             Some(format!("role {} (expected {})", hello.role, self.role))
         } else if hello.pid != self.pid {
@@ -197,16 +218,29 @@ impl Child {
             None
         };
         if let Some(detail) = problem {
-            let _ = self.ep.send_msg(&Down::Reject { reason: detail.clone() }, deadline);
-            return Err(ChildError::Protocol { name: self.name.clone(), detail });
+            let _ = self.ep.send_msg(
+                &Down::Reject {
+                    reason: detail.clone(),
+                },
+                deadline,
+            );
+            return Err(ChildError::Protocol {
+                name: self.name.clone(),
+                detail,
+            });
         }
-        let welcome = Down::Welcome { protocol: PROTOCOL_VERSION, supervisor_pid: std::process::id() };
+        let welcome = Down::Welcome {
+            protocol: PROTOCOL_VERSION,
+            supervisor_pid: std::process::id(),
+        };
         let name = self.name.clone();
-        self.ep.send_msg(&welcome, deadline).map_err(|source| ChildError::Channel {
-            name,
-            what: "sending welcome",
-            source,
-        })?;
+        self.ep
+            .send_msg(&welcome, deadline)
+            .map_err(|source| ChildError::Channel {
+                name,
+                what: "sending welcome",
+                source,
+            })?;
         Ok(self.hello.insert(hello))
     }
 
@@ -217,15 +251,24 @@ impl Child {
         let deadline = Some(Instant::now() + timeout);
         let t0 = Instant::now();
         let name = self.name.clone();
-        self.ep.send_msg(&Down::Ping { seq }, deadline).map_err(|source| ChildError::Channel {
-            name: name.clone(),
-            what: "sending ping",
-            source,
-        })?;
+        self.ep
+            .send_msg(&Down::Ping { seq }, deadline)
+            .map_err(|source| ChildError::Channel {
+                name: name.clone(),
+                what: "sending ping",
+                source,
+            })?;
         match self.ep.recv_msg::<Up>(deadline) {
             Ok(Up::Pong { seq: s }) if s == seq => Ok(t0.elapsed()),
-            Ok(other) => Err(ChildError::Protocol { name, detail: format!("expected Pong {seq}, got {other:?}") }),
-            Err(source) => Err(ChildError::Channel { name, what: "waiting for pong", source }),
+            Ok(other) => Err(ChildError::Protocol {
+                name,
+                detail: format!("expected Pong {seq}, got {other:?}"),
+            }),
+            Err(source) => Err(ChildError::Channel {
+                name,
+                what: "waiting for pong",
+                source,
+            }),
         }
     }
 
@@ -251,7 +294,10 @@ impl Child {
             if let Some(p) = &pidfd {
                 let _ = p.kill(rustix::process::Signal::KILL);
             }
-            return Err(ChildError::ShutdownTimeout { name: self.name, waited: timeout });
+            return Err(ChildError::ShutdownTimeout {
+                name: self.name,
+                waited: timeout,
+            });
         }
         Ok(())
     }

@@ -3,9 +3,9 @@
 use crate::child::{Child, ChildError, ChildSpec, locate_binary};
 use crate::reaper::{ChildExit, Reaper};
 use lockstep_common::live::{ChildStatus, LIVE_STATE_VERSION, LiveState};
+use shm_protocol::WaitPolicy;
 use shm_protocol::control::Role;
 use shm_protocol::segment::SegmentConfig;
-use shm_protocol::WaitPolicy;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -123,8 +123,13 @@ impl Cluster {
                 policy: cfg.policy,
             });
         }
-        let mut cluster =
-            Self { children: Vec::new(), handshakes: Vec::new(), reaper, deaths, exited: Vec::new() };
+        let mut cluster = Self {
+            children: Vec::new(),
+            handshakes: Vec::new(),
+            reaper,
+            deaths,
+            exited: Vec::new(),
+        };
         // Spawn all first so the children start up in parallel.
         for spec in &specs {
             let child = Child::spawn(spec, &cluster.reaper)?;
@@ -200,7 +205,13 @@ impl Cluster {
                 }
             })
             .collect();
-        LiveState { version: LIVE_STATE_VERSION, phase: phase.into(), tick: 0, children, log: Vec::new() }
+        LiveState {
+            version: LIVE_STATE_VERSION,
+            phase: phase.into(),
+            tick: 0,
+            children,
+            log: Vec::new(),
+        }
     }
 
     /// Shuts every child down and waits until the reaper has seen each one
@@ -217,13 +228,19 @@ impl Cluster {
             }
         }
         let deadline = Instant::now() + timeout;
-        while expected.iter().any(|pid| !self.exited.iter().any(|e| e.pid == *pid)) {
+        while expected
+            .iter()
+            .any(|pid| !self.exited.iter().any(|e| e.pid == *pid))
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || self.wait_death(left).is_none() {
                 break;
             }
         }
-        let missing = expected.iter().filter(|pid| !self.exited.iter().any(|e| e.pid == **pid)).count();
+        let missing = expected
+            .iter()
+            .filter(|pid| !self.exited.iter().any(|e| e.pid == **pid))
+            .count();
         if let Some(e) = errors.into_iter().next() {
             return Err(e.into());
         }

@@ -31,4 +31,10 @@
 
 pub mod child;
 pub mod cluster;
+pub mod ctl;
+pub mod journal;
+pub mod manifest;
 pub mod reaper;
+pub mod runner;
+pub mod sim;
+pub mod telemetry;

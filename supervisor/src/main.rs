@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 /// Raw command line (validated into the commands' configs below).
 #[derive(Debug, Parser)]
-#[command(name = "lockstep", version, about = "Deterministic multi-agent runtime")]
+#[command(
+    name = "lockstep",
+    version,
+    about = "Deterministic multi-agent runtime"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,7 +96,11 @@ fn ping(args: PingArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     println!(
         "lockstep: started {} worker(s){} in {}",
         args.workers,
-        if cfg.inference_host { " and the inference host" } else { "" },
+        if cfg.inference_host {
+            " and the inference host"
+        } else {
+            ""
+        },
         fmt_dur(t0.elapsed())
     );
     let reports = cluster.ping_all(args.rounds)?;
@@ -109,7 +117,9 @@ fn ping(args: PingArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 println!("lockstep: {d}");
                 died += 1;
                 if let Some(b) = &mut board {
-                    b.publish(&shm_protocol::codec::encode(&cluster.live_state("running", &reports))?)?;
+                    b.publish(&shm_protocol::codec::encode(
+                        &cluster.live_state("running", &reports),
+                    )?)?;
                 }
             }
         }
@@ -125,10 +135,20 @@ fn ping(args: PingArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             log: exits.iter().map(ToString::to_string).collect(),
         };
         b.publish(&shm_protocol::codec::encode(&state)?)?;
-        println!("lockstep: state board at {}", dir.join("state.board").display());
+        println!(
+            "lockstep: state board at {}",
+            dir.join("state.board").display()
+        );
     }
-    println!("lockstep: shutdown: {clean} of {n} children exited cleanly, all {} reaped", exits.len());
-    Ok(if clean + died == n && exits.len() == n { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    println!(
+        "lockstep: shutdown: {clean} of {n} children exited cleanly, all {} reaped",
+        exits.len()
+    );
+    Ok(if clean + died == n && exits.len() == n {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_table(reports: &[PingReport]) {

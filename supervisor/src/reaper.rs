@@ -7,8 +7,8 @@
 //! [`ExitCode`] class, or signal).  Latency is the kernel's wake-up latency —
 //! tens of microseconds — far inside the 100 ms budget.
 
-use shm_protocol::control::{ExitCode, Role};
 use shm_protocol::PidFd;
+use shm_protocol::control::{ExitCode, Role};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -45,7 +45,8 @@ impl ExitKind {
 
 /// Name of a signal (`SIGKILL`), or its number.
 pub fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned())
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned())
 }
 
 impl std::fmt::Display for ExitKind {
@@ -63,7 +64,12 @@ impl std::fmt::Display for ExitKind {
                     libc_sig::SIGSEGV | libc_sig::SIGBUS => " (memory fault)",
                     _ => "",
                 };
-                write!(f, "was killed by {}{why}{}", signal_name(*signal), if *core { ", core dumped" } else { "" })
+                write!(
+                    f,
+                    "was killed by {}{why}{}",
+                    signal_name(*signal),
+                    if *core { ", core dumped" } else { "" }
+                )
             }
         }
     }
@@ -94,7 +100,11 @@ pub struct ChildExit {
 
 impl std::fmt::Display for ChildExit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} (pid {}) {}", self.role, self.name, self.pid, self.kind)
+        write!(
+            f,
+            "{} {} (pid {}) {}",
+            self.role, self.name, self.pid, self.kind
+        )
     }
 }
 
@@ -130,19 +140,33 @@ impl Reaper {
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )?);
-        let shared = Arc::new(Shared { pending: Mutex::new(Vec::new()), stop: Mutex::new(false) });
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            stop: Mutex::new(false),
+        });
         let (tx, rx) = mpsc::channel();
         let (s2, w2) = (shared.clone(), wake.clone());
         let thread = std::thread::Builder::new()
             .name("lockstep-reaper".into())
             .spawn(move || run(&s2, &w2, &tx))?;
-        Ok((Self { shared, wake, thread: Some(thread) }, rx))
+        Ok((
+            Self {
+                shared,
+                wake,
+                thread: Some(thread),
+            },
+            rx,
+        ))
     }
 
     /// Starts watching `pid`.
     pub fn watch(&self, name: &str, role: Role, pid: u32) -> std::io::Result<()> {
         let pidfd = PidFd::open(pid)?;
-        lock(&self.shared.pending).push(Watched { name: name.to_owned(), role, pidfd });
+        lock(&self.shared.pending).push(Watched {
+            name: name.to_owned(),
+            role,
+            pidfd,
+        });
         self.poke()
     }
 
@@ -173,11 +197,16 @@ fn run(shared: &Shared, wake: &OwnedFd, tx: &mpsc::Sender<ChildExit>) {
         if *lock(&shared.stop) {
             return;
         }
-        let mut fds: Vec<rustix::event::PollFd<'_>> =
-            Vec::with_capacity(watched.len() + 1);
-        fds.push(rustix::event::PollFd::new(wake, rustix::event::PollFlags::IN));
+        let mut fds: Vec<rustix::event::PollFd<'_>> = Vec::with_capacity(watched.len() + 1);
+        fds.push(rustix::event::PollFd::new(
+            wake,
+            rustix::event::PollFlags::IN,
+        ));
         for w in &watched {
-            fds.push(rustix::event::PollFd::new(&w.pidfd, rustix::event::PollFlags::IN));
+            fds.push(rustix::event::PollFd::new(
+                &w.pidfd,
+                rustix::event::PollFlags::IN,
+            ));
         }
         if rustix::event::poll(&mut fds, None).is_err() {
             continue; // EINTR
@@ -201,12 +230,21 @@ fn run(shared: &Shared, wake: &OwnedFd, tx: &mpsc::Sender<ChildExit>) {
                 let kind = match status {
                     Ok(Some(st)) => match (st.exit_status(), st.terminating_signal()) {
                         (Some(c), _) => ExitKind::Exited(c),
-                        (None, Some(s)) => ExitKind::Signaled { signal: s, core: st.dumped() },
+                        (None, Some(s)) => ExitKind::Signaled {
+                            signal: s,
+                            core: st.dumped(),
+                        },
                         (None, None) => ExitKind::Exited(-1),
                     },
                     _ => ExitKind::Exited(-1),
                 };
-                let _ = tx.send(ChildExit { name: w.name, role: w.role, pid: w.pidfd.pid(), kind, at });
+                let _ = tx.send(ChildExit {
+                    name: w.name,
+                    role: w.role,
+                    pid: w.pidfd.pid(),
+                    kind,
+                    at,
+                });
             } else {
                 i += 1;
             }

@@ -1,0 +1,497 @@
+//! The run journal: an append-only file of checksummed, versioned frames.
+//!
+//! # Layout
+//!
+//! ```text
+//! 0   magic "LSJOURN\0" (8 bytes)
+//! 8   format version u32 LE
+//! 12  frames: len u32 LE | checksum u64 LE (first 8 bytes of BLAKE3(payload)) | payload (postcard Entry)
+//! ```
+//!
+//! The journal holds only deterministic facts (no wall-clock times, no
+//! worker counts), so two runs of the same manifest, seed and inputs write
+//! byte-identical journals.  A frame cut short at the end of the file (a
+//! crash while writing) is detected and ignored; a bad frame anywhere else is
+//! corruption, reported with its offset.
+//!
+//! # Durability
+//!
+//! Frames are written with one `write` each into the page cache and the file
+//! is `fdatasync`ed at every input frame (an accepted `ctl` command is
+//! durable before it takes effect), at every checkpoint, and at close.  A
+//! supervisor crash can lose only tick records after the last sync; `resume`
+//! re-executes those ticks deterministically.
+
+use crate::sim::{Event, Input, InputOutcome};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Magic bytes at the start of a journal.
+pub const MAGIC: &[u8; 8] = b"LSJOURN\0";
+/// Format version.
+pub const VERSION: u32 = 1;
+/// Largest frame accepted when reading.
+pub const MAX_FRAME: u32 = 64 << 20;
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    /// First entry of every run.
+    Header {
+        /// BLAKE3 of the manifest file.
+        manifest_hash: [u8; 32],
+        /// Run seed.
+        seed: u64,
+        /// The manifest text.
+        manifest: String,
+    },
+    /// An external input applied at `tick`, with its outcome.
+    Input {
+        /// Tick of application.
+        tick: u64,
+        /// The input.
+        input: Input,
+        /// What it did.
+        outcome: InputOutcome,
+    },
+    /// A deterministic event of `tick`.
+    Event {
+        /// Tick.
+        tick: u64,
+        /// Event.
+        event: Event,
+    },
+    /// Inference answers delivered after `tick` (hash of each).
+    Inference {
+        /// Tick.
+        tick: u64,
+        /// (agent, request id, model, answer hash).
+        answers: Vec<(u64, u64, String, [u8; 32])>,
+    },
+    /// End of a tick.
+    Tick {
+        /// Tick.
+        tick: u64,
+        /// Chained tick hash.
+        hash: [u8; 32],
+        /// Steps run.
+        steps: u64,
+        /// Calls into agents.
+        calls: u64,
+        /// Fuel.
+        fuel: u64,
+        /// Messages delivered.
+        messages: u64,
+        /// Messages dropped.
+        dropped: u64,
+        /// Faults.
+        faults: u64,
+    },
+    /// A checkpoint was written after `tick`.
+    Checkpoint {
+        /// Tick.
+        tick: u64,
+        /// Snapshot file name (relative to the run directory).
+        file: String,
+        /// Global state hash.
+        state_hash: [u8; 32],
+    },
+    /// The run ended cleanly after `tick`.
+    End {
+        /// Last tick.
+        tick: u64,
+        /// Final hash.
+        hash: [u8; 32],
+    },
+}
+
+impl Entry {
+    /// The tick the entry belongs to (0 for the header).
+    pub fn tick(&self) -> u64 {
+        match self {
+            Entry::Header { .. } => 0,
+            Entry::Input { tick, .. }
+            | Entry::Event { tick, .. }
+            | Entry::Inference { tick, .. }
+            | Entry::Tick { tick, .. }
+            | Entry::Checkpoint { tick, .. }
+            | Entry::End { tick, .. } => *tick,
+        }
+    }
+
+    /// A short kind name (`header`, `input`, `event`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::Header { .. } => "header",
+            Entry::Input { .. } => "input",
+            Entry::Event { .. } => "event",
+            Entry::Inference { .. } => "inference",
+            Entry::Tick { .. } => "tick",
+            Entry::Checkpoint { .. } => "checkpoint",
+            Entry::End { .. } => "end",
+        }
+    }
+}
+
+/// Journal errors.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// I/O.
+    #[error("journal {path}: {op} failed")]
+    Io {
+        /// File.
+        path: String,
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a journal.
+    #[error("journal {path}: not a Lockstep journal (bad magic)")]
+    BadMagic {
+        /// File.
+        path: String,
+    },
+    /// Unknown version.
+    #[error("journal {path}: format version {found} is not supported (this build reads {VERSION})")]
+    Version {
+        /// File.
+        path: String,
+        /// Found.
+        found: u32,
+    },
+    /// A bad frame before the end of the file.
+    #[error("journal {path}: corrupt frame at byte offset {offset}: {reason}")]
+    Corrupt {
+        /// File.
+        path: String,
+        /// Offset of the frame.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn checksum(payload: &[u8]) -> u64 {
+    let h = blake3::hash(payload);
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(w)
+}
+
+/// Appends entries.
+#[derive(Debug)]
+pub struct JournalWriter {
+    file: File,
+    path: PathBuf,
+    buf: Vec<u8>,
+    len: u64,
+}
+
+impl JournalWriter {
+    /// Creates a new journal (the file must not exist).
+    pub fn create(path: &Path) -> Result<Self, JournalError> {
+        let p = path.display().to_string();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|source| JournalError::Io {
+                path: p.clone(),
+                op: "create",
+                source,
+            })?;
+        let mut head = MAGIC.to_vec();
+        head.extend_from_slice(&VERSION.to_le_bytes());
+        file.write_all(&head).map_err(|source| JournalError::Io {
+            path: p,
+            op: "write",
+            source,
+        })?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            buf: Vec::new(),
+            len: head.len() as u64,
+        })
+    }
+
+    /// Opens an existing journal for appending after its last valid frame
+    /// (a torn final frame is cut off).
+    pub fn append(path: &Path) -> Result<Self, JournalError> {
+        let read = read_journal(path)?;
+        let p = path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|source| JournalError::Io {
+                path: p.clone(),
+                op: "open",
+                source,
+            })?;
+        file.set_len(read.valid_len)
+            .map_err(|source| JournalError::Io {
+                path: p.clone(),
+                op: "truncate",
+                source,
+            })?;
+        let mut w = Self {
+            file,
+            path: path.to_owned(),
+            buf: Vec::new(),
+            len: read.valid_len,
+        };
+        use std::io::Seek;
+        w.file
+            .seek(std::io::SeekFrom::Start(read.valid_len))
+            .map_err(|source| JournalError::Io {
+                path: p,
+                op: "seek",
+                source,
+            })?;
+        Ok(w)
+    }
+
+    /// Appends one entry.
+    pub fn write(&mut self, entry: &Entry) -> Result<(), JournalError> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; 12]);
+        let _ = shm_protocol::codec::encode_into(entry, &mut self.buf);
+        let n = (self.buf.len() - 12) as u32;
+        let sum = checksum(&self.buf[12..]);
+        self.buf[..4].copy_from_slice(&n.to_le_bytes());
+        self.buf[4..12].copy_from_slice(&sum.to_le_bytes());
+        self.file
+            .write_all(&self.buf)
+            .map_err(|source| JournalError::Io {
+                path: self.path.display().to_string(),
+                op: "write",
+                source,
+            })?;
+        self.len += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes to stable storage.
+    pub fn sync(&mut self) -> Result<(), JournalError> {
+        self.file.sync_data().map_err(|source| JournalError::Io {
+            path: self.path.display().to_string(),
+            op: "fdatasync",
+            source,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing but the header was written.
+    pub fn is_empty(&self) -> bool {
+        self.len <= 12
+    }
+}
+
+/// A journal read back.
+#[derive(Debug, Clone)]
+pub struct JournalRead {
+    /// Entries, in order.
+    pub entries: Vec<Entry>,
+    /// Bytes of valid frames (a torn tail beyond it was ignored).
+    pub valid_len: u64,
+    /// Whether a torn final frame was ignored.
+    pub torn_tail: bool,
+}
+
+/// Reads a whole journal.
+pub fn read_journal(path: &Path) -> Result<JournalRead, JournalError> {
+    let p = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| JournalError::Io {
+        path: p.clone(),
+        op: "read",
+        source,
+    })?;
+    parse_journal(&bytes, &p)
+}
+
+/// Parses journal bytes (`path` is for messages).
+pub fn parse_journal(bytes: &[u8], path: &str) -> Result<JournalRead, JournalError> {
+    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+        return Err(JournalError::BadMagic {
+            path: path.to_owned(),
+        });
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != VERSION {
+        return Err(JournalError::Version {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    let mut entries = Vec::new();
+    let mut off = 12usize;
+    let corrupt = |offset: usize, reason: String| JournalError::Corrupt {
+        path: path.to_owned(),
+        offset: offset as u64,
+        reason,
+    };
+    while off < bytes.len() {
+        let rest = &bytes[off..];
+        if rest.len() < 12 {
+            return Ok(JournalRead {
+                entries,
+                valid_len: off as u64,
+                torn_tail: true,
+            });
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        let sum = u64::from_le_bytes([
+            rest[4], rest[5], rest[6], rest[7], rest[8], rest[9], rest[10], rest[11],
+        ]);
+        if len > MAX_FRAME {
+            return Err(corrupt(
+                off,
+                format!("frame length {len} exceeds {MAX_FRAME}"),
+            ));
+        }
+        let end = 12 + len as usize;
+        if rest.len() < end {
+            // Cut short by a crash: the final frame is torn.
+            return Ok(JournalRead {
+                entries,
+                valid_len: off as u64,
+                torn_tail: true,
+            });
+        }
+        let payload = &rest[12..end];
+        if checksum(payload) != sum {
+            if off + end == bytes.len() {
+                // A torn write of the very last frame.
+                return Ok(JournalRead {
+                    entries,
+                    valid_len: off as u64,
+                    torn_tail: true,
+                });
+            }
+            return Err(corrupt(off, "checksum mismatch".into()));
+        }
+        let entry: Entry =
+            shm_protocol::codec::decode(payload).map_err(|e| corrupt(off, e.to_string()))?;
+        entries.push(entry);
+        off += end;
+    }
+    Ok(JournalRead {
+        entries,
+        valid_len: off as u64,
+        torn_tail: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Entry> {
+        vec![
+            Entry::Header {
+                manifest_hash: [1; 32],
+                seed: 7,
+                manifest: "x".into(),
+            },
+            Entry::Tick {
+                tick: 1,
+                hash: [2; 32],
+                steps: 3,
+                calls: 3,
+                fuel: 10,
+                messages: 0,
+                dropped: 0,
+                faults: 0,
+            },
+            Entry::End {
+                tick: 1,
+                hash: [2; 32],
+            },
+        ]
+    }
+
+    fn write(dir: &Path) -> PathBuf {
+        let p = dir.join("j");
+        let _ = std::fs::remove_file(&p);
+        let mut w = JournalWriter::create(&p).unwrap();
+        for e in sample() {
+            w.write(&e).unwrap();
+        }
+        w.sync().unwrap();
+        p
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("lockstep-journal-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn round_trip() {
+        let d = tmp("rt");
+        let r = read_journal(&write(&d)).unwrap();
+        assert_eq!(r.entries, sample());
+        assert!(!r.torn_tail);
+    }
+
+    #[test]
+    fn torn_tail_is_ignored_and_cut_on_append() {
+        let d = tmp("torn");
+        let p = write(&d);
+        let full = std::fs::read(&p).unwrap();
+        for cut in 1..20 {
+            std::fs::write(&p, &full[..full.len() - cut]).unwrap();
+            let r = read_journal(&p).unwrap();
+            assert_eq!(r.entries, sample()[..2].to_vec(), "cut {cut}");
+            assert!(r.torn_tail);
+        }
+        let mut w = JournalWriter::append(&p).unwrap();
+        w.write(&sample()[2]).unwrap();
+        assert_eq!(read_journal(&p).unwrap().entries, sample());
+    }
+
+    #[test]
+    fn corruption_in_the_middle_is_reported_with_offset() {
+        let d = tmp("corrupt");
+        let p = write(&d);
+        let mut b = std::fs::read(&p).unwrap();
+        b[12 + 12 + 3] ^= 0xFF; // inside the first frame's payload
+        std::fs::write(&p, &b).unwrap();
+        let e = read_journal(&p).unwrap_err();
+        assert!(matches!(e, JournalError::Corrupt { offset: 12, .. }), "{e}");
+        std::fs::write(&p, b"NOTAJOURNAL!").unwrap();
+        assert!(matches!(
+            read_journal(&p),
+            Err(JournalError::BadMagic { .. })
+        ));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let d = tmp("fuzz");
+        let good = std::fs::read(write(&d)).unwrap();
+        let mut x = 0x1234_5678u64;
+        for i in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut b = good.clone();
+            let pos = 12 + (x as usize % (b.len() - 12));
+            b[pos] ^= (x >> 32) as u8 | 1;
+            if i % 3 == 0 {
+                b.truncate(pos);
+            }
+            let _ = parse_journal(&b, "fuzz");
+        }
+    }
+}

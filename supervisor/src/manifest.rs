@@ -1,0 +1,899 @@
+//! The run manifest (TOML): parsing into raw structs, then validation into a
+//! [`Manifest`] in which every name is resolved.  Every error names the
+//! file, line and field.
+//!
+//! ```toml
+//! [run]
+//! seed = 42
+//! ticks = 1000
+//! workers = 2
+//! checkpoint_every = 100
+//!
+//! [scheduler]
+//! mode = "round-robin"        # or "priority", "dag"
+//! budget = 1000               # steps (priority/dag: tasks) per tick
+//! mailbox_capacity = 1024
+//! mailbox_overflow = "drop-oldest"   # or "drop-newest"
+//!
+//! [[tenants]]
+//! name = "default"
+//! max_agents = 10000
+//! max_steps_per_tick = 100000
+//! max_fuel_per_tick = 1000000000
+//! max_memory = "1GiB"
+//! max_inference_per_tick = 1000
+//!
+//! [[agents]]
+//! name = "sensor"
+//! module = "../target/agents/sensor.wasm"   # relative to this file
+//! blake3 = "…"                 # optional pin of the module's hash
+//! count = 50                   # sensor-0 … sensor-49
+//! priority = 0
+//! tenant = "default"
+//! memory = "2MiB"
+//! fuel = 1000000
+//! subscriptions = ["sensors"]
+//! channels = ["ops"]
+//! restart = { max = 3, within = 100 }
+//!
+//! [[tasks]]
+//! name = "t1"                  # for `after` references
+//! agent = "sensor-3"
+//! priority = 5
+//! payload = "text"             # or payload_hex = "0a0b"
+//! after = ["t0"]
+//!
+//! [[models]]
+//! id = "mlp"
+//! version = "1"
+//! path = "../.deps/models/mlp-v1.onnx"
+//! blake3 = "…"
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// A manifest error: file, line and field, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {field}: {message}")]
+pub struct ManifestError {
+    /// The manifest file.
+    pub file: String,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// The field (`agents[2].tenant`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Scheduler mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Every runnable agent steps once per tick, in a fixed rotation.
+    RoundRobin,
+    /// Tasks by priority, then sequence, within the per-tick budget.
+    Priority,
+    /// Like priority, but a task runs only after its dependencies completed.
+    Dag,
+}
+
+/// What happens when a message arrives at a full mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overflow {
+    /// Drop the oldest queued message (counted, reported to the recipient).
+    DropOldest,
+    /// Drop the arriving message (counted, reported to the sender).
+    DropNewest,
+}
+
+/// A byte size: an integer or a string like `"4MiB"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+fn parse_size(s: &RawSize) -> Result<u64, String> {
+    match s {
+        RawSize::Bytes(b) => Ok(*b),
+        RawSize::Text(t) => {
+            let t = t.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (num, unit) = t.split_at(split);
+            let n: u64 = num
+                .parse()
+                .map_err(|_| format!("`{t}` is not a size like 4096, \"64KiB\" or \"2MiB\""))?;
+            let mult = match unit.trim() {
+                "" | "B" => 1,
+                "KiB" => 1 << 10,
+                "MiB" => 1 << 20,
+                "GiB" => 1 << 30,
+                other => {
+                    return Err(format!(
+                        "unknown size unit `{other}` (use B, KiB, MiB or GiB)"
+                    ));
+                }
+            };
+            n.checked_mul(mult)
+                .ok_or_else(|| format!("`{t}` is too large"))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    seed: Option<u64>,
+    ticks: Option<u64>,
+    workers: Option<Spanned<u64>>,
+    checkpoint_every: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduler {
+    mode: Option<Mode>,
+    budget: Option<Spanned<u64>>,
+    mailbox_capacity: Option<Spanned<u64>>,
+    mailbox_overflow: Option<Overflow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: Spanned<String>,
+    max_agents: Option<u64>,
+    max_steps_per_tick: Option<u64>,
+    max_fuel_per_tick: Option<u64>,
+    max_memory: Option<Spanned<RawSize>>,
+    max_inference_per_tick: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRestart {
+    max: u32,
+    within: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Spanned<String>,
+    module: Spanned<String>,
+    blake3: Option<Spanned<String>>,
+    count: Option<Spanned<u64>>,
+    priority: Option<i32>,
+    tenant: Option<Spanned<String>>,
+    memory: Option<Spanned<RawSize>>,
+    fuel: Option<Spanned<u64>>,
+    subscriptions: Option<Vec<Spanned<String>>>,
+    channels: Option<Vec<Spanned<String>>>,
+    restart: Option<RawRestart>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    name: Option<Spanned<String>>,
+    agent: Spanned<String>,
+    priority: Option<i32>,
+    payload: Option<String>,
+    payload_hex: Option<Spanned<String>>,
+    after: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    id: Spanned<String>,
+    version: Spanned<String>,
+    path: Spanned<String>,
+    blake3: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    run: Option<RawRun>,
+    scheduler: Option<RawScheduler>,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+    #[serde(default)]
+    agents: Vec<RawAgent>,
+    #[serde(default)]
+    tasks: Vec<RawTask>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+}
+
+/// Per-tenant limits (`None` = unlimited).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Name.
+    pub name: String,
+    /// Most agents alive at once.
+    pub max_agents: Option<u64>,
+    /// Most steps per tick.
+    pub max_steps_per_tick: Option<u64>,
+    /// Most fuel per tick (enforced from the next tick on).
+    pub max_fuel_per_tick: Option<u64>,
+    /// Most linear memory summed over its agents' limits.
+    pub max_memory: Option<u64>,
+    /// Most inference requests per tick.
+    pub max_inference_per_tick: Option<u64>,
+}
+
+/// OTP-style restart intensity: at most `max` restarts within `within` ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// Restarts allowed in the window.
+    pub max: u32,
+    /// Window length in ticks.
+    pub within: u64,
+}
+
+/// An agent definition (a template for `count` instances).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentDef {
+    /// Name (instances are `name-i` when `count > 1`).
+    pub name: String,
+    /// Module path (resolved against the manifest's directory).
+    pub module: PathBuf,
+    /// Pinned BLAKE3 of the module, lower-case hex.
+    pub blake3: Option<String>,
+    /// Instances.
+    pub count: u64,
+    /// Scheduling priority (higher first).
+    pub priority: i32,
+    /// Index into [`Manifest::tenants`].
+    pub tenant: u32,
+    /// Linear memory limit.
+    pub memory: u64,
+    /// Fuel per call.
+    pub fuel: u64,
+    /// Topics subscribed from the start.
+    pub subscriptions: Vec<String>,
+    /// Channels joined from the start.
+    pub channels: Vec<String>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+}
+
+/// An initial task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDef {
+    /// Optional name.
+    pub name: Option<String>,
+    /// The agent instance that runs it.
+    pub agent: String,
+    /// Priority.
+    pub priority: i32,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Indices (into [`Manifest::tasks`]) of the tasks it waits for.
+    pub after: Vec<usize>,
+}
+
+/// A model for the inference host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelDef {
+    /// Id.
+    pub id: String,
+    /// Version.
+    pub version: String,
+    /// Path (resolved).
+    pub path: PathBuf,
+    /// Pinned BLAKE3, lower-case hex.
+    pub blake3: Option<String>,
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Run seed.
+    pub seed: u64,
+    /// Default number of ticks.
+    pub ticks: u64,
+    /// Default worker count.
+    pub workers: u64,
+    /// Checkpoint period in ticks (0 = none).
+    pub checkpoint_every: u64,
+    /// Scheduler mode.
+    pub mode: Mode,
+    /// Steps (or tasks) per tick.
+    pub budget: u64,
+    /// Mailbox capacity per agent.
+    pub mailbox_capacity: u64,
+    /// Overflow policy.
+    pub overflow: Overflow,
+    /// Tenants (index 0 is `default` if none were declared).
+    pub tenants: Vec<Tenant>,
+    /// Agent definitions, in manifest order.
+    pub agents: Vec<AgentDef>,
+    /// Initial tasks.
+    pub tasks: Vec<TaskDef>,
+    /// Models.
+    pub models: Vec<ModelDef>,
+}
+
+/// Most agents one run may declare.
+pub const MAX_AGENTS: u64 = 1 << 24;
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text
+            .get(..offset.min(self.text.len()))
+            .map_or(0, |t| t.matches('\n').count() + 1)
+    }
+
+    fn err<T>(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Result<T, ManifestError> {
+        Err(ManifestError {
+            file: self.file.to_owned(),
+            line: span.map_or(0, |s| self.line_of(s.start)),
+            field: field.into(),
+            message: message.into(),
+        })
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn valid_blake3(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+impl Manifest {
+    /// Reads and validates the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            file: path.display().to_string(),
+            line: 0,
+            field: "-".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let base = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        Self::parse(&text, &path.display().to_string(), &base)
+    }
+
+    /// Instance names of agent definition `i`, in id order.
+    pub fn instance_names(def: &AgentDef) -> impl Iterator<Item = String> + '_ {
+        (0..def.count).map(move |i| {
+            if def.count == 1 {
+                def.name.clone()
+            } else {
+                format!("{}-{i}", def.name)
+            }
+        })
+    }
+
+    /// Total number of agent instances.
+    pub fn agent_count(&self) -> u64 {
+        self.agents.iter().map(|a| a.count).sum()
+    }
+
+    /// Validates manifest text; relative paths resolve against `base`.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, ManifestError> {
+        let cx = Ctx { file, text };
+        let raw: RawManifest = match toml::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                let field = e.message().split('`').nth(1).unwrap_or("-").to_owned();
+                return cx.err(e.span(), field, e.message().trim().to_owned());
+            }
+        };
+        let run = raw.run;
+        let sched = raw.scheduler;
+        let workers = match run.as_ref().and_then(|r| r.workers.as_ref()) {
+            Some(w) if *w.get_ref() == 0 || *w.get_ref() > 256 => {
+                return cx.err(Some(w.span()), "run.workers", "must be between 1 and 256");
+            }
+            Some(w) => *w.get_ref(),
+            None => 2,
+        };
+        let positive = |v: &Option<Spanned<u64>>,
+                        field: &str,
+                        default: u64|
+         -> Result<u64, ManifestError> {
+            match v {
+                Some(s) if *s.get_ref() == 0 => cx.err(Some(s.span()), field, "must be at least 1"),
+                Some(s) => Ok(*s.get_ref()),
+                None => Ok(default),
+            }
+        };
+        let budget = positive(
+            &sched.as_ref().and_then(|s| s.budget.clone()),
+            "scheduler.budget",
+            u64::MAX,
+        )?;
+        let mailbox_capacity = positive(
+            &sched.as_ref().and_then(|s| s.mailbox_capacity.clone()),
+            "scheduler.mailbox_capacity",
+            1024,
+        )?;
+
+        let mut tenants = Vec::new();
+        let mut tenant_idx: BTreeMap<String, u32> = BTreeMap::new();
+        for (i, t) in raw.tenants.iter().enumerate() {
+            let name = t.name.get_ref();
+            if !valid_name(name) {
+                return cx.err(
+                    Some(t.name.span()),
+                    format!("tenants[{i}].name"),
+                    format!("`{name}` is not a valid name (letters, digits, - _ .)"),
+                );
+            }
+            if tenant_idx
+                .insert(name.clone(), tenants.len() as u32)
+                .is_some()
+            {
+                return cx.err(
+                    Some(t.name.span()),
+                    format!("tenants[{i}].name"),
+                    format!("tenant `{name}` is declared twice"),
+                );
+            }
+            let max_memory =
+                match &t.max_memory {
+                    Some(s) => Some(parse_size(s.get_ref()).or_else(|m| {
+                        cx.err(Some(s.span()), format!("tenants[{i}].max_memory"), m)
+                    })?),
+                    None => None,
+                };
+            tenants.push(Tenant {
+                name: name.clone(),
+                max_agents: t.max_agents,
+                max_steps_per_tick: t.max_steps_per_tick,
+                max_fuel_per_tick: t.max_fuel_per_tick,
+                max_memory,
+                max_inference_per_tick: t.max_inference_per_tick,
+            });
+        }
+        if tenants.is_empty() {
+            tenant_idx.insert("default".into(), 0);
+            tenants.push(Tenant {
+                name: "default".into(),
+                max_agents: None,
+                max_steps_per_tick: None,
+                max_fuel_per_tick: None,
+                max_memory: None,
+                max_inference_per_tick: None,
+            });
+        }
+
+        let mut agents = Vec::new();
+        let mut instances: BTreeSet<String> = BTreeSet::new();
+        let mut total = 0u64;
+        for (i, a) in raw.agents.iter().enumerate() {
+            let f = |name: &str| format!("agents[{i}].{name}");
+            let name = a.name.get_ref();
+            if !valid_name(name) {
+                return cx.err(
+                    Some(a.name.span()),
+                    f("name"),
+                    format!("`{name}` is not a valid name (letters, digits, - _ .)"),
+                );
+            }
+            let count = match &a.count {
+                Some(c) if *c.get_ref() == 0 || *c.get_ref() > MAX_AGENTS => {
+                    return cx.err(
+                        Some(c.span()),
+                        f("count"),
+                        format!("must be between 1 and {MAX_AGENTS}"),
+                    );
+                }
+                Some(c) => *c.get_ref(),
+                None => 1,
+            };
+            total += count;
+            if total > MAX_AGENTS {
+                return cx.err(
+                    Some(a.name.span()),
+                    f("count"),
+                    format!("the manifest declares more than {MAX_AGENTS} agents"),
+                );
+            }
+            let module = base.join(a.module.get_ref());
+            if !module.is_file() {
+                return cx.err(
+                    Some(a.module.span()),
+                    f("module"),
+                    format!("no such file: {}", module.display()),
+                );
+            }
+            let blake3 = match &a.blake3 {
+                Some(h) if !valid_blake3(h.get_ref()) => {
+                    return cx.err(Some(h.span()), f("blake3"), "must be 64 hexadecimal digits");
+                }
+                Some(h) => Some(h.get_ref().to_ascii_lowercase()),
+                None => None,
+            };
+            let tenant = match &a.tenant {
+                Some(t) => match tenant_idx.get(t.get_ref()) {
+                    Some(idx) => *idx,
+                    None => {
+                        return cx.err(
+                            Some(t.span()),
+                            f("tenant"),
+                            format!("unknown tenant `{}`", t.get_ref()),
+                        );
+                    }
+                },
+                None => match tenant_idx.get("default") {
+                    Some(idx) => *idx,
+                    None => {
+                        return cx.err(
+                            Some(a.name.span()),
+                            f("tenant"),
+                            "no tenant given and no tenant named `default`",
+                        );
+                    }
+                },
+            };
+            let memory = match &a.memory {
+                Some(s) => {
+                    parse_size(s.get_ref()).or_else(|m| cx.err(Some(s.span()), f("memory"), m))?
+                }
+                None => 16 << 20,
+            };
+            if !(65536..=4 << 30).contains(&memory) {
+                return cx.err(
+                    a.memory.as_ref().map(Spanned::span),
+                    f("memory"),
+                    "must be between 64KiB and 4GiB",
+                );
+            }
+            let fuel = match &a.fuel {
+                Some(s) if *s.get_ref() == 0 => {
+                    return cx.err(Some(s.span()), f("fuel"), "must be at least 1");
+                }
+                Some(s) => *s.get_ref(),
+                None => 10_000_000,
+            };
+            let names = |v: &Option<Vec<Spanned<String>>>,
+                         field: &str|
+             -> Result<Vec<String>, ManifestError> {
+                let mut out = Vec::new();
+                for (j, s) in v.iter().flatten().enumerate() {
+                    let n = s.get_ref();
+                    if n.is_empty() || n.len() > 256 {
+                        return cx.err(
+                            Some(s.span()),
+                            format!("agents[{i}].{field}[{j}]"),
+                            "must be 1 to 256 bytes",
+                        );
+                    }
+                    out.push(n.clone());
+                }
+                Ok(out)
+            };
+            let def = AgentDef {
+                name: name.clone(),
+                module,
+                blake3,
+                count,
+                priority: a.priority.unwrap_or(0),
+                tenant,
+                memory,
+                fuel,
+                subscriptions: names(&a.subscriptions, "subscriptions")?,
+                channels: names(&a.channels, "channels")?,
+                restart: a.restart.as_ref().map_or(
+                    RestartPolicy {
+                        max: 3,
+                        within: 100,
+                    },
+                    |r| RestartPolicy {
+                        max: r.max,
+                        within: r.within.max(1),
+                    },
+                ),
+            };
+            for inst in Self::instance_names(&def) {
+                if !instances.insert(inst.clone()) {
+                    return cx.err(
+                        Some(a.name.span()),
+                        f("name"),
+                        format!("agent instance `{inst}` is declared twice"),
+                    );
+                }
+            }
+            agents.push(def);
+        }
+
+        let mut tasks = Vec::new();
+        let mut task_names: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, t) in raw.tasks.iter().enumerate() {
+            if let Some(n) = &t.name
+                && task_names.insert(n.get_ref().clone(), i).is_some()
+            {
+                return cx.err(
+                    Some(n.span()),
+                    format!("tasks[{i}].name"),
+                    format!("task `{}` is declared twice", n.get_ref()),
+                );
+            }
+        }
+        for (i, t) in raw.tasks.iter().enumerate() {
+            if !instances.contains(t.agent.get_ref()) {
+                return cx.err(
+                    Some(t.agent.span()),
+                    format!("tasks[{i}].agent"),
+                    format!("no agent instance named `{}`", t.agent.get_ref()),
+                );
+            }
+            let payload = match (&t.payload, &t.payload_hex) {
+                (Some(_), Some(h)) => {
+                    return cx.err(
+                        Some(h.span()),
+                        format!("tasks[{i}].payload_hex"),
+                        "give either payload or payload_hex",
+                    );
+                }
+                (Some(p), None) => p.as_bytes().to_vec(),
+                (None, Some(h)) => match parse_hex(h.get_ref()) {
+                    Some(b) => b,
+                    None => {
+                        return cx.err(
+                            Some(h.span()),
+                            format!("tasks[{i}].payload_hex"),
+                            "is not an even-length hexadecimal string",
+                        );
+                    }
+                },
+                (None, None) => Vec::new(),
+            };
+            let mut after = Vec::new();
+            for (j, dep) in t.after.iter().flatten().enumerate() {
+                match task_names.get(dep.get_ref()) {
+                    Some(&k) => after.push(k),
+                    None => {
+                        return cx.err(
+                            Some(dep.span()),
+                            format!("tasks[{i}].after[{j}]"),
+                            format!("unknown task `{}`", dep.get_ref()),
+                        );
+                    }
+                }
+            }
+            tasks.push(TaskDef {
+                name: t.name.as_ref().map(|n| n.get_ref().clone()),
+                agent: t.agent.get_ref().clone(),
+                priority: t.priority.unwrap_or(0),
+                payload,
+                after,
+            });
+        }
+        // Reject dependency cycles among the initial tasks.
+        if let Some(cycle) = find_cycle(&tasks) {
+            let names: Vec<String> = cycle
+                .iter()
+                .map(|&k| tasks[k].name.clone().unwrap_or_else(|| format!("#{k}")))
+                .collect();
+            let span = raw
+                .tasks
+                .get(cycle[0])
+                .and_then(|t| t.name.as_ref())
+                .map(Spanned::span);
+            return cx.err(
+                span,
+                format!("tasks[{}].after", cycle[0]),
+                format!("dependency cycle: {}", names.join(" -> ")),
+            );
+        }
+
+        let mut models = Vec::new();
+        let mut model_keys = BTreeSet::new();
+        for (i, m) in raw.models.iter().enumerate() {
+            let id = m.id.get_ref();
+            if !valid_name(id) {
+                return cx.err(
+                    Some(m.id.span()),
+                    format!("models[{i}].id"),
+                    format!("`{id}` is not a valid name"),
+                );
+            }
+            if !model_keys.insert((id.clone(), m.version.get_ref().clone())) {
+                return cx.err(
+                    Some(m.version.span()),
+                    format!("models[{i}].version"),
+                    format!(
+                        "model {id} version {} is declared twice",
+                        m.version.get_ref()
+                    ),
+                );
+            }
+            let path = base.join(m.path.get_ref());
+            if !path.is_file() {
+                return cx.err(
+                    Some(m.path.span()),
+                    format!("models[{i}].path"),
+                    format!("no such file: {}", path.display()),
+                );
+            }
+            let blake3 = match &m.blake3 {
+                Some(h) if !valid_blake3(h.get_ref()) => {
+                    return cx.err(
+                        Some(h.span()),
+                        format!("models[{i}].blake3"),
+                        "must be 64 hexadecimal digits",
+                    );
+                }
+                Some(h) => Some(h.get_ref().to_ascii_lowercase()),
+                None => None,
+            };
+            models.push(ModelDef {
+                id: id.clone(),
+                version: m.version.get_ref().clone(),
+                path,
+                blake3,
+            });
+        }
+
+        Ok(Self {
+            seed: run.as_ref().and_then(|r| r.seed).unwrap_or(0),
+            ticks: run.as_ref().and_then(|r| r.ticks).unwrap_or(100),
+            workers,
+            checkpoint_every: run.as_ref().and_then(|r| r.checkpoint_every).unwrap_or(0),
+            mode: sched
+                .as_ref()
+                .and_then(|s| s.mode)
+                .unwrap_or(Mode::RoundRobin),
+            budget,
+            mailbox_capacity,
+            overflow: sched
+                .as_ref()
+                .and_then(|s| s.mailbox_overflow)
+                .unwrap_or(Overflow::DropOldest),
+            tenants,
+            agents,
+            tasks,
+            models,
+        })
+    }
+}
+
+/// A dependency cycle among tasks, if any (indices, first repeated at the end).
+fn find_cycle(tasks: &[TaskDef]) -> Option<Vec<usize>> {
+    // 0 = unvisited, 1 = on the stack, 2 = done.
+    let mut state = vec![0u8; tasks.len()];
+    for start in 0..tasks.len() {
+        if state[start] != 0 {
+            continue;
+        }
+        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        state[start] = 1;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            if let Some(&dep) = tasks[node].after.get(*next) {
+                *next += 1;
+                match state[dep] {
+                    0 => {
+                        state[dep] = 1;
+                        stack.push((dep, 0));
+                    }
+                    1 => {
+                        let pos = stack.iter().position(|(n, _)| *n == dep).unwrap_or(0);
+                        let mut cycle: Vec<usize> = stack[pos..].iter().map(|(n, _)| *n).collect();
+                        cycle.push(dep);
+                        return Some(cycle);
+                    }
+                    _ => {}
+                }
+            } else {
+                state[node] = 2;
+                stack.pop();
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        let dir = std::env::temp_dir().join(format!("lockstep-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.wasm"), b"\0asm").unwrap();
+        Manifest::parse(text, "m.toml", &dir)
+    }
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let m = parse("[[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\ncount = 3\n").unwrap();
+        assert_eq!(m.mode, Mode::RoundRobin);
+        assert_eq!(m.agent_count(), 3);
+        assert_eq!(
+            Manifest::instance_names(&m.agents[0]).collect::<Vec<_>>(),
+            ["a-0", "a-1", "a-2"]
+        );
+        assert_eq!(m.tenants[0].name, "default");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = parse(
+            "[run]\nseed = 1\n\n[[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\ntenant = \"nope\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.line, e.field.as_str()),
+            ("m.toml", 7, "agents[0].tenant")
+        );
+        assert!(
+            e.to_string()
+                .starts_with("m.toml:7: agents[0].tenant: unknown tenant `nope`"),
+            "{e}"
+        );
+        let e = parse("[[agents]]\nname = \"a\"\nmodule = \"missing.wasm\"\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (3, "agents[0].module"));
+        let e = parse("[[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\nmemory = \"3 parsecs\"\n")
+            .unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (4, "agents[0].memory"));
+        let e = parse("[run]\nworkers = 0\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (2, "run.workers"));
+        let e = parse("[run]\nsede = 1\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("sede"), "{e}");
+        let e = parse("[run\n").unwrap_err();
+        assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn task_cycles_and_unknown_dependencies_are_rejected() {
+        let base = "[[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\n";
+        let e = parse(&format!("{base}[[tasks]]\nname = \"x\"\nagent = \"a\"\nafter = [\"y\"]\n[[tasks]]\nname = \"y\"\nagent = \"a\"\nafter = [\"x\"]\n")).unwrap_err();
+        assert!(e.message.contains("dependency cycle: x -> y -> x"), "{e}");
+        let e = parse(&format!(
+            "{base}[[tasks]]\nagent = \"a\"\nafter = [\"ghost\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "tasks[0].after[0]");
+        let e = parse(&format!("{base}[[tasks]]\nagent = \"b\"\n")).unwrap_err();
+        assert_eq!(e.field, "tasks[0].agent");
+        let ok = parse(&format!("{base}[[tasks]]\nname = \"x\"\nagent = \"a\"\n[[tasks]]\nagent = \"a\"\nafter = [\"x\"]\npayload_hex = \"0aff\"\n")).unwrap();
+        assert_eq!(ok.tasks[1].after, vec![0]);
+        assert_eq!(ok.tasks[1].payload, vec![0x0a, 0xff]);
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size(&RawSize::Text("4MiB".into())), Ok(4 << 20));
+        assert_eq!(parse_size(&RawSize::Bytes(10)), Ok(10));
+        assert!(parse_size(&RawSize::Text("4XB".into())).is_err());
+    }
+}
