@@ -1,13 +1,25 @@
 //! `lockstep`: the command line of the Lockstep supervisor.
+//!
+//! Raw arguments ([`Cli`]) are parsed with clap, then validated into the
+//! library's configurations (`RunConfig`, …) before anything starts.
 
 use clap::{Parser, Subcommand};
 use lockstep_supervisor::cluster::{Cluster, ClusterConfig, PingReport};
+use lockstep_supervisor::ctl::{self, CtlCommand};
+use lockstep_supervisor::journal::{self, Entry};
+use lockstep_supervisor::manifest::Manifest;
+use lockstep_supervisor::runner::{Run, RunConfig};
 use shm_protocol::board::BoardWriter;
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Raw command line (validated into the commands' configs below).
+type BoxError = Box<dyn std::error::Error>;
+
+/// Raw command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "lockstep",
@@ -21,8 +33,138 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a manifest.
+    Run(RunArgs),
+    /// Send a command to a running supervisor.
+    Ctl(CtlArgs),
+    /// Summarise a run directory.
+    Inspect {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+    /// Print a run's journal.
+    Log(LogArgs),
     /// Start the child processes, ping each, report, and shut them down.
     Ping(PingArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The manifest (TOML).
+    manifest: PathBuf,
+    /// Ticks to run (default: the manifest's `run.ticks`).
+    #[arg(long)]
+    ticks: Option<u64>,
+    /// Worker processes (default: the manifest's `run.workers`).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Run directory (default: `run/<manifest name>-<seed>`); must not exist
+    /// or be empty.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Run seed (default: the manifest's `run.seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Wall-clock watchdog per agent call, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    watchdog_ms: u64,
+    /// Do not publish the state board.
+    #[arg(long)]
+    no_board: bool,
+    /// Do not write metrics.jsonl.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Keep running (serving `ctl`) until `lockstep ctl <dir> stop` or Ctrl-C.
+    #[arg(long)]
+    forever: bool,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct CtlArgs {
+    /// The run directory of a running supervisor.
+    run_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: CtlCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCmd {
+    /// Start an agent.
+    Spawn {
+        /// Instance name.
+        name: String,
+        /// Module file.
+        module: PathBuf,
+        /// Tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Priority.
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+    },
+    /// Schedule a task for an agent (name or #id).
+    Task {
+        /// Agent.
+        agent: String,
+        /// Payload text.
+        #[arg(default_value = "")]
+        payload: String,
+        /// Priority.
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// Task ids it depends on (decimal or 0x hex).
+        #[arg(long, value_parser = parse_u64)]
+        after: Vec<u64>,
+    },
+    /// Publish on a topic.
+    Publish {
+        /// Topic.
+        topic: String,
+        /// Payload text.
+        payload: String,
+    },
+    /// Send a message to an agent (name or #id).
+    Send {
+        /// Agent.
+        agent: String,
+        /// Payload text.
+        payload: String,
+    },
+    /// Stop one agent.
+    StopAgent {
+        /// Agent (name or #id).
+        agent: String,
+    },
+    /// Stop the run at the next tick boundary.
+    Stop,
+    /// Print one status line.
+    Status,
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("`{s}`: {e}"))
+}
+
+#[derive(Debug, clap::Args)]
+struct LogArgs {
+    /// The run directory.
+    run_dir: PathBuf,
+    /// Only ticks in this range (`5`, `10..20`, `100..`).
+    #[arg(long)]
+    tick: Option<String>,
+    /// Only entries about this agent id.
+    #[arg(long)]
+    agent: Option<u64>,
+    /// Only entries of this kind (header, input, event, inference, tick, checkpoint, end).
+    #[arg(long)]
+    kind: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,16 +188,20 @@ struct PingArgs {
 }
 
 fn main() -> ExitCode {
-    lockstep_common::init_logging("info");
+    lockstep_common::init_logging("warn");
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Ctl(args) => ctl_cmd(args),
+        Command::Inspect { run_dir } => inspect(&run_dir),
+        Command::Log(args) => log(args),
         Command::Ping(args) => ping(args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lockstep: error: {e}");
-            let mut src = std::error::Error::source(e.as_ref());
+            let mut src = e.source();
             while let Some(s) = src {
                 eprintln!("  caused by: {s}");
                 src = s.source();
@@ -76,7 +222,330 @@ fn fmt_dur(d: Duration) -> String {
     }
 }
 
-fn ping(args: PingArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
+    let text = std::fs::read_to_string(&args.manifest)
+        .map_err(|e| format!("cannot read manifest {}: {e}", args.manifest.display()))?;
+    let manifest = Manifest::load(&args.manifest)?;
+    let seed = args.seed.unwrap_or(manifest.seed);
+    let ticks = args.ticks.unwrap_or(manifest.ticks);
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
+        let stem = args
+            .manifest
+            .file_stem()
+            .map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
+        PathBuf::from("run").join(format!("{stem}-{seed}"))
+    });
+    let mut cfg = RunConfig::new(manifest, text, run_dir)?;
+    cfg.seed = seed;
+    if let Some(w) = args.workers {
+        if w == 0 || w > 256 {
+            return Err("--workers must be between 1 and 256".into());
+        }
+        cfg.workers = w;
+    }
+    cfg.watchdog = Duration::from_millis(args.watchdog_ms.max(1));
+    cfg.board = !args.no_board;
+    cfg.metrics = !args.no_metrics;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;
+    let mut run = Run::start(cfg)?;
+    let tty = std::io::stderr().is_terminal();
+    let mut last_draw = Instant::now();
+    let mut last_tick = 0u64;
+    let mut done = 0u64;
+    while (args.forever || done < ticks) && !run.stop_requested() {
+        if interrupted.load(Ordering::Relaxed) {
+            eprintln!(
+                "\nlockstep: interrupted; stopping at the tick boundary after tick {}",
+                run.state().tick
+            );
+            break;
+        }
+        run.tick()?;
+        done += 1;
+        if tty && last_draw.elapsed() >= Duration::from_millis(250) {
+            let s = run.state();
+            let rate = (s.tick - last_tick) as f64 / last_draw.elapsed().as_secs_f64();
+            eprint!(
+                "\r\x1b[2Ktick {}{}  {:.0} ticks/s  agents {}  messages {}  faults {}  p50 {} µs",
+                s.tick,
+                if args.forever {
+                    String::new()
+                } else {
+                    format!("/{ticks}")
+                },
+                rate,
+                s.live_agents().count(),
+                s.counters.messages,
+                s.counters.faults,
+                run.tick_quantile(0.5)
+            );
+            last_draw = Instant::now();
+            last_tick = s.tick;
+        }
+    }
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    let p50 = run.tick_quantile(0.5);
+    let p99 = run.tick_quantile(0.99);
+    let sum = run.finish()?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"ticks": sum.tick, "steps": sum.steps, "messages": sum.messages, "dropped": sum.dropped,
+                "faults": sum.faults, "agents": sum.agents, "hash": sum.hash, "run_dir": sum.run_dir.display().to_string()})
+        );
+    } else {
+        println!(
+            "lockstep: ran {} ticks in {} ({} µs p50, {} µs p99 per tick)",
+            sum.tick,
+            fmt_dur(sum.wall),
+            p50,
+            p99
+        );
+        println!(
+            "  agents live {}  steps {}  messages {} (dropped {})  faults {}",
+            sum.agents, sum.steps, sum.messages, sum.dropped, sum.faults
+        );
+        println!("  final state hash {}", sum.hash);
+        println!("  run directory {}", sum.run_dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, BoxError> {
+    let cmd = match args.cmd {
+        CtlCmd::Spawn {
+            name,
+            module,
+            tenant,
+            priority,
+        } => CtlCommand::Spawn {
+            name,
+            module: std::fs::canonicalize(&module)
+                .map_err(|e| format!("module {}: {e}", module.display()))?
+                .display()
+                .to_string(),
+            tenant,
+            priority,
+            memory: 16 << 20,
+            fuel: 10_000_000,
+        },
+        CtlCmd::Task {
+            agent,
+            payload,
+            priority,
+            after,
+        } => CtlCommand::Task {
+            agent,
+            priority,
+            payload,
+            deps: after,
+        },
+        CtlCmd::Publish { topic, payload } => CtlCommand::Publish { topic, payload },
+        CtlCmd::Send { agent, payload } => CtlCommand::Send { agent, payload },
+        CtlCmd::StopAgent { agent } => CtlCommand::StopAgent { agent },
+        CtlCmd::Stop => CtlCommand::Stop,
+        CtlCmd::Status => CtlCommand::Status,
+    };
+    let answer = ctl::request(&args.run_dir, &cmd)?;
+    println!("{answer}");
+    Ok(
+        if answer.starts_with("error") || answer.starts_with("refused") {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn inspect(dir: &Path) -> Result<ExitCode, BoxError> {
+    let j = journal::read_journal(&dir.join("journal.lsj"))?;
+    let mut seed = 0;
+    let mut manifest_hash = [0u8; 32];
+    let (mut ticks, mut inputs, mut events, mut faults, mut steps, mut messages, mut fuel) =
+        (0, 0, 0, 0, 0, 0, 0);
+    let mut last_hash = None;
+    let mut ended = None;
+    let mut checkpoints = 0;
+    for e in &j.entries {
+        match e {
+            Entry::Header {
+                seed: s,
+                manifest_hash: h,
+                ..
+            } => {
+                seed = *s;
+                manifest_hash = *h;
+            }
+            Entry::Input { .. } => inputs += 1,
+            Entry::Event { event, .. } => {
+                events += 1;
+                if matches!(event, lockstep_supervisor::sim::Event::Fault { .. }) {
+                    faults += 1;
+                }
+            }
+            Entry::Tick {
+                tick,
+                hash,
+                steps: s,
+                messages: m,
+                fuel: f,
+                ..
+            } => {
+                ticks = *tick;
+                last_hash = Some(*hash);
+                steps += s;
+                messages += m;
+                fuel += f;
+            }
+            Entry::Checkpoint { .. } => checkpoints += 1,
+            Entry::End { tick, hash } => ended = Some((*tick, *hash)),
+            Entry::Inference { .. } => {}
+        }
+    }
+    println!("run directory   {}", dir.display());
+    println!("manifest hash   {}", hex(&manifest_hash));
+    println!("seed            {seed}");
+    println!("ticks           {ticks}");
+    println!("steps           {steps}");
+    println!("messages        {messages}");
+    println!("fuel            {fuel}");
+    println!("inputs          {inputs}");
+    println!("events          {events} ({faults} faults)");
+    println!("checkpoints     {checkpoints}");
+    if let Some(h) = last_hash {
+        println!("last tick hash  {}", hex(&h));
+    }
+    match ended {
+        Some((t, _)) => println!("status          ended cleanly after tick {t}"),
+        None => println!(
+            "status          not ended (running, interrupted or crashed){}",
+            if j.torn_tail {
+                "; torn final frame ignored"
+            } else {
+                ""
+            }
+        ),
+    }
+    if let Ok(meta) = std::fs::read_to_string(dir.join("summary.json")) {
+        println!(
+            "summary         {}",
+            meta.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("--tick `{s}`: use N, A..B or A..");
+    match s.split_once("..") {
+        None => {
+            let t = s.parse().map_err(|_| bad())?;
+            Ok((t, t))
+        }
+        Some((a, b)) => {
+            let a = if a.is_empty() {
+                0
+            } else {
+                a.parse().map_err(|_| bad())?
+            };
+            let b = if b.is_empty() {
+                u64::MAX
+            } else {
+                b.parse::<u64>().map_err(|_| bad())?.saturating_sub(1)
+            };
+            Ok((a, b))
+        }
+    }
+}
+
+fn entry_agent(e: &Entry) -> Option<u64> {
+    use lockstep_supervisor::sim::Event;
+    match e {
+        Entry::Event {
+            event:
+                Event::Fault { agent, .. }
+                | Event::Restarted { agent }
+                | Event::TaskRefused { agent, .. }
+                | Event::InferRefused { agent, .. },
+            ..
+        } => Some(*agent),
+        _ => None,
+    }
+}
+
+fn log(args: LogArgs) -> Result<ExitCode, BoxError> {
+    let j = journal::read_journal(&args.run_dir.join("journal.lsj"))?;
+    let range = args.tick.as_deref().map(parse_range).transpose()?;
+    for e in &j.entries {
+        if let Some((a, b)) = range
+            && (e.tick() < a || e.tick() > b)
+        {
+            continue;
+        }
+        if let Some(k) = &args.kind
+            && e.kind() != k
+        {
+            continue;
+        }
+        if let Some(agent) = args.agent {
+            let matches = entry_agent(e) == Some(agent)
+                || matches!(e, Entry::Inference { answers, .. } if answers.iter().any(|a| a.0 == agent));
+            if !matches {
+                continue;
+            }
+        }
+        let line = match e {
+            Entry::Header {
+                seed,
+                manifest_hash,
+                ..
+            } => format!("header seed={seed} manifest={}", hex(manifest_hash)),
+            Entry::Input { input, outcome, .. } => format!("input {input:?} -> {outcome:?}"),
+            Entry::Event { event, .. } => format!("event {event:?}"),
+            Entry::Inference { answers, .. } => format!(
+                "inference {} answers: {}",
+                answers.len(),
+                answers
+                    .iter()
+                    .map(|(a, r, m, h)| format!("agent {a} req {r} {m} {}", &hex(h)[..16]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Entry::Tick {
+                hash,
+                steps,
+                calls,
+                fuel,
+                messages,
+                dropped,
+                faults,
+                ..
+            } => format!(
+                "tick hash={} steps={steps} calls={calls} fuel={fuel} messages={messages} dropped={dropped} faults={faults}",
+                &hex(hash)[..16]
+            ),
+            Entry::Checkpoint {
+                file, state_hash, ..
+            } => format!("checkpoint {file} state={}", &hex(state_hash)[..16]),
+            Entry::End { hash, .. } => format!("end hash={}", hex(hash)),
+        };
+        println!("{:>8} {line}", e.tick());
+    }
+    if j.torn_tail {
+        eprintln!("(a torn final frame was ignored)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ping(args: PingArgs) -> Result<ExitCode, BoxError> {
     if args.workers == 0 && args.no_inference_host {
         return Err("nothing to start: --workers 0 and --no-inference-host".into());
     }
