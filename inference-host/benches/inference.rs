@@ -121,6 +121,7 @@ impl Host {
                 Ok("spin") => WaitPolicy::SPIN,
                 _ => WaitPolicy::ADAPTIVE,
             },
+            env: Vec::new(),
         };
         let mut child = Child::spawn(&spec, &reaper).unwrap();
         child.handshake(Duration::from_secs(30)).unwrap();

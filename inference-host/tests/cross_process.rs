@@ -30,6 +30,7 @@ fn spawn(reaper: &Reaper, args: &[&str]) -> Child {
         args: args.iter().map(OsString::from).collect(),
         rings: SegmentConfig::default(),
         policy: WaitPolicy::ADAPTIVE,
+        env: Vec::new(),
     };
     let mut child = Child::spawn(&spec, reaper).unwrap();
     child.handshake(Duration::from_secs(30)).unwrap();
@@ -290,6 +291,7 @@ fn oversized_replies_become_errors() {
             to_creator: 1 << 12,
         },
         policy: WaitPolicy::ADAPTIVE,
+        env: Vec::new(),
     };
     let mut child = Child::spawn(&spec, &reaper).unwrap();
     child.handshake(Duration::from_secs(30)).unwrap();

@@ -123,6 +123,9 @@ pub struct TickWork {
     /// More parts of this tick's work follow (a large tick is split into
     /// several messages); the worker answers only after the last part.
     pub more: bool,
+    /// Agents to remove without calling them, before anything else
+    /// (quarantine of an agent that crashed its worker).
+    pub evict: Vec<u64>,
 }
 
 /// Why an agent call failed.
@@ -149,6 +152,10 @@ pub enum Fault {
     /// The supervisor referred to an agent or module the worker does not
     /// have.
     Unknown(String),
+    /// The agent crashed its worker process, repeatedly, at the same tick;
+    /// the supervisor quarantined it (deterministic: every run crashes the
+    /// same way).
+    CrashedWorker,
 }
 
 impl Fault {
@@ -170,6 +177,7 @@ impl std::fmt::Display for Fault {
             Fault::Watchdog => f.write_str("wall-clock watchdog expired"),
             Fault::Instantiate(m) => write!(f, "instantiation failed: {m}"),
             Fault::Unknown(m) => write!(f, "unknown: {m}"),
+            Fault::CrashedWorker => f.write_str("crashed its worker process (quarantined)"),
         }
     }
 }
@@ -360,6 +368,95 @@ pub struct HostCounters {
     pub live: bool,
 }
 
+/// Granularity of memory images: checkpoints hash and store linear memory
+/// in chunks of this many bytes (content-addressed, deduplicated).
+pub const CHUNK: usize = 4096;
+
+/// BLAKE3 of an all-zero chunk (never stored or sent).
+pub fn zero_chunk_hash() -> [u8; 32] {
+    *blake3::hash(&[0u8; CHUNK]).as_bytes()
+}
+
+/// An agent's state as a list of chunk hashes (the chunks themselves live in
+/// the run's page store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentImage {
+    /// The module's BLAKE3 (its version hash).
+    pub module_hash: [u8; 32],
+    /// Linear memory length in bytes (a multiple of [`CHUNK`]).
+    pub memory_len: u64,
+    /// BLAKE3 of each chunk of memory.
+    pub chunks: Vec<[u8; 32]>,
+    /// Every mutable global, in definition order.
+    pub globals: Vec<GlobalValue>,
+    /// Host-side counters.
+    pub host: HostCounters,
+}
+
+impl AgentImage {
+    /// The agent's stable state hash.
+    pub fn state_hash(&self) -> [u8; 32] {
+        image_hash(
+            &self.module_hash,
+            self.memory_len,
+            &self.chunks,
+            &self.globals,
+            &self.host,
+        )
+    }
+}
+
+/// The stable state hash of an agent: BLAKE3 over its module hash, memory
+/// length, chunk hashes, globals and host counters.  Workers and the
+/// supervisor compute it identically from a live agent or an image.
+pub fn image_hash(
+    module: &[u8; 32],
+    memory_len: u64,
+    chunks: &[[u8; 32]],
+    globals: &[GlobalValue],
+    c: &HostCounters,
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"lockstep-agent-state-v1");
+    h.update(module);
+    h.update(&memory_len.to_le_bytes());
+    for ch in chunks {
+        h.update(ch);
+    }
+    h.update(&(globals.len() as u64).to_le_bytes());
+    for g in globals {
+        let (tag, bits): (u8, u128) = match *g {
+            GlobalValue::I32(x) => (1, u128::from(x as u32)),
+            GlobalValue::I64(x) => (2, u128::from(x as u64)),
+            GlobalValue::F32(x) => (3, u128::from(x)),
+            GlobalValue::F64(x) => (4, u128::from(x)),
+            GlobalValue::V128(x) => (5, x),
+        };
+        h.update(&[tag]);
+        h.update(&bits.to_le_bytes());
+    }
+    for v in [
+        c.out_seq,
+        c.tasks,
+        c.requests,
+        u64::from(c.buffer.0),
+        u64::from(c.buffer.1),
+        u64::from(c.live),
+    ] {
+        h.update(&v.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+/// One chunk's bytes, identified by its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkData {
+    /// BLAKE3 of `bytes`.
+    pub hash: [u8; 32],
+    /// The chunk ([`CHUNK`] bytes).
+    pub bytes: Vec<u8>,
+}
+
 /// Supervisor → worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerCommand {
@@ -410,6 +507,43 @@ pub enum WorkerCommand {
         /// The agents (ascending).
         agents: Vec<u64>,
     },
+    /// Image these agents (between ticks) for a checkpoint: chunk hashes of
+    /// every agent, and the bytes of the chunks this worker has not sent
+    /// since its last checkpoint (all of them when `full`).  Answered with
+    /// one or more [`WorkerReply::Checkpointed`] parts.
+    Checkpoint {
+        /// The agents (ascending).
+        agents: Vec<u64>,
+        /// Send every non-zero chunk, not only new ones.
+        full: bool,
+    },
+    /// Start re-creating an agent from an image; its chunks follow in
+    /// [`WorkerCommand::RestoreChunks`] (zero chunks are implied).
+    RestoreBegin {
+        /// The agent.
+        agent_id: u64,
+        /// Its module.
+        module_id: u32,
+        /// Its tenant.
+        tenant: u32,
+        /// Its limits.
+        limits: AgentLimits,
+        /// The image.
+        image: AgentImage,
+    },
+    /// Chunks of the image being restored (each fills every position with
+    /// that hash).
+    RestoreChunks {
+        /// The agent.
+        agent_id: u64,
+        /// Chunks.
+        chunks: Vec<ChunkData>,
+    },
+    /// Finish the restore (answered with [`WorkerReply::Restored`]).
+    RestoreEnd {
+        /// The agent.
+        agent_id: u64,
+    },
 }
 
 /// Worker → supervisor.
@@ -448,6 +582,15 @@ pub enum WorkerReply {
     },
     /// State hashes, in the order asked.
     Hashes(Vec<(u64, [u8; 32])>),
+    /// Part of the answer to [`WorkerCommand::Checkpoint`].
+    Checkpointed {
+        /// Images of agents, ascending id.
+        images: Vec<(u64, AgentImage)>,
+        /// Chunk bytes the supervisor may not have yet.
+        chunks: Vec<ChunkData>,
+        /// More parts follow.
+        more: bool,
+    },
     /// A command the worker could not execute.
     Error(String),
 }

@@ -34,6 +34,8 @@ pub struct ChildSpec {
     pub rings: SegmentConfig,
     /// How the supervisor's side of the rings waits.
     pub policy: WaitPolicy,
+    /// Extra environment variables for the child.
+    pub env: Vec<(String, String)>,
 }
 
 /// Failures to start or talk to a child.
@@ -158,6 +160,7 @@ impl Child {
             .arg(&spec.name)
             .args(&spec.args);
         cmd.stdin(std::process::Stdio::null());
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         cmd.fd_mappings(vec![FdMapping {
             parent_fd: fd,
             child_fd: 3,

@@ -111,6 +111,7 @@ impl Cluster {
                 args: Vec::new(),
                 rings: cfg.rings,
                 policy: cfg.policy,
+                env: Vec::new(),
             })
             .collect();
         if cfg.inference_host {
@@ -121,6 +122,7 @@ impl Cluster {
                 args: Vec::new(),
                 rings: cfg.rings,
                 policy: cfg.policy,
+                env: Vec::new(),
             });
         }
         let mut cluster = Self {

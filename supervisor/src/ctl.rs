@@ -74,6 +74,13 @@ pub enum CtlCommand {
         /// Agent name or `#id`.
         agent: String,
     },
+    /// Make `version` the current version of model `id` from the next tick.
+    SwapModel {
+        /// Model id.
+        id: String,
+        /// A declared version.
+        version: String,
+    },
     /// Stop the run at the next tick boundary.
     Stop,
     /// One status line.
@@ -143,6 +150,7 @@ impl CtlCommand {
                 payload: payload.into_bytes(),
             },
             CtlCommand::StopAgent { agent } => Input::Stop { agent },
+            CtlCommand::SwapModel { id, version } => Input::SwapModel { id, version },
             CtlCommand::Stop => return CtlRequest::Stop(reply),
             CtlCommand::Status => return CtlRequest::Status(reply),
         };

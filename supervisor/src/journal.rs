@@ -300,6 +300,8 @@ impl JournalWriter {
 pub struct JournalRead {
     /// Entries, in order.
     pub entries: Vec<Entry>,
+    /// Byte offset just after each entry's frame.
+    pub offsets: Vec<u64>,
     /// Bytes of valid frames (a torn tail beyond it was ignored).
     pub valid_len: u64,
     /// Whether a torn final frame was ignored.
@@ -332,6 +334,7 @@ pub fn parse_journal(bytes: &[u8], path: &str) -> Result<JournalRead, JournalErr
         });
     }
     let mut entries = Vec::new();
+    let mut offsets = Vec::new();
     let mut off = 12usize;
     let corrupt = |offset: usize, reason: String| JournalError::Corrupt {
         path: path.to_owned(),
@@ -343,6 +346,7 @@ pub fn parse_journal(bytes: &[u8], path: &str) -> Result<JournalRead, JournalErr
         if rest.len() < 12 {
             return Ok(JournalRead {
                 entries,
+                offsets,
                 valid_len: off as u64,
                 torn_tail: true,
             });
@@ -362,6 +366,7 @@ pub fn parse_journal(bytes: &[u8], path: &str) -> Result<JournalRead, JournalErr
             // Cut short by a crash: the final frame is torn.
             return Ok(JournalRead {
                 entries,
+                offsets,
                 valid_len: off as u64,
                 torn_tail: true,
             });
@@ -372,6 +377,7 @@ pub fn parse_journal(bytes: &[u8], path: &str) -> Result<JournalRead, JournalErr
                 // A torn write of the very last frame.
                 return Ok(JournalRead {
                     entries,
+                    offsets,
                     valid_len: off as u64,
                     torn_tail: true,
                 });
@@ -382,9 +388,11 @@ pub fn parse_journal(bytes: &[u8], path: &str) -> Result<JournalRead, JournalErr
             shm_protocol::codec::decode(payload).map_err(|e| corrupt(off, e.to_string()))?;
         entries.push(entry);
         off += end;
+        offsets.push(off as u64);
     }
     Ok(JournalRead {
         entries,
+        offsets,
         valid_len: off as u64,
         torn_tail: false,
     })

@@ -32,9 +32,12 @@
 pub mod child;
 pub mod cluster;
 pub mod ctl;
+pub mod inference;
 pub mod journal;
 pub mod manifest;
 pub mod reaper;
+pub mod replay;
 pub mod runner;
 pub mod sim;
+pub mod snapshot;
 pub mod telemetry;

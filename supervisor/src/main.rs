@@ -8,6 +8,7 @@ use lockstep_supervisor::cluster::{Cluster, ClusterConfig, PingReport};
 use lockstep_supervisor::ctl::{self, CtlCommand};
 use lockstep_supervisor::journal::{self, Entry};
 use lockstep_supervisor::manifest::Manifest;
+use lockstep_supervisor::replay;
 use lockstep_supervisor::runner::{Run, RunConfig};
 use shm_protocol::board::BoardWriter;
 use std::io::IsTerminal;
@@ -46,6 +47,57 @@ enum Command {
     Log(LogArgs),
     /// Start the child processes, ping each, report, and shut them down.
     Ping(PingArgs),
+    /// Re-execute a recorded run from a snapshot, checking every tick hash.
+    Replay {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Start from the latest checkpoint at or before this tick, or from
+        /// this snapshot file.
+        #[arg(long)]
+        from: Option<String>,
+        /// Stop after this tick (default: the last recorded tick).
+        #[arg(long)]
+        until: Option<u64>,
+        /// Worker processes (default: as recorded).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Re-execute a whole run and report "identical" or the first divergence.
+    Verify {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Worker processes (default: as recorded).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Start a new run directory from the state after tick `--at`.
+    Fork {
+        /// The recorded run.
+        run_dir: PathBuf,
+        /// The tick to fork at.
+        #[arg(long)]
+        at: u64,
+        /// The new run directory.
+        #[arg(long)]
+        into: PathBuf,
+        /// Worker processes (default: as recorded).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Continue an interrupted (or forked) run from its last checkpoint.
+    Resume {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Run until this tick (default: the run's target).
+        #[arg(long)]
+        until: Option<u64>,
+        /// Run this many more ticks after catching up.
+        #[arg(long, conflicts_with = "until")]
+        ticks: Option<u64>,
+        /// Worker processes (default: as recorded).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +132,9 @@ struct RunArgs {
     /// Print the final summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Checkpoint every N ticks (default: the manifest's `run.checkpoint_every`).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -137,6 +192,14 @@ enum CtlCmd {
     StopAgent {
         /// Agent (name or #id).
         agent: String,
+    },
+    /// Switch a model to another declared version at the next tick boundary
+    /// (journaled: a replay switches at the same tick).
+    SwapModel {
+        /// Model id.
+        id: String,
+        /// Version (declared in the manifest's `[[models]]`).
+        version: String,
     },
     /// Stop the run at the next tick boundary.
     Stop,
@@ -196,6 +259,25 @@ fn main() -> ExitCode {
         Command::Inspect { run_dir } => inspect(&run_dir),
         Command::Log(args) => log(args),
         Command::Ping(args) => ping(args),
+        Command::Replay {
+            run_dir,
+            from,
+            until,
+            workers,
+        } => replay_cmd(&run_dir, from, until, workers),
+        Command::Verify { run_dir, workers } => verify_cmd(&run_dir, workers),
+        Command::Fork {
+            run_dir,
+            at,
+            into,
+            workers,
+        } => fork_cmd(&run_dir, at, &into, workers),
+        Command::Resume {
+            run_dir,
+            until,
+            ticks,
+            workers,
+        } => resume_cmd(&run_dir, until, ticks, workers),
     };
     match result {
         Ok(code) => code,
@@ -237,6 +319,14 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     });
     let mut cfg = RunConfig::new(manifest, text, run_dir)?;
     cfg.seed = seed;
+    cfg.target_ticks = ticks;
+    cfg.manifest_dir = args
+        .manifest
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    if let Some(c) = args.checkpoint_every {
+        cfg.checkpoint_every = c;
+    }
     if let Some(w) = args.workers {
         if w == 0 || w > 256 {
             return Err("--workers must be between 1 and 256".into());
@@ -315,6 +405,90 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn replay_cmd(
+    dir: &Path,
+    from: Option<String>,
+    until: Option<u64>,
+    workers: Option<usize>,
+) -> Result<ExitCode, BoxError> {
+    let from = from.map(|f| match f.parse::<u64>() {
+        Ok(t) => replay::From::Tick(t),
+        Err(_) => replay::From::Snapshot(PathBuf::from(f)),
+    });
+    let t0 = Instant::now();
+    let r = replay::replay(dir, from, until, workers)?;
+    println!(
+        "lockstep: replayed ticks {}..={} in {}: all {} tick hashes reproduced; final hash {}",
+        r.from + 1,
+        r.until,
+        fmt_dur(t0.elapsed()),
+        r.checked,
+        r.hash
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_cmd(dir: &Path, workers: Option<usize>) -> Result<ExitCode, BoxError> {
+    let t0 = Instant::now();
+    match replay::verify(dir, workers)? {
+        replay::Verdict::Identical { ticks, checkpoints } => {
+            println!(
+                "identical ({ticks} ticks re-executed, {checkpoints} checkpoints compared, {})",
+                fmt_dur(t0.elapsed())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        replay::Verdict::Diverged(d) => {
+            print!("{d}");
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+fn fork_cmd(
+    dir: &Path,
+    at: u64,
+    into: &Path,
+    workers: Option<usize>,
+) -> Result<ExitCode, BoxError> {
+    let tick = replay::fork(dir, at, into, workers)?;
+    println!(
+        "lockstep: forked {} at tick {tick} into {}; continue it with `lockstep resume {} --ticks N`",
+        dir.display(),
+        into.display(),
+        into.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resume_cmd(
+    dir: &Path,
+    until: Option<u64>,
+    ticks: Option<u64>,
+    workers: Option<usize>,
+) -> Result<ExitCode, BoxError> {
+    let (mut run, target) = replay::resume(dir, workers)?;
+    let caught_up = run.state().tick;
+    let until = match (until, ticks) {
+        (Some(u), _) => u,
+        (None, Some(n)) => caught_up + n,
+        (None, None) => target,
+    };
+    println!(
+        "lockstep: resumed {} at tick {caught_up}; running to tick {until}",
+        dir.display()
+    );
+    while run.state().tick < until && !run.stop_requested() {
+        run.tick()?;
+    }
+    let sum = run.finish()?;
+    println!(
+        "lockstep: ran to tick {}; final state hash {}",
+        sum.tick, sum.hash
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, BoxError> {
     let cmd = match args.cmd {
         CtlCmd::Spawn {
@@ -347,6 +521,7 @@ fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, BoxError> {
         CtlCmd::Publish { topic, payload } => CtlCommand::Publish { topic, payload },
         CtlCmd::Send { agent, payload } => CtlCommand::Send { agent, payload },
         CtlCmd::StopAgent { agent } => CtlCommand::StopAgent { agent },
+        CtlCmd::SwapModel { id, version } => CtlCommand::SwapModel { id, version },
         CtlCmd::Stop => CtlCommand::Stop,
         CtlCmd::Status => CtlCommand::Status,
     };

@@ -47,8 +47,12 @@
 //! id = "mlp"
 //! version = "1"
 //! path = "../.deps/models/mlp-v1.onnx"
-//! blake3 = "…"
+//! blake3 = "…"                 # optional pin of the file's hash
+//! max_batch = 32               # optional: rows per model run (default 32)
 //! ```
+//!
+//! The first declared version of a model id is its *current* version (what
+//! `infer("mlp")` without `@version` uses) until an `Input::SwapModel`.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -196,6 +200,7 @@ struct RawModel {
     version: Spanned<String>,
     path: Spanned<String>,
     blake3: Option<Spanned<String>>,
+    max_batch: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,7 +297,16 @@ pub struct ModelDef {
     pub path: PathBuf,
     /// Pinned BLAKE3, lower-case hex.
     pub blake3: Option<String>,
+    /// Largest batch (rows along dimension 0) of one model run
+    /// ([`DEFAULT_MAX_BATCH`] unless set; 1 runs every request alone).
+    pub max_batch: u32,
 }
+
+/// `max_batch` of a model that does not set it.
+pub const DEFAULT_MAX_BATCH: u32 = 32;
+
+/// Largest `max_batch` a model may set.
+pub const MAX_MAX_BATCH: u32 = 1 << 16;
 
 /// A validated manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -726,6 +740,16 @@ impl Manifest {
                     format!("`{id}` is not a valid name"),
                 );
             }
+            if !valid_name(m.version.get_ref()) {
+                return cx.err(
+                    Some(m.version.span()),
+                    format!("models[{i}].version"),
+                    format!(
+                        "`{}` is not a valid version (letters, digits, `-`, `_`, `.`)",
+                        m.version.get_ref()
+                    ),
+                );
+            }
             if !model_keys.insert((id.clone(), m.version.get_ref().clone())) {
                 return cx.err(
                     Some(m.version.span()),
@@ -755,11 +779,25 @@ impl Manifest {
                 Some(h) => Some(h.get_ref().to_ascii_lowercase()),
                 None => None,
             };
+            let max_batch = match &m.max_batch {
+                None => DEFAULT_MAX_BATCH,
+                Some(b) => match u32::try_from(*b.get_ref()) {
+                    Ok(n) if (1..=MAX_MAX_BATCH).contains(&n) => n,
+                    _ => {
+                        return cx.err(
+                            Some(b.span()),
+                            format!("models[{i}].max_batch"),
+                            format!("must be between 1 and {MAX_MAX_BATCH}"),
+                        );
+                    }
+                },
+            };
             models.push(ModelDef {
                 id: id.clone(),
                 version: m.version.get_ref().clone(),
                 path,
                 blake3,
+                max_batch,
             });
         }
 
@@ -888,6 +926,23 @@ mod tests {
         let ok = parse(&format!("{base}[[tasks]]\nname = \"x\"\nagent = \"a\"\n[[tasks]]\nagent = \"a\"\nafter = [\"x\"]\npayload_hex = \"0aff\"\n")).unwrap();
         assert_eq!(ok.tasks[1].after, vec![0]);
         assert_eq!(ok.tasks[1].payload, vec![0x0a, 0xff]);
+    }
+
+    #[test]
+    fn models_get_max_batch_and_checked_versions() {
+        let dir = std::env::temp_dir().join(format!("lockstep-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("m.onnx"), b"onnx").unwrap();
+        let m = parse("[[models]]\nid = \"mlp\"\nversion = \"1\"\npath = \"m.onnx\"\n[[models]]\nid = \"mlp\"\nversion = \"2\"\npath = \"m.onnx\"\nmax_batch = 4\n").unwrap();
+        assert_eq!(m.models[0].max_batch, DEFAULT_MAX_BATCH);
+        assert_eq!(m.models[1].max_batch, 4);
+        let e =
+            parse("[[models]]\nid = \"mlp\"\nversion = \"1\"\npath = \"m.onnx\"\nmax_batch = 0\n")
+                .unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (5, "models[0].max_batch"));
+        let e =
+            parse("[[models]]\nid = \"mlp\"\nversion = \"1@2\"\npath = \"m.onnx\"\n").unwrap_err();
+        assert_eq!(e.field, "models[0].version");
     }
 
     #[test]

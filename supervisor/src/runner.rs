@@ -4,15 +4,15 @@
 
 use crate::child::{Child, ChildError, ChildSpec, locate_binary};
 use crate::ctl::{CtlRequest, CtlServer};
+use crate::inference::{InferenceConfig, InferenceService}; // inference (issue 5)
 use crate::journal::{Entry, JournalError, JournalWriter};
 use crate::manifest::Manifest;
 use crate::reaper::{ChildExit, Reaper};
 use crate::sim::{
     AgentStatus, InferAnswer, InferRequest, Input, InputOutcome, SimState, TickPlan, TickSummary,
 };
-use crate::telemetry::{
-    AgentTelemetry, Aggregates, InferenceTelemetry, JsonlSink, TelemetryHook, TickTelemetry,
-};
+use crate::snapshot::{self, ModelState, PageStore, SnapshotBody, SnapshotError};
+use crate::telemetry::{AgentTelemetry, Aggregates, JsonlSink, TelemetryHook, TickTelemetry};
 use lockstep_common::live::{ChildStatus, LIVE_STATE_VERSION, LiveState};
 use shm_protocol::board::BoardWriter;
 use shm_protocol::control::{Down, Role, Up};
@@ -64,6 +64,22 @@ pub enum RunError {
     /// A child died during the run.
     #[error("{0}")]
     Died(String),
+    /// A replayed tick did not reproduce its recorded hash.
+    #[error("tick {tick} diverged: recorded hash {expected}, replayed {actual}")]
+    Diverged {
+        /// The tick.
+        tick: u64,
+        /// Recorded hash.
+        expected: String,
+        /// Replayed hash.
+        actual: String,
+    },
+    /// A snapshot or the page store failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A replayed checkpoint's state differs from the recorded one.
+    #[error("{0}")]
+    StateDiverged(Box<crate::replay::Divergence>),
     /// Talking to a worker failed.
     #[error("{worker}: {what}")]
     Channel {
@@ -104,6 +120,21 @@ pub struct RunConfig {
     pub metrics: bool,
     /// Directory of the compiled-module cache (`None`: no cache).
     pub module_cache: Option<PathBuf>,
+    /// The inference host (issue 5): binary, device, timeouts.
+    pub inference: InferenceConfig,
+    /// Checkpoint every this many ticks (0: only at the end).
+    pub checkpoint_every: u64,
+    /// The run directory a restored snapshot came from (its page store is
+    /// read for agent memories), if not `run_dir`.
+    pub origin: Option<PathBuf>,
+    /// Directory relative manifest paths were resolved against (recorded in
+    /// `meta.json` so `resume` and `replay` can re-read the manifest).
+    pub manifest_dir: PathBuf,
+    /// Ticks the run was asked for (recorded in `meta.json` for `resume`).
+    pub target_ticks: u64,
+    /// Extra environment for worker processes (e.g. `LOCKSTEP_INJECT` in
+    /// fault-injection tests).
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl RunConfig {
@@ -116,6 +147,7 @@ impl RunConfig {
     ) -> Result<Self, String> {
         let workers = manifest.workers as usize;
         let seed = manifest.seed;
+        let checkpoint_every = manifest.checkpoint_every;
         let cache = std::env::var_os("LOCKSTEP_CACHE_DIR")
             .map(PathBuf::from)
             .or_else(|| {
@@ -134,8 +166,209 @@ impl RunConfig {
             control_socket: true,
             metrics: true,
             module_cache: cache,
+            inference: InferenceConfig::default(), // inference (issue 5)
+            checkpoint_every,
+            origin: None,
+            manifest_dir: PathBuf::from("."),
+            target_ticks: 0,
+            worker_env: Vec::new(),
         })
     }
+}
+
+/// How many times a worker may be recovered within one tick.
+pub const MAX_RECOVERIES_PER_TICK: u32 = 4;
+/// After this many crashes at the same tick, the culprit agent is searched
+/// for and quarantined.
+pub const POISON_AFTER: u32 = 2;
+
+/// `w` restricted to the agents in `keep`.
+fn only(w: &TickWork, keep: &[u64]) -> TickWork {
+    TickWork {
+        tick: w.tick,
+        spawns: w
+            .spawns
+            .iter()
+            .filter(|s| keep.contains(&s.agent_id))
+            .cloned()
+            .collect(),
+        restarts: w
+            .restarts
+            .iter()
+            .filter(|a| keep.contains(a))
+            .copied()
+            .collect(),
+        deliveries: w
+            .deliveries
+            .iter()
+            .filter(|d| keep.contains(&d.agent_id))
+            .cloned()
+            .collect(),
+        step_all: w.step_all,
+        steps: w
+            .steps
+            .iter()
+            .filter(|s| keep.contains(&s.agent_id))
+            .cloned()
+            .collect(),
+        stops: w
+            .stops
+            .iter()
+            .filter(|a| keep.contains(a))
+            .copied()
+            .collect(),
+        measure_time: w.measure_time,
+        more: w.more,
+        evict: w.evict.clone(),
+    }
+}
+
+/// `w` without the agents in `drop`.
+fn without(w: &TickWork, drop: &[u64]) -> TickWork {
+    TickWork {
+        tick: w.tick,
+        spawns: w
+            .spawns
+            .iter()
+            .filter(|s| !drop.contains(&s.agent_id))
+            .cloned()
+            .collect(),
+        restarts: w
+            .restarts
+            .iter()
+            .filter(|a| !drop.contains(a))
+            .copied()
+            .collect(),
+        deliveries: w
+            .deliveries
+            .iter()
+            .filter(|d| !drop.contains(&d.agent_id))
+            .cloned()
+            .collect(),
+        step_all: w.step_all,
+        steps: w
+            .steps
+            .iter()
+            .filter(|s| !drop.contains(&s.agent_id))
+            .cloned()
+            .collect(),
+        stops: w
+            .stops
+            .iter()
+            .filter(|a| !drop.contains(a))
+            .copied()
+            .collect(),
+        measure_time: w.measure_time,
+        more: w.more,
+        evict: w.evict.clone(),
+    }
+}
+
+/// Recorded inputs and tick hashes to replay.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    /// Inputs by the tick they apply at, in journal order.
+    pub inputs: BTreeMap<u64, Vec<Input>>,
+    /// Recorded tick hashes to check.
+    pub hashes: BTreeMap<u64, [u8; 32]>,
+    /// Replay ticks up to and including this one.
+    pub until: u64,
+}
+
+/// The work of one tick as sent to each worker, and each worker's digest.
+#[derive(Debug, Clone)]
+struct LoggedTick {
+    tick: u64,
+    parts: Vec<Vec<TickWork>>,
+    digests: Vec<[u64; 4]>,
+}
+
+fn dir_error(dir: &Path, reason: String) -> RunError {
+    RunError::RunDir {
+        dir: dir.display().to_string(),
+        reason,
+    }
+}
+
+/// Makes sure `dir` does not exist or is empty.
+fn prepare_dir(dir: &Path) -> Result<(), RunError> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .map_err(|e| dir_error(dir, e.to_string()))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(dir_error(
+                dir,
+                "already exists and is not empty (choose another --run-dir)".into(),
+            ));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| dir_error(dir, format!("cannot create: {e}")))
+}
+
+/// Writes `meta.json` (non-deterministic facts: versions, pid, wall time).
+fn write_meta(cfg: &RunConfig) -> Result<(), RunError> {
+    let meta = serde_json::json!({
+        "lockstep": env!("CARGO_PKG_VERSION"),
+        "workers": cfg.workers,
+        "seed": cfg.seed,
+        "manifest_dir": std::fs::canonicalize(&cfg.manifest_dir).unwrap_or_else(|_| cfg.manifest_dir.clone()).display().to_string(),
+        "target_ticks": cfg.target_ticks,
+        "checkpoint_every": cfg.checkpoint_every,
+        "pid": std::process::id(),
+        "started_unix_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+    });
+    std::fs::write(cfg.run_dir.join("meta.json"), format!("{meta:#}\n"))
+        .map_err(|e| dir_error(&cfg.run_dir, e.to_string()))
+}
+
+fn is_peer_gone(e: &RunError) -> bool {
+    matches!(
+        e,
+        RunError::Channel {
+            source: ChannelError::PeerGone(_),
+            ..
+        }
+    )
+}
+
+/// Spawns worker `i`, completes its handshake and configures it.
+fn spawn_worker(cfg: &RunConfig, i: usize, reaper: &Reaper) -> Result<WorkerLink, RunError> {
+    let spec = ChildSpec {
+        role: Role::Worker,
+        name: format!("worker-{i}"),
+        program: cfg.worker_bin.clone(),
+        args: Vec::new(),
+        rings: SegmentConfig {
+            to_attacher: WORKER_RING,
+            to_creator: WORKER_RING,
+        },
+        policy: WaitPolicy {
+            spin: 2_000,
+            park_slice: Duration::from_millis(10),
+        },
+        env: cfg.worker_env.clone(),
+    };
+    let mut w = WorkerLink {
+        child: Child::spawn(&spec, reaper)?,
+    };
+    w.child.handshake(Duration::from_secs(30))?;
+    let reply = w.request(
+        WorkerCommand::Configure {
+            seed: cfg.seed,
+            watchdog_ms: cfg.watchdog.as_millis().min(u128::from(u32::MAX)) as u32,
+            cache_dir: cfg.module_cache.as_ref().map(|p| p.display().to_string()),
+        },
+        Duration::from_secs(30),
+    )?;
+    if reply != WorkerReply::Configured {
+        return Err(RunError::Protocol {
+            worker: w.name(),
+            detail: format!("Configure answered {reply:?}"),
+        });
+    }
+    Ok(w)
 }
 
 /// A worker process and the agents assigned to it.
@@ -307,7 +540,32 @@ pub struct Run {
     workers: Vec<WorkerLink>,
     _reaper: Reaper,
     deaths: mpsc::Receiver<ChildExit>,
-    journal: JournalWriter,
+    /// The journal (`None` when replaying into a scratch directory).
+    journal: Option<JournalWriter>,
+    /// The content-addressed page store of checkpoints.
+    pages: PageStore,
+    /// The last checkpoint (agent images for crash recovery).
+    last_checkpoint: Option<SnapshotBody>,
+    /// The work sent to each worker since the last checkpoint, and the
+    /// digest each answered with (re-executed after a worker crash).
+    work_log: Vec<LoggedTick>,
+    /// Crash recoveries per tick (to detect a worker that keeps crashing).
+    recoveries: BTreeMap<u64, u32>,
+    /// Recorded inputs and hashes to replay (replay, verify, resume).
+    script: Option<Script>,
+    /// Page store of the run a snapshot came from (replay, verify, fork).
+    origin_pages: Option<PageStore>,
+    /// Reapers of workers started by crash recovery.
+    extra_reapers: Vec<(Reaper, mpsc::Receiver<ChildExit>)>,
+    /// Duration of the last worker recovery.
+    last_recovery: Option<Duration>,
+    /// Agents quarantined for crashing their worker.
+    quarantined: Vec<u64>,
+    /// The tick being run, while in `tick`.
+    in_tick: Option<u64>,
+    /// Work that replaced a tick's parts for a worker during recovery (the
+    /// work log must record what was really executed).
+    replaced_parts: Vec<(usize, Vec<TickWork>)>,
     hooks: Vec<Box<dyn TelemetryHook>>,
     metrics: Option<JsonlSink>,
     board: Option<BoardWriter>,
@@ -319,6 +577,8 @@ pub struct Run {
     logs: VecDeque<String>,
     stop_requested: bool,
     started: Instant,
+    /// Inference host and model resolution (issue 5).
+    inference: InferenceService,
 }
 
 impl std::fmt::Debug for Run {
@@ -338,34 +598,11 @@ impl Run {
     /// Creates the run directory, starts the workers, loads the modules and
     /// writes the journal header.  No tick has run yet.
     pub fn start(cfg: RunConfig) -> Result<Self, RunError> {
-        let dir = &cfg.run_dir;
-        let dir_err = |reason: String| RunError::RunDir {
-            dir: dir.display().to_string(),
-            reason,
-        };
-        if dir.exists() {
-            let empty = std::fs::read_dir(dir)
-                .map_err(|e| dir_err(e.to_string()))?
-                .next()
-                .is_none();
-            if !empty {
-                return Err(dir_err(
-                    "already exists and is not empty (choose another --run-dir)".into(),
-                ));
-            }
-        }
-        std::fs::create_dir_all(dir).map_err(|e| dir_err(format!("cannot create: {e}")))?;
+        let dir = cfg.run_dir.clone();
+        prepare_dir(&dir)?;
         std::fs::write(dir.join("manifest.toml"), &cfg.manifest_text)
-            .map_err(|e| dir_err(e.to_string()))?;
-        let meta = serde_json::json!({
-            "lockstep": env!("CARGO_PKG_VERSION"),
-            "workers": cfg.workers,
-            "seed": cfg.seed,
-            "pid": std::process::id(),
-            "started_unix_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-        });
-        std::fs::write(dir.join("meta.json"), format!("{meta:#}\n"))
-            .map_err(|e| dir_err(e.to_string()))?;
+            .map_err(|e| dir_error(&dir, e.to_string()))?;
+        write_meta(&cfg)?;
         let sim = SimState::new(&cfg.manifest, cfg.seed).map_err(RunError::Setup)?;
         let mut journal = JournalWriter::create(&dir.join("journal.lsj"))?;
         journal.write(&Entry::Header {
@@ -374,44 +611,29 @@ impl Run {
             manifest: cfg.manifest_text.clone(),
         })?;
         journal.sync()?;
+        let mut run = Self::boot(cfg, sim, Some(journal), None)?;
+        // The genesis snapshot: every replay and `verify` can start here.
+        run.checkpoint()?;
+        Ok(run)
+    }
+
+    /// Starts workers around a state: the genesis state of a new run, or a
+    /// snapshot's (whose agents are restored into the new workers).
+    pub fn boot(
+        cfg: RunConfig,
+        sim: SimState,
+        journal: Option<JournalWriter>,
+        snapshot: Option<SnapshotBody>,
+    ) -> Result<Self, RunError> {
+        let dir = cfg.run_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| dir_error(&dir, format!("cannot create: {e}")))?;
+        let pages = PageStore::open(&dir)?;
         let (reaper, deaths) = Reaper::start()
             .map_err(|e| RunError::Setup(format!("cannot start the reaper: {e}")))?;
         let mut workers = Vec::new();
         for i in 0..cfg.workers.max(1) {
-            let spec = ChildSpec {
-                role: Role::Worker,
-                name: format!("worker-{i}"),
-                program: cfg.worker_bin.clone(),
-                args: Vec::new(),
-                rings: SegmentConfig {
-                    to_attacher: WORKER_RING,
-                    to_creator: WORKER_RING,
-                },
-                policy: WaitPolicy {
-                    spin: 2_000,
-                    park_slice: Duration::from_millis(10),
-                },
-            };
-            workers.push(WorkerLink {
-                child: Child::spawn(&spec, &reaper)?,
-            });
-        }
-        for w in &mut workers {
-            w.child.handshake(Duration::from_secs(30))?;
-            let reply = w.request(
-                WorkerCommand::Configure {
-                    seed: cfg.seed,
-                    watchdog_ms: cfg.watchdog.as_millis().min(u128::from(u32::MAX)) as u32,
-                    cache_dir: cfg.module_cache.as_ref().map(|p| p.display().to_string()),
-                },
-                Duration::from_secs(30),
-            )?;
-            if reply != WorkerReply::Configured {
-                return Err(RunError::Protocol {
-                    worker: w.name(),
-                    detail: format!("Configure answered {reply:?}"),
-                });
-            }
+            workers.push(spawn_worker(&cfg, i, &reaper)?);
         }
         let board = if cfg.board {
             BoardWriter::create(&dir.join("state.board"), 1 << 20).ok()
@@ -426,18 +648,32 @@ impl Run {
         let ctl = if cfg.control_socket {
             Some(
                 CtlServer::start(&dir.join("control.sock"))
-                    .map_err(|e| dir_err(format!("control socket: {e}")))?,
+                    .map_err(|e| dir_error(&dir, format!("control socket: {e}")))?,
             )
         } else {
             None
         };
+        // --- inference (issue 5): host started only when models are declared ---
+        let inference = InferenceService::start(&cfg.manifest.models, cfg.inference.clone())?;
         let mut run = Self {
+            inference,
             cfg,
             sim,
             workers,
             _reaper: reaper,
             deaths,
             journal,
+            pages,
+            last_checkpoint: None,
+            work_log: Vec::new(),
+            recoveries: BTreeMap::new(),
+            script: None,
+            origin_pages: None,
+            extra_reapers: Vec::new(),
+            last_recovery: None,
+            quarantined: Vec::new(),
+            in_tick: None,
+            replaced_parts: Vec::new(),
             hooks: Vec::new(),
             metrics,
             board,
@@ -450,6 +686,17 @@ impl Run {
             started: Instant::now(),
         };
         run.load_modules()?;
+        if let Some(body) = snapshot {
+            if let Some(origin) = &run.cfg.origin
+                && origin != &run.cfg.run_dir
+            {
+                run.origin_pages = Some(PageStore::open(origin)?);
+            }
+            for wi in 0..run.workers.len() {
+                run.restore_worker(wi, &body)?;
+            }
+            run.last_checkpoint = Some(body);
+        }
         run.publish_board("running");
         Ok(run)
     }
@@ -488,40 +735,54 @@ impl Run {
             .copied()
             .collect();
         for id in todo {
-            let Some(m) = self.sim.modules.get(&id).cloned() else {
-                continue;
-            };
-            let mut hash = None;
-            for w in &mut self.workers {
-                let reply = w.request(
-                    WorkerCommand::LoadModule {
-                        module_id: id,
-                        name: m.name.clone(),
-                        path: m.path.clone(),
-                        expected_blake3: m.expected_blake3.clone(),
-                        memory_limit: m.memory_limit,
-                    },
-                    Duration::from_secs(300),
-                )?;
-                match reply {
-                    WorkerReply::ModuleLoaded { blake3, .. } => hash = Some(blake3),
-                    WorkerReply::ModuleRefused { error, .. } => {
-                        return Err(RunError::Module(error));
-                    }
-                    other => {
-                        return Err(RunError::Protocol {
-                            worker: w.name(),
-                            detail: format!("LoadModule answered {other:?}"),
-                        });
-                    }
-                }
-            }
-            if let Some(rec) = self.sim.modules.get_mut(&id) {
-                rec.blake3 = hash;
+            for wi in 0..self.workers.len() {
+                self.load_module_on(wi, id)?;
             }
             self.loaded.insert(id);
         }
         Ok(())
+    }
+
+    /// Loads module `id` on worker `wi`, recording its hash.
+    fn load_module_on(&mut self, wi: usize, id: u32) -> Result<(), RunError> {
+        let Some(m) = self.sim.modules.get(&id).cloned() else {
+            return Ok(());
+        };
+        let w = &mut self.workers[wi];
+        let reply = w.request(
+            WorkerCommand::LoadModule {
+                module_id: id,
+                name: m.name.clone(),
+                path: m.path.clone(),
+                expected_blake3: m.expected_blake3.clone(),
+                memory_limit: m.memory_limit,
+            },
+            Duration::from_secs(300),
+        )?;
+        match reply {
+            WorkerReply::ModuleLoaded { blake3, .. } => {
+                if let Some(rec) = self.sim.modules.get_mut(&id) {
+                    match rec.blake3 {
+                        Some(h) if h != blake3 => {
+                            return Err(RunError::Module(format!(
+                                "module {} ({}) changed on disk: BLAKE3 {} differs from {} recorded by the run",
+                                m.name,
+                                m.path,
+                                hex(&blake3),
+                                hex(&h)
+                            )));
+                        }
+                        _ => rec.blake3 = Some(blake3),
+                    }
+                }
+                Ok(())
+            }
+            WorkerReply::ModuleRefused { error, .. } => Err(RunError::Module(error)),
+            other => Err(RunError::Protocol {
+                worker: w.name(),
+                detail: format!("LoadModule answered {other:?}"),
+            }),
+        }
     }
 
     /// Applies an external input now (it takes effect in the next tick and
@@ -532,12 +793,14 @@ impl Run {
             .sim
             .apply_inputs(std::slice::from_ref(&input))
             .remove(0);
-        self.journal.write(&Entry::Input {
+        self.jwrite(&Entry::Input {
             tick: self.sim.tick + 1,
             input: input.clone(),
             outcome: outcome.clone(),
         })?;
-        self.journal.sync()?;
+        if let Some(j) = &mut self.journal {
+            j.sync()?;
+        }
         self.pending.push(input);
         Ok(outcome)
     }
@@ -631,10 +894,57 @@ impl Run {
         Ok(())
     }
 
+    /// Whether the tick being run (or, between ticks, the coming one)
+    /// replays recorded ticks (no journaling).
+    fn scripted(&self) -> bool {
+        match self.in_tick {
+            Some(t) => self.script.as_ref().is_some_and(|s| t <= s.until),
+            None => self
+                .script
+                .as_ref()
+                .is_some_and(|s| self.sim.tick < s.until),
+        }
+    }
+
+    /// Writes a journal entry unless the tick is a replay of recorded ones.
+    fn jwrite(&mut self, e: &Entry) -> Result<(), RunError> {
+        let scripted = self.scripted();
+        if let (Some(j), false) = (&mut self.journal, scripted) {
+            j.write(e)?;
+        }
+        Ok(())
+    }
+
+    /// Replays recorded inputs and checks recorded tick hashes up to
+    /// `script.until`; afterwards the run continues live.
+    pub fn set_script(&mut self, script: Script) {
+        self.script = Some(script);
+    }
+
     /// Runs one tick.
     pub fn tick(&mut self) -> Result<TickSummary, RunError> {
+        self.in_tick = Some(self.sim.tick + 1);
+        let r = self.tick_inner();
+        self.in_tick = None;
+        r
+    }
+
+    fn tick_inner(&mut self) -> Result<TickSummary, RunError> {
         let t0 = Instant::now();
-        self.drain_ctl()?;
+        let scripted = self.scripted();
+        // Recorded inputs of this tick (replay, verify, resume) are applied
+        // again but not journaled again.
+        let next = self.sim.tick + 1;
+        let recorded = self
+            .script
+            .as_mut()
+            .and_then(|s| s.inputs.remove(&next))
+            .unwrap_or_default();
+        self.sim.apply_inputs(&recorded);
+        self.pending.extend(recorded);
+        if !scripted {
+            self.drain_ctl()?;
+        }
         self.load_modules()?;
         let inputs = std::mem::take(&mut self.pending);
         let plan = self.sim.begin_tick();
@@ -645,20 +955,38 @@ impl Run {
         }
         let works = self.partition(&plan, measure);
         let tw = Instant::now();
-        let mut worker_us = Vec::with_capacity(self.workers.len());
         let limit = 4 << 20;
         let timeout = self.cfg.tick_timeout;
-        for (w, work) in self.workers.iter_mut().zip(works) {
-            for part in split_work(work, limit) {
-                w.send(WorkerCommand::Tick(part), timeout)?;
+        let parts: Vec<Vec<TickWork>> = works.into_iter().map(|w| split_work(w, limit)).collect();
+        let mut sent = vec![true; self.workers.len()];
+        for (wi, ps) in parts.iter().enumerate() {
+            for part in ps {
+                if let Err(e) = self.workers[wi].send(WorkerCommand::Tick(part.clone()), timeout) {
+                    if !is_peer_gone(&e) {
+                        return Err(e);
+                    }
+                    sent[wi] = false;
+                    break;
+                }
             }
         }
+        let mut worker_us = Vec::with_capacity(self.workers.len());
         let mut results: Vec<AgentResult> = Vec::new();
         let mut digest = [0u64; 4];
+        let mut digests = Vec::with_capacity(self.workers.len());
         let mut tenant_fuel: BTreeMap<u32, u64> = BTreeMap::new();
         let mut calls = 0u64;
         for wi in 0..self.workers.len() {
-            let done = self.recv_tick(wi, plan.tick)?;
+            let received = if sent[wi] {
+                self.recv_tick(wi, plan.tick)
+            } else {
+                Err(self.died(wi))
+            };
+            let done = match received {
+                Ok(d) => d,
+                Err(RunError::Died(how)) => self.recover_worker(wi, plan.tick, &parts[wi], &how)?,
+                Err(e) => return Err(e),
+            };
             worker_us.push(done.wall_ns / 1000);
             for r in &done.results {
                 if self.worker_of(r.agent_id) != wi {
@@ -670,11 +998,21 @@ impl Run {
             }
             results.extend(done.results);
             shm_protocol::worker::digest_add(&mut digest, done.digest);
+            digests.push(done.digest);
             for (t, f) in done.tenant_fuel {
                 *tenant_fuel.entry(t).or_default() += f;
             }
             calls += done.calls;
         }
+        let mut parts = parts;
+        for (wi, replaced) in std::mem::take(&mut self.replaced_parts) {
+            parts[wi] = replaced;
+        }
+        self.work_log.push(LoggedTick {
+            tick: plan.tick,
+            parts,
+            digests,
+        });
         let workers_us = tw.elapsed().as_micros() as u64;
         // Canonical order: by agent id (stable: a worker's own order is kept).
         results.sort_by_key(|r| r.agent_id);
@@ -682,12 +1020,12 @@ impl Run {
             .sim
             .finish_tick(&plan, &inputs, &results, digest, &tenant_fuel, calls);
         for e in &summary.events {
-            self.journal.write(&Entry::Event {
+            self.jwrite(&Entry::Event {
                 tick: plan.tick,
                 event: e.clone(),
             })?;
         }
-        self.journal.write(&Entry::Tick {
+        self.jwrite(&Entry::Tick {
             tick: summary.tick,
             hash: summary.hash,
             steps: summary.steps,
@@ -706,10 +1044,23 @@ impl Run {
                 .zip(hashes)
                 .map(|(q, h)| (q.agent, q.request_id, q.model.clone(), h))
                 .collect();
-            self.journal.write(&Entry::Inference {
+            self.jwrite(&Entry::Inference {
                 tick: plan.tick,
                 answers: entry,
             })?;
+        }
+        // The journaled tick hash is `summary.hash` (before the inference
+        // answers are folded in; they enter the next tick's hash), so that
+        // is what a replay must compare (inference, issue 5).
+        if let Some(s) = &self.script
+            && let Some(want) = s.hashes.get(&plan.tick)
+            && *want != summary.hash
+        {
+            return Err(RunError::Diverged {
+                tick: plan.tick,
+                expected: hex(want),
+                actual: hex(&summary.hash),
+            });
         }
         self.collect_logs(&results);
         let tel = TickTelemetry {
@@ -728,8 +1079,484 @@ impl Run {
             worker_us,
         };
         self.emit(&tel, &results, &mailbox, measure);
+        if self.cfg.checkpoint_every > 0 && summary.tick.is_multiple_of(self.cfg.checkpoint_every) {
+            self.checkpoint()?;
+        }
         self.publish_board("running");
         Ok(summary)
+    }
+
+    /// Agents that have an instance in a worker (and so an image).
+    fn imaged_agents(&self) -> Vec<u64> {
+        self.sim
+            .agents
+            .iter()
+            .filter(|(_, a)| matches!(a.status, AgentStatus::Live | AgentStatus::Faulted { .. }))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Models at this point of the run (for snapshots).
+    fn model_states(&self) -> Vec<ModelState> {
+        self.cfg
+            .manifest
+            .models
+            .iter()
+            .map(|m| ModelState {
+                id: m.id.clone(),
+                version: m.version.clone(),
+                blake3: m.blake3.clone(),
+                // The deterministic current-version table (inference, issue 5).
+                current: self.sim.model_versions.get(&m.id) == Some(&m.version),
+            })
+            .collect()
+    }
+
+    /// Images every agent and the scheduler at the current tick boundary
+    /// (new chunks go to the page store) without writing a snapshot file.
+    pub fn capture_state(&mut self) -> Result<SnapshotBody, RunError> {
+        let agents = self.imaged_agents();
+        let k = self.workers.len();
+        let mut by_worker: Vec<Vec<u64>> = vec![Vec::new(); k];
+        for id in &agents {
+            by_worker[self.worker_of(*id)].push(*id);
+        }
+        let timeout = Duration::from_secs(600);
+        for (wi, ids) in by_worker.iter().enumerate() {
+            self.workers[wi].send(
+                WorkerCommand::Checkpoint {
+                    agents: ids.clone(),
+                    full: false,
+                },
+                timeout,
+            )?;
+        }
+        let mut images = Vec::with_capacity(agents.len());
+        for wi in 0..k {
+            loop {
+                match self.workers[wi].recv(timeout)? {
+                    WorkerReply::Checkpointed {
+                        images: im,
+                        chunks,
+                        more,
+                    } => {
+                        for c in chunks {
+                            self.pages.put(&c.hash, &c.bytes)?;
+                        }
+                        images.extend(im);
+                        if !more {
+                            break;
+                        }
+                    }
+                    WorkerReply::Error(e) => {
+                        return Err(RunError::Protocol {
+                            worker: self.workers[wi].name(),
+                            detail: e,
+                        });
+                    }
+                    other => {
+                        return Err(RunError::Protocol {
+                            worker: self.workers[wi].name(),
+                            detail: format!("expected Checkpointed, got {other:?}"),
+                        });
+                    }
+                }
+            }
+        }
+        images.sort_by_key(|(id, _)| *id);
+        for (id, img) in &images {
+            if let Some(missing) = img.chunks.iter().find(|h| !self.pages.contains(h)) {
+                return Err(RunError::Protocol {
+                    worker: format!("worker-{}", self.worker_of(*id)),
+                    detail: format!(
+                        "agent {id}'s image refers to chunk {} that was never sent",
+                        hex(&missing[..8])
+                    ),
+                });
+            }
+        }
+        self.pages.sync()?;
+        let models = self.model_states();
+        let state_hash = snapshot::global_hash(&self.sim, &images, &models);
+        Ok(SnapshotBody {
+            tick: self.sim.tick,
+            timestamp: self.sim.tick,
+            seed: self.sim.seed,
+            manifest_hash: *blake3::hash(self.cfg.manifest_text.as_bytes()).as_bytes(),
+            scheduler: self.sim.clone(),
+            agents: images,
+            onnx_model_states: models,
+            state_hash,
+        })
+    }
+
+    /// Takes a checkpoint at the current tick boundary: images every agent,
+    /// stores new chunks, writes the snapshot and journals it.  Returns the
+    /// snapshot's file name (relative to the run directory).
+    pub fn checkpoint(&mut self) -> Result<(String, SnapshotBody), RunError> {
+        let body = self.capture_state()?;
+        let state_hash = body.state_hash;
+        if self.scripted() {
+            // Replaying recorded ticks: an existing snapshot of this tick must
+            // be reproduced exactly, and is never overwritten.
+            let rel = snapshot::file_name(body.tick);
+            let base = self
+                .cfg
+                .origin
+                .clone()
+                .unwrap_or_else(|| self.cfg.run_dir.clone());
+            let existing = base.join(&rel);
+            let recorded = if existing.exists() {
+                Some(snapshot::read(&existing))
+            } else {
+                None
+            };
+            if let Some(Err(e)) = &recorded
+                && self.cfg.origin.is_none()
+            {
+                // Our own damaged snapshot: the re-execution that reached
+                // this tick was checked hash by hash, so repair it.
+                tracing::warn!(file = %existing.display(), error = %e, "replacing a damaged snapshot");
+            } else if let Some(recorded) = recorded {
+                let recorded = recorded?;
+                if recorded.state_hash != body.state_hash {
+                    return Err(RunError::StateDiverged(Box::new(crate::replay::diff(
+                        &recorded, &body,
+                    ))));
+                }
+                self.work_log.clear();
+                self.last_checkpoint = Some(body.clone());
+                return Ok((rel, body));
+            }
+        }
+        let file = snapshot::write(&self.cfg.run_dir, &body)?;
+        self.jwrite(&Entry::Checkpoint {
+            tick: body.tick,
+            file: file.clone(),
+            state_hash,
+        })?;
+        let scripted = self.scripted();
+        if let (Some(j), false) = (&mut self.journal, scripted) {
+            j.sync()?;
+        }
+        self.work_log.clear();
+        self.last_checkpoint = Some(body.clone());
+        Ok((file, body))
+    }
+
+    /// Reads a chunk from this run's page store, or from the origin run's
+    /// (replay, verify and fork read the snapshots of another directory).
+    fn chunk(&self, hash: &[u8; 32]) -> Result<Vec<u8>, RunError> {
+        match self.pages.get(hash) {
+            Ok(b) => Ok(b),
+            Err(e) => match &self.origin_pages {
+                Some(o) => Ok(o.get(hash)?),
+                None => Err(e.into()),
+            },
+        }
+    }
+
+    /// Restores into worker `wi` every agent of `body` assigned to it.
+    fn restore_worker(&mut self, wi: usize, body: &SnapshotBody) -> Result<(), RunError> {
+        let zero = shm_protocol::worker::zero_chunk_hash();
+        let timeout = Duration::from_secs(600);
+        for (id, img) in &body.agents {
+            if self.worker_of(*id) != wi {
+                continue;
+            }
+            let Some(rec) = body.scheduler.agents.get(id) else {
+                continue;
+            };
+            self.workers[wi].send(
+                WorkerCommand::RestoreBegin {
+                    agent_id: *id,
+                    module_id: rec.module,
+                    tenant: rec.tenant,
+                    limits: rec.limits,
+                    image: img.clone(),
+                },
+                timeout,
+            )?;
+            let mut seen: BTreeSet<[u8; 32]> = BTreeSet::new();
+            let mut batch = Vec::new();
+            for h in &img.chunks {
+                if *h == zero || !seen.insert(*h) {
+                    continue;
+                }
+                batch.push(shm_protocol::worker::ChunkData {
+                    hash: *h,
+                    bytes: self.chunk(h)?,
+                });
+                if batch.len() == 256 {
+                    let chunks = std::mem::take(&mut batch);
+                    self.workers[wi].send(
+                        WorkerCommand::RestoreChunks {
+                            agent_id: *id,
+                            chunks,
+                        },
+                        timeout,
+                    )?;
+                }
+            }
+            if !batch.is_empty() {
+                self.workers[wi].send(
+                    WorkerCommand::RestoreChunks {
+                        agent_id: *id,
+                        chunks: batch,
+                    },
+                    timeout,
+                )?;
+            }
+            match self.workers[wi].request(WorkerCommand::RestoreEnd { agent_id: *id }, timeout)? {
+                WorkerReply::Restored { error: None, .. } => {}
+                WorkerReply::Restored { error: Some(e), .. } => {
+                    return Err(RunError::Setup(format!("restoring agent {id}: {e}")));
+                }
+                other => {
+                    return Err(RunError::Protocol {
+                        worker: self.workers[wi].name(),
+                        detail: format!("expected Restored, got {other:?}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A worker died during `tick`: start a fresh one, restore its agents
+    /// from the last checkpoint, re-execute its work since then (checking
+    /// that it reproduces the recorded digests), then re-run this tick's
+    /// work.  The rest of the run never notices: results are deterministic.
+    fn recover_worker(
+        &mut self,
+        wi: usize,
+        tick: u64,
+        parts: &[TickWork],
+        how: &str,
+    ) -> Result<TickDone, RunError> {
+        let n = self.recoveries.entry(tick).or_default();
+        *n += 1;
+        if *n > MAX_RECOVERIES_PER_TICK {
+            return Err(RunError::Died(format!(
+                "{how}; it crashed {} times at tick {tick}, giving up",
+                MAX_RECOVERIES_PER_TICK
+            )));
+        }
+        if *n == POISON_AFTER {
+            // The same tick keeps killing this worker: find the agent that
+            // does it, quarantine it, and re-run the tick without it.
+            let culprit = self.isolate_poison(wi, tick, parts)?;
+            tracing::error!(
+                agent = culprit,
+                tick,
+                "agent crashes its worker: quarantined"
+            );
+            self.logs.push_back(format!(
+                "[QUARANTINE] agent {culprit} crashed its worker at tick {tick}"
+            ));
+            self.quarantined.push(culprit);
+            let mut filtered: Vec<TickWork> =
+                parts.iter().map(|p| without(p, &[culprit])).collect();
+            if let Some(first) = filtered.first_mut() {
+                first.evict.push(culprit);
+            }
+            self.replaced_parts.push((wi, filtered.clone()));
+            let mut done = self.recover_worker(wi, tick, &filtered, how)?;
+            done.results.push(AgentResult {
+                agent_id: culprit,
+                fuel: 0,
+                calls: 0,
+                outputs: Vec::new(),
+                fault: Some(shm_protocol::worker::Fault::CrashedWorker),
+                wall_ns: 0,
+                logs_suppressed: 0,
+            });
+            done.results.sort_by_key(|r| r.agent_id);
+            return Ok(done);
+        }
+        let t0 = Instant::now();
+        tracing::warn!(worker = wi, tick, "{how}; recovering");
+        self.logs.push_back(format!(
+            "[RECOVERY] {how}; restarting worker-{wi} at tick {tick}"
+        ));
+        let (reaper, deaths) =
+            Reaper::start().map_err(|e| RunError::Setup(format!("reaper: {e}")))?;
+        let fresh = spawn_worker(&self.cfg, wi, &reaper)?;
+        let old = std::mem::replace(&mut self.workers[wi], fresh);
+        drop(old);
+        // Keep the new reaper alive for the rest of the run.
+        self.extra_reapers.push((reaper, deaths));
+        let loaded: Vec<u32> = self.loaded.iter().copied().collect();
+        for id in loaded {
+            self.load_module_on(wi, id)?;
+        }
+        if let Some(body) = self.last_checkpoint.clone() {
+            self.restore_worker(wi, &body)?;
+        }
+        let timeout = self.cfg.tick_timeout;
+        let log: Vec<(u64, Vec<TickWork>, [u64; 4])> = self
+            .work_log
+            .iter()
+            .map(|l| (l.tick, l.parts[wi].clone(), l.digests[wi]))
+            .collect();
+        for (t, ps, want) in log {
+            for p in ps {
+                self.workers[wi].send(WorkerCommand::Tick(p), timeout)?;
+            }
+            let done = match self.recv_tick(wi, t) {
+                Ok(d) => d,
+                Err(RunError::Died(h)) => return self.recover_worker(wi, tick, parts, &h),
+                Err(e) => return Err(e),
+            };
+            if done.digest != want {
+                return Err(RunError::Protocol {
+                    worker: self.workers[wi].name(),
+                    detail: format!(
+                        "re-execution of tick {t} after a crash did not reproduce the recorded results"
+                    ),
+                });
+            }
+        }
+        for p in parts {
+            if let Err(e) = self.workers[wi].send(WorkerCommand::Tick(p.clone()), timeout) {
+                if is_peer_gone(&e) {
+                    let how = self.died(wi).to_string();
+                    return self.recover_worker(wi, tick, parts, &how);
+                }
+                return Err(e);
+            }
+        }
+        match self.recv_tick(wi, tick) {
+            Ok(d) => {
+                tracing::info!(
+                    worker = wi,
+                    tick,
+                    ms = t0.elapsed().as_millis() as u64,
+                    "worker recovered"
+                );
+                self.last_recovery = Some(t0.elapsed());
+                Ok(d)
+            }
+            Err(RunError::Died(h)) => self.recover_worker(wi, tick, parts, &h),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs tick `tick` for subsets of worker `wi`'s agents in scratch
+    /// workers (restored from the last checkpoint and re-executed from the
+    /// work log) until a single agent is left that crashes its process.
+    fn isolate_poison(
+        &mut self,
+        wi: usize,
+        tick: u64,
+        parts: &[TickWork],
+    ) -> Result<u64, RunError> {
+        let mut suspects: Vec<u64> = self
+            .sim
+            .agents
+            .iter()
+            .filter(|(id, a)| {
+                self.worker_of(**id) == wi
+                    && !matches!(a.status, AgentStatus::Stopped { .. } | AgentStatus::Pending)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        // Agents spawned during the logged ticks are suspects too.
+        for l in &self.work_log {
+            for p in &l.parts[wi] {
+                suspects.extend(p.spawns.iter().map(|s| s.agent_id));
+            }
+        }
+        for p in parts {
+            suspects.extend(p.spawns.iter().map(|s| s.agent_id));
+        }
+        suspects.sort_unstable();
+        suspects.dedup();
+        while suspects.len() > 1 {
+            let half: Vec<u64> = suspects[..suspects.len() / 2].to_vec();
+            if self.probe_crashes(wi, tick, parts, &half)? {
+                suspects = half;
+            } else {
+                suspects = suspects[suspects.len() / 2..].to_vec();
+            }
+        }
+        suspects.first().copied().ok_or_else(|| {
+            RunError::Died(format!(
+                "worker-{wi} crashes at tick {tick} with no agent left to blame"
+            ))
+        })
+    }
+
+    /// Whether running `tick` for `subset` alone crashes a scratch worker.
+    fn probe_crashes(
+        &mut self,
+        wi: usize,
+        tick: u64,
+        parts: &[TickWork],
+        subset: &[u64],
+    ) -> Result<bool, RunError> {
+        let (reaper, _deaths) =
+            Reaper::start().map_err(|e| RunError::Setup(format!("reaper: {e}")))?;
+        let mut probe = spawn_worker(&self.cfg, wi, &reaper)?;
+        let timeout = self.cfg.tick_timeout;
+        let ids: Vec<u32> = self.loaded.iter().copied().collect();
+        std::mem::swap(&mut self.workers[wi], &mut probe);
+        let result = (|| {
+            for id in ids {
+                self.load_module_on(wi, id)?;
+            }
+            if let Some(mut body) = self.last_checkpoint.clone() {
+                body.agents.retain(|(id, _)| subset.contains(id));
+                self.restore_worker(wi, &body)?;
+            }
+            let keep = |w: &TickWork| only(w, subset);
+            let log: Vec<(u64, Vec<TickWork>)> = self
+                .work_log
+                .iter()
+                .map(|l| (l.tick, l.parts[wi].iter().map(keep).collect()))
+                .collect();
+            for (t, ps) in log {
+                for p in ps {
+                    if self.workers[wi]
+                        .send(WorkerCommand::Tick(p), timeout)
+                        .is_err()
+                    {
+                        return Ok(true);
+                    }
+                }
+                if self.recv_tick(wi, t).is_err() {
+                    return Ok(true);
+                }
+            }
+            for p in parts {
+                if self.workers[wi]
+                    .send(WorkerCommand::Tick(keep(p)), timeout)
+                    .is_err()
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(self.recv_tick(wi, tick).is_err())
+        })();
+        std::mem::swap(&mut self.workers[wi], &mut probe);
+        let _ = probe.child.kill();
+        result
+    }
+
+    /// Agents quarantined because they crashed their worker.
+    pub fn quarantined(&self) -> &[u64] {
+        &self.quarantined
+    }
+
+    /// Pid of each worker process (for tests and operators).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|w| w.child.pid()).collect()
+    }
+
+    /// How long the last worker recovery took (spawn to the re-run tick's
+    /// results).
+    pub fn last_recovery(&self) -> Option<Duration> {
+        self.last_recovery
     }
 
     /// Splits the plan by worker.
@@ -819,40 +1646,33 @@ impl Run {
         }
     }
 
-    /// Answers inference requests.  The built-in `echo` model returns its
-    /// input (a stand-in for tests); other models go to the inference host.
+    // --- inference (issue 5) ---
+    /// Answers inference requests through the [`InferenceService`] (the
+    /// built-in `echo` model returns its input; declared models go to the
+    /// inference host, at the state's current versions).
     fn infer(&mut self, tick: u64, queue: &[InferRequest]) -> Vec<InferAnswer> {
-        let t0 = Instant::now();
-        let answers: Vec<InferAnswer> = queue
-            .iter()
-            .map(|q| InferAnswer {
-                agent: q.agent,
-                request_id: q.request_id,
-                result: if q.model == "echo" || q.model.starts_with("echo@") {
-                    Ok(q.input.clone())
-                } else {
-                    Err(format!("unknown model `{}`", q.model))
-                },
-            })
-            .collect();
-        let t = InferenceTelemetry {
-            tick,
-            model: "echo".into(),
-            requests: queue.len() as u64,
-            batches: 1,
-            max_batch: queue.len() as u64,
-            latency_us: t0.elapsed().as_micros() as u64,
-            run_us: t0.elapsed().as_micros() as u64,
-            device: "builtin".into(),
-        };
-        for h in &mut self.hooks {
-            h.on_inference(&t);
-        }
-        if let Some(m) = &mut self.metrics {
-            m.on_inference(&t);
+        let (answers, telemetry) = self.inference.infer(tick, queue, &self.sim.model_versions);
+        for t in &telemetry {
+            for h in &mut self.hooks {
+                h.on_inference(t);
+            }
+            if let Some(m) = &mut self.metrics {
+                m.on_inference(t);
+            }
         }
         answers
     }
+
+    /// Pid of the inference host, while one runs.
+    pub fn inference_host_pid(&self) -> Option<u32> {
+        self.inference.host_pid()
+    }
+
+    /// Inference host restarts so far (crashes, hangs).
+    pub fn inference_restarts(&self) -> u64 {
+        self.inference.restarts()
+    }
+    // --- end inference (issue 5) ---
 
     fn collect_logs(&mut self, results: &[AgentResult]) {
         for r in results {
@@ -996,12 +1816,34 @@ impl Run {
     }
 
     /// Ends the run: journal `End`, summary file, children shut down.
-    pub fn finish(mut self) -> Result<RunSummary, RunError> {
-        self.journal.write(&Entry::End {
-            tick: self.sim.tick,
-            hash: self.sim.hash,
-        })?;
-        self.journal.sync()?;
+    pub fn finish(self) -> Result<RunSummary, RunError> {
+        self.finish_inner(true)
+    }
+
+    /// Stops the children and syncs the journal without ending the run (a
+    /// fork, or a run to be resumed later).
+    pub fn finish_without_end(self) -> Result<RunSummary, RunError> {
+        self.finish_inner(false)
+    }
+
+    fn finish_inner(mut self, end: bool) -> Result<RunSummary, RunError> {
+        // A final checkpoint, so that `verify` and `fork` can reach the end.
+        let checkpointed = self
+            .last_checkpoint
+            .as_ref()
+            .is_some_and(|c| c.tick == self.sim.tick);
+        if end && self.journal.is_some() && !self.scripted() && !checkpointed {
+            self.checkpoint()?;
+        }
+        if end {
+            self.jwrite(&Entry::End {
+                tick: self.sim.tick,
+                hash: self.sim.hash,
+            })?;
+        }
+        if let Some(j) = &mut self.journal {
+            j.sync()?;
+        }
         if let Some(m) = &mut self.metrics {
             m.flush();
         }
@@ -1027,6 +1869,7 @@ impl Run {
         for w in std::mem::take(&mut self.workers) {
             let _ = w.child.shutdown(Duration::from_secs(5));
         }
+        self.inference.shutdown(); // inference (issue 5)
         if let Some(ctl) = self.ctl.take() {
             ctl.stop();
         }

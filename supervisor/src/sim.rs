@@ -222,6 +222,15 @@ pub enum Input {
         /// Agent name or `#id`.
         agent: String,
     },
+    // --- inference (issue 5): versioned model swap ---
+    /// Make `version` the current version of model `id` (what `infer("id")`
+    /// without `@version` uses) from this tick's requests on.
+    SwapModel {
+        /// Model id.
+        id: String,
+        /// A version the manifest declares for it.
+        version: String,
+    },
 }
 
 /// What applying an input did.
@@ -383,6 +392,12 @@ pub struct SimState {
     pub infer_queue: Vec<InferRequest>,
     /// Counters.
     pub counters: Counters,
+    // --- inference (issue 5) ---
+    /// Model id → its current version (the first declared one until an
+    /// [`Input::SwapModel`]).
+    pub model_versions: BTreeMap<String, String>,
+    /// Model id → every version the manifest declares.
+    pub model_catalog: BTreeMap<String, BTreeSet<String>>,
 }
 
 fn notice(seq: u64, tick: u64, text: String) -> WireMessage {
@@ -425,7 +440,19 @@ impl SimState {
             pending_stops: BTreeSet::new(),
             infer_queue: Vec::new(),
             counters: Counters::default(),
+            model_versions: BTreeMap::new(),
+            model_catalog: BTreeMap::new(),
         };
+        // --- inference (issue 5): the first declared version is current ---
+        for m in &manifest.models {
+            s.model_versions
+                .entry(m.id.clone())
+                .or_insert_with(|| m.version.clone());
+            s.model_catalog
+                .entry(m.id.clone())
+                .or_default()
+                .insert(m.version.clone());
+        }
         let mut g = blake3::Hasher::new();
         g.update(b"lockstep-genesis-v1");
         g.update(&seed.to_le_bytes());
@@ -757,6 +784,47 @@ impl SimState {
                 self.pending_stops.insert(id);
                 InputOutcome::Applied(format!("stopping agent {id}"))
             }
+            // --- inference (issue 5) ---
+            Input::SwapModel { id, version } => self.swap_model(id, version),
+        }
+    }
+
+    // --- inference (issue 5) ---
+    /// Applies [`Input::SwapModel`]: refused unless the manifest declares
+    /// `id` at `version`.
+    fn swap_model(&mut self, id: &str, version: &str) -> InputOutcome {
+        let Some(versions) = self.model_catalog.get(id) else {
+            let known: Vec<&str> = self.model_catalog.keys().map(String::as_str).collect();
+            return InputOutcome::Refused(if known.is_empty() {
+                format!("no model `{id}`: the manifest declares no models")
+            } else {
+                format!(
+                    "no model `{id}` (the manifest declares {})",
+                    known.join(", ")
+                )
+            });
+        };
+        if !versions.contains(version) {
+            let known: Vec<&str> = versions.iter().map(String::as_str).collect();
+            return InputOutcome::Refused(format!(
+                "model `{id}` has no version `{version}` (declared: {})",
+                known.join(", ")
+            ));
+        }
+        let tick = self.tick + 1;
+        match self
+            .model_versions
+            .insert(id.to_owned(), version.to_owned())
+        {
+            Some(old) if old == version => {
+                InputOutcome::Applied(format!("model `{id}` is already at version `{version}`"))
+            }
+            Some(old) => InputOutcome::Applied(format!(
+                "model `{id}` swapped from version `{old}` to `{version}` at tick {tick}"
+            )),
+            None => InputOutcome::Applied(format!(
+                "model `{id}` set to version `{version}` at tick {tick}"
+            )),
         }
     }
 
@@ -1316,6 +1384,11 @@ impl SimState {
             };
             return "quarantined (non-deterministic fault)".into();
         }
+        if *fault == Fault::CrashedWorker {
+            let why = "quarantined: it crashed its worker process";
+            self.stop_agent(id, tick, why);
+            return why.into();
+        }
         while a
             .restarts
             .front()
@@ -1416,11 +1489,23 @@ mod tests {
     }
 
     fn out(agent: u64, outputs: Vec<Output>) -> AgentResult {
-        AgentResult { agent_id: agent, fuel: 10, calls: 1, outputs, fault: None, wall_ns: 0, logs_suppressed: 0 }
+        AgentResult {
+            agent_id: agent,
+            fuel: 10,
+            calls: 1,
+            outputs,
+            fault: None,
+            wall_ns: 0,
+            logs_suppressed: 0,
+        }
     }
 
     fn send(to: u64, seq: u64) -> Output {
-        Output::Send { to, seq, payload: vec![seq as u8] }
+        Output::Send {
+            to,
+            seq,
+            payload: vec![seq as u8],
+        }
     }
 
     #[test]
@@ -1439,7 +1524,13 @@ mod tests {
         let mut s = SimState::new(&manifest("", &agents(4)), 1).unwrap();
         tick(&mut s, vec![]);
         // Agents 3 and 2 both send to 1; results arrive sorted by agent id.
-        tick(&mut s, vec![out(2, vec![send(1, 1), send(1, 2)]), out(3, vec![send(1, 1)])]);
+        tick(
+            &mut s,
+            vec![
+                out(2, vec![send(1, 1), send(1, 2)]),
+                out(3, vec![send(1, 1)]),
+            ],
+        );
         let (plan, _) = tick(&mut s, vec![]);
         let d = &plan.deliveries[0];
         assert_eq!(d.agent_id, 1);
@@ -1450,56 +1541,132 @@ mod tests {
 
     #[test]
     fn publish_fans_out_and_subscriptions_apply_from_the_next_tick() {
-        let m = manifest("", "[[agents]]\nname = \"s\"\nmodule = \"a.wasm\"\ncount = 3\nsubscriptions = [\"t\"]\n[[agents]]\nname = \"p\"\nmodule = \"a.wasm\"\n");
+        let m = manifest(
+            "",
+            "[[agents]]\nname = \"s\"\nmodule = \"a.wasm\"\ncount = 3\nsubscriptions = [\"t\"]\n[[agents]]\nname = \"p\"\nmodule = \"a.wasm\"\n",
+        );
         let mut s = SimState::new(&m, 1).unwrap();
         tick(&mut s, vec![]);
-        let publish = || Output::Publish { topic: "t".into(), seq: 1, payload: vec![7] };
+        let publish = || Output::Publish {
+            topic: "t".into(),
+            seq: 1,
+            payload: vec![7],
+        };
         // Agent 4 subscribes and publishes in the same tick: it does not get
         // its own publication yet (membership changes apply after routing).
-        tick(&mut s, vec![out(4, vec![Output::Subscribe("t".into()), publish()])]);
+        tick(
+            &mut s,
+            vec![out(4, vec![Output::Subscribe("t".into()), publish()])],
+        );
         let (plan, _) = tick(&mut s, vec![out(4, vec![publish()])]);
-        assert_eq!(plan.deliveries.iter().map(|d| d.agent_id).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            plan.deliveries
+                .iter()
+                .map(|d| d.agent_id)
+                .collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         let (plan, _) = tick(&mut s, vec![out(2, vec![Output::Unsubscribe("t".into())])]);
-        assert_eq!(plan.deliveries.iter().map(|d| d.agent_id).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(
+            plan.deliveries
+                .iter()
+                .map(|d| d.agent_id)
+                .collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
         tick(&mut s, vec![out(4, vec![publish()])]);
         let (plan, _) = tick(&mut s, vec![]);
-        assert_eq!(plan.deliveries.iter().map(|d| d.agent_id).collect::<Vec<_>>(), vec![1, 3, 4]);
+        assert_eq!(
+            plan.deliveries
+                .iter()
+                .map(|d| d.agent_id)
+                .collect::<Vec<_>>(),
+            vec![1, 3, 4]
+        );
     }
 
     #[test]
     fn channels_reach_current_members_only() {
         let mut s = SimState::new(&manifest("", &agents(3)), 1).unwrap();
-        tick(&mut s, vec![out(1, vec![Output::Join("c".into())]), out(2, vec![Output::Join("c".into())])]);
-        let cs = || Output::ChannelSend { channel: "c".into(), seq: 1, payload: vec![] };
-        tick(&mut s, vec![out(3, vec![cs()]), out(2, vec![Output::Leave("c".into())])]);
+        tick(
+            &mut s,
+            vec![
+                out(1, vec![Output::Join("c".into())]),
+                out(2, vec![Output::Join("c".into())]),
+            ],
+        );
+        let cs = || Output::ChannelSend {
+            channel: "c".into(),
+            seq: 1,
+            payload: vec![],
+        };
+        tick(
+            &mut s,
+            vec![out(3, vec![cs()]), out(2, vec![Output::Leave("c".into())])],
+        );
         let (plan, _) = tick(&mut s, vec![out(3, vec![cs()])]);
         // Sent while 2 was still a member: both get it.
-        assert_eq!(plan.deliveries.iter().map(|d| d.agent_id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            plan.deliveries
+                .iter()
+                .map(|d| d.agent_id)
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         let (plan, _) = tick(&mut s, vec![]);
-        assert_eq!(plan.deliveries.iter().map(|d| d.agent_id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            plan.deliveries
+                .iter()
+                .map(|d| d.agent_id)
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
         assert_eq!(plan.deliveries[0].messages[0].kind, kind::CHANNEL);
     }
 
     #[test]
     fn mailbox_overflow_policies_drop_and_count() {
-        for (policy, want) in [("drop-oldest", vec![3u64, 4, 5]), ("drop-newest", vec![1, 2, 3])] {
-            let m = manifest(&format!("[scheduler]\nmailbox_capacity = 3\nmailbox_overflow = \"{policy}\"\n"), &agents(2));
+        for (policy, want) in [
+            ("drop-oldest", vec![3u64, 4, 5]),
+            ("drop-newest", vec![1, 2, 3]),
+        ] {
+            let m = manifest(
+                &format!("[scheduler]\nmailbox_capacity = 3\nmailbox_overflow = \"{policy}\"\n"),
+                &agents(2),
+            );
             let mut s = SimState::new(&m, 1).unwrap();
             tick(&mut s, vec![]);
             let (_, sum) = tick(&mut s, vec![out(2, (1..=5).map(|i| send(1, i)).collect())]);
             assert_eq!(sum.dropped, 2);
             assert_eq!(s.counters.dropped, 2);
             let (plan, _) = tick(&mut s, vec![]);
-            assert_eq!(plan.deliveries[0].messages.iter().map(|m| m.seq).collect::<Vec<_>>(), want, "{policy}");
+            assert_eq!(
+                plan.deliveries[0]
+                    .messages
+                    .iter()
+                    .map(|m| m.seq)
+                    .collect::<Vec<_>>(),
+                want,
+                "{policy}"
+            );
         }
     }
 
     fn task_output(issuer: u64, n: u64, target: u64, priority: i32, deps: Vec<u64>) -> Output {
-        Output::ScheduleTask { task_id: (issuer << 32) | n, target, priority, payload: vec![n as u8], deps }
+        Output::ScheduleTask {
+            task_id: (issuer << 32) | n,
+            target,
+            priority,
+            payload: vec![n as u8],
+            deps,
+        }
     }
 
     fn task_ids(plan: &TickPlan) -> Vec<u64> {
-        plan.steps.iter().filter_map(|s| s.task.as_ref().map(|t| t.task_id & 0xFFFF_FFFF)).collect()
+        plan.steps
+            .iter()
+            .filter_map(|s| s.task.as_ref().map(|t| t.task_id & 0xFFFF_FFFF))
+            .collect()
     }
 
     #[test]
@@ -1550,10 +1717,24 @@ mod tests {
         let mut s = SimState::new(&m, 1).unwrap();
         tick(&mut s, vec![]);
         let id = |n: u64| (1u64 << 32) | n;
-        let (_, sum) = tick(&mut s, vec![out(1, vec![task_output(1, 1, 2, 0, vec![id(99)])])]);
-        assert!(matches!(&sum.events[0], Event::TaskRefused { reason, .. } if reason.contains("missing dependency")));
+        let (_, sum) = tick(
+            &mut s,
+            vec![out(1, vec![task_output(1, 1, 2, 0, vec![id(99)])])],
+        );
+        assert!(
+            matches!(&sum.events[0], Event::TaskRefused { reason, .. } if reason.contains("missing dependency"))
+        );
         // A task whose agent faults fails, and its dependents are cancelled.
-        tick(&mut s, vec![out(1, vec![task_output(1, 2, 2, 0, vec![]), task_output(1, 3, 1, 0, vec![id(2)])])]);
+        tick(
+            &mut s,
+            vec![out(
+                1,
+                vec![
+                    task_output(1, 2, 2, 0, vec![]),
+                    task_output(1, 3, 1, 0, vec![id(2)]),
+                ],
+            )],
+        );
         let mut faulted = out(2, vec![]);
         faulted.fault = Some(Fault::Trap("UnreachableCodeReached".into()));
         let (plan, _) = tick(&mut s, vec![faulted]);
@@ -1575,12 +1756,18 @@ mod tests {
             assert!(!plan.step_all);
             seen.push(plan.steps.iter().map(|x| x.agent_id).collect::<Vec<_>>());
         }
-        assert_eq!(seen, vec![vec![1, 2], vec![3, 4], vec![1, 5], vec![2, 3], vec![4, 5]]);
+        assert_eq!(
+            seen,
+            vec![vec![1, 2], vec![3, 4], vec![1, 5], vec![2, 3], vec![4, 5]]
+        );
     }
 
     #[test]
     fn tenant_fuel_quota_throttles_the_next_ticks() {
-        let m = manifest("[[tenants]]\nname = \"default\"\nmax_fuel_per_tick = 100\n", &agents(2));
+        let m = manifest(
+            "[[tenants]]\nname = \"default\"\nmax_fuel_per_tick = 100\n",
+            &agents(2),
+        );
         let mut s = SimState::new(&m, 1).unwrap();
         let plan = s.begin_tick();
         let fuel = BTreeMap::from([(0u32, 250u64)]);
@@ -1597,7 +1784,10 @@ mod tests {
 
     #[test]
     fn tenant_agent_and_inference_quotas() {
-        let m = manifest("[[tenants]]\nname = \"default\"\nmax_agents = 2\nmax_inference_per_tick = 1\n", &agents(2));
+        let m = manifest(
+            "[[tenants]]\nname = \"default\"\nmax_agents = 2\nmax_inference_per_tick = 1\n",
+            &agents(2),
+        );
         let mut s = SimState::new(&m, 1).unwrap();
         let outcome = s.apply_inputs(&[Input::Spawn {
             name: "x".into(),
@@ -1609,15 +1799,28 @@ mod tests {
         }]);
         assert!(matches!(&outcome[0], InputOutcome::Refused(r) if r.contains("limit of 2 agents")));
         tick(&mut s, vec![]);
-        let infer = |r| Output::Infer { request_id: r, model: "echo".into(), input: vec![] };
+        let infer = |r| Output::Infer {
+            request_id: r,
+            model: "echo".into(),
+            input: vec![],
+        };
         let (_, sum) = tick(&mut s, vec![out(1, vec![infer(1)]), out(2, vec![infer(1)])]);
         assert_eq!(s.infer_queue.len(), 1);
-        assert_eq!(sum.events, vec![Event::InferRefused { agent: 2, request: 1 }]);
+        assert_eq!(
+            sum.events,
+            vec![Event::InferRefused {
+                agent: 2,
+                request: 1
+            }]
+        );
     }
 
     #[test]
     fn restart_intensity_then_stop() {
-        let m = manifest("", "[[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\nrestart = { max = 2, within = 10 }\n");
+        let m = manifest(
+            "",
+            "[[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\nrestart = { max = 2, within = 10 }\n",
+        );
         let mut s = SimState::new(&m, 1).unwrap();
         tick(&mut s, vec![]);
         let fault = || {

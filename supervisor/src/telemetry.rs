@@ -77,8 +77,19 @@ pub struct InferenceTelemetry {
     pub latency_us: u64,
     /// Run time inside the engine, µs.
     pub run_us: u64,
-    /// Device (`cpu`, `cuda`, `builtin`).
+    /// Device (`cpu`, `cuda:0`, `builtin`, `none` when no host answered).
     pub device: String,
+    /// Model version the batch ran on (empty for the built-in model).
+    pub version: String,
+    /// Time inside the host before the first model run (validation,
+    /// concatenation), µs.
+    pub queue_us: u64,
+    /// Resident set size of the inference host after the batch (0: no host).
+    pub rss_bytes: u64,
+    /// Requests answered with an error.
+    pub errors: u64,
+    /// Inference host restarts this batch needed (crash or hang).
+    pub host_restarts: u64,
 }
 
 /// Receives telemetry (register with the supervisor's API).

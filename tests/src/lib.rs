@@ -195,3 +195,31 @@ pub mod stream {
         Ok(seq)
     }
 }
+
+/// The first difference between two journals, described (`None` if equal).
+pub fn journal_diff(a: &std::path::Path, b: &std::path::Path) -> Option<String> {
+    use lockstep_supervisor::journal::read_journal;
+    let ra = read_journal(a).map_err(|e| e.to_string());
+    let rb = read_journal(b).map_err(|e| e.to_string());
+    match (ra, rb) {
+        (Ok(x), Ok(y)) => {
+            for (i, (p, q)) in x.entries.iter().zip(&y.entries).enumerate() {
+                if p != q {
+                    return Some(format!("entry {i} differs:\n  {p:?}\n  {q:?}"));
+                }
+            }
+            if x.entries.len() != y.entries.len() {
+                return Some(format!(
+                    "{} vs {} entries",
+                    x.entries.len(),
+                    y.entries.len()
+                ));
+            }
+            if std::fs::read(a).ok() != std::fs::read(b).ok() {
+                return Some("same entries, different bytes".into());
+            }
+            None
+        }
+        (x, y) => Some(format!("{:?} / {:?}", x.err(), y.err())),
+    }
+}

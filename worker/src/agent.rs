@@ -5,7 +5,8 @@ use crate::engine::{ABI_MAJOR, ABI_MINOR, AgentModule, EPOCH_PERIOD};
 use crate::error::LoadError;
 use crate::host::{AgentHost, HostTrap};
 use shm_protocol::worker::{
-    AgentLimits, AgentState, Fault, GlobalValue, HostCounters, TaskRef, WireMessage,
+    AgentLimits, AgentState, CHUNK, Fault, GlobalValue, HostCounters, TaskRef, WireMessage,
+    image_hash,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -293,10 +294,12 @@ impl Agent {
         CallOutcome { fuel, fault }
     }
 
-    /// Places `bytes` in the agent's host buffer (asking the agent for a
-    /// larger one if needed) and returns its address.
-    fn place(&mut self, bytes: &[u8]) -> wasmtime::Result<i32> {
-        let need = bytes.len();
+    /// Places `head` followed by `tail` in the agent's host buffer (asking
+    /// the agent for a larger one if needed) and returns its address.  The
+    /// parts are copied straight into linear memory (no intermediate
+    /// buffer; one memory look-up for the bounds check and the copies).
+    fn place<const N: usize>(&mut self, head: &[u8; N], tail: &[&[u8]]) -> wasmtime::Result<i32> {
+        let need: usize = N + tail.iter().map(|p| p.len()).sum::<usize>();
         let (mut ptr, mut cap) = self.store.data().counters.buffer;
         if (cap as usize) < need {
             let want = need.next_power_of_two().max(256);
@@ -312,16 +315,22 @@ impl Agent {
             }
             self.store.data_mut().counters.buffer = (ptr, cap);
         }
-        let size = self.memory.data_size(&self.store);
-        if (ptr as usize)
+        let start = ptr as usize;
+        let dst = start
             .checked_add(need)
-            .is_none_or(|end| end > size)
-        {
+            .and_then(|end| self.memory.data_mut(&mut self.store).get_mut(start..end));
+        let Some(dst) = dst else {
             let f = Fault::BadHostCall(format!("agent buffer {ptr:#x}+{need} is outside memory"));
             self.store.data_mut().fault = Some(f.clone());
             return Err(HostTrap(f).into());
+        };
+        let (dst_head, mut rest) = dst.split_at_mut(N);
+        dst_head.copy_from_slice(head);
+        for p in tail.iter().filter(|p| !p.is_empty()) {
+            let (d, r) = rest.split_at_mut(p.len());
+            d.copy_from_slice(p);
+            rest = r;
         }
-        self.memory.write(&mut self.store, ptr as usize, bytes)?;
         Ok(ptr as i32)
     }
 
@@ -337,9 +346,9 @@ impl Agent {
 
     /// `agent_receive` for one message.
     pub fn receive(&mut self, tick: u64, msg: &WireMessage) -> CallOutcome {
-        let bytes = encode_message(msg);
+        let head = message_header(msg);
         self.call(tick, |a| {
-            let p = a.place(&bytes)?;
+            let p = a.place(&head, &[msg.topic.as_bytes(), &msg.payload])?;
             a.f_receive.call(&mut a.store, p)
         })
     }
@@ -347,9 +356,10 @@ impl Agent {
     /// `agent_step`.
     pub fn step(&mut self, tick: u64, task: Option<&TaskRef>, mailbox_len: u32) -> CallOutcome {
         let first = std::mem::replace(&mut self.first_step, false);
-        let ctx = encode_context(tick, self.id(), task, mailbox_len, first);
+        let head = context_header(tick, self.id(), task, mailbox_len, first);
+        let payload: &[u8] = task.map_or(&[], |t| &t.payload);
         self.call(tick, |a| {
-            let p = a.place(&ctx)?;
+            let p = a.place(&head, &[payload])?;
             a.f_step.call(&mut a.store, p)
         })
     }
@@ -365,6 +375,26 @@ impl Agent {
     pub fn migrate(&mut self, tick: u64, from_version: i32) -> Option<CallOutcome> {
         let f = self.f_migrate.clone()?;
         Some(self.call(tick, |a| f.call(&mut a.store, from_version)))
+    }
+
+    /// The agent's linear memory, mutable globals and host counters, as
+    /// they are between calls (for imaging without copying memory).
+    pub fn parts(&mut self) -> (&[u8], Vec<GlobalValue>, HostCounters) {
+        let globals = self
+            .globals
+            .iter()
+            .map(|g| global_value(g.get(&mut self.store)))
+            .collect();
+        let counters = self.store.data().counters;
+        (self.memory.data(&self.store), globals, counters)
+    }
+
+    /// Flips one byte of linear memory (test-only fault injection).
+    pub fn flip_byte(&mut self, offset: usize) {
+        let data = self.memory.data_mut(&mut self.store);
+        if let Some(b) = data.get_mut(offset) {
+            *b ^= 0xFF;
+        }
     }
 
     /// Captures the agent's complete mutable state (between calls).
@@ -477,40 +507,27 @@ fn global_value(v: Val) -> GlobalValue {
     }
 }
 
+/// BLAKE3 of every [`CHUNK`]-byte chunk of `memory`.
+pub fn chunk_hashes(memory: &[u8]) -> Vec<[u8; 32]> {
+    memory
+        .chunks(CHUNK)
+        .map(|c| *blake3::hash(c).as_bytes())
+        .collect()
+}
+
 fn hash_parts(
     module: &[u8; 32],
     memory: &[u8],
     globals: &[GlobalValue],
     c: &HostCounters,
 ) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(b"lockstep-agent-state-v1");
-    h.update(module);
-    h.update(&(memory.len() as u64).to_le_bytes());
-    h.update(memory);
-    h.update(&(globals.len() as u64).to_le_bytes());
-    for g in globals {
-        let (tag, bits): (u8, u128) = match *g {
-            GlobalValue::I32(x) => (1, u128::from(x as u32)),
-            GlobalValue::I64(x) => (2, u128::from(x as u64)),
-            GlobalValue::F32(x) => (3, u128::from(x)),
-            GlobalValue::F64(x) => (4, u128::from(x)),
-            GlobalValue::V128(x) => (5, x),
-        };
-        h.update(&[tag]);
-        h.update(&bits.to_le_bytes());
-    }
-    for v in [
-        c.out_seq,
-        c.tasks,
-        c.requests,
-        u64::from(c.buffer.0),
-        u64::from(c.buffer.1),
-        u64::from(c.live),
-    ] {
-        h.update(&v.to_le_bytes());
-    }
-    *h.finalize().as_bytes()
+    image_hash(
+        module,
+        memory.len() as u64,
+        &chunk_hashes(memory),
+        globals,
+        c,
+    )
 }
 
 /// The stable content hash of a captured state.
@@ -523,7 +540,32 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Encodes the step context (docs/abi.md "Step context").
+/// The fixed part of the step context (docs/abi.md "Step context"); the
+/// task payload, if any, follows it.
+pub fn context_header(
+    tick: u64,
+    id: u64,
+    task: Option<&TaskRef>,
+    mailbox_len: u32,
+    first: bool,
+) -> [u8; CTX_SIZE] {
+    let payload_len = task.map_or(0, |t| t.payload.len()) as u32;
+    let mut b = [0u8; CTX_SIZE];
+    b[0..4].copy_from_slice(&(CTX_SIZE as u32).to_le_bytes());
+    b[4..8].copy_from_slice(&((ABI_MAJOR << 16) | ABI_MINOR).to_le_bytes());
+    b[8..16].copy_from_slice(&tick.to_le_bytes());
+    b[16..24].copy_from_slice(&id.to_le_bytes());
+    b[24..32].copy_from_slice(&task.map_or(0, |t| t.task_id).to_le_bytes());
+    b[32..36].copy_from_slice(&task.map_or(0, |t| t.priority).to_le_bytes());
+    b[36..40].copy_from_slice(&payload_len.to_le_bytes());
+    b[40..44].copy_from_slice(&mailbox_len.to_le_bytes());
+    b[44..48].copy_from_slice(&u32::from(first).to_le_bytes());
+    // 48..64: reserved (zero).
+    b
+}
+
+/// Encodes the step context (docs/abi.md "Step context"): the fixed part
+/// followed by the task payload.
 pub fn encode_context(
     tick: u64,
     id: u64,
@@ -533,31 +575,30 @@ pub fn encode_context(
 ) -> Vec<u8> {
     let payload: &[u8] = task.map_or(&[], |t| &t.payload);
     let mut b = Vec::with_capacity(CTX_SIZE + payload.len());
-    b.extend_from_slice(&(CTX_SIZE as u32).to_le_bytes());
-    b.extend_from_slice(&((ABI_MAJOR << 16) | ABI_MINOR).to_le_bytes());
-    b.extend_from_slice(&tick.to_le_bytes());
-    b.extend_from_slice(&id.to_le_bytes());
-    b.extend_from_slice(&task.map_or(0, |t| t.task_id).to_le_bytes());
-    b.extend_from_slice(&task.map_or(0, |t| t.priority).to_le_bytes());
-    b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    b.extend_from_slice(&mailbox_len.to_le_bytes());
-    b.extend_from_slice(&u32::from(first).to_le_bytes());
-    b.extend_from_slice(&[0u8; 16]);
+    b.extend_from_slice(&context_header(tick, id, task, mailbox_len, first));
     b.extend_from_slice(payload);
+    b
+}
+
+/// The fixed part of a message (docs/abi.md "Message"); the topic and the
+/// payload follow it.
+pub fn message_header(m: &WireMessage) -> [u8; MSG_SIZE] {
+    let mut b = [0u8; MSG_SIZE];
+    b[0..4].copy_from_slice(&(MSG_SIZE as u32).to_le_bytes());
+    b[4..8].copy_from_slice(&m.kind.to_le_bytes());
+    b[8..16].copy_from_slice(&m.sender.to_le_bytes());
+    b[16..24].copy_from_slice(&m.sent_tick.to_le_bytes());
+    b[24..32].copy_from_slice(&m.seq.to_le_bytes());
+    b[32..36].copy_from_slice(&(m.topic.len() as u32).to_le_bytes());
+    b[36..40].copy_from_slice(&(m.payload.len() as u32).to_le_bytes());
+    // 40..48: reserved (zero).
     b
 }
 
 /// Encodes a message (docs/abi.md "Message").
 pub fn encode_message(m: &WireMessage) -> Vec<u8> {
     let mut b = Vec::with_capacity(MSG_SIZE + m.topic.len() + m.payload.len());
-    b.extend_from_slice(&(MSG_SIZE as u32).to_le_bytes());
-    b.extend_from_slice(&m.kind.to_le_bytes());
-    b.extend_from_slice(&m.sender.to_le_bytes());
-    b.extend_from_slice(&m.sent_tick.to_le_bytes());
-    b.extend_from_slice(&m.seq.to_le_bytes());
-    b.extend_from_slice(&(m.topic.len() as u32).to_le_bytes());
-    b.extend_from_slice(&(m.payload.len() as u32).to_le_bytes());
-    b.extend_from_slice(&[0u8; 8]);
+    b.extend_from_slice(&message_header(m));
     b.extend_from_slice(m.topic.as_bytes());
     b.extend_from_slice(&m.payload);
     b

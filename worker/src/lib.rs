@@ -42,4 +42,6 @@ pub mod agent;
 pub mod engine;
 pub mod error;
 pub mod host;
+pub mod inject;
 pub mod service;
+pub mod snapshot;

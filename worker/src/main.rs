@@ -11,6 +11,7 @@
 use clap::Parser;
 use lockstep_common::ChildArgs;
 use lockstep_worker::service::{Worker, split_tick_done};
+use lockstep_worker::snapshot::Imager;
 use shm_protocol::bootstrap::{self, Reply};
 use shm_protocol::control::{Down, ExitCode, Role, Up};
 use shm_protocol::worker::{WorkerCommand, WorkerReply};
@@ -36,6 +37,7 @@ fn main() {
     };
     let (mut ep, name) = lockstep_common::connect_or_exit(&args.child, Role::Worker);
     let max_frame = ep.tx.producer().max_payload();
+    let mut imager = Imager::default();
     tracing::debug!(%name, "worker ready");
     let code = bootstrap::serve(&mut ep, |cmd| match cmd {
         Down::Worker(WorkerCommand::Tick(work)) => {
@@ -50,6 +52,38 @@ fn main() {
                         .collect(),
                 )
             }
+        }
+        Down::Worker(WorkerCommand::Checkpoint { agents, full }) => Reply::Many(
+            imager
+                .checkpoint(&mut worker, &agents, full, max_frame / 2)
+                .into_iter()
+                .map(Up::Worker)
+                .collect(),
+        ),
+        Down::Worker(WorkerCommand::RestoreBegin {
+            agent_id,
+            module_id,
+            tenant,
+            limits,
+            image,
+        }) => match imager.begin(agent_id, module_id, tenant, limits, image) {
+            None => Reply::None,
+            Some(e) => Reply::Send(Up::Worker(WorkerReply::Restored {
+                agent_id,
+                error: Some(e),
+            })),
+        },
+        Down::Worker(WorkerCommand::RestoreChunks { agent_id, chunks }) => {
+            match imager.chunks(agent_id, chunks) {
+                None => Reply::None,
+                Some(e) => Reply::Send(Up::Worker(WorkerReply::Restored {
+                    agent_id,
+                    error: Some(e),
+                })),
+            }
+        }
+        Down::Worker(WorkerCommand::RestoreEnd { agent_id }) => {
+            Reply::Send(Up::Worker(imager.end(&mut worker, agent_id)))
         }
         Down::Worker(c) => Reply::Send(Up::Worker(worker.handle(c))),
         other => Reply::Send(Up::Error {

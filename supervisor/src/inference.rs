@@ -1,0 +1,833 @@
+//! The inference service: the supervisor's side of `lockstep-inference-host`.
+//!
+//! [`InferenceService`] owns the inference host process (started only when
+//! the manifest declares `[[models]]`), loads every declared model version
+//! into it with its BLAKE3 check, and answers a tick's inference queue:
+//!
+//! 1. every request is resolved: `id` → the model's *current* version (the
+//!    [`SimState::model_versions`](crate::sim::SimState::model_versions)
+//!    table, changed only by the journaled
+//!    [`Input::SwapModel`](crate::sim::Input::SwapModel)), `id@version` →
+//!    that version; the built-in `echo` model (unless the manifest declares
+//!    an `echo`) answers with its input, without the host;
+//! 2. requests are grouped by `(model, version)` (groups in that order; inside
+//!    a group the queue's canonical order — agent id, then request id — is
+//!    kept) and each group goes to the host as one
+//!    [`InferenceCommand::Infer`] with the model's `max_batch` (split into
+//!    several commands only when it would not fit one ring frame);
+//! 3. the host's outputs come back as ABI tensors ([`Tensor::encode_abi`]).
+//!
+//! Everything that goes wrong *for a request* — an unknown model or version,
+//! a malformed input tensor, an input the model refuses, an output too large
+//! for the reply — is an `Err(text)` answer for that request (a kind-4
+//! message for the agent), deterministic, never a supervisor error.
+//!
+//! # Host crashes
+//!
+//! If the host dies (abort, SIGKILL, OOM) or hangs while answering a
+//! command, or is found dead before it, the service kills what is left of
+//! it, starts a new one, reloads every model, and sends the same command
+//! again: inference is deterministic on the CPU, so the agents see exactly
+//! the answers a crash-free run gives.  After [`InferenceConfig::max_attempts`]
+//! failed attempts at one command its requests are answered with errors (a
+//! host that cannot run them is reported, the run goes on).  Restarts go to
+//! `tracing` and telemetry ([`InferenceTelemetry::host_restarts`]), never to
+//! the journal.
+//!
+//! The supervisor trusts nothing the host sends: a reply with the wrong batch
+//! id, the wrong number or order of results, or an output whose hash does not
+//! match is a protocol violation, handled like a crash.
+
+use crate::child::{Child, ChildError, ChildSpec, locate_binary};
+use crate::manifest::ModelDef;
+use crate::reaper::{ChildExit, Reaper};
+use crate::runner::RunError;
+use crate::sim::{InferAnswer, InferRequest};
+use crate::telemetry::InferenceTelemetry;
+use shm_protocol::control::{Down, Role, Up};
+use shm_protocol::inference::{
+    BatchTelemetry, InferenceCommand, InferenceReply, InferenceRequest, Tensor,
+};
+use shm_protocol::segment::SegmentConfig;
+use shm_protocol::{ChannelError, PidFd, WaitPolicy};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Name of the built-in model that answers with its input (no host needed).
+pub const ECHO_MODEL: &str = "echo";
+/// Ring capacity per direction between the supervisor and the host.
+pub const HOST_RING: usize = 16 << 20;
+/// Most input bytes one `Infer` command carries (a quarter of a ring, so a
+/// command always fits one frame); larger groups are split.
+pub const MAX_COMMAND_BYTES: usize = HOST_RING / 4;
+/// Name of the host process.
+pub const HOST_NAME: &str = "inference-host";
+
+/// How to run the inference host.
+#[derive(Debug, Clone)]
+pub struct InferenceConfig {
+    /// The host binary (`None`: next to the running executable, or
+    /// `$LOCKSTEP_INFERENCE_HOST_BIN`; looked up only when models are
+    /// declared).
+    pub host_bin: Option<PathBuf>,
+    /// `--device` of the host: `cpu` (default: bit-reproducible), `auto` or
+    /// `cuda`.  `$LOCKSTEP_INFERENCE_DEVICE` overrides the default.
+    pub device: String,
+    /// Intra-op threads per model session (1 keeps results independent of
+    /// the thread count).
+    pub intra_threads: u16,
+    /// Longest wait for the host's hello and for each model load.
+    pub start_timeout: Duration,
+    /// Longest wait for one command's answer before the host counts as hung.
+    pub batch_timeout: Duration,
+    /// Attempts at one command (first try + restarts) before its requests
+    /// are answered with errors.
+    pub max_attempts: u32,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            host_bin: None,
+            device: std::env::var("LOCKSTEP_INFERENCE_DEVICE").unwrap_or_else(|_| "cpu".into()),
+            intra_threads: 1,
+            start_timeout: Duration::from_secs(120),
+            batch_timeout: Duration::from_secs(120),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Why the inference service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceStartError {
+    /// The host binary was not found.
+    #[error("inference host: {0}")]
+    Locate(String),
+    /// A declared model could not be loaded.
+    #[error("model {id}@{version} ({path}): {reason}")]
+    Model {
+        /// Model id.
+        id: String,
+        /// Version.
+        version: String,
+        /// Its file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The host process could not be started or did not answer.
+    #[error("{0}")]
+    Host(String),
+}
+
+impl From<InferenceStartError> for RunError {
+    fn from(e: InferenceStartError) -> Self {
+        RunError::Setup(e.to_string())
+    }
+}
+
+/// `e` and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// A declared model version, with the hash its file must have.
+#[derive(Debug, Clone)]
+struct ModelEntry {
+    def: ModelDef,
+    blake3_hex: String,
+}
+
+/// The running host process.
+#[derive(Debug)]
+struct Host {
+    child: Child,
+    /// Our own pidfd on it (signals through it can never hit a reused pid).
+    pidfd: Option<PidFd>,
+    /// Where its models run.
+    device: String,
+}
+
+/// Why one attempt at a command failed (the host is then replaced).
+#[derive(Debug)]
+enum Failure {
+    /// The host died.
+    Died(String),
+    /// It did not answer in time.
+    Hung,
+    /// It broke the protocol (or its ring is corrupt).
+    Protocol(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Died(how) => write!(f, "died: {how}"),
+            Failure::Hung => f.write_str("did not answer in time (hung)"),
+            Failure::Protocol(d) => write!(f, "protocol violation: {d}"),
+        }
+    }
+}
+
+/// What one command came back with.
+enum Answered {
+    /// One result per request, in order.
+    Results(Vec<Result<Vec<u8>, String>>, BatchTelemetry),
+    /// The host refused the whole command (deterministically, e.g. a reply
+    /// that cannot fit a frame): every request gets this error.
+    Refused(String),
+}
+
+/// The requests of one `(model, version)` group, by queue index.
+type Group = Vec<(usize, Tensor)>;
+
+/// The supervisor's inference service (see the module docs).
+#[derive(Debug)]
+pub struct InferenceService {
+    cfg: InferenceConfig,
+    /// Declared models, in manifest order.
+    models: Vec<ModelEntry>,
+    /// `(id, version)` → index into `models`.
+    index: BTreeMap<(String, String), usize>,
+    /// First declared version of each id (the fallback current version).
+    first: BTreeMap<String, String>,
+    bin: Option<PathBuf>,
+    reaper: Option<(Reaper, mpsc::Receiver<ChildExit>)>,
+    host: Option<Host>,
+    next_batch: u64,
+    restarts: u64,
+}
+
+impl InferenceService {
+    /// Checks every declared model file against its pinned hash and, if
+    /// there are models, starts the host and loads them all (a model that
+    /// fails to load is an error naming it and its file).  Without models
+    /// no process is started; only the built-in `echo` model answers.
+    pub fn start(models: &[ModelDef], cfg: InferenceConfig) -> Result<Self, InferenceStartError> {
+        let mut entries = Vec::with_capacity(models.len());
+        let mut index = BTreeMap::new();
+        let mut first = BTreeMap::new();
+        for def in models {
+            let model_err = |reason: String| InferenceStartError::Model {
+                id: def.id.clone(),
+                version: def.version.clone(),
+                path: def.path.display().to_string(),
+                reason,
+            };
+            let bytes = std::fs::read(&def.path)
+                .map_err(|e| model_err(format!("cannot read the file: {e}")))?;
+            let actual = blake3::hash(&bytes).to_hex().to_string();
+            if let Some(pin) = &def.blake3
+                && !pin.eq_ignore_ascii_case(&actual)
+            {
+                return Err(model_err(format!(
+                    "BLAKE3 is {actual}, the manifest pins {pin}"
+                )));
+            }
+            index.insert((def.id.clone(), def.version.clone()), entries.len());
+            first
+                .entry(def.id.clone())
+                .or_insert_with(|| def.version.clone());
+            entries.push(ModelEntry {
+                def: def.clone(),
+                blake3_hex: actual,
+            });
+        }
+        let mut svc = Self {
+            bin: None,
+            cfg,
+            models: entries,
+            index,
+            first,
+            reaper: None,
+            host: None,
+            next_batch: 1,
+            restarts: 0,
+        };
+        if !svc.models.is_empty() {
+            let bin = match &svc.cfg.host_bin {
+                Some(b) => b.clone(),
+                None => locate_binary("lockstep-inference-host", "LOCKSTEP_INFERENCE_HOST_BIN")
+                    .map_err(InferenceStartError::Locate)?,
+            };
+            svc.bin = Some(bin);
+            svc.spawn_host()?;
+        }
+        Ok(svc)
+    }
+
+    /// The host's pid, while one is running.
+    pub fn host_pid(&self) -> Option<u32> {
+        self.host.as_ref().map(|h| h.child.pid())
+    }
+
+    /// Where the models run (`cpu`, `cuda:0`; `builtin` without a host).
+    pub fn device(&self) -> &str {
+        self.host.as_ref().map_or("builtin", |h| h.device.as_str())
+    }
+
+    /// Host restarts so far (crashes, hangs, protocol violations).
+    pub fn restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    /// Whether the manifest declares models (and so a host is used).
+    pub fn has_models(&self) -> bool {
+        !self.models.is_empty()
+    }
+
+    /// Answers a tick's queue (canonical order), one answer per request in
+    /// the same order, and one telemetry record per command sent (plus one
+    /// for the built-in model, if used).  `current` is the deterministic
+    /// current-version table (model id → version).
+    pub fn infer(
+        &mut self,
+        tick: u64,
+        queue: &[InferRequest],
+        current: &BTreeMap<String, String>,
+    ) -> (Vec<InferAnswer>, Vec<InferenceTelemetry>) {
+        let mut results: Vec<Option<Result<Vec<u8>, String>>> = vec![None; queue.len()];
+        let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+        let mut telemetry = Vec::new();
+        let t0 = Instant::now();
+        let mut echoed = 0u64;
+        for (i, q) in queue.iter().enumerate() {
+            match self.resolve(&q.model, current) {
+                Resolved::Echo => {
+                    echoed += 1;
+                    results[i] = Some(Ok(q.input.clone()));
+                }
+                Resolved::Error(e) => results[i] = Some(Err(e)),
+                Resolved::Model(id, version) => match Tensor::decode_abi(&q.input) {
+                    Err(e) => {
+                        results[i] =
+                            Some(Err(format!("malformed input tensor for model `{id}`: {e}")));
+                    }
+                    Ok(t) if t.data().len() > MAX_COMMAND_BYTES => {
+                        results[i] = Some(Err(format!(
+                            "input tensor of {} bytes exceeds the inference limit of {MAX_COMMAND_BYTES} bytes",
+                            t.data().len()
+                        )));
+                    }
+                    Ok(t) => groups.entry((id, version)).or_default().push((i, t)),
+                },
+            }
+        }
+        if echoed > 0 {
+            let us = t0.elapsed().as_micros() as u64;
+            telemetry.push(InferenceTelemetry {
+                tick,
+                model: ECHO_MODEL.into(),
+                requests: echoed,
+                batches: 1,
+                max_batch: echoed,
+                latency_us: us,
+                run_us: us,
+                device: "builtin".into(),
+                ..InferenceTelemetry::default()
+            });
+        }
+        for ((id, version), group) in groups {
+            let max_batch = self
+                .index
+                .get(&(id.clone(), version.clone()))
+                .and_then(|&k| self.models.get(k))
+                .map_or(1, |m| m.def.max_batch);
+            for part in split_group(group) {
+                let (answers, tel) = self.run_command(tick, &id, &version, max_batch, &part);
+                for ((i, _), a) in part.iter().zip(answers) {
+                    if let Some(slot) = results.get_mut(*i) {
+                        *slot = Some(a);
+                    }
+                }
+                telemetry.push(tel);
+            }
+        }
+        let answers = queue
+            .iter()
+            .zip(results)
+            .map(|(q, r)| InferAnswer {
+                agent: q.agent,
+                request_id: q.request_id,
+                result: r.unwrap_or_else(|| Err("no answer".into())),
+            })
+            .collect();
+        (answers, telemetry)
+    }
+
+    fn resolve(&self, model: &str, current: &BTreeMap<String, String>) -> Resolved {
+        let (id, version) = match model.split_once('@') {
+            Some((id, v)) => (id, Some(v)),
+            None => (model, None),
+        };
+        if !self.first.contains_key(id) {
+            return if id == ECHO_MODEL {
+                Resolved::Echo
+            } else {
+                Resolved::Error(format!("unknown model `{model}`"))
+            };
+        }
+        let version = version
+            .or_else(|| current.get(id).map(String::as_str))
+            .or_else(|| self.first.get(id).map(String::as_str))
+            .unwrap_or_default();
+        if self
+            .index
+            .contains_key(&(id.to_owned(), version.to_owned()))
+        {
+            Resolved::Model(id.to_owned(), version.to_owned())
+        } else {
+            let declared: Vec<&str> = self
+                .models
+                .iter()
+                .filter(|m| m.def.id == id)
+                .map(|m| m.def.version.as_str())
+                .collect();
+            Resolved::Error(format!(
+                "model `{id}` has no version `{version}` (declared: {})",
+                declared.join(", ")
+            ))
+        }
+    }
+
+    /// Sends one command, restarting the host and re-sending after a crash,
+    /// up to `max_attempts` times.
+    fn run_command(
+        &mut self,
+        tick: u64,
+        id: &str,
+        version: &str,
+        max_batch: u32,
+        part: &[(usize, Tensor)],
+    ) -> (Vec<Result<Vec<u8>, String>>, InferenceTelemetry) {
+        let t0 = Instant::now();
+        let requests: Vec<InferenceRequest> = part
+            .iter()
+            .map(|(i, t)| InferenceRequest {
+                request_key: *i as u64,
+                input_name: None,
+                tensor: t.clone(),
+            })
+            .collect();
+        let mut restarts = 0u64;
+        let mut last_failure = String::new();
+        let mut answered = None;
+        for attempt in 1..=self.cfg.max_attempts.max(1) {
+            if self.host.is_some() && self.host_died().is_some() {
+                self.host = None;
+            }
+            if self.host.is_none() {
+                if let Err(e) = self.spawn_host() {
+                    last_failure = format!("could not restart it: {e}");
+                    tracing::warn!(tick, attempt, "{last_failure}");
+                    continue;
+                }
+                self.restarts += 1;
+                restarts += 1;
+            }
+            let batch_id = self.next_batch;
+            self.next_batch += 1;
+            let cmd = InferenceCommand::Infer {
+                batch_id,
+                model_id: id.to_owned(),
+                version: Some(version.to_owned()),
+                requests: requests.clone(),
+                max_batch,
+            };
+            let keys: Vec<u64> = requests.iter().map(|r| r.request_key).collect();
+            match self.exchange(batch_id, cmd, &keys) {
+                Ok(a) => {
+                    answered = Some(a);
+                    break;
+                }
+                Err(f) => {
+                    last_failure = format!("inference host {f}");
+                    tracing::warn!(
+                        tick,
+                        model = %id,
+                        version = %version,
+                        attempt,
+                        "{last_failure}; restarting it and re-sending the batch"
+                    );
+                    self.discard_host();
+                }
+            }
+        }
+        let latency_us = t0.elapsed().as_micros() as u64;
+        let mut tel = InferenceTelemetry {
+            tick,
+            model: id.to_owned(),
+            version: version.to_owned(),
+            requests: part.len() as u64,
+            latency_us,
+            host_restarts: restarts,
+            device: self.device().to_owned(),
+            ..InferenceTelemetry::default()
+        };
+        let answers = match answered {
+            Some(Answered::Results(r, bt)) => {
+                tel.batches = u64::from(bt.batches);
+                tel.max_batch = u64::from(bt.max_batch_size);
+                tel.run_us = bt.run_ns / 1000;
+                tel.queue_us = bt.queue_ns / 1000;
+                tel.rss_bytes = bt.rss_bytes;
+                tel.device = bt.device;
+                r
+            }
+            Some(Answered::Refused(e)) => vec![Err(e); part.len()],
+            None => {
+                tracing::error!(
+                    tick,
+                    model = %id,
+                    version = %version,
+                    attempts = self.cfg.max_attempts,
+                    "giving up on an inference batch: {last_failure}"
+                );
+                let e = format!(
+                    "inference failed: the inference host failed {} times in a row ({last_failure})",
+                    self.cfg.max_attempts.max(1)
+                );
+                vec![Err(e); part.len()]
+            }
+        };
+        tel.errors = answers.iter().filter(|a| a.is_err()).count() as u64;
+        (answers, tel)
+    }
+
+    /// One command, one reply, checked.
+    fn exchange(
+        &mut self,
+        batch_id: u64,
+        cmd: InferenceCommand,
+        keys: &[u64],
+    ) -> Result<Answered, Failure> {
+        let n = keys.len();
+        let deadline = Some(Instant::now() + self.cfg.batch_timeout);
+        let Some(host) = self.host.as_mut() else {
+            return Err(Failure::Died("not running".into()));
+        };
+        let ep = host.child.endpoint();
+        if let Err(e) = ep.send_msg(&Down::Inference(cmd), deadline) {
+            return Err(self.channel_failure(e));
+        }
+        let up = match ep.recv_msg::<Up>(deadline) {
+            Ok(up) => up,
+            Err(e) => return Err(self.channel_failure(e)),
+        };
+        match up {
+            Up::Inference(InferenceReply::Results {
+                batch_id: got,
+                results,
+                telemetry,
+            }) => {
+                if got != batch_id {
+                    return Err(Failure::Protocol(format!(
+                        "answered batch {got} while batch {batch_id} was asked"
+                    )));
+                }
+                if results.len() != n {
+                    return Err(Failure::Protocol(format!(
+                        "{} results for {n} requests",
+                        results.len()
+                    )));
+                }
+                let mut out = Vec::with_capacity(n);
+                for (r, &key) in results.into_iter().zip(keys) {
+                    if r.request_key != key {
+                        return Err(Failure::Protocol(format!(
+                            "result for key {} where key {key} was expected",
+                            r.request_key
+                        )));
+                    }
+                    let bytes = match r.output {
+                        Ok(t) => {
+                            let abi = t.encode_abi();
+                            if *blake3::hash(&abi).as_bytes() != r.output_blake3 {
+                                return Err(Failure::Protocol(format!(
+                                    "output hash mismatch for request key {}",
+                                    r.request_key
+                                )));
+                            }
+                            Ok(abi)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    out.push(bytes);
+                }
+                Ok(Answered::Results(out, telemetry))
+            }
+            Up::Error { message } => Ok(Answered::Refused(message)),
+            other => Err(Failure::Protocol(format!(
+                "unexpected reply {}",
+                describe(&other)
+            ))),
+        }
+    }
+
+    fn channel_failure(&mut self, e: ChannelError) -> Failure {
+        match e {
+            ChannelError::PeerGone(g) => Failure::Died(
+                self.host_died()
+                    .or_else(|| self.wait_death(Duration::from_millis(500)))
+                    .unwrap_or_else(|| g.to_string()),
+            ),
+            ChannelError::Timeout => Failure::Hung,
+            other => Failure::Protocol(chain(&other)),
+        }
+    }
+
+    /// The host's death report, if the reaper has one.
+    fn host_died(&mut self) -> Option<String> {
+        let pid = self.host.as_ref()?.child.pid();
+        let (_, deaths) = self.reaper.as_ref()?;
+        deaths
+            .try_iter()
+            .find(|d| d.pid == pid)
+            .map(|d| d.to_string())
+    }
+
+    /// Waits up to `timeout` for the host's death report.
+    fn wait_death(&mut self, timeout: Duration) -> Option<String> {
+        let pid = self.host.as_ref()?.child.pid();
+        let (_, deaths) = self.reaper.as_ref()?;
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match deaths.recv_timeout(left) {
+                Ok(d) if d.pid == pid => return Some(d.to_string()),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Kills what is left of the host (it may be alive but broken) and
+    /// forgets it.
+    fn discard_host(&mut self) {
+        if let Some(h) = self.host.take() {
+            if let Some(p) = &h.pidfd {
+                let _ = p.kill(rustix::process::Signal::KILL);
+                let _ = p.wait_exit(Some(Duration::from_secs(5)));
+            }
+            drop(h);
+        }
+        // Death reports of discarded hosts are of no further use.
+        if let Some((_, deaths)) = &self.reaper {
+            while deaths.try_recv().is_ok() {}
+        }
+    }
+
+    /// Starts a host, handshakes and loads every declared model.
+    fn spawn_host(&mut self) -> Result<(), InferenceStartError> {
+        let Some(bin) = self.bin.clone() else {
+            return Err(InferenceStartError::Host(
+                "no inference host binary (no models declared)".into(),
+            ));
+        };
+        if self.reaper.is_none() {
+            let r = Reaper::start().map_err(|e| {
+                InferenceStartError::Host(format!(
+                    "cannot start a reaper for the inference host: {e}"
+                ))
+            })?;
+            self.reaper = Some(r);
+        }
+        let spec = ChildSpec {
+            role: Role::InferenceHost,
+            name: HOST_NAME.into(),
+            program: bin,
+            args: vec![
+                OsString::from("--device"),
+                OsString::from(&self.cfg.device),
+                OsString::from("--intra-threads"),
+                OsString::from(self.cfg.intra_threads.max(1).to_string()),
+            ],
+            rings: SegmentConfig {
+                to_attacher: HOST_RING,
+                to_creator: HOST_RING,
+            },
+            policy: WaitPolicy {
+                spin: 2_000,
+                park_slice: Duration::from_millis(10),
+            },
+            env: Vec::new(),
+        };
+        let Some((reaper, _)) = &self.reaper else {
+            return Err(InferenceStartError::Host(
+                "no reaper for the inference host".into(),
+            ));
+        };
+        let child = Child::spawn(&spec, reaper).map_err(|e| {
+            InferenceStartError::Host(format!("cannot start the inference host: {}", chain(&e)))
+        })?;
+        let pidfd = PidFd::open(child.pid()).ok();
+        self.host = Some(Host {
+            child,
+            pidfd,
+            device: String::new(),
+        });
+        let r = self.bring_up();
+        if r.is_err() {
+            self.discard_host();
+        }
+        r
+    }
+
+    fn bring_up(&mut self) -> Result<(), InferenceStartError> {
+        let timeout = self.cfg.start_timeout;
+        let handshake = match self.host.as_mut() {
+            Some(h) => h.child.handshake(timeout).map(|_| ()),
+            None => {
+                return Err(InferenceStartError::Host(
+                    "the inference host is not running".into(),
+                ));
+            }
+        };
+        if let Err(e) = handshake {
+            return Err(self.start_failure(&e));
+        }
+        for k in 0..self.models.len() {
+            let Some(m) = self.models.get(k).cloned() else {
+                continue;
+            };
+            let model_err = |reason: String| InferenceStartError::Model {
+                id: m.def.id.clone(),
+                version: m.def.version.clone(),
+                path: m.def.path.display().to_string(),
+                reason,
+            };
+            let cmd = InferenceCommand::LoadModel {
+                id: m.def.id.clone(),
+                version: m.def.version.clone(),
+                path: m.def.path.display().to_string(),
+                blake3_hex: m.blake3_hex.clone(),
+            };
+            let deadline = Some(Instant::now() + timeout);
+            let Some(h) = self.host.as_mut() else {
+                return Err(InferenceStartError::Host(
+                    "the inference host is not running".into(),
+                ));
+            };
+            let ep = h.child.endpoint();
+            let reply = ep
+                .send_msg(&Down::Inference(cmd), deadline)
+                .and_then(|()| ep.recv_msg::<Up>(deadline));
+            match reply {
+                Ok(Up::Inference(InferenceReply::Loaded {
+                    id,
+                    version,
+                    device,
+                    ..
+                })) if id == m.def.id && version == m.def.version => {
+                    h.device = device;
+                }
+                Ok(Up::Inference(InferenceReply::LoadFailed { error, .. })) => {
+                    return Err(model_err(error));
+                }
+                Ok(Up::Error { message }) => return Err(model_err(message)),
+                Ok(other) => {
+                    return Err(model_err(format!(
+                        "the inference host answered {}",
+                        describe(&other)
+                    )));
+                }
+                Err(e) => {
+                    let why = match e {
+                        ChannelError::PeerGone(_) => self
+                            .wait_death(Duration::from_millis(500))
+                            .map_or_else(|| chain(&e), |d| format!("the inference host {d}")),
+                        other => chain(&other),
+                    };
+                    return Err(model_err(format!("while loading: {why}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_failure(&mut self, e: &ChildError) -> InferenceStartError {
+        let death = match e {
+            ChildError::Channel {
+                source: ChannelError::PeerGone(_),
+                ..
+            } => self.wait_death(Duration::from_millis(500)),
+            _ => None,
+        };
+        InferenceStartError::Host(match death {
+            Some(d) => format!("{d} during start-up"),
+            None => format!("inference host start-up failed: {}", chain(e)),
+        })
+    }
+
+    /// Shuts the host down cleanly (killing it if it does not exit).
+    pub fn shutdown(&mut self) {
+        if let Some(h) = self.host.take() {
+            let name = h.child.name().to_owned();
+            if let Err(e) = h.child.shutdown(Duration::from_secs(5)) {
+                tracing::warn!(%name, "inference host shutdown: {}", chain(&e));
+            }
+        }
+    }
+}
+
+impl Drop for InferenceService {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+enum Resolved {
+    Echo,
+    Model(String, String),
+    Error(String),
+}
+
+/// A short description of a message (never its whole payload).
+fn describe(up: &Up) -> String {
+    match up {
+        Up::Hello(_) => "Hello".into(),
+        Up::Pong { .. } => "Pong".into(),
+        Up::ShutdownAck => "ShutdownAck".into(),
+        Up::Error { message } => format!("Error({message})"),
+        Up::Inference(r) => match r {
+            InferenceReply::Loaded { .. } => "Loaded".into(),
+            InferenceReply::LoadFailed { .. } => "LoadFailed".into(),
+            InferenceReply::Unloaded { .. } => "Unloaded".into(),
+            InferenceReply::Results { batch_id, .. } => format!("Results(batch {batch_id})"),
+            InferenceReply::Status { .. } => "Status".into(),
+        },
+        Up::Worker(_) => "a worker reply".into(),
+    }
+}
+
+/// Splits a group into commands of at most [`MAX_COMMAND_BYTES`] of input
+/// (deterministically: only the sizes decide).
+fn split_group(group: Group) -> Vec<Group> {
+    let mut parts = Vec::new();
+    let mut cur: Group = Vec::new();
+    let mut size = 0usize;
+    for (i, t) in group {
+        let s = t.data().len() + 64 + 8 * t.shape().len();
+        if size + s > MAX_COMMAND_BYTES && !cur.is_empty() {
+            parts.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+        size += s;
+        cur.push((i, t));
+    }
+    if !cur.is_empty() {
+        parts.push(cur);
+    }
+    parts
+}

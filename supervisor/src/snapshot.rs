@@ -1,0 +1,549 @@
+//! Snapshots: the whole state of a run at a tick boundary, canonical and
+//! checksummed, with agents' memories in a content-addressed page store.
+//!
+//! # Layout
+//!
+//! `<run-dir>/snapshots/tick-<T>.lss`:
+//!
+//! ```text
+//! 0   magic "LSSNAP\0\0"
+//! 8   format version u32 LE
+//! 12  reserved u32 (0)
+//! 16  body length u64 LE
+//! 24  BLAKE3 of the body (32 bytes)
+//! 56  body: postcard(SnapshotBody)
+//! ```
+//!
+//! `<run-dir>/pages.pack` holds every memory chunk ever checkpointed, once:
+//! records of `hash [32] | len u32 LE | bytes`, appended; a record is valid
+//! when its bytes hash to its hash.  Zero chunks are never stored.
+//! Successive checkpoints therefore only add the chunks that changed.
+//!
+//! The body is canonical: it holds only ordered collections and no
+//! wall-clock time (the ATSD's `timestamp` is the logical tick), so the same
+//! state always encodes to the same bytes and the same hash.  The ATSD's
+//! snapshot fields map as: `agents` → [`SnapshotBody::agents`],
+//! `schedulerQueue` → [`SnapshotBody::scheduler`] (the task table, mailboxes,
+//! subscriptions, channels, quotas and every other scheduler state),
+//! `onnxModelStates` → [`SnapshotBody::onnx_model_states`], `timestamp` →
+//! [`SnapshotBody::timestamp`].
+//!
+//! Reading checks magic, version, length, checksum, decoding and the
+//! recomputed state hash before anything is used: a truncated, corrupted,
+//! wrong-version or foreign snapshot is refused whole, never half-restored.
+
+use crate::sim::SimState;
+use serde::{Deserialize, Serialize};
+use shm_protocol::worker::{AgentImage, CHUNK, zero_chunk_hash};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Magic of snapshot files.
+pub const MAGIC: &[u8; 8] = b"LSSNAP\0\0";
+/// Snapshot format version.
+pub const VERSION: u32 = 1;
+const HEADER: usize = 56;
+
+/// A model loaded at snapshot time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelState {
+    /// Model id.
+    pub id: String,
+    /// Version.
+    pub version: String,
+    /// Pinned BLAKE3 of the file (hex), if any.
+    pub blake3: Option<String>,
+    /// Whether it is the version requests without `@version` use.
+    pub current: bool,
+}
+
+/// The snapshot proper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotBody {
+    /// Tick after which it was taken.
+    pub tick: u64,
+    /// Logical timestamp (the tick; wall time is deliberately absent).
+    pub timestamp: u64,
+    /// Run seed.
+    pub seed: u64,
+    /// BLAKE3 of the manifest text.
+    pub manifest_hash: [u8; 32],
+    /// Scheduler, mailboxes, memberships, quotas, counters, module table
+    /// (with module version hashes).
+    pub scheduler: SimState,
+    /// Every agent with a live instance, ascending id.
+    pub agents: Vec<(u64, AgentImage)>,
+    /// Models.
+    pub onnx_model_states: Vec<ModelState>,
+    /// The global state hash.
+    pub state_hash: [u8; 32],
+}
+
+/// The global state hash: scheduler state, every agent's state hash, and
+/// the models.
+pub fn global_hash(
+    scheduler: &SimState,
+    agents: &[(u64, AgentImage)],
+    models: &[ModelState],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"lockstep-state-v1");
+    h.update(&shm_protocol::codec::encode(scheduler).unwrap_or_default());
+    for (id, img) in agents {
+        h.update(&id.to_le_bytes());
+        h.update(&img.state_hash());
+    }
+    h.update(&shm_protocol::codec::encode(models).unwrap_or_default());
+    *h.finalize().as_bytes()
+}
+
+/// Snapshot and page-store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// I/O.
+    #[error("{path}: {op} failed")]
+    Io {
+        /// File.
+        path: String,
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a snapshot.
+    #[error("{path}: not a Lockstep snapshot (bad magic)")]
+    BadMagic {
+        /// File.
+        path: String,
+    },
+    /// Unknown version.
+    #[error(
+        "{path}: snapshot format version {found} is not supported (this build reads {VERSION})"
+    )]
+    Version {
+        /// File.
+        path: String,
+        /// Found.
+        found: u32,
+    },
+    /// Shorter than its header says.
+    #[error("{path}: truncated snapshot ({size} bytes, expected {expected})")]
+    Truncated {
+        /// File.
+        path: String,
+        /// Actual size.
+        size: u64,
+        /// Expected size.
+        expected: u64,
+    },
+    /// Checksum or state hash mismatch, or undecodable body.
+    #[error("{path}: corrupt snapshot: {reason}")]
+    Corrupt {
+        /// File.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// From another run.
+    #[error("{path}: snapshot belongs to another run ({reason})")]
+    Foreign {
+        /// File.
+        path: String,
+        /// What differs.
+        reason: String,
+    },
+    /// A page is missing or damaged.
+    #[error("page store {path}: {reason}")]
+    Pages {
+        /// The pack file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io {
+        path: path.display().to_string(),
+        op,
+        source,
+    }
+}
+
+/// File name of the snapshot after `tick`.
+pub fn file_name(tick: u64) -> String {
+    format!("snapshots/tick-{tick:012}.lss")
+}
+
+/// Encodes a snapshot file's bytes.
+pub fn encode(body: &SnapshotBody) -> Vec<u8> {
+    let payload = shm_protocol::codec::encode(body).unwrap_or_default();
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(blake3::hash(&payload).as_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Decodes and fully validates a snapshot file's bytes.
+pub fn decode(bytes: &[u8], path: &str) -> Result<SnapshotBody, SnapshotError> {
+    if bytes.len() < 8 || &bytes[..8] != MAGIC {
+        return Err(SnapshotError::BadMagic {
+            path: path.to_owned(),
+        });
+    }
+    if bytes.len() < HEADER {
+        return Err(SnapshotError::Truncated {
+            path: path.to_owned(),
+            size: bytes.len() as u64,
+            expected: HEADER as u64,
+        });
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != VERSION {
+        return Err(SnapshotError::Version {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&bytes[16..24]);
+    let len = u64::from_le_bytes(len8);
+    let expected = (HEADER as u64).saturating_add(len);
+    if bytes.len() as u64 != expected {
+        return Err(SnapshotError::Truncated {
+            path: path.to_owned(),
+            size: bytes.len() as u64,
+            expected,
+        });
+    }
+    let payload = &bytes[HEADER..];
+    if blake3::hash(payload).as_bytes() != &bytes[24..56] {
+        return Err(SnapshotError::Corrupt {
+            path: path.to_owned(),
+            reason: "checksum mismatch".into(),
+        });
+    }
+    let body: SnapshotBody =
+        shm_protocol::codec::decode(payload).map_err(|e| SnapshotError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if global_hash(&body.scheduler, &body.agents, &body.onnx_model_states) != body.state_hash {
+        return Err(SnapshotError::Corrupt {
+            path: path.to_owned(),
+            reason: "state hash does not match the contents".into(),
+        });
+    }
+    if body.scheduler.tick != body.tick {
+        return Err(SnapshotError::Corrupt {
+            path: path.to_owned(),
+            reason: "tick fields disagree".into(),
+        });
+    }
+    for (id, img) in &body.agents {
+        if img.memory_len != img.chunks.len() as u64 * CHUNK as u64 {
+            return Err(SnapshotError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("agent {id}: image length and chunks disagree"),
+            });
+        }
+    }
+    Ok(body)
+}
+
+/// Writes `body` to `<dir>/<file_name(tick)>` atomically (temp file, fsync,
+/// rename, fsync of the directory).  Returns the relative file name.
+pub fn write(dir: &Path, body: &SnapshotBody) -> Result<String, SnapshotError> {
+    let rel = file_name(body.tick);
+    let path = dir.join(&rel);
+    let sdir = dir.join("snapshots");
+    std::fs::create_dir_all(&sdir).map_err(io(&sdir, "create"))?;
+    let tmp = path.with_extension("tmp");
+    let bytes = encode(body);
+    {
+        let mut f = File::create(&tmp).map_err(io(&tmp, "create"))?;
+        f.write_all(&bytes).map_err(io(&tmp, "write"))?;
+        f.sync_all().map_err(io(&tmp, "fsync"))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io(&path, "rename"))?;
+    if let Ok(d) = File::open(&sdir) {
+        let _ = d.sync_all();
+    }
+    Ok(rel)
+}
+
+/// Reads and validates a snapshot file.
+pub fn read(path: &Path) -> Result<SnapshotBody, SnapshotError> {
+    let bytes = std::fs::read(path).map_err(io(path, "read"))?;
+    decode(&bytes, &path.display().to_string())
+}
+
+/// The content-addressed page store of a run.
+#[derive(Debug)]
+pub struct PageStore {
+    path: PathBuf,
+    file: File,
+    index: HashMap<[u8; 32], u64>,
+    len: u64,
+}
+
+impl PageStore {
+    /// Opens (or creates) `<dir>/pages.pack`, indexing its records; a torn
+    /// final record is cut off.
+    pub fn open(dir: &Path) -> Result<Self, SnapshotError> {
+        let path = dir.join("pages.pack");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io(&path, "open"))?;
+        let size = file.metadata().map_err(io(&path, "fstat"))?.len();
+        let mut index = HashMap::new();
+        let mut off = 0u64;
+        let mut head = [0u8; 36];
+        file.seek(SeekFrom::Start(0)).map_err(io(&path, "seek"))?;
+        let mut reader = std::io::BufReader::new(&file);
+        while off + 36 <= size {
+            if reader.read_exact(&mut head).is_err() {
+                break;
+            }
+            let len = u32::from_le_bytes([head[32], head[33], head[34], head[35]]) as u64;
+            if len as usize != CHUNK || off + 36 + len > size {
+                break;
+            }
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&head[..32]);
+            index.insert(hash, off + 36);
+            if reader.seek_relative(len as i64).is_err() {
+                break;
+            }
+            off += 36 + len;
+        }
+        drop(reader);
+        if off != size {
+            file.set_len(off).map_err(io(&path, "truncate"))?;
+        }
+        Ok(Self {
+            path,
+            file,
+            index,
+            len: off,
+        })
+    }
+
+    /// Whether the store holds `hash` (zero chunks are implied).
+    pub fn contains(&self, hash: &[u8; 32]) -> bool {
+        self.index.contains_key(hash) || *hash == zero_chunk_hash()
+    }
+
+    /// Adds a chunk (ignored if already present or all zero).
+    pub fn put(&mut self, hash: &[u8; 32], bytes: &[u8]) -> Result<bool, SnapshotError> {
+        if self.contains(hash) {
+            return Ok(false);
+        }
+        if bytes.len() != CHUNK || blake3::hash(bytes).as_bytes() != hash {
+            return Err(SnapshotError::Pages {
+                path: self.path.display().to_string(),
+                reason: "a chunk does not match its hash".into(),
+            });
+        }
+        let mut rec = Vec::with_capacity(36 + CHUNK);
+        rec.extend_from_slice(hash);
+        rec.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        rec.extend_from_slice(bytes);
+        self.file.write_all(&rec).map_err(io(&self.path, "write"))?;
+        self.index.insert(*hash, self.len + 36);
+        self.len += rec.len() as u64;
+        Ok(true)
+    }
+
+    /// Reads and verifies a chunk.
+    pub fn get(&self, hash: &[u8; 32]) -> Result<Vec<u8>, SnapshotError> {
+        if *hash == zero_chunk_hash() {
+            return Ok(vec![0; CHUNK]);
+        }
+        let bad = |reason: String| SnapshotError::Pages {
+            path: self.path.display().to_string(),
+            reason,
+        };
+        let off = *self
+            .index
+            .get(hash)
+            .ok_or_else(|| bad(format!("chunk {} is missing", hex(&hash[..8]))))?;
+        let mut buf = vec![0u8; CHUNK];
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut buf, off)
+            .map_err(io(&self.path, "read"))?;
+        if blake3::hash(&buf).as_bytes() != hash {
+            return Err(bad(format!("chunk {} is damaged", hex(&hash[..8]))));
+        }
+        Ok(buf)
+    }
+
+    /// Flushes to stable storage.
+    pub fn sync(&mut self) -> Result<(), SnapshotError> {
+        self.file.sync_data().map_err(io(&self.path, "fdatasync"))
+    }
+
+    /// Bytes in the pack.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the pack is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Distinct chunks stored.
+    pub fn chunks(&self) -> usize {
+        self.index.len()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+    use shm_protocol::worker::HostCounters;
+
+    fn body() -> SnapshotBody {
+        let dir = std::env::temp_dir().join(format!("lockstep-snap-m-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.wasm"), b"\0asm").unwrap();
+        let m = Manifest::parse(
+            "[[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\ncount = 2\n",
+            "m.toml",
+            &dir,
+        )
+        .unwrap();
+        let sim = SimState::new(&m, 3).unwrap();
+        let img = AgentImage {
+            module_hash: [7; 32],
+            memory_len: CHUNK as u64 * 2,
+            chunks: vec![zero_chunk_hash(), [1; 32]],
+            globals: vec![],
+            host: HostCounters::default(),
+        };
+        let agents = vec![(1, img.clone()), (2, img)];
+        let models = vec![];
+        let state_hash = global_hash(&sim, &agents, &models);
+        SnapshotBody {
+            tick: 0,
+            timestamp: 0,
+            seed: 3,
+            manifest_hash: [9; 32],
+            scheduler: sim,
+            agents,
+            onnx_model_states: models,
+            state_hash,
+        }
+    }
+
+    #[test]
+    fn encoding_is_canonical_and_round_trips() {
+        let b = body();
+        assert_eq!(encode(&b), encode(&b.clone()));
+        assert_eq!(decode(&encode(&b), "x").unwrap(), b);
+    }
+
+    #[test]
+    fn damaged_snapshots_are_refused_whole() {
+        let bytes = encode(&body());
+        for cut in [1, 10, bytes.len() - 57] {
+            assert!(
+                matches!(
+                    decode(&bytes[..bytes.len() - cut], "x"),
+                    Err(SnapshotError::Truncated { .. })
+                ),
+                "cut {cut}"
+            );
+        }
+        let mut b = bytes.clone();
+        let n = b.len() - 5;
+        b[n] ^= 1;
+        assert!(matches!(
+            decode(&b, "x"),
+            Err(SnapshotError::Corrupt { .. })
+        ));
+        let mut b = bytes.clone();
+        b[8] = 9;
+        assert!(matches!(
+            decode(&b, "x"),
+            Err(SnapshotError::Version { found: 9, .. })
+        ));
+        assert!(matches!(
+            decode(b"hello world", "x"),
+            Err(SnapshotError::BadMagic { .. })
+        ));
+        // A body whose declared state hash lies is refused too.
+        let mut lie = body();
+        lie.state_hash = [0; 32];
+        assert!(matches!(
+            decode(&encode(&lie), "x"),
+            Err(SnapshotError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn random_damage_never_panics() {
+        let good = encode(&body());
+        let mut x = 0xabcdefu64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut b = good.clone();
+            let pos = x as usize % b.len();
+            b[pos] ^= (x >> 32) as u8 | 1;
+            let _ = decode(&b, "fuzz");
+        }
+    }
+
+    #[test]
+    fn page_store_dedups_verifies_and_survives_a_torn_tail() {
+        let dir = std::env::temp_dir().join(format!("lockstep-pages-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let chunk = vec![5u8; CHUNK];
+        let h = *blake3::hash(&chunk).as_bytes();
+        let mut p = PageStore::open(&dir).unwrap();
+        assert!(p.put(&h, &chunk).unwrap());
+        assert!(!p.put(&h, &chunk).unwrap());
+        assert!(p.put(&[0; 32], &chunk).is_err());
+        assert_eq!(p.get(&h).unwrap(), chunk);
+        assert_eq!(p.get(&zero_chunk_hash()).unwrap(), vec![0; CHUNK]);
+        p.sync().unwrap();
+        drop(p);
+        // A torn record at the end is dropped on open.
+        let pack = dir.join("pages.pack");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&pack)
+            .unwrap();
+        f.write_all(&[1, 2, 3]).unwrap();
+        drop(f);
+        let p = PageStore::open(&dir).unwrap();
+        assert_eq!(p.chunks(), 1);
+        assert_eq!(p.len(), 36 + CHUNK as u64);
+        // Damage inside a record is caught when reading.
+        drop(p);
+        let mut bytes = std::fs::read(&pack).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&pack, bytes).unwrap();
+        let p = PageStore::open(&dir).unwrap();
+        assert!(matches!(p.get(&h), Err(SnapshotError::Pages { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
