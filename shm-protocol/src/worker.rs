@@ -89,6 +89,15 @@ pub struct StepOrder {
     pub task: Option<TaskRef>,
 }
 
+/// Hot-swap of an agent to another module at the start of a tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeOrder {
+    /// The agent.
+    pub agent_id: u64,
+    /// The new module (already loaded).
+    pub module_id: u32,
+}
+
 /// Messages for one agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -99,8 +108,8 @@ pub struct Delivery {
 }
 
 /// The work of one tick for one worker.  The worker performs, in order:
-/// spawns (ascending agent id), restarts, deliveries (each agent's messages
-/// in the given order, then its step if it has one), steps, stops.
+/// evictions, spawns (ascending agent id), restarts, upgrades, deliveries
+/// (each agent's messages in the given order), steps, stops.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TickWork {
     /// The tick.
@@ -109,6 +118,9 @@ pub struct TickWork {
     pub spawns: Vec<SpawnOrder>,
     /// Agents to re-create from scratch and re-`init` (restart policy).
     pub restarts: Vec<u64>,
+    /// Agents to move to a new module version (state carried over, then
+    /// `agent_migrate` if the new module exports it).
+    pub upgrades: Vec<UpgradeOrder>,
     /// Messages to deliver.
     pub deliveries: Vec<Delivery>,
     /// Step every live agent this worker hosts (ascending id), in addition
@@ -561,6 +573,11 @@ pub enum WorkerReply {
         abi_version: u32,
         /// Whether it came from the compiled-module cache.
         cached: bool,
+        /// Types of its mutable globals, in order (`i32`, `i64`, …): the
+        /// state layout an upgrade must match unless it migrates.
+        globals: Vec<String>,
+        /// Whether it exports `agent_migrate`.
+        migrates: bool,
     },
     /// Module refused.
     ModuleRefused {

@@ -81,6 +81,15 @@ pub enum CtlCommand {
         /// A declared version.
         version: String,
     },
+    /// Hot-swap an agent to another module at the next tick boundary.
+    Upgrade {
+        /// Agent name or `#id`.
+        agent: String,
+        /// Module path.
+        module: String,
+    },
+    /// Take a snapshot now (between ticks).
+    Snapshot,
     /// Stop the run at the next tick boundary.
     Stop,
     /// One status line.
@@ -102,6 +111,10 @@ fn default_fuel() -> u64 {
 pub enum CtlRequest {
     /// An input to apply; the outcome text goes back on the sender.
     Input(Input, mpsc::Sender<String>),
+    /// Hot-swap (agent, module path).
+    Upgrade(String, String, mpsc::Sender<String>),
+    /// Snapshot now.
+    Snapshot(mpsc::Sender<String>),
     /// Stop the run.
     Stop(mpsc::Sender<String>),
     /// Status line.
@@ -151,6 +164,12 @@ impl CtlCommand {
             },
             CtlCommand::StopAgent { agent } => Input::Stop { agent },
             CtlCommand::SwapModel { id, version } => Input::SwapModel { id, version },
+            CtlCommand::Upgrade { agent, module } => {
+                let module =
+                    std::fs::canonicalize(&module).map_or(module, |p| p.display().to_string());
+                return CtlRequest::Upgrade(agent, module, reply);
+            }
+            CtlCommand::Snapshot => return CtlRequest::Snapshot(reply),
             CtlCommand::Stop => return CtlRequest::Stop(reply),
             CtlCommand::Status => return CtlRequest::Status(reply),
         };

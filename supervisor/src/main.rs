@@ -201,6 +201,15 @@ enum CtlCmd {
         /// Version (declared in the manifest's `[[models]]`).
         version: String,
     },
+    /// Hot-swap an agent (name or #id) to another module version.
+    Upgrade {
+        /// Agent.
+        agent: String,
+        /// The new module file.
+        module: PathBuf,
+    },
+    /// Take a snapshot now.
+    Snapshot,
     /// Stop the run at the next tick boundary.
     Stop,
     /// Print one status line.
@@ -522,6 +531,14 @@ fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, BoxError> {
         CtlCmd::Send { agent, payload } => CtlCommand::Send { agent, payload },
         CtlCmd::StopAgent { agent } => CtlCommand::StopAgent { agent },
         CtlCmd::SwapModel { id, version } => CtlCommand::SwapModel { id, version },
+        CtlCmd::Upgrade { agent, module } => CtlCommand::Upgrade {
+            agent,
+            module: std::fs::canonicalize(&module)
+                .map_err(|e| format!("module {}: {e}", module.display()))?
+                .display()
+                .to_string(),
+        },
+        CtlCmd::Snapshot => CtlCommand::Snapshot,
         CtlCmd::Stop => CtlCommand::Stop,
         CtlCmd::Status => CtlCommand::Status,
     };

@@ -182,86 +182,51 @@ pub const MAX_RECOVERIES_PER_TICK: u32 = 4;
 /// for and quarantined.
 pub const POISON_AFTER: u32 = 2;
 
-/// `w` restricted to the agents in `keep`.
-fn only(w: &TickWork, keep: &[u64]) -> TickWork {
+/// `w` restricted to the agents for which `keep` holds.
+fn filter_work(w: &TickWork, keep: impl Fn(u64) -> bool) -> TickWork {
     TickWork {
         tick: w.tick,
         spawns: w
             .spawns
             .iter()
-            .filter(|s| keep.contains(&s.agent_id))
+            .filter(|s| keep(s.agent_id))
             .cloned()
             .collect(),
-        restarts: w
-            .restarts
+        restarts: w.restarts.iter().copied().filter(|a| keep(*a)).collect(),
+        upgrades: w
+            .upgrades
             .iter()
-            .filter(|a| keep.contains(a))
-            .copied()
+            .filter(|u| keep(u.agent_id))
+            .cloned()
             .collect(),
         deliveries: w
             .deliveries
             .iter()
-            .filter(|d| keep.contains(&d.agent_id))
+            .filter(|d| keep(d.agent_id))
             .cloned()
             .collect(),
         step_all: w.step_all,
         steps: w
             .steps
             .iter()
-            .filter(|s| keep.contains(&s.agent_id))
+            .filter(|s| keep(s.agent_id))
             .cloned()
             .collect(),
-        stops: w
-            .stops
-            .iter()
-            .filter(|a| keep.contains(a))
-            .copied()
-            .collect(),
+        stops: w.stops.iter().copied().filter(|a| keep(*a)).collect(),
         measure_time: w.measure_time,
         more: w.more,
         evict: w.evict.clone(),
     }
 }
 
+/// `w` restricted to the agents in `keep`.
+fn only(w: &TickWork, keep: &[u64]) -> TickWork {
+    filter_work(w, |a| keep.contains(&a))
+}
+
 /// `w` without the agents in `drop`.
 fn without(w: &TickWork, drop: &[u64]) -> TickWork {
-    TickWork {
-        tick: w.tick,
-        spawns: w
-            .spawns
-            .iter()
-            .filter(|s| !drop.contains(&s.agent_id))
-            .cloned()
-            .collect(),
-        restarts: w
-            .restarts
-            .iter()
-            .filter(|a| !drop.contains(a))
-            .copied()
-            .collect(),
-        deliveries: w
-            .deliveries
-            .iter()
-            .filter(|d| !drop.contains(&d.agent_id))
-            .cloned()
-            .collect(),
-        step_all: w.step_all,
-        steps: w
-            .steps
-            .iter()
-            .filter(|s| !drop.contains(&s.agent_id))
-            .cloned()
-            .collect(),
-        stops: w
-            .stops
-            .iter()
-            .filter(|a| !drop.contains(a))
-            .copied()
-            .collect(),
-        measure_time: w.measure_time,
-        more: w.more,
-        evict: w.evict.clone(),
-    }
+    filter_work(w, |a| !drop.contains(&a))
 }
 
 /// Recorded inputs and tick hashes to replay.
@@ -447,6 +412,7 @@ fn split_work(mut w: TickWork, limit: usize) -> Vec<TickWork> {
     };
     current.spawns = std::mem::take(&mut w.spawns);
     current.restarts = std::mem::take(&mut w.restarts);
+    current.upgrades = std::mem::take(&mut w.upgrades);
     let mut size = 0;
     for d in std::mem::take(&mut w.deliveries) {
         let s = delivery_size(&d);
@@ -760,8 +726,17 @@ impl Run {
             Duration::from_secs(300),
         )?;
         match reply {
-            WorkerReply::ModuleLoaded { blake3, .. } => {
+            WorkerReply::ModuleLoaded {
+                blake3,
+                abi_version,
+                globals,
+                migrates,
+                ..
+            } => {
                 if let Some(rec) = self.sim.modules.get_mut(&id) {
+                    rec.abi_version = Some(abi_version);
+                    rec.globals = Some(globals);
+                    rec.migrates = migrates;
                     match rec.blake3 {
                         Some(h) if h != blake3 => {
                             return Err(RunError::Module(format!(
@@ -857,6 +832,69 @@ impl Run {
         })
     }
 
+    /// Hot-swaps `agent` to the module at `module` at the next tick
+    /// boundary.  The module is loaded (and validated) on a worker first, so
+    /// that its hash, ABI version and state layout are journaled with the
+    /// input; an incompatible upgrade is refused with a clear reason.
+    pub fn upgrade(&mut self, agent: &str, module: &Path) -> Result<InputOutcome, RunError> {
+        let path = std::fs::canonicalize(module)
+            .map_err(|e| RunError::Module(format!("module {}: {e}", module.display())))?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| RunError::Module(format!("module {}: {e}", path.display())))?;
+        let blake3 = hex(blake3::hash(&bytes).as_bytes());
+        let Some(id) = self.sim.resolve(agent) else {
+            return Ok(InputOutcome::Refused(format!("no agent `{agent}`")));
+        };
+        let limit = self
+            .sim
+            .agents
+            .get(&id)
+            .map_or(16 << 20, |a| a.limits.memory_bytes);
+        // Probe-load on worker 0 under a scratch module id.
+        let reply = self.workers[0].request(
+            WorkerCommand::LoadModule {
+                module_id: u32::MAX,
+                name: format!("upgrade of {agent}"),
+                path: path.display().to_string(),
+                expected_blake3: Some(blake3.clone()),
+                memory_limit: limit,
+            },
+            Duration::from_secs(300),
+        )?;
+        let (abi_version, globals, migrates) = match reply {
+            WorkerReply::ModuleLoaded {
+                abi_version,
+                globals,
+                migrates,
+                ..
+            } => (abi_version, globals, migrates),
+            WorkerReply::ModuleRefused { error, .. } => {
+                return Ok(InputOutcome::Refused(format!("upgrade refused: {error}")));
+            }
+            other => {
+                return Err(RunError::Protocol {
+                    worker: self.workers[0].name(),
+                    detail: format!("LoadModule answered {other:?}"),
+                });
+            }
+        };
+        self.input(Input::Upgrade {
+            agent: agent.to_owned(),
+            module: path.display().to_string(),
+            blake3,
+            abi_version,
+            globals,
+            migrates,
+        })
+    }
+
+    /// `snapshot_state`: a checkpoint now (between ticks); returns the
+    /// snapshot file (relative to the run directory) and its state hash.
+    pub fn snapshot_state(&mut self) -> Result<(String, [u8; 32]), RunError> {
+        let (file, body) = self.checkpoint()?;
+        Ok((file, body.state_hash))
+    }
+
     /// Takes `ctl` requests that arrived since the last tick.
     fn drain_ctl(&mut self) -> Result<(), RunError> {
         let Some(ctl) = &self.ctl else { return Ok(()) };
@@ -870,6 +908,26 @@ impl Run {
                             format!("applied at tick {}: {s}", self.sim.tick + 1)
                         }
                         InputOutcome::Refused(s) => format!("refused: {s}"),
+                    };
+                    let _ = reply.send(text);
+                }
+                CtlRequest::Upgrade(agent, module, reply) => {
+                    let text = match self.upgrade(&agent, Path::new(&module))? {
+                        InputOutcome::Applied(s) => {
+                            format!("applied at tick {}: {s}", self.sim.tick + 1)
+                        }
+                        InputOutcome::Refused(s) => format!("refused: {s}"),
+                    };
+                    let _ = reply.send(text);
+                }
+                CtlRequest::Snapshot(reply) => {
+                    let text = match self.snapshot_state() {
+                        Ok((file, h)) => format!(
+                            "snapshot after tick {}: {file} (state {})",
+                            self.sim.tick,
+                            hex(&h)
+                        ),
+                        Err(e) => format!("error: {e}"),
                     };
                     let _ = reply.send(text);
                 }
@@ -1165,14 +1223,26 @@ impl Run {
         }
         images.sort_by_key(|(id, _)| *id);
         for (id, img) in &images {
-            if let Some(missing) = img.chunks.iter().find(|h| !self.pages.contains(h)) {
-                return Err(RunError::Protocol {
-                    worker: format!("worker-{}", self.worker_of(*id)),
-                    detail: format!(
-                        "agent {id}'s image refers to chunk {} that was never sent",
-                        hex(&missing[..8])
-                    ),
-                });
+            for h in &img.chunks {
+                if self.pages.contains(h) {
+                    continue;
+                }
+                // Chunks restored from another run directory's snapshot live
+                // in that run's page store: copy them into ours.
+                match self.origin_pages.as_ref().map(|o| o.get(h)) {
+                    Some(Ok(bytes)) => {
+                        self.pages.put(h, &bytes)?;
+                    }
+                    _ => {
+                        return Err(RunError::Protocol {
+                            worker: format!("worker-{}", self.worker_of(*id)),
+                            detail: format!(
+                                "agent {id}'s image refers to chunk {} that was never sent",
+                                hex(&h[..8])
+                            ),
+                        });
+                    }
+                }
             }
         }
         self.pages.sync()?;
@@ -1575,6 +1645,9 @@ impl Run {
         }
         for &r in &plan.restarts {
             works[self.worker_of(r)].restarts.push(r);
+        }
+        for u in &plan.upgrades {
+            works[self.worker_of(u.agent_id)].upgrades.push(u.clone());
         }
         for d in &plan.deliveries {
             works[self.worker_of(d.agent_id)].deliveries.push(d.clone());

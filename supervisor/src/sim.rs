@@ -14,7 +14,8 @@
 use crate::manifest::{Manifest, Mode, Overflow, RestartPolicy, Tenant};
 use serde::{Deserialize, Serialize};
 use shm_protocol::worker::{
-    AgentLimits, AgentResult, Delivery, Fault, Output, SpawnOrder, StepOrder, TaskRef, WireMessage,
+    AgentLimits, AgentResult, Delivery, Fault, Output, SpawnOrder, StepOrder, TaskRef,
+    UpgradeOrder, WireMessage,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -79,6 +80,12 @@ pub struct ModuleRec {
     pub blake3: Option<[u8; 32]>,
     /// Largest memory its agents may have.
     pub memory_limit: u64,
+    /// `agent_abi_version` once loaded.
+    pub abi_version: Option<u32>,
+    /// Types of its mutable globals once loaded.
+    pub globals: Option<Vec<String>>,
+    /// Whether it exports `agent_migrate` (once loaded).
+    pub migrates: bool,
 }
 
 /// An agent known to the run.
@@ -231,6 +238,23 @@ pub enum Input {
         /// A version the manifest declares for it.
         version: String,
     },
+    /// Hot-swap an agent to another module.  The runner resolves the module
+    /// (hash, ABI version, state layout) before journaling, so that replays
+    /// decide compatibility exactly as the original run did.
+    Upgrade {
+        /// Agent name or `#id`.
+        agent: String,
+        /// Module path.
+        module: String,
+        /// BLAKE3 of the module (hex), pinned for replays.
+        blake3: String,
+        /// Its `agent_abi_version`.
+        abi_version: u32,
+        /// Types of its mutable globals.
+        globals: Vec<String>,
+        /// Whether it exports `agent_migrate`.
+        migrates: bool,
+    },
 }
 
 /// What applying an input did.
@@ -259,6 +283,8 @@ pub struct TickPlan {
     pub steps: Vec<StepOrder>,
     /// Agents to stop.
     pub stops: Vec<u64>,
+    /// Agents to move to another module.
+    pub upgrades: Vec<UpgradeOrder>,
 }
 
 /// An inference request collected at a barrier.
@@ -388,6 +414,8 @@ pub struct SimState {
     pub pending_spawns: BTreeSet<u64>,
     /// Agents to stop in the next tick.
     pub pending_stops: BTreeSet<u64>,
+    /// Agents to move to another module in the next tick.
+    pub pending_upgrades: BTreeMap<u64, u32>,
     /// Inference requests of the last tick (answered before the next).
     pub infer_queue: Vec<InferRequest>,
     /// Counters.
@@ -438,6 +466,7 @@ impl SimState {
             notice_seq: 0,
             pending_spawns: BTreeSet::new(),
             pending_stops: BTreeSet::new(),
+            pending_upgrades: BTreeMap::new(),
             infer_queue: Vec::new(),
             counters: Counters::default(),
             model_versions: BTreeMap::new(),
@@ -467,6 +496,9 @@ impl SimState {
                     expected_blake3: def.blake3.clone(),
                     blake3: None,
                     memory_limit: def.memory,
+                    abi_version: None,
+                    globals: None,
+                    migrates: false,
                 },
             );
             for name in Manifest::instance_names(def) {
@@ -681,6 +713,9 @@ impl SimState {
                             expected_blake3: None,
                             blake3: None,
                             memory_limit: *memory,
+                            abi_version: None,
+                            globals: None,
+                            migrates: false,
                         };
                         self.modules.insert(id, rec);
                         id
@@ -784,12 +819,101 @@ impl SimState {
                 self.pending_stops.insert(id);
                 InputOutcome::Applied(format!("stopping agent {id}"))
             }
+            Input::Upgrade {
+                agent,
+                module,
+                blake3,
+                abi_version,
+                globals,
+                migrates,
+            } => self.upgrade(agent, module, blake3, *abi_version, globals, *migrates),
             // --- inference (issue 5) ---
             Input::SwapModel { id, version } => self.swap_model(id, version),
         }
     }
 
     // --- inference (issue 5) ---
+    /// Applies [`Input::Upgrade`]: checks ABI compatibility and the state
+    /// layout against the agent's current module, then schedules the swap
+    /// for the coming tick.
+    fn upgrade(
+        &mut self,
+        agent: &str,
+        module: &str,
+        blake3: &str,
+        abi: u32,
+        globals: &[String],
+        migrates: bool,
+    ) -> InputOutcome {
+        let Some(id) = self.resolve(agent) else {
+            return InputOutcome::Refused(format!("no agent `{agent}`"));
+        };
+        let Some(rec) = self.agents.get(&id) else {
+            return InputOutcome::Refused(format!("no agent `{agent}`"));
+        };
+        if matches!(
+            rec.status,
+            AgentStatus::Stopped { .. } | AgentStatus::Pending
+        ) {
+            return InputOutcome::Refused(format!("agent {id} is not running"));
+        }
+        let (limit, old) = (
+            rec.limits.memory_bytes,
+            self.modules.get(&rec.module).cloned(),
+        );
+        let Some(old) = old else {
+            return InputOutcome::Refused(format!("agent {id} has no module"));
+        };
+        let old_abi = old.abi_version.unwrap_or(0x1_0000);
+        if abi >> 16 != old_abi >> 16 {
+            return InputOutcome::Refused(format!(
+                "incompatible upgrade: {module} speaks ABI {}.{}, agent {id} runs ABI {}.{}",
+                abi >> 16,
+                abi & 0xFFFF,
+                old_abi >> 16,
+                old_abi & 0xFFFF
+            ));
+        }
+        if old.globals.as_deref().is_some_and(|g| g != globals) && !migrates {
+            return InputOutcome::Refused(format!(
+                "incompatible upgrade: {module} declares mutable globals {globals:?} instead of {:?} and exports no agent_migrate",
+                old.globals.unwrap_or_default()
+            ));
+        }
+        let module_id = match self.modules.iter().find(|(_, m)| {
+            m.path == module
+                && m.expected_blake3.as_deref() == Some(blake3)
+                && m.memory_limit >= limit
+        }) {
+            Some((mid, _)) => *mid,
+            None => {
+                let mid = self.modules.keys().next_back().map_or(0, |k| k + 1);
+                self.modules.insert(
+                    mid,
+                    ModuleRec {
+                        name: format!("{} (upgrade)", old.name),
+                        path: module.to_owned(),
+                        expected_blake3: Some(blake3.to_owned()),
+                        blake3: None,
+                        memory_limit: limit,
+                        abi_version: Some(abi),
+                        globals: Some(globals.to_vec()),
+                        migrates,
+                    },
+                );
+                mid
+            }
+        };
+        if let Some(a) = self.agents.get_mut(&id) {
+            a.module = module_id;
+        }
+        self.pending_upgrades.insert(id, module_id);
+        InputOutcome::Applied(format!(
+            "agent {id} upgrades to {module} at tick {}",
+            self.tick + 1
+        ))
+    }
+
     /// Applies [`Input::SwapModel`]: refused unless the manifest declares
     /// `id` at `version`.
     fn swap_model(&mut self, id: &str, version: &str) -> InputOutcome {
@@ -879,6 +1003,19 @@ impl SimState {
             }
         }
         self.plan_steps(&mut plan);
+        plan.upgrades = std::mem::take(&mut self.pending_upgrades)
+            .into_iter()
+            .filter(|(id, _)| {
+                matches!(
+                    self.agents.get(id).map(|a| &a.status),
+                    Some(AgentStatus::Live | AgentStatus::Faulted { .. })
+                )
+            })
+            .map(|(agent_id, module_id)| UpgradeOrder {
+                agent_id,
+                module_id,
+            })
+            .collect();
         plan.stops = std::mem::take(&mut self.pending_stops)
             .into_iter()
             .collect();

@@ -2,86 +2,17 @@
 //! processes.
 
 use lockstep_supervisor::journal::{self, Entry};
-use lockstep_supervisor::manifest::Manifest;
+
 use lockstep_supervisor::replay::{self, Verdict};
-use lockstep_supervisor::runner::{Run, RunConfig};
+use lockstep_supervisor::runner::Run;
 use lockstep_supervisor::sim::Event;
-use lockstep_tests::{ChildGuard, TempDir, Watchdog, bin, journal_diff};
+use lockstep_tests::{
+    ChildGuard, TempDir, Watchdog, agent, bin, config, journal_diff, run_to, society,
+};
 use shm_protocol::worker::Fault;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn agent(name: &str) -> String {
-    let p = root().join("target/agents").join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/build-agents.sh",
-        p.display()
-    );
-    p.display().to_string()
-}
-
-/// ≥ 100 agents: sensors and aggregators (pub/sub), coordinator + task
-/// workers, counters, and ping → tally pairs that check that no direct
-/// message is lost or duplicated.
-fn society(dir: &Path, pairs: usize, checkpoint_every: u64) -> PathBuf {
-    let mut m = format!(
-        "[run]\nseed = 99\nticks = 100\nworkers = 2\ncheckpoint_every = {checkpoint_every}\n\n\
-         [[agents]]\nname = \"coordinator\"\nmodule = \"{}\"\n\n\
-         [[agents]]\nname = \"task-worker\"\nmodule = \"{}\"\ncount = 3\n\n\
-         [[agents]]\nname = \"sensor\"\nmodule = \"{}\"\ncount = 60\nmemory = \"1MiB\"\n\n\
-         [[agents]]\nname = \"aggregator\"\nmodule = \"{}\"\ncount = 6\n\n\
-         [[agents]]\nname = \"counter\"\nmodule = \"{}\"\ncount = 20\n\n",
-        agent("coordinator"),
-        agent("counter"),
-        agent("sensor"),
-        agent("aggregator"),
-        agent("counter")
-    );
-    for i in 0..pairs {
-        m.push_str(&format!(
-            "[[agents]]\nname = \"ping-{i}\"\nmodule = \"{}\"\n\n[[agents]]\nname = \"tally-{i}\"\nmodule = \"{}\"\n\n",
-            agent("ping"),
-            agent("tally")
-        ));
-    }
-    let p = dir.join("society.toml");
-    std::fs::write(&p, m).unwrap();
-    p
-}
-
-fn config(manifest: &Path, run_dir: PathBuf, workers: usize) -> RunConfig {
-    let text = std::fs::read_to_string(manifest).unwrap();
-    let m = Manifest::load(manifest).unwrap();
-    let mut cfg = RunConfig::new(m, text, run_dir).unwrap();
-    cfg.worker_bin = bin("lockstep-worker");
-    cfg.inference.host_bin = Some(bin("lockstep-inference-host"));
-    cfg.workers = workers;
-    cfg.board = false;
-    cfg.control_socket = false;
-    cfg.metrics = false;
-    cfg.module_cache = None;
-    cfg.manifest_dir = manifest.parent().unwrap().to_path_buf();
-    cfg
-}
-
-fn run_to(cfg: RunConfig, ticks: u64) -> (String, Vec<u8>) {
-    let dir = cfg.run_dir.clone();
-    let mut run = Run::start(cfg).unwrap();
-    while run.state().tick < ticks {
-        run.tick().unwrap();
-    }
-    let sum = run.finish().unwrap();
-    (sum.hash, std::fs::read(dir.join("journal.lsj")).unwrap())
-}
 
 fn faults(dir: &Path) -> Vec<(u64, Event)> {
     journal::read_journal(&dir.join("journal.lsj"))

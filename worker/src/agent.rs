@@ -389,6 +389,63 @@ impl Agent {
         (self.memory.data(&self.store), globals, counters)
     }
 
+    /// Moves this agent to another module version between calls: a fresh
+    /// instance of `module` receives this agent's linear memory (grown to
+    /// its size), its mutable globals (when the new module declares the same
+    /// ones; otherwise the new module keeps its own and must rebuild what it
+    /// needs in `agent_migrate`) and its host counters; then
+    /// `agent_migrate(old ABI version)` runs if the new module exports it.
+    pub fn upgrade(
+        mut self,
+        rt: &Runtime,
+        module: Arc<AgentModule>,
+        tick: u64,
+    ) -> Result<(Self, Option<CallOutcome>), Fault> {
+        let old_abi = self.module.abi_version;
+        let same_globals = self
+            .module
+            .globals
+            .iter()
+            .map(|g| &g.ty)
+            .eq(module.globals.iter().map(|g| &g.ty));
+        if !same_globals && !module.has_migrate {
+            return Err(Fault::Instantiate(format!(
+                "module {} declares other mutable globals than {} and exports no agent_migrate",
+                module.name, self.module.name
+            )));
+        }
+        let old = self.capture();
+        let limits = self.store.data().limits;
+        let mut new = Self::instantiate(rt, module, self.id(), limits)?;
+        let current = new.memory.data_size(&new.store);
+        if old.memory.len() > current {
+            new.memory
+                .grow(&mut new.store, ((old.memory.len() - current) / PAGE) as u64)
+                .map_err(|e| Fault::Instantiate(format!("growing memory for the upgrade: {e}")))?;
+        }
+        new.memory.data_mut(&mut new.store)[..old.memory.len()].copy_from_slice(&old.memory);
+        if same_globals {
+            for (g, v) in new.globals.iter().zip(&old.globals) {
+                let val = match *v {
+                    GlobalValue::I32(x) => Val::I32(x),
+                    GlobalValue::I64(x) => Val::I64(x),
+                    GlobalValue::F32(x) => Val::F32(x),
+                    GlobalValue::F64(x) => Val::F64(x),
+                    GlobalValue::V128(x) => Val::V128(x.into()),
+                };
+                g.set(&mut new.store, val)
+                    .map_err(|e| Fault::Instantiate(format!("carrying a global: {e}")))?;
+            }
+        }
+        new.store.data_mut().counters = old.host;
+        new.first_step = false;
+        let migrated = new.migrate(tick, old_abi as i32);
+        if migrated.as_ref().is_some_and(|o| o.fault.is_none()) || migrated.is_none() {
+            new.store.data_mut().counters.live = old.host.live;
+        }
+        Ok((new, migrated))
+    }
+
     /// Flips one byte of linear memory (test-only fault injection).
     pub fn flip_byte(&mut self, offset: usize) {
         let data = self.memory.data_mut(&mut self.store);

@@ -130,6 +130,8 @@ pub struct MutableGlobal {
     pub index: u32,
     /// Export name (the module's own, or one we added).
     pub export: String,
+    /// Its value type (`i32`, `i64`, `f32`, `f64`, `v128`).
+    pub ty: String,
 }
 
 /// A validated, instrumented, compiled agent module.
@@ -147,6 +149,8 @@ pub struct AgentModule {
     pub has_migrate: bool,
     /// Whether it came from the on-disk cache.
     pub cached: bool,
+    /// Its `agent_abi_version` (0 until checked).
+    pub abi_version: u32,
 }
 
 fn sig_matches(ty: &wasmtime::FuncType, sig: Sig) -> bool {
@@ -171,8 +175,8 @@ fn fmt_sig(sig: Sig) -> String {
 /// What a pre-compilation scan of the module found.
 #[derive(Debug, Default)]
 struct Scan {
-    /// (global index, mutable, exported name).
-    globals: Vec<(u32, bool, Option<String>)>,
+    /// (global index, mutable, exported name, type).
+    globals: Vec<(u32, bool, Option<String>, String)>,
 }
 
 /// Parses and validates the module bytes, rejects what ABI v1 forbids, and
@@ -227,7 +231,15 @@ fn scan(name: &str, bytes: &[u8]) -> Result<Scan, LoadError> {
                             why: "its value cannot be captured in a snapshot".into(),
                         });
                     }
-                    out.globals.push((index, g.ty.mutable, None));
+                    let ty = match g.ty.content_type {
+                        wasmparser::ValType::I32 => "i32",
+                        wasmparser::ValType::I64 => "i64",
+                        wasmparser::ValType::F32 => "f32",
+                        wasmparser::ValType::F64 => "f64",
+                        wasmparser::ValType::V128 => "v128",
+                        wasmparser::ValType::Ref(_) => "ref",
+                    };
+                    out.globals.push((index, g.ty.mutable, None, ty.to_owned()));
                 }
             }
             Payload::ExportSection(r) => {
@@ -288,7 +300,7 @@ fn instrument(
     };
     let mut globals = Vec::new();
     let mut added = Vec::new();
-    for (index, mutable, export) in &scan.globals {
+    for (index, mutable, export, ty) in &scan.globals {
         if !mutable {
             continue;
         }
@@ -303,6 +315,7 @@ fn instrument(
         globals.push(MutableGlobal {
             index: *index,
             export,
+            ty: ty.clone(),
         });
     }
     if added.is_empty() {
@@ -503,6 +516,7 @@ pub fn load_module(
         globals,
         has_migrate,
         cached,
+        abi_version: 0,
     })
 }
 

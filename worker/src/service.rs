@@ -227,9 +227,15 @@ impl Worker {
                 actual,
             });
         }
-        let module = engine::load_module(&self.rt.engine, &self.cache, name, &bytes, memory_limit)?;
+        let mut module =
+            engine::load_module(&self.rt.engine, &self.cache, name, &bytes, memory_limit)?;
         let abi_version = Agent::check_abi(&self.rt, &module, memory_limit)?;
+        module.abi_version = abi_version;
+        let globals = module.globals.iter().map(|g| g.ty.clone()).collect();
+        let migrates = module.has_migrate;
         let reply = WorkerReply::ModuleLoaded {
+            globals,
+            migrates,
             module_id,
             blake3: module.hash,
             abi_version,
@@ -404,6 +410,51 @@ impl Worker {
                     let slot = &mut self.slots[i];
                     slot.acc.called = true;
                     slot.acc.report = true;
+                    slot.acc.fault = Some(f);
+                }
+            }
+        }
+        for up in &work.upgrades {
+            let Ok(i) = self.find(up.agent_id) else {
+                self.gone_fault(
+                    0,
+                    up.agent_id,
+                    Fault::Unknown(format!("upgrade: no agent {}", up.agent_id)),
+                );
+                continue;
+            };
+            let Some(module) = self.modules.get(&up.module_id).cloned() else {
+                self.gone_fault(
+                    0,
+                    up.agent_id,
+                    Fault::Unknown(format!("upgrade: module {} is not loaded", up.module_id)),
+                );
+                continue;
+            };
+            // Swap the instance out, upgrade it, put the result back.
+            let placeholder = match self.fresh(up.agent_id, up.module_id, self.slots[i].limits) {
+                Ok(a) => a,
+                Err(f) => {
+                    let slot = &mut self.slots[i];
+                    slot.acc.called = true;
+                    slot.acc.report = true;
+                    slot.acc.fault = Some(f);
+                    continue;
+                }
+            };
+            let old = std::mem::replace(&mut self.slots[i].agent, placeholder);
+            let slot = &mut self.slots[i];
+            slot.acc.report = true;
+            match old.upgrade(&self.rt, module, tick) {
+                Ok((agent, migrated)) => {
+                    slot.agent = agent;
+                    slot.module_id = up.module_id;
+                    if let Some(out) = migrated {
+                        Self::record(slot, out, None);
+                    }
+                }
+                Err(f) => {
+                    slot.acc.called = true;
                     slot.acc.fault = Some(f);
                 }
             }

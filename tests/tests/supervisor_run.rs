@@ -1,0 +1,359 @@
+//! The supervisor end to end with real worker processes: determinism across
+//! runs and worker counts, external inputs through `lockstep ctl`, faulty
+//! agents, and hot-swap.
+
+use lockstep_supervisor::journal::{self, Entry};
+use lockstep_supervisor::replay;
+use lockstep_supervisor::runner::Run;
+use lockstep_supervisor::sim::{Event, InputOutcome};
+use lockstep_tests::{
+    ChildGuard, TempDir, Watchdog, agent, bin, config, journal_diff, run_to, society,
+};
+use shm_protocol::worker::Fault;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn tick_hashes(dir: &Path) -> Vec<(u64, [u8; 32])> {
+    journal::read_journal(&dir.join("journal.lsj"))
+        .unwrap()
+        .entries
+        .iter()
+        .filter_map(|e| {
+            if let Entry::Tick { tick, hash, .. } = e {
+                Some((*tick, *hash))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Same manifest and seed: byte-identical journals and final hashes, with
+/// 1, 2 and 4 worker processes; another seed gives other hashes.
+#[test]
+fn runs_are_identical_across_repeats_and_worker_counts() {
+    let _w = Watchdog::new("determinism", Duration::from_secs(600));
+    let tmp = TempDir::new("determinism");
+    let manifest = society(tmp.path(), 4, 100);
+    let mut hashes = Vec::new();
+    for (name, workers) in [("w1", 1), ("w2", 2), ("w2b", 2), ("w4", 4)] {
+        let (h, _) = run_to(config(&manifest, tmp.path().join(name), workers), 300);
+        hashes.push(h);
+        if name != "w1" {
+            assert_eq!(
+                journal_diff(
+                    &tmp.path().join("w1/journal.lsj"),
+                    &tmp.path().join(name).join("journal.lsj")
+                ),
+                None,
+                "{name}"
+            );
+        }
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    assert_eq!(tick_hashes(&tmp.path().join("w1")).len(), 300);
+    let mut other = config(&manifest, tmp.path().join("seed"), 2);
+    other.seed = 12345;
+    let (h, _) = run_to(other, 300);
+    assert_ne!(h, hashes[0]);
+    let a = tick_hashes(&tmp.path().join("w1"));
+    let b = tick_hashes(&tmp.path().join("seed"));
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.1 != y.1),
+        "every tick hash depends on the seed"
+    );
+}
+
+fn ctl(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin("lockstep"))
+        .arg("ctl")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// External inputs through `lockstep ctl` over the Unix socket are applied
+/// at the next tick boundary, journaled with their tick, and reproduced by
+/// `replay`.
+#[test]
+fn ctl_inputs_are_journaled_and_replayed() {
+    let _w = Watchdog::new("ctl", Duration::from_secs(600));
+    let tmp = TempDir::new("ctl");
+    let manifest = society(tmp.path(), 1, 50);
+    let dir = tmp.path().join("run");
+    let mut sup = ChildGuard::new(
+        Command::new(bin("lockstep"))
+            .args([
+                "run",
+                manifest.to_str().unwrap(),
+                "--forever",
+                "--no-metrics",
+                "--run-dir",
+            ])
+            .arg(&dir)
+            .env("LOCKSTEP_WORKER_BIN", bin("lockstep-worker"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while !dir.join("control.sock").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answers = [
+        ctl(&dir, &["status"]),
+        ctl(&dir, &["spawn", "late-counter", &agent("counter")]),
+        ctl(&dir, &["task", "late-counter", "work", "--priority", "4"]),
+        ctl(&dir, &["publish", "sensors", "hello"]),
+        ctl(&dir, &["send", "counter-3", "direct"]),
+        ctl(&dir, &["send", "nobody", "x"]),
+        ctl(&dir, &["stop-agent", "counter-5"]),
+        ctl(&dir, &["snapshot"]),
+        ctl(&dir, &["stop"]),
+    ];
+    let status = sup.child().wait().unwrap();
+    assert!(status.success());
+    eprintln!("{answers:#?}");
+    assert!(answers[0].starts_with("tick "), "{}", answers[0]);
+    assert!(
+        answers[1].starts_with("applied at tick") && answers[1].contains("spawned late-counter"),
+        "{}",
+        answers[1]
+    );
+    assert!(answers[2].contains("task 0xffffffff"), "{}", answers[2]);
+    assert!(answers[3].contains("to 6 subscribers"), "{}", answers[3]);
+    assert!(answers[4].starts_with("applied"), "{}", answers[4]);
+    assert!(
+        answers[5].starts_with("refused: no agent `nobody`"),
+        "{}",
+        answers[5]
+    );
+    assert!(answers[6].contains("stopping agent"), "{}", answers[6]);
+    assert!(
+        answers[7].starts_with("snapshot after tick"),
+        "{}",
+        answers[7]
+    );
+    let j = journal::read_journal(&dir.join("journal.lsj")).unwrap();
+    let inputs: Vec<(u64, &InputOutcome)> = j
+        .entries
+        .iter()
+        .filter_map(|e| {
+            if let Entry::Input { tick, outcome, .. } = e {
+                Some((*tick, outcome))
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(inputs.len(), 6, "{inputs:?}");
+    assert!(inputs.windows(2).all(|w| w[0].0 <= w[1].0));
+    assert!(matches!(inputs[4].1, InputOutcome::Refused(_)));
+    // The run, inputs included, replays hash for hash.
+    let r = replay::replay(&dir, None, None, Some(1)).unwrap();
+    assert!(r.checked > 0);
+    match replay::verify(&dir, Some(2)).unwrap() {
+        replay::Verdict::Identical { .. } => {}
+        replay::Verdict::Diverged(d) => panic!("{d}"),
+    }
+}
+
+/// Faulty agents (trap, infinite loop, memory bomb, deep recursion, bad
+/// pointers) are reported in the journal; the other agents' states are
+/// exactly what they are in a run without them.
+#[test]
+fn faulty_agents_are_reported_and_contained() {
+    let _w = Watchdog::new("faulty", Duration::from_secs(600));
+    let tmp = TempDir::new("faulty");
+    let good = format!(
+        "[run]\nseed = 3\n\n[[agents]]\nname = \"counter\"\nmodule = \"{}\"\ncount = 8\n",
+        agent("counter")
+    );
+    let mut bad = good.clone();
+    for m in ["trap", "spin", "membomb", "recurse", "badptr"] {
+        bad.push_str(&format!(
+            "\n[[agents]]\nname = \"{m}\"\nmodule = \"{}\"\nfuel = 200000\nmemory = \"2MiB\"\nrestart = {{ max = 1, within = 10 }}\n",
+            agent(m)
+        ));
+    }
+    let (gm, bm) = (tmp.path().join("good.toml"), tmp.path().join("bad.toml"));
+    std::fs::write(&gm, good).unwrap();
+    std::fs::write(&bm, bad).unwrap();
+    let mut states = Vec::new();
+    for (m, name) in [(&gm, "good"), (&bm, "bad")] {
+        let mut run = Run::start(config(m, tmp.path().join(name), 2)).unwrap();
+        while run.state().tick < 60 {
+            run.tick().unwrap();
+        }
+        let body = run.capture_state().unwrap();
+        states.push(
+            body.agents
+                .iter()
+                .filter(|(id, _)| *id <= 8)
+                .map(|(id, img)| (*id, img.state_hash()))
+                .collect::<Vec<_>>(),
+        );
+        run.finish().unwrap();
+    }
+    assert_eq!(states[0].len(), 8);
+    assert_eq!(
+        states[0], states[1],
+        "faulty neighbours changed the counters"
+    );
+    let faults: Vec<(u64, Fault, String)> =
+        journal::read_journal(&tmp.path().join("bad/journal.lsj"))
+            .unwrap()
+            .entries
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Event {
+                    event:
+                        Event::Fault {
+                            agent,
+                            fault,
+                            action,
+                        },
+                    ..
+                } => Some((agent, fault, action)),
+                _ => None,
+            })
+            .collect();
+    eprintln!("{faults:#?}");
+    let of = |id: u64| {
+        faults
+            .iter()
+            .filter(|f| f.0 == id)
+            .map(|f| f.1.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        of(9)
+            .iter()
+            .all(|f| matches!(f, Fault::Trap(t) if t == "UnreachableCodeReached"))
+            && !of(9).is_empty()
+    );
+    assert!(of(10).iter().all(|f| *f == Fault::OutOfFuel) && !of(10).is_empty());
+    assert!(!of(11).is_empty(), "membomb");
+    assert!(
+        of(12).iter().all(|f| matches!(f, Fault::Trap(_))) && !of(12).is_empty(),
+        "recurse"
+    );
+    assert!(
+        of(13).iter().all(|f| matches!(f, Fault::BadHostCall(_))) && !of(13).is_empty(),
+        "badptr"
+    );
+    // Restart intensity: 1 restart within 10 ticks, then stopped.
+    assert!(
+        faults
+            .iter()
+            .any(|f| f.0 == 9 && f.2.starts_with("stopped")),
+        "{faults:?}"
+    );
+}
+
+/// Hot-swap at a tick boundary: journaled, reproduced by replay; an
+/// incompatible module is refused with a clear reason.
+#[test]
+fn hot_swap_upgrade() {
+    let _w = Watchdog::new("upgrade", Duration::from_secs(600));
+    let tmp = TempDir::new("upgrade");
+    let m = format!(
+        "[run]\nseed = 8\ncheckpoint_every = 25\n\n[[agents]]\nname = \"counter\"\nmodule = \"{}\"\ncount = 4\n",
+        agent("counter")
+    );
+    let manifest = tmp.path().join("m.toml");
+    std::fs::write(&manifest, m).unwrap();
+    let dir = tmp.path().join("run");
+    let mut run = Run::start(config(&manifest, dir.clone(), 2)).unwrap();
+    while run.state().tick < 40 {
+        run.tick().unwrap();
+    }
+    let out = run
+        .upgrade("counter-1", Path::new(&agent("upgrade_v2")))
+        .unwrap();
+    assert!(
+        matches!(&out, InputOutcome::Applied(s) if s.contains("upgrades to")),
+        "{out:?}"
+    );
+    // A module with another ABI major is refused.
+    let v2 = tmp.path().join("abi2.wat");
+    std::fs::write(
+        &v2,
+        r#"(module (memory (export "memory") 1)
+  (func (export "agent_abi_version") (result i32) (i32.const 0x20000))
+  (func (export "agent_buffer") (param i32) (result i32) (i32.const 1024))
+  (func (export "agent_init") (result i32) (i32.const 0))
+  (func (export "agent_step") (param i32) (result i32) (i32.const 0))
+  (func (export "agent_receive") (param i32) (result i32) (i32.const 0))
+  (func (export "agent_shutdown") (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let out = run.upgrade("counter-2", &v2).unwrap();
+    assert!(
+        matches!(&out, InputOutcome::Refused(s) if s.contains("ABI version 2.0")),
+        "{out:?}"
+    );
+    // A module with another state layout and no agent_migrate is refused.
+    let layout = tmp.path().join("layout.wat");
+    std::fs::write(
+        &layout,
+        r#"(module (memory (export "memory") 1)
+  (global $a (mut i32) (i32.const 0)) (global $b (mut i64) (i64.const 0))
+  (func (export "agent_abi_version") (result i32) (i32.const 0x10000))
+  (func (export "agent_buffer") (param i32) (result i32) (i32.const 1024))
+  (func (export "agent_init") (result i32) (i32.const 0))
+  (func (export "agent_step") (param i32) (result i32) (global.set $a (i32.const 1)) (global.set $b (i64.const 1)) (i32.const 0))
+  (func (export "agent_receive") (param i32) (result i32) (i32.const 0))
+  (func (export "agent_shutdown") (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let out = run.upgrade("counter-3", &layout).unwrap();
+    assert!(
+        matches!(&out, InputOutcome::Refused(s) if s.contains("incompatible upgrade")),
+        "{out:?}"
+    );
+    while run.state().tick < 80 {
+        run.tick().unwrap();
+    }
+    let id = run.state().resolve("counter-1").unwrap();
+    let module = run.state().agents[&id].module;
+    assert!(
+        run.state().modules[&module]
+            .path
+            .ends_with("upgrade_v2.wasm")
+    );
+    assert!(matches!(
+        run.state().agents[&id].status,
+        lockstep_supervisor::sim::AgentStatus::Live
+    ));
+    let final_hash = run.state().hash;
+    run.finish().unwrap();
+    let j = journal::read_journal(&dir.join("journal.lsj")).unwrap();
+    assert!(
+        j.entries
+            .iter()
+            .any(|e| matches!(e, Entry::Input { tick: 41, .. }))
+    );
+    assert!(!j.entries.iter().any(|e| matches!(
+        e,
+        Entry::Event {
+            event: Event::Fault { .. },
+            ..
+        }
+    )));
+    // The upgrade replays (from genesis and from a checkpoint after it).
+    for from in [0, 50] {
+        let r = replay::replay(&dir, Some(replay::From::Tick(from)), None, None).unwrap();
+        assert_eq!(
+            r.hash,
+            final_hash
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+    }
+}
