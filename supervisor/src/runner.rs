@@ -476,6 +476,21 @@ fn split_work(mut w: TickWork, limit: usize) -> Vec<TickWork> {
     parts
 }
 
+/// Where the supervisor's wall time went in one tick (observation only:
+/// nothing here feeds back into the run).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TickTiming {
+    /// Planning: `SimState::begin_tick` (deliveries, steps) and the split
+    /// of the plan by worker.
+    pub plan: Duration,
+    /// Sending the work, the workers' execution and receiving the results.
+    pub workers: Duration,
+    /// `SimState::finish_tick`: routing every output, quotas, the tick hash.
+    pub finish: Duration,
+    /// The whole tick.
+    pub total: Duration,
+}
+
 /// Counts after a run.
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
@@ -545,6 +560,8 @@ pub struct Run {
     started: Instant,
     /// Inference host and model resolution (issue 5).
     inference: InferenceService,
+    /// Phases of the last tick.
+    timing: TickTiming,
 }
 
 impl std::fmt::Debug for Run {
@@ -650,6 +667,7 @@ impl Run {
             logs: VecDeque::new(),
             stop_requested: false,
             started: Instant::now(),
+            timing: TickTiming::default(),
         };
         run.load_modules()?;
         if let Some(body) = snapshot {
@@ -1005,6 +1023,7 @@ impl Run {
         }
         self.load_modules()?;
         let inputs = std::mem::take(&mut self.pending);
+        let tp = Instant::now();
         let plan = self.sim.begin_tick();
         let measure = plan.tick.is_multiple_of(SAMPLE_EVERY);
         let mut mailbox: BTreeMap<u64, u64> = BTreeMap::new();
@@ -1013,6 +1032,7 @@ impl Run {
         }
         let works = self.partition(&plan, measure);
         let tw = Instant::now();
+        self.timing.plan = tw - tp;
         let limit = 4 << 20;
         let timeout = self.cfg.tick_timeout;
         let parts: Vec<Vec<TickWork>> = works.into_iter().map(|w| split_work(w, limit)).collect();
@@ -1071,12 +1091,15 @@ impl Run {
             parts,
             digests,
         });
-        let workers_us = tw.elapsed().as_micros() as u64;
+        self.timing.workers = tw.elapsed();
+        let workers_us = self.timing.workers.as_micros() as u64;
         // Canonical order: by agent id (stable: a worker's own order is kept).
         results.sort_by_key(|r| r.agent_id);
+        let tf = Instant::now();
         let summary = self
             .sim
             .finish_tick(&plan, &inputs, &results, digest, &tenant_fuel, calls);
+        self.timing.finish = tf.elapsed();
         for e in &summary.events {
             self.jwrite(&Entry::Event {
                 tick: plan.tick,
@@ -1141,6 +1164,7 @@ impl Run {
             self.checkpoint()?;
         }
         self.publish_board("running");
+        self.timing.total = t0.elapsed();
         Ok(summary)
     }
 
@@ -1952,6 +1976,11 @@ impl Run {
     /// Wall time since start.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Where the supervisor's time went in the last tick.
+    pub fn last_timing(&self) -> TickTiming {
+        self.timing
     }
 
     /// Recent tick latency quantile (µs).

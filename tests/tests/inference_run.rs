@@ -300,7 +300,7 @@ fn killed_inference_host_is_restarted_transparently() {
     let clean = run_plain(tmp.path(), "clean", &text, 2, ticks);
     let mut killed_pids = Vec::new();
     let mut cfg = config(tmp.path(), "crashed", &text, 2);
-    cfg.inference.batch_timeout = Duration::from_secs(2);
+    cfg.inference.batch_timeout = Duration::from_secs(3);
     let crashed = run_cfg(cfg, ticks, |run, t| {
         let pid = run.inference_host_pid().expect("a host is running") as i32;
         let pid = nix::unistd::Pid::from_raw(pid);
@@ -315,7 +315,7 @@ fn killed_inference_host_is_restarted_transparently() {
             14 => {
                 nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
                 std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(1500));
+                    std::thread::sleep(Duration::from_millis(700));
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 });
                 killed_pids.push(pid);
@@ -589,6 +589,13 @@ fn model_swap_applies_at_its_tick_and_reproduces() {
             outcome: InputOutcome::Applied(_)
         }
     )));
+
+    // `lockstep verify` re-executes the journal: the swap input replays at
+    // its tick and every tick hash and checkpoint is reproduced.
+    match lockstep_supervisor::replay::verify(&tmp.path().join("swap1"), Some(1)).unwrap() {
+        lockstep_supervisor::replay::Verdict::Identical { ticks: t, .. } => assert_eq!(t, ticks),
+        other => panic!("replay of the swap run diverged: {other:?}"),
+    }
 
     let mut reference = Reference::new();
     let before = answers(&plain.entries);

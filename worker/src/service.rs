@@ -454,6 +454,9 @@ impl Worker {
                     }
                 }
                 Err(f) => {
+                    // The agent now belongs to the new module: a restart
+                    // starts a fresh instance of it.
+                    slot.module_id = up.module_id;
                     slot.acc.called = true;
                     slot.acc.fault = Some(f);
                 }
