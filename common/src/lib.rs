@@ -82,3 +82,47 @@ pub fn connect_or_exit(args: &ChildArgs, role: Role) -> (Endpoint, String) {
         }
     }
 }
+
+/// How much of the worker sandbox to apply (`lockstep-worker --sandbox`;
+/// see ARCHITECTURE.md, "Worker sandbox").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxMode {
+    /// Every layer (rlimits, no_new_privs, Landlock, seccomp), or the worker
+    /// exits with code 69 (`Sandbox`).
+    #[default]
+    Strict,
+    /// Every layer the kernel supports; a missing one (Landlock, seccomp) is
+    /// a warning.  Any other failure is still fatal.
+    BestEffort,
+    /// As strict, but a system call outside the seccomp allowlist is logged
+    /// by the kernel (`SECCOMP_RET_LOG`, `dmesg`) instead of killing the
+    /// worker: for deriving and auditing the allowlist only.
+    Log,
+    /// No sandbox.
+    Off,
+}
+
+impl SandboxMode {
+    /// The command-line spelling (`strict`, `best-effort`, `log`, `off`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxMode::Strict => "strict",
+            SandboxMode::BestEffort => "best-effort",
+            SandboxMode::Log => "log",
+            SandboxMode::Off => "off",
+        }
+    }
+
+    /// Parses the command-line spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Strict, Self::BestEffort, Self::Log, Self::Off]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for SandboxMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -135,6 +135,10 @@ struct RunArgs {
     /// Checkpoint every N ticks (default: the manifest's `run.checkpoint_every`).
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// Run the workers without their process sandbox (seccomp, Landlock,
+    /// rlimits); wasmtime still confines the agents.
+    #[arg(long)]
+    no_sandbox: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -345,6 +349,9 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     cfg.watchdog = Duration::from_millis(args.watchdog_ms.max(1));
     cfg.board = !args.no_board;
     cfg.metrics = !args.no_metrics;
+    if args.no_sandbox {
+        cfg.worker_sandbox.mode = lockstep_common::SandboxMode::Off;
+    }
     let interrupted = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;

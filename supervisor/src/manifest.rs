@@ -8,6 +8,8 @@
 //! ticks = 1000
 //! workers = 2
 //! checkpoint_every = 100
+//! module_dirs = ["../modules"]   # optional: extra directories workers may
+//!                                # read modules from (ctl spawn/upgrade)
 //!
 //! [scheduler]
 //! mode = "round-robin"        # or "priority", "dag"
@@ -137,6 +139,7 @@ struct RawRun {
     ticks: Option<u64>,
     workers: Option<Spanned<u64>>,
     checkpoint_every: Option<u64>,
+    module_dirs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +338,12 @@ pub struct Manifest {
     pub tasks: Vec<TaskDef>,
     /// Models.
     pub models: Vec<ModelDef>,
+    /// Extra directories the workers' sandbox lets them read modules from
+    /// (`[run] module_dirs`, resolved), besides the manifest's directory and
+    /// the directories of its agents' modules: where modules spawned or
+    /// upgraded at run time (`ctl`) must live.
+    #[serde(default)]
+    pub module_dirs: Vec<PathBuf>,
 }
 
 /// Most agents one run may declare.
@@ -820,6 +829,11 @@ impl Manifest {
             agents,
             tasks,
             models,
+            module_dirs: run
+                .as_ref()
+                .and_then(|r| r.module_dirs.as_ref())
+                .map(|d| d.iter().map(|p| base.join(p)).collect())
+                .unwrap_or_default(),
         })
     }
 }

@@ -135,6 +135,141 @@ pub struct RunConfig {
     /// Extra environment for worker processes (e.g. `LOCKSTEP_INJECT` in
     /// fault-injection tests).
     pub worker_env: Vec<(String, String)>,
+    /// The workers' process sandbox.
+    pub worker_sandbox: WorkerSandbox,
+}
+
+/// The workers' process sandbox (ARCHITECTURE.md, "Worker sandbox"): what
+/// [`Run`] passes as `lockstep-worker --sandbox … --address-space-limit …
+/// --allow-read … --allow-write …`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerSandbox {
+    /// How much of it (default: strict, or `LOCKSTEP_WORKER_SANDBOX`).
+    pub mode: lockstep_common::SandboxMode,
+    /// `RLIMIT_AS` of every worker in bytes; `None`: computed from the
+    /// manifest ([`default_address_space_limit`]); `Some(0)`: no limit.
+    pub address_space_limit: Option<u64>,
+    /// Extra directories workers may read, besides those [`Run`] computes
+    /// when it boots: the manifest's directory, `[run] module_dirs`, and
+    /// the directory of every module the run knows.  Modules spawned or
+    /// upgraded later must lie beneath one of them (others are refused).
+    pub allow_read: Vec<PathBuf>,
+}
+
+/// Floor of the computed `RLIMIT_AS` of a worker.
+pub const MIN_ADDRESS_SPACE: u64 = 8 << 30;
+
+/// The default `RLIMIT_AS` of a worker: 4 GiB for the process itself (code,
+/// compiled modules, rings, allocator arenas) plus twice the memory limits
+/// of all the manifest's agents — an upper bound for any worker whatever
+/// the number of workers, with room for copies while a memory grows —
+/// and at least [`MIN_ADDRESS_SPACE`] (agents spawned at run time).
+pub fn default_address_space_limit(manifest: &Manifest) -> u64 {
+    let agents = manifest.agents.iter().fold(0u64, |acc, a| {
+        acc.saturating_add(a.memory.saturating_mul(a.count))
+    });
+    (4u64 << 30)
+        .saturating_add(agents.saturating_mul(2))
+        .max(MIN_ADDRESS_SPACE)
+}
+
+impl WorkerSandbox {
+    /// Strict unless `LOCKSTEP_WORKER_SANDBOX` names another mode
+    /// (`best-effort`, `log`, `off`).
+    pub fn from_env() -> Self {
+        let mode = std::env::var("LOCKSTEP_WORKER_SANDBOX")
+            .ok()
+            .and_then(|v| lockstep_common::SandboxMode::parse(v.trim()))
+            .unwrap_or_default();
+        Self {
+            mode,
+            ..Self::default()
+        }
+    }
+
+    /// The worker's sandbox arguments.
+    fn args(&self, module_cache: Option<&Path>) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec!["--sandbox".into(), self.mode.as_str().into()];
+        if self.mode == lockstep_common::SandboxMode::Off {
+            return a;
+        }
+        if let Some(limit) = self.address_space_limit {
+            a.push("--address-space-limit".into());
+            a.push(limit.to_string().into());
+        }
+        for d in &self.allow_read {
+            a.push("--allow-read".into());
+            a.push(d.into());
+        }
+        if let Some(c) = module_cache
+            && c.is_dir()
+        {
+            a.push("--allow-write".into());
+            a.push(c.into());
+        }
+        a
+    }
+
+    /// Fills in what [`Run`] computes when it boots: the readable
+    /// directories (see [`WorkerSandbox::allow_read`]) and the address-space
+    /// limit.
+    fn resolve(&mut self, cfg_manifest: &Manifest, manifest_dir: &Path, sim: &SimState) {
+        if self.address_space_limit.is_none() {
+            self.address_space_limit = Some(default_address_space_limit(cfg_manifest));
+        }
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut add = |d: &Path| match std::fs::canonicalize(d) {
+            Ok(c) if c.is_dir() && c.parent().is_some() => dirs.push(c),
+            Ok(c) if c.is_dir() => {
+                tracing::warn!(dir = %c.display(), "not letting workers read the whole file system");
+            }
+            _ => tracing::debug!(dir = %d.display(), "module directory does not exist"),
+        };
+        for d in &self.allow_read {
+            add(d);
+        }
+        add(manifest_dir);
+        for d in &cfg_manifest.module_dirs {
+            add(d);
+        }
+        for m in sim.modules.values() {
+            if let Some(parent) = Path::new(&m.path).parent() {
+                add(if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                });
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        // Drop directories beneath another one (the rule covers them).
+        let all = dirs.clone();
+        dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
+        self.allow_read = dirs;
+    }
+
+    /// Why a module at `path` cannot be used by the workers, if it cannot.
+    fn refuses(&self, path: &str) -> Option<String> {
+        if self.mode == lockstep_common::SandboxMode::Off {
+            return None;
+        }
+        let p = std::fs::canonicalize(path).ok()?;
+        if self.allow_read.iter().any(|d| p.starts_with(d)) {
+            return None;
+        }
+        let dirs: Vec<String> = self
+            .allow_read
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        Some(format!(
+            "module {} is outside the directories the worker sandbox lets workers read ({}); \
+             move it under one of them or add its directory to `[run] module_dirs` in the manifest",
+            p.display(),
+            dirs.join(", ")
+        ))
+    }
 }
 
 impl RunConfig {
@@ -172,6 +307,7 @@ impl RunConfig {
             manifest_dir: PathBuf::from("."),
             target_ticks: 0,
             worker_env: Vec::new(),
+            worker_sandbox: WorkerSandbox::from_env(),
         })
     }
 }
@@ -298,21 +434,31 @@ fn is_peer_gone(e: &RunError) -> bool {
     )
 }
 
+/// The supervisor's side of the workers' rings.  It spins briefly only when
+/// the machine has a core to spare beyond the workers and itself: with
+/// fewer cores a spinning supervisor takes the CPU a worker needs, and a
+/// woken worker may wait a whole scheduler slice (~0.7 ms) for it
+/// (docs/bench-tick.md), so it parks at once.
+fn supervisor_policy(workers: usize) -> WaitPolicy {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    WaitPolicy {
+        spin: if cores >= workers + 2 { 2_000 } else { 0 },
+        park_slice: Duration::from_millis(10),
+    }
+}
+
 /// Spawns worker `i`, completes its handshake and configures it.
 fn spawn_worker(cfg: &RunConfig, i: usize, reaper: &Reaper) -> Result<WorkerLink, RunError> {
     let spec = ChildSpec {
         role: Role::Worker,
         name: format!("worker-{i}"),
         program: cfg.worker_bin.clone(),
-        args: Vec::new(),
+        args: cfg.worker_sandbox.args(cfg.module_cache.as_deref()),
         rings: SegmentConfig {
             to_attacher: WORKER_RING,
             to_creator: WORKER_RING,
         },
-        policy: WaitPolicy {
-            spin: 2_000,
-            park_slice: Duration::from_millis(10),
-        },
+        policy: supervisor_policy(cfg.workers.max(1)),
         env: cfg.worker_env.clone(),
     };
     let mut w = WorkerLink {
@@ -348,16 +494,30 @@ impl WorkerLink {
     }
 
     fn send(&mut self, cmd: WorkerCommand, timeout: Duration) -> Result<(), RunError> {
+        self.send_down(&Down::Worker(cmd), timeout)
+    }
+
+    fn send_down(&mut self, msg: &Down, timeout: Duration) -> Result<(), RunError> {
         let deadline = Some(Instant::now() + timeout);
-        let name = self.name();
         self.child
             .endpoint()
-            .send_msg(&Down::Worker(cmd), deadline)
+            .send_msg(msg, deadline)
             .map_err(|source| RunError::Channel {
-                worker: name,
+                worker: self.name(),
                 what: "sending a command",
                 source,
             })
+    }
+
+    /// Sends one part of a tick's work without copying it (it is moved into
+    /// the command for encoding and back).
+    fn send_tick(&mut self, part: &mut TickWork, timeout: Duration) -> Result<(), RunError> {
+        let msg = Down::Worker(WorkerCommand::Tick(std::mem::take(part)));
+        let sent = self.send_down(&msg, timeout);
+        if let Down::Worker(WorkerCommand::Tick(w)) = msg {
+            *part = w;
+        }
+        sent
     }
 
     fn recv(&mut self, timeout: Duration) -> Result<WorkerReply, RunError> {
@@ -603,11 +763,21 @@ impl Run {
     /// Starts workers around a state: the genesis state of a new run, or a
     /// snapshot's (whose agents are restored into the new workers).
     pub fn boot(
-        cfg: RunConfig,
+        mut cfg: RunConfig,
         sim: SimState,
         journal: Option<JournalWriter>,
         snapshot: Option<SnapshotBody>,
     ) -> Result<Self, RunError> {
+        // The worker sandbox: readable directories and address-space limit
+        // are fixed now, for every worker of the run (recovered ones too).
+        let mut sandbox = std::mem::take(&mut cfg.worker_sandbox);
+        sandbox.resolve(&cfg.manifest, &cfg.manifest_dir, &sim);
+        cfg.worker_sandbox = sandbox;
+        if let Some(cache) = &cfg.module_cache
+            && let Err(e) = std::fs::create_dir_all(cache)
+        {
+            tracing::warn!(dir = %cache.display(), error = %e, "cannot create the compiled-module cache");
+        }
         let dir = cfg.run_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| dir_error(&dir, format!("cannot create: {e}")))?;
@@ -782,6 +952,13 @@ impl Run {
     /// is journaled with it).  This is the library's `spawn_agent`,
     /// `schedule_task`, `publish`, `send` path.
     pub fn input(&mut self, input: Input) -> Result<InputOutcome, RunError> {
+        // A module the workers' sandbox cannot read is refused before it is
+        // journaled (the input never happened).
+        if let Input::Spawn { module, .. } = &input
+            && let Some(why) = self.cfg.worker_sandbox.refuses(module)
+        {
+            return Ok(InputOutcome::Refused(why));
+        }
         let outcome = self
             .sim
             .apply_inputs(std::slice::from_ref(&input))
@@ -842,6 +1019,15 @@ impl Run {
         })
     }
 
+    /// `join_channel`: makes `agent` a member of `channel` from the next
+    /// tick on.
+    pub fn join_channel(&mut self, agent: &str, channel: &str) -> Result<InputOutcome, RunError> {
+        self.input(Input::JoinChannel {
+            agent: agent.to_owned(),
+            channel: channel.to_owned(),
+        })
+    }
+
     /// `send` from outside (sender: the runtime).
     pub fn send(&mut self, agent: &str, payload: Vec<u8>) -> Result<InputOutcome, RunError> {
         self.input(Input::Send {
@@ -859,6 +1045,9 @@ impl Run {
             .map_err(|e| RunError::Module(format!("module {}: {e}", module.display())))?;
         let bytes = std::fs::read(&path)
             .map_err(|e| RunError::Module(format!("module {}: {e}", path.display())))?;
+        if let Some(why) = self.cfg.worker_sandbox.refuses(&path.display().to_string()) {
+            return Ok(InputOutcome::Refused(format!("upgrade refused: {why}")));
+        }
         let blake3 = hex(blake3::hash(&bytes).as_bytes());
         let Some(id) = self.sim.resolve(agent) else {
             return Ok(InputOutcome::Refused(format!("no agent `{agent}`")));
@@ -1024,22 +1213,26 @@ impl Run {
         self.load_modules()?;
         let inputs = std::mem::take(&mut self.pending);
         let tp = Instant::now();
-        let plan = self.sim.begin_tick();
+        let mut plan = self.sim.begin_tick();
         let measure = plan.tick.is_multiple_of(SAMPLE_EVERY);
+        // Mailbox sizes are only reported for sampled ticks.
         let mut mailbox: BTreeMap<u64, u64> = BTreeMap::new();
-        for d in &plan.deliveries {
-            mailbox.insert(d.agent_id, d.messages.len() as u64);
+        if measure {
+            for d in &plan.deliveries {
+                mailbox.insert(d.agent_id, d.messages.len() as u64);
+            }
         }
-        let works = self.partition(&plan, measure);
+        let works = self.partition(&mut plan, measure);
         let tw = Instant::now();
         self.timing.plan = tw - tp;
         let limit = 4 << 20;
         let timeout = self.cfg.tick_timeout;
-        let parts: Vec<Vec<TickWork>> = works.into_iter().map(|w| split_work(w, limit)).collect();
+        let mut parts: Vec<Vec<TickWork>> =
+            works.into_iter().map(|w| split_work(w, limit)).collect();
         let mut sent = vec![true; self.workers.len()];
-        for (wi, ps) in parts.iter().enumerate() {
+        for (wi, ps) in parts.iter_mut().enumerate() {
             for part in ps {
-                if let Err(e) = self.workers[wi].send(WorkerCommand::Tick(part.clone()), timeout) {
+                if let Err(e) = self.workers[wi].send_tick(part, timeout) {
                     if !is_peer_gone(&e) {
                         return Err(e);
                     }
@@ -1067,6 +1260,12 @@ impl Run {
             };
             worker_us.push(done.wall_ns / 1000);
             for r in &done.results {
+                if !self.sim.agents.contains_key(&r.agent_id) {
+                    return Err(RunError::Protocol {
+                        worker: self.workers[wi].name(),
+                        detail: format!("reported agent {} which does not exist", r.agent_id),
+                    });
+                }
                 if self.worker_of(r.agent_id) != wi {
                     return Err(RunError::Protocol {
                         worker: self.workers[wi].name(),
@@ -1082,7 +1281,6 @@ impl Run {
             }
             calls += done.calls;
         }
-        let mut parts = parts;
         for (wi, replaced) in std::mem::take(&mut self.replaced_parts) {
             parts[wi] = replaced;
         }
@@ -1096,9 +1294,9 @@ impl Run {
         // Canonical order: by agent id (stable: a worker's own order is kept).
         results.sort_by_key(|r| r.agent_id);
         let tf = Instant::now();
-        let summary = self
-            .sim
-            .finish_tick(&plan, &inputs, &results, digest, &tenant_fuel, calls);
+        let summary =
+            self.sim
+                .finish_tick_taking(&plan, &inputs, &mut results, digest, &tenant_fuel, calls);
         self.timing.finish = tf.elapsed();
         for e in &summary.events {
             self.jwrite(&Entry::Event {
@@ -1154,7 +1352,7 @@ impl Run {
             dropped: summary.dropped,
             fuel: summary.fuel,
             faults: summary.faults,
-            agents: self.sim.live_agents().count() as u64,
+            agents: summary.live,
             tasks_open: self.sim.tasks.open.len() as u64,
             queued: self.sim.mailboxes.values().map(|m| m.len() as u64).sum(),
             worker_us,
@@ -1653,8 +1851,8 @@ impl Run {
         self.last_recovery
     }
 
-    /// Splits the plan by worker.
-    fn partition(&self, plan: &TickPlan, measure: bool) -> Vec<TickWork> {
+    /// Splits the plan by worker (its deliveries are moved, not copied).
+    fn partition(&self, plan: &mut TickPlan, measure: bool) -> Vec<TickWork> {
         let k = self.workers.len();
         let mut works: Vec<TickWork> = (0..k)
             .map(|_| TickWork {
@@ -1673,8 +1871,8 @@ impl Run {
         for u in &plan.upgrades {
             works[self.worker_of(u.agent_id)].upgrades.push(u.clone());
         }
-        for d in &plan.deliveries {
-            works[self.worker_of(d.agent_id)].deliveries.push(d.clone());
+        for d in std::mem::take(&mut plan.deliveries) {
+            works[self.worker_of(d.agent_id)].deliveries.push(d);
         }
         for s in &plan.steps {
             works[self.worker_of(s.agent_id)].steps.push(s.clone());

@@ -56,18 +56,29 @@ pub fn deterministic_engine() -> Result<Engine, LoadError> {
 /// Starts the thread that advances the engine's epoch every
 /// [`EPOCH_PERIOD`] (the watchdog clock); it stops when the returned guard
 /// is dropped.
+///
+/// Returns once the thread runs its loop, i.e. after the C library and
+/// `std` have set it up (robust futex list, rseq, name, signal stack): the
+/// worker sandbox installs its seccomp filter right after, and those set-up
+/// calls are not in its allowlist.
 pub fn start_epoch_ticker(engine: &Engine) -> EpochTicker {
     let stop = Arc::new(AtomicBool::new(false));
     let (e, s) = (engine.clone(), stop.clone());
+    let (started_tx, started) = std::sync::mpsc::sync_channel::<()>(1);
     let thread = std::thread::Builder::new()
         .name("lockstep-epoch".into())
         .spawn(move || {
+            let _ = started_tx.send(());
+            drop(started_tx);
             while !s.load(Ordering::Relaxed) {
                 std::thread::sleep(EPOCH_PERIOD);
                 e.increment_epoch();
             }
         })
         .ok();
+    if thread.is_some() {
+        let _ = started.recv();
+    }
     EpochTicker { stop, thread }
 }
 

@@ -5,10 +5,27 @@
 //! * `crash=AGENT@TICK` — the worker hosting `AGENT` aborts at the start of
 //!   tick `TICK` (a "poison" agent that takes its process down);
 //! * `flip=AGENT@TICK` — one byte of `AGENT`'s memory is flipped at the
-//!   start of tick `TICK` (a deliberately injected divergence).
+//!   start of tick `TICK` (a deliberately injected divergence);
+//! * `syscall=AGENT@TICK` — the worker hosting `AGENT` makes a system call
+//!   its sandbox forbids (`socket(2)`) at the start of tick `TICK`: under the
+//!   sandbox it is killed with `SIGSYS`; if it survives it aborts;
+//! * `read=AGENT@TICK` — the worker hosting `AGENT` tries to read the file
+//!   named by `LOCKSTEP_INJECT_READ` (default `/etc/hostname`) at the start
+//!   of tick `TICK` and exits with [`READ_DENIED`], [`READ_ALLOWED`] or
+//!   [`READ_FAILED`] (the sandbox's Landlock layer must deny it).
+//!
+//! For `syscall` and `read`, `AGENT` 0 means any worker (no agent needed).
 //!
 //! Chromium-style death and divergence tests use these to exercise the
-//! supervisor's crash recovery, poison isolation and `verify`.
+//! supervisor's crash recovery, poison isolation, `verify` and the worker
+//! sandbox.
+
+/// Exit code after a `read` injection the kernel refused (`EACCES`/`EPERM`).
+pub const READ_DENIED: i32 = 91;
+/// Exit code after a `read` injection that succeeded.
+pub const READ_ALLOWED: i32 = 92;
+/// Exit code after a `read` injection that failed otherwise.
+pub const READ_FAILED: i32 = 93;
 
 /// Parsed directives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -17,6 +34,10 @@ pub struct Inject {
     pub crash: Vec<(u64, u64)>,
     /// Agents whose memory is flipped, and when.
     pub flip: Vec<(u64, u64)>,
+    /// Agents whose worker makes a forbidden system call, and when.
+    pub syscall: Vec<(u64, u64)>,
+    /// Agents whose worker tries to read a file outside its sandbox, and when.
+    pub read: Vec<(u64, u64)>,
 }
 
 impl Inject {
@@ -24,7 +45,7 @@ impl Inject {
     pub fn from_env() -> Option<Self> {
         let v = std::env::var("LOCKSTEP_INJECT").ok()?;
         let i = Self::parse(&v);
-        if i.crash.is_empty() && i.flip.is_empty() {
+        if i.crash.is_empty() && i.flip.is_empty() && i.syscall.is_empty() && i.read.is_empty() {
             return None;
         }
         tracing::warn!(directives = %v, "fault injection is enabled");
@@ -47,11 +68,43 @@ impl Inject {
             match kind {
                 "crash" => out.crash.push((a, t)),
                 "flip" => out.flip.push((a, t)),
+                "syscall" => out.syscall.push((a, t)),
+                "read" => out.read.push((a, t)),
                 _ => {}
             }
         }
         out
     }
+}
+
+/// Makes a system call the worker sandbox forbids (`socket(AF_UNIX,
+/// SOCK_STREAM)`); under the sandbox the kernel kills the process with
+/// `SIGSYS` before it returns.  If it returns, the process aborts.
+pub fn forbidden_syscall() -> ! {
+    tracing::error!("injected forbidden system call: socket(2)");
+    // SAFETY: socket(2) takes three integers and touches no memory of ours;
+    // the descriptor it may return is leaked on purpose (we abort next).
+    let fd = unsafe { libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+    tracing::error!(
+        fd,
+        "the forbidden system call returned: no seccomp filter in force"
+    );
+    std::process::abort();
+}
+
+/// Tries to read `LOCKSTEP_INJECT_READ` (default `/etc/hostname`) and exits
+/// with [`READ_DENIED`], [`READ_ALLOWED`] or [`READ_FAILED`].
+pub fn read_outside() -> ! {
+    let path = std::env::var("LOCKSTEP_INJECT_READ").unwrap_or_else(|_| "/etc/hostname".to_owned());
+    let outcome = std::fs::read(&path);
+    let code = match &outcome {
+        Ok(_) => READ_ALLOWED,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => READ_DENIED,
+        Err(_) => READ_FAILED,
+    };
+    let outcome = outcome.map(|b| b.len()).map_err(|e| e.to_string());
+    tracing::error!(%path, ?outcome, code, "injected read outside the sandbox");
+    std::process::exit(code);
 }
 
 #[cfg(test)]
@@ -60,8 +113,10 @@ mod tests {
 
     #[test]
     fn parses_directives() {
-        let i = Inject::parse("crash=5@100, flip=7@3,bogus=1@2,crash=x@1");
+        let i = Inject::parse("crash=5@100, flip=7@3,bogus=1@2,crash=x@1,syscall=0@4,read=2@9");
         assert_eq!(i.crash, vec![(5, 100)]);
         assert_eq!(i.flip, vec![(7, 3)]);
+        assert_eq!(i.syscall, vec![(0, 4)]);
+        assert_eq!(i.read, vec![(2, 9)]);
     }
 }

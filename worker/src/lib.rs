@@ -37,11 +37,14 @@
 //!   per-call fuel, fault classification, capture/restore of its state.
 //! * [`service::Worker`] — the agents of one worker process and the
 //!   execution of the supervisor's per-tick work.
+//! * [`sandbox`] — the worker process's own sandbox (rlimits, Landlock,
+//!   seccomp-bpf), defence in depth behind wasmtime.
 
 pub mod agent;
 pub mod engine;
 pub mod error;
 pub mod host;
 pub mod inject;
+pub mod sandbox;
 pub mod service;
 pub mod snapshot;

@@ -63,7 +63,8 @@ struct Slot {
 #[derive(Debug)]
 pub struct Worker {
     rt: Runtime,
-    _ticker: EpochTicker,
+    /// The epoch thread (`None` until [`Worker::start_epoch_ticker`]).
+    ticker: Option<EpochTicker>,
     cache: ModuleCache,
     modules: BTreeMap<u32, Arc<AgentModule>>,
     /// Sorted by agent id.
@@ -82,13 +83,22 @@ impl Worker {
     /// A worker with default settings (seed 0, 1 s watchdog, no cache) until
     /// [`WorkerCommand::Configure`].
     pub fn new() -> Result<Self, LoadError> {
+        let mut w = Self::without_ticker()?;
+        w.start_epoch_ticker();
+        Ok(w)
+    }
+
+    /// Like [`Worker::new`] but without the epoch thread, so that the
+    /// process stays single-threaded until the sandbox's Landlock layer is
+    /// in force (`lockstep-worker`); the watchdog fires only once
+    /// [`Worker::start_epoch_ticker`] has been called.
+    pub fn without_ticker() -> Result<Self, LoadError> {
         let engine = engine::deterministic_engine()?;
-        let ticker = engine::start_epoch_ticker(&engine);
         let rt = Runtime::new(engine, 0, Duration::from_secs(1))
             .map_err(|e| LoadError::Engine(e.to_string()))?;
         Ok(Self {
             rt,
-            _ticker: ticker,
+            ticker: None,
             cache: ModuleCache::new(None),
             modules: BTreeMap::new(),
             slots: Vec::new(),
@@ -97,6 +107,13 @@ impl Worker {
             tick_wall_ns: 0,
             inject: crate::inject::Inject::from_env(),
         })
+    }
+
+    /// Starts the epoch thread (the watchdog clock) if it is not running.
+    pub fn start_epoch_ticker(&mut self) {
+        if self.ticker.is_none() {
+            self.ticker = Some(engine::start_epoch_ticker(&self.rt.engine));
+        }
     }
 
     /// Ids of the agents hosted, ascending.
@@ -215,7 +232,14 @@ impl Worker {
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
             module: name.to_owned(),
             path: path.to_owned(),
-            reason: e.to_string(),
+            reason: if e.kind() == std::io::ErrorKind::PermissionDenied {
+                format!(
+                    "{e} (the worker sandbox lets workers read only the manifest's \
+                     directory, its modules' directories and `[run] module_dirs`)"
+                )
+            } else {
+                e.to_string()
+            },
         })?;
         let actual = blake3::hash(&bytes).to_hex().to_string();
         if let Some(want) = expected_blake3
@@ -341,6 +365,16 @@ impl Worker {
             if at == tick && self.find(agent).is_ok() {
                 tracing::error!(agent, tick, "injected crash");
                 std::process::abort();
+            }
+        }
+        for (agent, at) in inj.syscall {
+            if at == tick && (agent == 0 || self.find(agent).is_ok()) {
+                crate::inject::forbidden_syscall();
+            }
+        }
+        for (agent, at) in inj.read {
+            if at == tick && (agent == 0 || self.find(agent).is_ok()) {
+                crate::inject::read_outside();
             }
         }
     }
