@@ -38,10 +38,11 @@
 
 use lockstep_supervisor::manifest::Manifest;
 use lockstep_supervisor::runner::{Run, RunConfig, TickTiming};
+use lockstep_supervisor::sim::SimState;
 use lockstep_worker::agent::{Runtime, encode_context};
 use lockstep_worker::engine::{self, AgentModule, ModuleCache};
 use lockstep_worker::host::AgentHost;
-use shm_protocol::worker::AgentLimits;
+use shm_protocol::worker::{AgentLimits, AgentResult, Output};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,9 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use wasmtime::{Store, TypedFunc};
+
+/// Peer results: (variant, N) → (p50, p99) µs.
+type PeerResults = BTreeMap<(String, u64), (f64, f64)>;
 
 /// The minimal agent: the ABI's exports, `agent_step` increments a global.
 const NOOP_WAT: &str = r#"(module
@@ -134,7 +138,13 @@ impl Cfg {
             quick,
             sections: list(
                 "LOCKSTEP_BENCH_ONLY",
-                vec!["run".into(), "inproc".into(), "node".into(), "msg".into()],
+                vec![
+                    "run".into(),
+                    "inproc".into(),
+                    "node".into(),
+                    "msg".into(),
+                    "route".into(),
+                ],
             ),
             sizes: list("LOCKSTEP_BENCH_AGENTS", vec![10, 100, 1_000, 10_000]),
             workers: list("LOCKSTEP_BENCH_WORKERS", vec![1, 2]),
@@ -411,6 +421,58 @@ fn messages(cfg: &Cfg, dir: &Path, n: u64, k: u32, workers: usize) -> MsgRound {
     }
 }
 
+/// One round of section 5: the deterministic state machine alone (no
+/// workers): `begin_tick` (delivery planning) and `finish_tick` (routing,
+/// the tick hash) for `n` agents each sending `k` messages per tick, fed
+/// the results the sender agent produces.  Returns (µs per tick of
+/// begin_tick, µs per tick of finish_tick).
+fn route_only(cfg: &Cfg, dir: &Path, n: u64, k: u32) -> (f64, f64) {
+    let text = format!(
+        "[scheduler]\nmode = \"round-robin\"\nmailbox_capacity = 1024\n\n\
+         [[agents]]\nname = \"a\"\nmodule = \"noop.wat\"\ncount = {n}\nmemory = \"1MiB\"\n"
+    );
+    let manifest = Manifest::parse(&text, "route.toml", dir).expect("manifest");
+    let mut sim = SimState::new(&manifest, 42).expect("state");
+    let (warm, timed) = if cfg.quick { (5, 50) } else { (10, 200) };
+    let mut seq = vec![0u64; n as usize + 1];
+    let (mut plan_t, mut finish_t) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..warm + timed {
+        let t0 = Instant::now();
+        let plan = sim.begin_tick();
+        let t1 = Instant::now();
+        let mut results: Vec<AgentResult> = (1..=n)
+            .map(|id| AgentResult {
+                agent_id: id,
+                fuel: 1000,
+                calls: 1 + k,
+                outputs: (0..u64::from(k))
+                    .map(|j| {
+                        seq[id as usize] += 1;
+                        Output::Send {
+                            to: (id + j) % n + 1,
+                            seq: seq[id as usize],
+                            payload: seq[id as usize].to_le_bytes().to_vec(),
+                        }
+                    })
+                    .collect(),
+                fault: None,
+                wall_ns: 0,
+                logs_suppressed: 0,
+            })
+            .collect();
+        let t2 = Instant::now();
+        let sum = sim.finish_tick_taking(&plan, &[], &mut results, [0; 4], &BTreeMap::new(), 0);
+        let t3 = Instant::now();
+        black_box(sum.hash);
+        drop(black_box(plan));
+        if i >= warm {
+            plan_t += t1 - t0;
+            finish_t += t3 - t2;
+        }
+    }
+    (us(plan_t) / timed as f64, us(finish_t) / timed as f64)
+}
+
 // ---------------------------------------------------- in-process bound ---
 
 type Bare = (Store<AgentHost>, TypedFunc<i32, i32>, i32);
@@ -569,7 +631,7 @@ impl NodePeer {
     }
 
     /// One run of the peer: (variant, N) → (p50, p99) µs.
-    fn run(&self, sizes: &[u64]) -> Result<BTreeMap<(String, u64), (f64, f64)>, String> {
+    fn run(&self, sizes: &[u64]) -> Result<PeerResults, String> {
         let sizes: Vec<String> = sizes.iter().map(u64::to_string).collect();
         let out = Command::new("node")
             .arg("bench.mjs")
@@ -619,7 +681,7 @@ fn fmt_n(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -737,6 +799,19 @@ fn main() {
                 s.push(format!("{key}/plan_us"), r.plan_us);
             }
         }
+        if cfg.on("route") {
+            for &k in &cfg.msgs {
+                let (plan, finish) = route_only(&cfg, &scratch.0, 1_000, k);
+                let msgs = 1_000.0 * f64::from(k);
+                eprintln!(
+                    "  routing only K={k}: begin_tick {plan:.0} µs, finish_tick {finish:.0} µs, {:.2} M msg/s",
+                    msgs / (plan + finish)
+                );
+                s.push(format!("route/{k}/plan"), plan);
+                s.push(format!("route/{k}/finish"), finish);
+                s.push(format!("route/{k}/rate"), msgs / (plan + finish));
+            }
+        }
     }
     loads.push(loadavg());
 
@@ -832,6 +907,27 @@ fn main() {
         println!();
     }
 
+    if cfg.on("route") {
+        println!(
+            "## Routing alone: `SimState` without workers, 1,000 agents (µs per tick; median over rounds (min–max))"
+        );
+        println!();
+        println!(
+            "| msgs/agent/tick | begin_tick (delivery planning) | finish_tick (routing + hash) | M msg/s |"
+        );
+        println!("|---:|---:|---:|---:|");
+        for &k in &cfg.msgs {
+            let key = |f: &str| s.stat(&format!("route/{k}/{f}"));
+            println!(
+                "| {k} | {} | {} | {} |",
+                key("plan").show(0),
+                key("finish").show(0),
+                key("rate").show(2)
+            );
+        }
+        println!();
+    }
+
     // ----------------------------------------------------------- targets ---
     println!("## Targets (medians)");
     println!();
@@ -877,6 +973,15 @@ fn main() {
             let w = s.stat(&format!("msg/{k}/2/wall")).med;
             println!(
                 "* ≥ 5 M msg/s routed, K={k}: {r:.2} M/s of routing time ({w:.2} M/s of wall time) → {}",
+                if r >= 5.0 { "met" } else { "MISSED" }
+            );
+        }
+    }
+    if cfg.on("route") {
+        for &k in &cfg.msgs {
+            let r = s.stat(&format!("route/{k}/rate")).med;
+            println!(
+                "* ≥ 5 M msg/s routed by the state machine alone, K={k}: {r:.2} M/s → {}",
                 if r >= 5.0 { "met" } else { "MISSED" }
             );
         }

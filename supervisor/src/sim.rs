@@ -25,6 +25,8 @@ pub const RUNTIME_SENDER: u64 = u64::MAX;
 pub const RUNTIME_ISSUER: u64 = 0xFFFF_FFFF;
 /// Largest agent id (ids must fit in 32 bits for task ids).
 pub const MAX_AGENT_ID: u64 = 0xFFFF_FFFE;
+/// The tick hash is fed in pieces of about this many bytes.
+const HASH_PIECE: usize = 64 << 10;
 
 /// Message kinds (docs/abi.md).
 pub mod kind {
@@ -238,6 +240,14 @@ pub enum Input {
         /// A version the manifest declares for it.
         version: String,
     },
+    /// Make an agent a member of a channel (the orchestrator's
+    /// `joinChannel`); effective for messages sent from this tick on.
+    JoinChannel {
+        /// Agent name or `#id`.
+        agent: String,
+        /// Channel.
+        channel: String,
+    },
     /// Hot-swap an agent to another module.  The runner resolves the module
     /// (hash, ABI version, state layout) before journaling, so that replays
     /// decide compatibility exactly as the original run did.
@@ -285,6 +295,10 @@ pub struct TickPlan {
     pub stops: Vec<u64>,
     /// Agents to move to another module.
     pub upgrades: Vec<UpgradeOrder>,
+    /// Live agents once the spawns and restarts are applied (counted by
+    /// [`SimState::begin_tick`] during the scan it makes anyway, so that
+    /// [`SimState::finish_tick`] need not scan every agent again).
+    live: u64,
 }
 
 /// An inference request collected at a barrier.
@@ -367,6 +381,9 @@ pub struct TickSummary {
     pub faults: u64,
     /// Events to journal.
     pub events: Vec<Event>,
+    /// Live agents at the end of the tick.
+    #[serde(default)]
+    pub live: u64,
 }
 
 /// The supervisor's deterministic state.
@@ -426,6 +443,22 @@ pub struct SimState {
     pub model_versions: BTreeMap<String, String>,
     /// Model id → every version the manifest declares.
     pub model_catalog: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Messages routed at a tick barrier, in canonical order, not yet in the
+/// mailboxes (see [`SimState::deliver`]).
+#[derive(Debug, Default)]
+struct Outbox {
+    msgs: Vec<Option<WireMessage>>,
+    /// (recipient, index into `msgs`).
+    keys: Vec<(u64, u32)>,
+}
+
+impl Outbox {
+    fn push(&mut self, to: u64, msg: WireMessage) {
+        self.keys.push((to, self.msgs.len() as u32));
+        self.msgs.push(Some(msg));
+    }
 }
 
 fn notice(seq: u64, tick: u64, text: String) -> WireMessage {
@@ -675,6 +708,47 @@ impl SimState {
         self.counters.messages += 1;
     }
 
+    /// Puts the messages of `out` into the mailboxes: exactly what
+    /// [`SimState::push_message`] on each message in `out`'s order does, as
+    /// long as no agent's status changes meanwhile, with one look-up per
+    /// recipient instead of two per message.
+    fn deliver(&mut self, mut out: Outbox, drops: &mut u64) {
+        // (recipient, position) keys are unique: an unstable sort keeps
+        // every recipient's messages in their original order.
+        out.keys.sort_unstable();
+        let cap = self.mailbox_capacity as usize;
+        for group in out.keys.chunk_by(|a, b| a.0 == b.0) {
+            let to = group[0].0;
+            let live = matches!(
+                self.agents.get(&to).map(|a| &a.status),
+                Some(AgentStatus::Live | AgentStatus::Pending)
+            );
+            if !live {
+                self.counters.undeliverable += group.len() as u64;
+                continue;
+            }
+            let mb = self.mailboxes.entry(to).or_default();
+            mb.reserve(group.len().min(cap.saturating_sub(mb.len())));
+            for &(_, i) in group {
+                let Some(msg) = out.msgs[i as usize].take() else {
+                    continue;
+                };
+                if mb.len() >= cap {
+                    *drops += 1;
+                    self.counters.dropped += 1;
+                    match self.overflow {
+                        Overflow::DropOldest => {
+                            mb.pop_front();
+                        }
+                        Overflow::DropNewest => continue,
+                    }
+                }
+                mb.push_back(msg);
+                self.counters.messages += 1;
+            }
+        }
+    }
+
     /// Applies external inputs for the coming tick (`self.tick + 1`), in
     /// order; their effects are visible to that tick's plan.
     pub fn apply_inputs(&mut self, inputs: &[Input]) -> Vec<InputOutcome> {
@@ -818,6 +892,16 @@ impl SimState {
                 }
                 self.pending_stops.insert(id);
                 InputOutcome::Applied(format!("stopping agent {id}"))
+            }
+            Input::JoinChannel { agent, channel } => {
+                let Some(id) = self.resolve(agent) else {
+                    return InputOutcome::Refused(format!("no agent `{agent}`"));
+                };
+                if channel.is_empty() || channel.len() > 256 {
+                    return InputOutcome::Refused("channel names are 1 to 256 bytes".into());
+                }
+                self.channels.entry(channel.clone()).or_default().insert(id);
+                InputOutcome::Applied(format!("agent {id} joined `{channel}`"))
             }
             Input::Upgrade {
                 agent,
@@ -971,7 +1055,7 @@ impl SimState {
                 });
             }
         }
-        // Restarts due this tick.
+        // Restarts due this tick (and the live agents, in the same scan).
         for (id, a) in &mut self.agents {
             if let AgentStatus::Faulted {
                 restart_at: Some(at),
@@ -983,6 +1067,7 @@ impl SimState {
                 a.restarts.push_back(tick);
                 plan.restarts.push(*id);
             }
+            plan.live += u64::from(matches!(a.status, AgentStatus::Live));
         }
         self.counters.restarts += plan.restarts.len() as u64;
         // Deliveries: everything queued, to agents that are live.
@@ -1128,6 +1213,18 @@ impl SimState {
         }
     }
 
+    /// How many of `ids` are live.
+    fn count_live(&self, ids: &BTreeSet<u64>) -> u64 {
+        ids.iter()
+            .filter(|id| {
+                matches!(
+                    self.agents.get(id).map(|a| &a.status),
+                    Some(AgentStatus::Live)
+                )
+            })
+            .count() as u64
+    }
+
     /// Ids of live agents (those a `step_all` steps).
     pub fn live_agents(&self) -> impl Iterator<Item = u64> + '_ {
         self.agents
@@ -1148,12 +1245,58 @@ impl SimState {
         tenant_fuel: &BTreeMap<u32, u64>,
         calls: u64,
     ) -> TickSummary {
+        let mut results = results.to_vec();
+        self.finish_tick_taking(plan, inputs, &mut results, digest, tenant_fuel, calls)
+    }
+
+    /// [`SimState::finish_tick`] without copying message payloads: the
+    /// payloads of direct messages are moved out of `results` into the
+    /// mailboxes (every other field of `results` is left as it was).
+    pub fn finish_tick_taking(
+        &mut self,
+        plan: &TickPlan,
+        inputs: &[Input],
+        results: &mut [AgentResult],
+        digest: [u64; 4],
+        tenant_fuel: &BTreeMap<u32, u64>,
+        calls: u64,
+    ) -> TickSummary {
         let tick = plan.tick;
         let mut sum = TickSummary {
             tick,
             calls,
             ..TickSummary::default()
         };
+        // The tick hash chains the previous hash with everything that
+        // determined this tick's state transition.  The inputs, the digest
+        // and the results are hashed first (routing moves payloads out of
+        // `results`), in bounded pieces: the same bytes as one buffer.
+        let mut h = blake3::Hasher::new();
+        h.update(b"lockstep-tick-v1");
+        h.update(&self.hash);
+        h.update(&tick.to_le_bytes());
+        let mut buf = Vec::with_capacity(HASH_PIECE + 4096);
+        let _ = shm_protocol::codec::encode_into(&inputs, &mut buf);
+        for d in digest {
+            buf.extend_from_slice(&d.to_le_bytes());
+        }
+        for r in results.iter() {
+            let _ = shm_protocol::codec::encode_into(
+                &(
+                    r.agent_id,
+                    r.fuel,
+                    r.calls,
+                    &r.outputs,
+                    &r.fault,
+                    r.logs_suppressed,
+                ),
+                &mut buf,
+            );
+            if buf.len() >= HASH_PIECE {
+                h.update(&buf);
+                buf.clear();
+            }
+        }
         let mut drops = 0u64;
         let messages_before = self.counters.messages;
         // Faults first: an agent that faulted this tick receives nothing more.
@@ -1162,7 +1305,12 @@ impl SimState {
             .filter(|r| r.fault.is_some())
             .map(|r| r.agent_id)
             .collect();
-        for r in results {
+        // Only faults and stops change whether an agent is live from here
+        // on: the live agents at the end are the plan's count corrected by
+        // those agents (no scan of every agent).
+        let touched: BTreeSet<u64> = faulted.iter().chain(&plan.stops).copied().collect();
+        let live_before = self.count_live(&touched);
+        for r in results.iter() {
             if let Some(f) = &r.fault {
                 sum.faults += 1;
                 self.counters.faults += 1;
@@ -1182,12 +1330,16 @@ impl SimState {
             }
         }
         // Route outputs in canonical order: by agent id, then output order.
+        // No agent's status changes while routing, so the messages are
+        // collected and then put into the mailboxes recipient by recipient
+        // (each recipient's in that same order).
+        let mut outbox = Outbox::default();
         let mut membership: Vec<(u64, Output)> = Vec::new();
         let mut infer_count: BTreeMap<u32, u64> = BTreeMap::new();
-        for r in results {
+        for r in results.iter_mut() {
             let from = r.agent_id;
             let tenant = self.agents.get(&from).map_or(0, |a| a.tenant);
-            for o in &r.outputs {
+            for o in &mut r.outputs {
                 match o {
                     Output::Send { to, seq, payload } => {
                         let msg = WireMessage {
@@ -1196,9 +1348,9 @@ impl SimState {
                             sent_tick: tick,
                             seq: *seq,
                             topic: String::new(),
-                            payload: payload.clone(),
+                            payload: std::mem::take(payload),
                         };
-                        self.push_message(*to, msg, &mut drops);
+                        outbox.push(*to, msg);
                     }
                     Output::Publish {
                         topic,
@@ -1219,7 +1371,7 @@ impl SimState {
                                 topic: topic.clone(),
                                 payload: payload.clone(),
                             };
-                            self.push_message(s, msg, &mut drops);
+                            outbox.push(s, msg);
                         }
                     }
                     Output::ChannelSend {
@@ -1241,7 +1393,7 @@ impl SimState {
                                 topic: channel.clone(),
                                 payload: payload.clone(),
                             };
-                            self.push_message(m, msg, &mut drops);
+                            outbox.push(m, msg);
                         }
                     }
                     Output::Subscribe(_)
@@ -1279,7 +1431,7 @@ impl SimState {
                                 tick,
                                 format!("task {task_id:#x} refused: {reason}"),
                             );
-                            self.push_message(from, n, &mut drops);
+                            outbox.push(from, n);
                             sum.events.push(Event::TaskRefused {
                                 agent: from,
                                 task: *task_id,
@@ -1306,7 +1458,7 @@ impl SimState {
                                 topic: model.clone(),
                                 payload: b"inference quota exceeded".to_vec(),
                             };
-                            self.push_message(from, msg, &mut drops);
+                            outbox.push(from, msg);
                             sum.events.push(Event::InferRefused {
                                 agent: from,
                                 request: *request_id,
@@ -1326,6 +1478,7 @@ impl SimState {
                 }
             }
         }
+        self.deliver(outbox, &mut drops);
         // Task completion (dependents become ready from the next tick on).
         for (task_id, ok) in ran_tasks {
             if self.tasks.open.remove(&task_id).is_some() {
@@ -1401,42 +1554,16 @@ impl SimState {
                 u.fuel_debt = u.fuel_debt.saturating_sub(q);
             }
         }
-        let steps = plan.steps.len() as u64
-            + if plan.step_all {
-                self.live_agents().count() as u64
-            } else {
-                0
-            };
+        let live = (plan.live + self.count_live(&touched)).saturating_sub(live_before);
+        debug_assert_eq!(live, self.live_agents().count() as u64, "live agents");
+        let steps = plan.steps.len() as u64 + if plan.step_all { live } else { 0 };
         sum.steps = steps;
+        sum.live = live;
         sum.messages = self.counters.messages - messages_before;
         sum.dropped = drops;
         self.counters.steps += steps;
         self.counters.calls += calls;
         self.counters.fuel += sum.fuel;
-        // The tick hash chains the previous hash with everything that
-        // determined this tick's state transition.
-        let mut h = blake3::Hasher::new();
-        h.update(b"lockstep-tick-v1");
-        h.update(&self.hash);
-        h.update(&tick.to_le_bytes());
-        let mut buf = Vec::new();
-        let _ = shm_protocol::codec::encode_into(&inputs, &mut buf);
-        for d in digest {
-            buf.extend_from_slice(&d.to_le_bytes());
-        }
-        for r in results {
-            let _ = shm_protocol::codec::encode_into(
-                &(
-                    r.agent_id,
-                    r.fuel,
-                    r.calls,
-                    &r.outputs,
-                    &r.fault,
-                    r.logs_suppressed,
-                ),
-                &mut buf,
-            );
-        }
         let _ = shm_protocol::codec::encode_into(
             &(&sum.events, steps, sum.messages, drops, calls),
             &mut buf,

@@ -357,3 +357,61 @@ fn hot_swap_upgrade() {
         );
     }
 }
+
+/// Ctrl-C (SIGINT) stops the run at a tick boundary and leaves a consistent
+/// run directory: ended journal, final checkpoint, `verify` says identical.
+#[test]
+fn sigint_stops_at_a_tick_boundary() {
+    let _w = Watchdog::new("sigint", Duration::from_secs(600));
+    let tmp = TempDir::new("sigint");
+    let manifest = society(tmp.path(), 2, 40);
+    let dir = tmp.path().join("run");
+    let mut sup = ChildGuard::new(
+        Command::new(bin("lockstep"))
+            .args([
+                "run",
+                manifest.to_str().unwrap(),
+                "--forever",
+                "--no-metrics",
+                "--run-dir",
+            ])
+            .arg(&dir)
+            .env("LOCKSTEP_WORKER_BIN", bin("lockstep-worker"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while tick_hashes_or_empty(&dir).len() < 50 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "run did not start");
+        if let Ok(Some(status)) = sup.child().try_wait() {
+            panic!("the run ended early: {status:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = sup.child().wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let rec = replay::Recorded::open(&dir).unwrap();
+    assert!(rec.ended, "journal not ended");
+    assert!(
+        rec.checkpoints.contains_key(&rec.last_tick),
+        "no final checkpoint"
+    );
+    match replay::verify(&dir, None).unwrap() {
+        replay::Verdict::Identical { ticks, .. } => assert_eq!(ticks, rec.last_tick),
+        replay::Verdict::Diverged(d) => panic!("{d}"),
+    }
+}
+
+fn tick_hashes_or_empty(dir: &Path) -> Vec<(u64, [u8; 32])> {
+    if dir.join("journal.lsj").exists() {
+        tick_hashes(dir)
+    } else {
+        Vec::new()
+    }
+}
