@@ -34,6 +34,7 @@ use shm_protocol::segment::SegmentConfig;
 use shm_protocol::worker::{
     AgentLimits, SpawnOrder, TickDone, TickWork, WorkerCommand, WorkerReply,
 };
+use std::ffi::OsString;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,6 +101,9 @@ struct Cfg {
     /// (`LOCKSTEP_BENCH_POLICY=runner|adaptive|spin`; default `runner`, the
     /// policy of `supervisor/src/runner.rs`).
     policy: (String, WaitPolicy),
+    /// Extra arguments of the worker processes (sandbox directories, when
+    /// the worker has a sandbox).
+    worker_args: Vec<OsString>,
     /// Populations of section 1 (`LOCKSTEP_BENCH_AGENTS=1000,10000`).
     populations: Vec<usize>,
     /// Paths of section 1 to run (`LOCKSTEP_BENCH_PATHS=direct,tick,ring`).
@@ -134,6 +138,7 @@ impl Cfg {
                     },
                 ),
             },
+            worker_args: Vec::new(),
             populations: std::env::var("LOCKSTEP_BENCH_AGENTS")
                 .ok()
                 .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
@@ -271,6 +276,36 @@ fn vm_status(pid: u32) -> VmStatus {
         }
     }
     v
+}
+
+/// Copies `src` into a fresh private anonymous mapping (the machine's
+/// first-touch rate: page faults plus zeroing, the floor under any restore
+/// into new memory); returns the time of the copy alone.
+fn first_touch_copy(src: &[u8]) -> Duration {
+    let n = src.len();
+    // SAFETY: a new private anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            n,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED, "mmap failed");
+    // SAFETY: `p` is a fresh writable mapping of `n` bytes that nothing else
+    // references; it is unmapped only below, after the slice's last use.
+    let dst = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), n) };
+    let t0 = Instant::now();
+    dst.copy_from_slice(src);
+    let d = t0.elapsed();
+    black_box(&dst[n / 2]);
+    // SAFETY: unmaps exactly the mapping created above; `dst` is not used
+    // after this point.
+    unsafe { libc::munmap(p, n) };
+    d
 }
 
 /// Resident bytes of `data` (mincore over its pages).
@@ -457,17 +492,46 @@ impl Direct {
 
 // ----------------------------------------------------------------- ring ---
 
+/// A worker with a process sandbox (`--allow-read`/`--allow-write`) may read
+/// only the directories it is given: the bench's temporary directory (the
+/// WAT module), the agents directory, and the module cache (read-write).
+/// Workers without one get no extra arguments.
+fn sandbox_args(tmp: &Path, cache: &Path) -> Vec<OsString> {
+    let help = std::process::Command::new(WORKER_BIN)
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !help.contains("--allow-read") {
+        return Vec::new();
+    }
+    let mut args: Vec<OsString> = Vec::new();
+    for dir in [tmp.to_path_buf(), agents_dir()] {
+        args.push("--allow-read".into());
+        args.push(dir.into());
+    }
+    args.push("--allow-write".into());
+    args.push(cache.into());
+    args
+}
+
 struct RingWorker {
     child: Child,
 }
 
 impl RingWorker {
-    fn spawn(reaper: &Reaper, name: &str, program: &Path, policy: WaitPolicy) -> Self {
+    fn spawn(
+        reaper: &Reaper,
+        name: &str,
+        program: &Path,
+        policy: WaitPolicy,
+        args: &[OsString],
+    ) -> Self {
         let spec = ChildSpec {
             role: Role::Worker,
             name: name.to_owned(),
             program: program.to_path_buf(),
-            args: Vec::new(),
+            args: args.to_vec(),
             rings: SegmentConfig {
                 to_attacher: WORKER_RING,
                 to_creator: WORKER_RING,
@@ -594,6 +658,7 @@ fn section1(cfg: &Cfg, mods: &[ModuleSrc], cache: &Path, reaper: &Reaper) -> Vec
                     &format!("bench-{n}"),
                     Path::new(WORKER_BIN),
                     cfg.policy.1,
+                    &cfg.worker_args,
                 );
                 ring.setup(cache, m);
                 let t0 = Instant::now();
@@ -861,10 +926,13 @@ fn section2(cfg: &Cfg, mods: &[ModuleSrc], cache: &Path) -> Vec<MemRow> {
 struct CapRow {
     mib: usize,
     capture: Stat,
+    capture_reuse: Stat,
     restore: Stat,
     /// The instantiation part of a restore, µs.
     inst_us: Stat,
     hash: Stat,
+    /// Copy into fresh anonymous memory (reference).
+    first_touch: Stat,
 }
 
 fn section3(cfg: &Cfg) -> Vec<CapRow> {
@@ -890,42 +958,61 @@ fn section3(cfg: &Cfg) -> Vec<CapRow> {
         let mut agent = Agent::instantiate(&rt, module.clone(), 1, limits()).expect("instantiate");
         assert!(agent.init(0).fault.is_none());
         let want = agent.state_hash();
-        let (mut vc, mut vr, mut vh, mut vi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut vc, mut vw, mut vr, mut vh, mut vi, mut vf) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         let gbps = |d: Duration| (bytes * iters) as f64 / d.as_secs_f64() / 1e9;
         for _ in 0..cfg.runs {
+            // Captures into fresh buffers (kept, freed after the timing).
+            let t0 = Instant::now();
+            let states: Vec<_> = (0..iters).map(|_| agent.capture()).collect();
+            vc.push(gbps(t0.elapsed()));
+            drop(states);
+            // Captures whose buffer is freed (and reused by the allocator).
             let t0 = Instant::now();
             let mut state = None;
             for _ in 0..iters {
                 state = Some(black_box(agent.capture()));
             }
-            vc.push(gbps(t0.elapsed()));
+            vw.push(gbps(t0.elapsed()));
             let state = state.expect("captured");
             assert_eq!(state.memory.len(), bytes);
+            // Restores into fresh agents (kept, dropped after the timing).
             let t0 = Instant::now();
-            for _ in 0..iters {
-                agent = Agent::restore(&rt, module.clone(), 1, limits(), &state).expect("restore");
-            }
+            let restored: Vec<Agent> = (0..iters)
+                .map(|_| Agent::restore(&rt, module.clone(), 1, limits(), &state).expect("restore"))
+                .collect();
             vr.push(gbps(t0.elapsed()));
+            for mut r in restored {
+                assert_eq!(r.state_hash(), want, "restore changed the state");
+            }
             let t0 = Instant::now();
             for _ in 0..iters {
                 black_box(agent.state_hash());
             }
             vh.push(gbps(t0.elapsed()));
-            assert_eq!(agent.state_hash(), want, "restore changed the state");
             let t0 = Instant::now();
-            for _ in 0..iters {
-                black_box(
-                    Agent::instantiate(&rt, module.clone(), 2, limits()).expect("instantiate"),
-                );
-            }
+            let fresh: Vec<Agent> = (0..iters)
+                .map(|_| Agent::instantiate(&rt, module.clone(), 2, limits()).expect("instantiate"))
+                .collect();
             vi.push(t0.elapsed().as_secs_f64() * 1e6 / iters as f64);
+            drop(fresh);
+            let d: Duration = (0..iters).map(|_| first_touch_copy(&state.memory)).sum();
+            vf.push(gbps(d));
         }
         let row = CapRow {
             mib: bytes >> 20,
             capture: Stat::of(&vc),
+            capture_reuse: Stat::of(&vw),
             restore: Stat::of(&vr),
             inst_us: Stat::of(&vi),
             hash: Stat::of(&vh),
+            first_touch: Stat::of(&vf),
         };
         eprintln!(
             "  [3] {:>2} MiB: capture {} GB/s, restore {} GB/s",
@@ -983,7 +1070,8 @@ fn section4(
     let mut rows = Vec::new();
     for m in mods {
         let n = cfg.big;
-        let mut ring = RingWorker::spawn(reaper, "bench-as", &wrapper, cfg.policy.1);
+        let mut ring =
+            RingWorker::spawn(reaper, "bench-as", &wrapper, cfg.policy.1, &cfg.worker_args);
         let pid = ring.pid();
         let limit = std::fs::read_to_string(format!("/proc/{pid}/limits"))
             .unwrap_or_default()
@@ -1037,12 +1125,13 @@ fn main() {
         probe(&module);
         return;
     }
-    let cfg = Cfg::from_env();
+    let mut cfg = Cfg::from_env();
     let started = Instant::now();
     let tmp = std::env::temp_dir().join(format!("lockstep-wbench-{}", std::process::id()));
     let cache = tmp.join("cache");
     std::fs::create_dir_all(&cache).expect("tmp dir");
     let mods = modules(&tmp);
+    cfg.worker_args = sandbox_args(&tmp, &cache);
     // Precompile every module into the cache ("precompiled/cached module").
     {
         let w = Worker::new().expect("worker");
@@ -1061,6 +1150,20 @@ fn main() {
         cfg.steps,
         cfg.big,
         cfg.policy.0
+    );
+    println!(
+        "worker processes: {}",
+        if cfg.worker_args.is_empty() {
+            "no process sandbox (the binary has none)".to_owned()
+        } else {
+            format!(
+                "sandboxed, extra arguments {:?}",
+                cfg.worker_args
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            )
+        }
     );
 
     let on = |s: usize| cfg.sections.contains(&s);
@@ -1153,17 +1256,19 @@ fn main() {
         println!("## 3. Capture / restore throughput (GB/s of linear memory, in process)");
         println!();
         println!(
-            "| memory | Agent::capture | Agent::restore (instantiate + copy + globals) | of which instantiate (µs) | Agent::state_hash (in place, chunked BLAKE3) |"
+            "| memory | Agent::capture, fresh buffers | Agent::capture, buffer freed and reused | Agent::restore into a fresh agent (instantiate + copy + globals) | of which instantiate (µs) | Agent::state_hash (in place, chunked BLAKE3) | reference: memcpy into fresh anonymous memory |"
         );
-        println!("|--:|--:|--:|--:|--:|");
+        println!("|--:|--:|--:|--:|--:|--:|--:|");
         for r in &s3 {
             println!(
-                "| {} MiB | {} | {} | {} | {} |",
+                "| {} MiB | {} | {} | {} | {} | {} | {} |",
                 r.mib,
                 r.capture.show(2),
+                r.capture_reuse.show(2),
                 r.restore.show(2),
                 r.inst_us.show(1),
-                r.hash.show(2)
+                r.hash.show(2),
+                r.first_touch.show(2)
             );
         }
     }

@@ -417,33 +417,43 @@ impl Agent {
         let old = self.capture();
         let limits = self.store.data().limits;
         let mut new = Self::instantiate(rt, module, self.id(), limits)?;
-        let current = new.memory.data_size(&new.store);
-        if old.memory.len() > current {
-            new.memory
-                .grow(&mut new.store, ((old.memory.len() - current) / PAGE) as u64)
-                .map_err(|e| Fault::Instantiate(format!("growing memory for the upgrade: {e}")))?;
-        }
-        new.memory.data_mut(&mut new.store)[..old.memory.len()].copy_from_slice(&old.memory);
-        if same_globals {
-            for (g, v) in new.globals.iter().zip(&old.globals) {
-                let val = match *v {
-                    GlobalValue::I32(x) => Val::I32(x),
-                    GlobalValue::I64(x) => Val::I64(x),
-                    GlobalValue::F32(x) => Val::F32(x),
-                    GlobalValue::F64(x) => Val::F64(x),
-                    GlobalValue::V128(x) => Val::V128(x.into()),
-                };
-                g.set(&mut new.store, val)
-                    .map_err(|e| Fault::Instantiate(format!("carrying a global: {e}")))?;
-            }
-        }
-        new.store.data_mut().counters = old.host;
-        new.first_step = false;
+        let globals = same_globals.then_some(&old.globals[..]);
+        new.load_image(&old.memory, globals, old.host)?;
         let migrated = new.migrate(tick, old_abi as i32);
-        if migrated.as_ref().is_some_and(|o| o.fault.is_none()) || migrated.is_none() {
-            new.store.data_mut().counters.live = old.host.live;
-        }
         Ok((new, migrated))
+    }
+
+    /// Overwrites this (fresh, between calls) instance with a memory image
+    /// (grown to its size; the image may be shorter than a larger initial
+    /// memory), the given mutable global values (or keeps the module's own)
+    /// and host counters.
+    fn load_image(
+        &mut self,
+        memory: &[u8],
+        globals: Option<&[GlobalValue]>,
+        counters: HostCounters,
+    ) -> Result<(), Fault> {
+        let current = self.memory.data_size(&self.store);
+        if memory.len() > current {
+            self.memory
+                .grow(&mut self.store, ((memory.len() - current) / PAGE) as u64)
+                .map_err(|e| Fault::Instantiate(format!("growing memory: {e}")))?;
+        }
+        self.memory.data_mut(&mut self.store)[..memory.len()].copy_from_slice(memory);
+        for (g, v) in self.globals.iter().zip(globals.unwrap_or(&[])) {
+            let val = match *v {
+                GlobalValue::I32(x) => Val::I32(x),
+                GlobalValue::I64(x) => Val::I64(x),
+                GlobalValue::F32(x) => Val::F32(x),
+                GlobalValue::F64(x) => Val::F64(x),
+                GlobalValue::V128(x) => Val::V128(x.into()),
+            };
+            g.set(&mut self.store, val)
+                .map_err(|e| Fault::Instantiate(format!("setting a global: {e}")))?;
+        }
+        self.store.data_mut().counters = counters;
+        self.first_step = false;
+        Ok(())
     }
 
     /// Flips one byte of linear memory (test-only fault injection).
@@ -525,29 +535,7 @@ impl Agent {
                 "captured memory ({len} bytes) is smaller than the module's initial memory ({current})"
             )));
         }
-        if len > current {
-            agent
-                .memory
-                .grow(&mut agent.store, ((len - current) / PAGE) as u64)
-                .map_err(|e| Fault::Instantiate(format!("growing memory: {e}")))?;
-        }
-        agent
-            .memory
-            .data_mut(&mut agent.store)
-            .copy_from_slice(&state.memory);
-        for (g, v) in agent.globals.iter().zip(&state.globals) {
-            let val = match *v {
-                GlobalValue::I32(x) => Val::I32(x),
-                GlobalValue::I64(x) => Val::I64(x),
-                GlobalValue::F32(x) => Val::F32(x),
-                GlobalValue::F64(x) => Val::F64(x),
-                GlobalValue::V128(x) => Val::V128(x.into()),
-            };
-            g.set(&mut agent.store, val)
-                .map_err(|e| Fault::Instantiate(format!("restoring a global: {e}")))?;
-        }
-        agent.store.data_mut().counters = state.host;
-        agent.first_step = false;
+        agent.load_image(&state.memory, Some(&state.globals), state.host)?;
         Ok(agent)
     }
 }
