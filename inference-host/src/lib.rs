@@ -47,6 +47,8 @@
 //! once), so a file swapped after the check cannot be loaded by mistake; the
 //! price is that models with external-data files are not supported.
 
+pub mod magika;
+
 use ort::environment::Environment;
 use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};

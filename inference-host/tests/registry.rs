@@ -425,47 +425,6 @@ fn library_lookup() {
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
-/// Magika's feature vector (beginning and end of the content, whitespace
-/// stripped, padded with token 256), as its Python package computes it for
-/// content shorter than one block.
-fn magika_features(content: &[u8]) -> Vec<i32> {
-    const SIZE: usize = 1024;
-    let trim = |b: &u8| b.is_ascii_whitespace();
-    let start = content
-        .iter()
-        .position(|b| !trim(b))
-        .unwrap_or(content.len());
-    let end = content
-        .iter()
-        .rposition(|b| !trim(b))
-        .map_or(start, |i| i + 1);
-    let beg: Vec<i32> = content[start..]
-        .iter()
-        .take(SIZE)
-        .map(|&b| i32::from(b))
-        .collect();
-    let tail = &content[..end];
-    let last: Vec<i32> = tail[tail.len().saturating_sub(SIZE)..]
-        .iter()
-        .map(|&b| i32::from(b))
-        .collect();
-    let mut f = beg.clone();
-    f.resize(SIZE, 256);
-    f.extend(std::iter::repeat_n(256, SIZE - last.len()));
-    f.extend(last);
-    f
-}
-
-fn magika_labels() -> Vec<String> {
-    let text = std::fs::read_to_string(model("magika.config.json")).unwrap();
-    let start = text.find("\"target_labels_space\":[").unwrap() + 23;
-    let end = start + text[start..].find(']').unwrap();
-    text[start..end]
-        .split(',')
-        .map(|s| s.trim_matches('"').to_owned())
-        .collect()
-}
-
 /// A real model (Magika's file-type classifier from PyPI, i32 input, Conv
 /// layers): loads, classifies, and batches reproducibly.
 #[test]
@@ -479,7 +438,10 @@ fn real_model_magika() {
     assert_eq!(m.inputs()[0].shape, [None, Some(2048)]);
     assert_eq!(m.outputs()[0].shape, [None, Some(214)]);
     assert!(m.batchable());
-    let labels = magika_labels();
+    let labels = lockstep_inference_host::magika::labels(
+        &std::fs::read_to_string(model("magika.config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(labels.len(), 214);
     let samples: Vec<(&str, Vec<u8>)> = vec![
         ("rust", include_bytes!("registry.rs").to_vec()),
@@ -495,7 +457,10 @@ fn real_model_magika() {
     ];
     let tensors: Vec<Tensor> = samples
         .iter()
-        .map(|(_, c)| Tensor::from_slice(vec![1, 2048], &magika_features(c)).unwrap())
+        .map(|(_, c)| {
+            Tensor::from_slice(vec![1, 2048], &lockstep_inference_host::magika::features(c))
+                .unwrap()
+        })
         .collect();
     let singles: Vec<Tensor> = tensors
         .iter()

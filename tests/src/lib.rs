@@ -304,3 +304,38 @@ mod runs {
     }
 }
 pub use runs::{agent, config, root, run_to, society};
+
+/// The in-process reference for the inference tests: this process's single
+/// ONNX Runtime environment (ORT allows one per process, ever) and a CPU
+/// [`ModelRegistry`](lockstep_inference_host::ModelRegistry) with the host's
+/// deterministic options, in which `models` — `(id, version, path)` — are
+/// loaded (hash-checked) on first use.  Every caller in one test binary must
+/// pass the same models.
+pub fn reference_registry(
+    models: &[(&str, &str, PathBuf)],
+) -> std::sync::MutexGuard<'static, lockstep_inference_host::ModelRegistry> {
+    use lockstep_inference_host::{DevicePref, HostOptions, ModelRegistry, init_runtime};
+    use std::sync::{Mutex, OnceLock};
+    static REG: OnceLock<Mutex<ModelRegistry>> = OnceLock::new();
+    let reg = REG.get_or_init(|| {
+        let lib = lockstep_inference_host::locate_ort_library(None).unwrap_or_else(|e| {
+            panic!("{e}\nrun scripts/fetch-onnxruntime.sh (or set ORT_DYLIB_PATH)")
+        });
+        let env = init_runtime(&lib).unwrap();
+        let mut reg = ModelRegistry::new(
+            &env,
+            HostOptions {
+                device: DevicePref::Cpu,
+                intra_threads: 1,
+            },
+        );
+        for (id, version, p) in models {
+            let hex = blake3::hash(&std::fs::read(p).unwrap())
+                .to_hex()
+                .to_string();
+            reg.load_model(id, version, p, &hex).unwrap();
+        }
+        Mutex::new(reg)
+    });
+    reg.lock().unwrap_or_else(|p| p.into_inner())
+}

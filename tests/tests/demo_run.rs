@@ -4,7 +4,7 @@
 //! * `classifier` agents build Magika's byte features for their embedded
 //!   snippets (`agents/examples/classifier/corpus/`) and ask `magika`; every
 //!   answer in the journal is the in-process result of this file's
-//!   [`magika_features`] (the inference host's test function) for the
+//!   `lockstep_inference_host::magika::features` for the
 //!   expected snippet — so the agent's feature extraction is byte-identical —
 //!   and classifies its snippet as expected;
 //! * the run has no fault, and two runs (2 and 1 workers) give identical
@@ -15,7 +15,7 @@
 //! `scripts/build-agents.sh` (scripts/test.sh runs them); a missing model or
 //! agent is a failure, not a skip.
 
-use lockstep_inference_host::{DevicePref, HostOptions, ModelRegistry, init_runtime};
+use lockstep_inference_host::ModelRegistry;
 use lockstep_supervisor::journal::{Entry, read_journal};
 use lockstep_supervisor::manifest::Manifest;
 use lockstep_supervisor::runner::Run;
@@ -24,7 +24,7 @@ use lockstep_tests::{TempDir, Watchdog, root};
 use shm_protocol::inference::Tensor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 /// Ticks run (the manifest's 2000 would be slow in a debug build).
@@ -101,50 +101,6 @@ fn corpus() -> Vec<(String, String, Vec<u8>)> {
         .collect()
 }
 
-/// Magika's input row: the inference host's test function
-/// (`inference-host/tests/registry.rs`), copied, not shared with the agent.
-fn magika_features(content: &[u8]) -> Vec<i32> {
-    const SIZE: usize = 1024;
-    let trim = |b: &u8| b.is_ascii_whitespace();
-    let start = content
-        .iter()
-        .position(|b| !trim(b))
-        .unwrap_or(content.len());
-    let end = content
-        .iter()
-        .rposition(|b| !trim(b))
-        .map_or(start, |i| i + 1);
-    let beg: Vec<i32> = content[start..]
-        .iter()
-        .take(SIZE)
-        .map(|&b| i32::from(b))
-        .collect();
-    let tail = &content[..end];
-    let last: Vec<i32> = tail[tail.len().saturating_sub(SIZE)..]
-        .iter()
-        .map(|&b| i32::from(b))
-        .collect();
-    let mut f = beg.clone();
-    f.resize(SIZE, 256);
-    f.extend(std::iter::repeat_n(256, SIZE - last.len()));
-    f.extend(last);
-    f
-}
-
-fn magika_labels() -> Vec<String> {
-    let p = need(
-        root().join(".deps/models/magika.config.json"),
-        "scripts/gen-models.sh",
-    );
-    let text = std::fs::read_to_string(p).unwrap();
-    let start = text.find("\"target_labels_space\":[").unwrap() + 23;
-    let end = start + text[start..].find(']').unwrap();
-    text[start..end]
-        .split(',')
-        .map(|s| s.trim_matches('"').to_owned())
-        .collect()
-}
-
 /// In-process reference: the host's library on the CPU with `magika` loaded
 /// (one ONNX Runtime environment per process, so one registry for the tests).
 struct Reference {
@@ -154,37 +110,27 @@ struct Reference {
 
 impl Reference {
     fn new() -> Self {
-        static REG: OnceLock<Mutex<ModelRegistry>> = OnceLock::new();
-        let reg = REG.get_or_init(|| {
-            let lib = lockstep_inference_host::locate_ort_library(None).unwrap_or_else(|e| {
-                panic!("{e}\nrun scripts/fetch-onnxruntime.sh (or set ORT_DYLIB_PATH)")
-            });
-            let env = init_runtime(&lib).unwrap();
-            let mut reg = ModelRegistry::new(
-                &env,
-                HostOptions {
-                    device: DevicePref::Cpu,
-                    intra_threads: 1,
-                },
-            );
-            let p = magika_model();
-            let hex = blake3::hash(&std::fs::read(&p).unwrap())
-                .to_hex()
-                .to_string();
-            reg.load_model("magika", "standard_v3_3", &p, &hex).unwrap();
-            Mutex::new(reg)
-        });
-        let labels = magika_labels();
+        let reg =
+            lockstep_tests::reference_registry(&[("magika", "standard_v3_3", magika_model())]);
+        let labels = lockstep_inference_host::magika::labels(
+            &std::fs::read_to_string(need(
+                root().join(".deps/models/magika.config.json"),
+                "scripts/gen-models.sh",
+            ))
+            .unwrap(),
+        )
+        .unwrap();
         assert_eq!(labels.len(), 214);
-        Self {
-            reg: reg.lock().unwrap_or_else(|p| p.into_inner()),
-            labels,
-        }
+        Self { reg, labels }
     }
 
     /// The model's answer (ABI tensor) for `content`, and its best label and score.
     fn classify(&mut self, content: &[u8]) -> (Vec<u8>, String, f32) {
-        let input = Tensor::from_slice(vec![1, 2048], &magika_features(content)).unwrap();
+        let input = Tensor::from_slice(
+            vec![1, 2048],
+            &lockstep_inference_host::magika::features(content),
+        )
+        .unwrap();
         let out = self.reg.infer("magika", None, None, &input).unwrap();
         let scores = out.to_vec::<f32>().unwrap();
         assert_eq!(scores.len(), self.labels.len());

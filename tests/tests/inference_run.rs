@@ -12,7 +12,7 @@
 //! Needs `scripts/fetch-onnxruntime.sh`, `scripts/gen-models.sh` and
 //! `scripts/build-agents.sh` (scripts/test.sh runs them).
 
-use lockstep_inference_host::{DevicePref, HostOptions, ModelRegistry, init_runtime};
+use lockstep_inference_host::ModelRegistry;
 use lockstep_supervisor::inference::{InferenceConfig, InferenceService};
 use lockstep_supervisor::journal::{Entry, read_journal};
 use lockstep_supervisor::manifest::Manifest;
@@ -22,7 +22,7 @@ use lockstep_tests::{TempDir, Watchdog, bin};
 use shm_protocol::inference::Tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 const SEED: u64 = 7;
@@ -179,30 +179,12 @@ struct Reference {
 
 impl Reference {
     fn new() -> Self {
-        static REG: OnceLock<Mutex<ModelRegistry>> = OnceLock::new();
-        let reg = REG.get_or_init(|| {
-            let lib = lockstep_inference_host::locate_ort_library(None).unwrap_or_else(|e| {
-                panic!("{e}\nrun scripts/fetch-onnxruntime.sh (or set ORT_DYLIB_PATH)")
-            });
-            let env = init_runtime(&lib).unwrap();
-            let mut reg = ModelRegistry::new(
-                &env,
-                HostOptions {
-                    device: DevicePref::Cpu,
-                    intra_threads: 1,
-                },
-            );
-            for (id, version, file) in MLP_V1_V2 {
-                let p = PathBuf::from(model(file));
-                let hex = blake3::hash(&std::fs::read(&p).unwrap())
-                    .to_hex()
-                    .to_string();
-                reg.load_model(id, version, &p, &hex).unwrap();
-            }
-            Mutex::new(reg)
-        });
+        let models: Vec<(&str, &str, PathBuf)> = MLP_V1_V2
+            .iter()
+            .map(|(id, version, file)| (*id, *version, PathBuf::from(model(file))))
+            .collect();
         Self {
-            reg: reg.lock().unwrap_or_else(|p| p.into_inner()),
+            reg: lockstep_tests::reference_registry(&models),
         }
     }
 

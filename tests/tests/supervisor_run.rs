@@ -75,6 +75,25 @@ fn ctl(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `lockstep run <manifest> --forever --run-dir <dir>` (until stopped).
+fn run_forever(manifest: &Path, dir: &Path) -> ChildGuard {
+    ChildGuard::new(
+        Command::new(bin("lockstep"))
+            .args([
+                "run",
+                manifest.to_str().unwrap(),
+                "--forever",
+                "--no-metrics",
+                "--run-dir",
+            ])
+            .arg(dir)
+            .env("LOCKSTEP_WORKER_BIN", bin("lockstep-worker"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// External inputs through `lockstep ctl` over the Unix socket are applied
 /// at the next tick boundary, journaled with their tick, and reproduced by
 /// `replay`.
@@ -84,21 +103,7 @@ fn ctl_inputs_are_journaled_and_replayed() {
     let tmp = TempDir::new("ctl");
     let manifest = society(tmp.path(), 1, 50);
     let dir = tmp.path().join("run");
-    let mut sup = ChildGuard::new(
-        Command::new(bin("lockstep"))
-            .args([
-                "run",
-                manifest.to_str().unwrap(),
-                "--forever",
-                "--no-metrics",
-                "--run-dir",
-            ])
-            .arg(&dir)
-            .env("LOCKSTEP_WORKER_BIN", bin("lockstep-worker"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut sup = run_forever(&manifest, &dir);
     let t0 = Instant::now();
     while !dir.join("control.sock").exists() {
         assert!(t0.elapsed() < Duration::from_secs(60), "no control socket");
@@ -366,21 +371,7 @@ fn sigint_stops_at_a_tick_boundary() {
     let tmp = TempDir::new("sigint");
     let manifest = society(tmp.path(), 2, 40);
     let dir = tmp.path().join("run");
-    let mut sup = ChildGuard::new(
-        Command::new(bin("lockstep"))
-            .args([
-                "run",
-                manifest.to_str().unwrap(),
-                "--forever",
-                "--no-metrics",
-                "--run-dir",
-            ])
-            .arg(&dir)
-            .env("LOCKSTEP_WORKER_BIN", bin("lockstep-worker"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut sup = run_forever(&manifest, &dir);
     let t0 = Instant::now();
     while tick_hashes_or_empty(&dir).len() < 50 {
         assert!(t0.elapsed() < Duration::from_secs(120), "run did not start");

@@ -99,7 +99,7 @@ pub fn features(content: &[u8]) -> [i32; FEATURES] {
     let end = content
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
+        .map_or(0, |i| i + 1);
     let mut f = [PADDING; FEATURES];
     let beg = &content[start..];
     let beg = &beg[..beg.len().min(BEG_SIZE)];
