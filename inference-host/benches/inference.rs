@@ -7,6 +7,9 @@
 //! (ii) 64 requests per tick: one batched `Infer` vs the same requests one at
 //!      a time (in the host, and as 64 round trips), plus the same comparison
 //!      for direct `ort` calls.
+//! (iii) Latency at batch 1 for the real model (Magika's file-type
+//!      classifier, i32[1,2048] → f32[1,214]): direct `ort` call vs the
+//!      registry in process vs the host process.
 //!
 //! Every figure is the median over `BENCH_RUNS` runs of the per-run median
 //! (i; the paths' runs interleave) or per-run mean (ii).  Needs scripts/fetch-onnxruntime.sh and
@@ -23,13 +26,19 @@ use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel};
 use ort::session::{Session, SessionInputValue};
 use shm_protocol::WaitPolicy;
 use shm_protocol::control::{Down, Role, Up};
-use shm_protocol::inference::{InferenceCommand, InferenceReply, InferenceRequest, Tensor};
+use shm_protocol::inference::{DType, InferenceCommand, InferenceReply, InferenceRequest, Tensor};
 use shm_protocol::segment::SegmentConfig;
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 const HOST: &str = env!("CARGO_BIN_EXE_lockstep-inference-host");
+
+/// The models the host loads: (id, version, file).
+const MODELS: &[(&str, &str, &str)] = &[
+    ("mlp", "v1", "mlp.onnx"),
+    ("magika", "standard_v3_3", "magika.onnx"),
+];
 
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -74,7 +83,7 @@ fn per_tick(runs: usize, iters: usize, mut f: impl FnMut()) -> Duration {
     )
 }
 
-fn direct_session() -> Session {
+fn direct_session(file: &str) -> Session {
     Session::builder(env())
         .unwrap()
         .with_auto_device(AutoDevicePolicy::PreferCPU)
@@ -89,15 +98,27 @@ fn direct_session() -> Session {
         .unwrap()
         .with_intra_op_spinning(false)
         .unwrap()
-        .commit_from_file(model("mlp.onnx"))
+        .commit_from_file(model(file))
         .unwrap()
 }
 
 /// One direct call: build the input value, run, copy the output out.
 fn direct_call(session: &mut Session, x: &Tensor) -> Vec<f32> {
+    direct_call_named(session, "input", x)
+}
+
+/// [`direct_call`] for an f32 or i32 input called `name`.
+fn direct_call_named(session: &mut Session, name: &'static str, x: &Tensor) -> Vec<f32> {
     let shape: Vec<i64> = x.shape().iter().map(|&d| d as i64).collect();
-    let value = ort::value::Tensor::from_array((shape, x.to_vec::<f32>().unwrap())).unwrap();
-    let inputs = vec![(Cow::Borrowed("input"), SessionInputValue::from(value))];
+    let value: SessionInputValue = match x.dtype() {
+        DType::I32 => ort::value::Tensor::from_array((shape, x.to_vec::<i32>().unwrap()))
+            .unwrap()
+            .into(),
+        _ => ort::value::Tensor::from_array((shape, x.to_vec::<f32>().unwrap()))
+            .unwrap()
+            .into(),
+    };
+    let inputs = vec![(Cow::Borrowed(name), value)];
     let out = session.run(inputs).unwrap();
     out[0].try_extract_tensor::<f32>().unwrap().1.to_vec()
 }
@@ -125,17 +146,19 @@ impl Host {
         };
         let mut child = Child::spawn(&spec, &reaper).unwrap();
         child.handshake(Duration::from_secs(30)).unwrap();
-        let p = model("mlp.onnx");
-        let reply = Self::call_on(
-            &mut child,
-            InferenceCommand::LoadModel {
-                id: "mlp".into(),
-                version: "v1".into(),
-                path: p.display().to_string(),
-                blake3_hex: blake3_hex(&p),
-            },
-        );
-        assert!(matches!(reply, InferenceReply::Loaded { .. }), "{reply:?}");
+        for (id, version, file) in MODELS {
+            let p = model(file);
+            let reply = Self::call_on(
+                &mut child,
+                InferenceCommand::LoadModel {
+                    id: (*id).into(),
+                    version: (*version).into(),
+                    path: p.display().to_string(),
+                    blake3_hex: blake3_hex(&p),
+                },
+            );
+            assert!(matches!(reply, InferenceReply::Loaded { .. }), "{reply:?}");
+        }
         Self {
             child,
             _reaper: reaper,
@@ -154,9 +177,14 @@ impl Host {
     /// A prepared `Infer` command (built once, so the timing does not
     /// include cloning the inputs).
     fn command(requests: &[InferenceRequest], max_batch: u32) -> Down {
+        Self::command_for("mlp", requests, max_batch)
+    }
+
+    /// [`Host::command`] for another model.
+    fn command_for(model_id: &str, requests: &[InferenceRequest], max_batch: u32) -> Down {
         Down::Inference(InferenceCommand::Infer {
             batch_id: 1,
-            model_id: "mlp".into(),
+            model_id: model_id.into(),
             version: None,
             requests: requests.to_vec(),
             max_batch,
@@ -193,7 +221,7 @@ fn main() {
     };
     let reqs64: Vec<InferenceRequest> = (0..64).map(req).collect();
 
-    let mut session = direct_session();
+    let mut session = direct_session("mlp.onnx");
     let mut registry = ModelRegistry::new(
         env(),
         HostOptions {
@@ -388,6 +416,78 @@ fn main() {
     println!(
         "\nper-tick batching vs one request at a time in the host (max_batch 64 vs 1): {:.1}× (target ≥ 4×)",
         h_single.as_secs_f64() / h_batch.as_secs_f64()
+    );
+
+    // (iii) The real model at batch 1.
+    let p = model("magika.onnx");
+    registry
+        .load_model("magika", "standard_v3_3", &p, &blake3_hex(&p))
+        .unwrap();
+    let mut magika = direct_session("magika.onnx");
+    let content = b"fn main() {\n    println!(\"hello, lockstep\");\n}\n";
+    let mx = Tensor::from_slice(
+        vec![1, 2048],
+        &lockstep_inference_host::magika::features(content),
+    )
+    .unwrap();
+    let d = direct_call_named(&mut magika, "bytes", &mx);
+    let r = registry
+        .infer("magika", None, Some("bytes"), &mx)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    assert_eq!(
+        d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        r.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    let m_iters = (iters / 4).max(50);
+    println!(
+        "\n## (iii) batch-1 latency, Magika standard_v3_3 ({runs} runs × {m_iters} calls, median of run medians)\n"
+    );
+    println!("| path | median | min run | max run |");
+    println!("|---|---|---|---|");
+    let one = Host::command_for(
+        "magika",
+        &[InferenceRequest {
+            request_key: 1,
+            input_name: Some("bytes".into()),
+            tensor: mx.clone(),
+        }],
+        1,
+    );
+    let mut paths: [Vec<Duration>; 3] = Default::default();
+    let mut overheads = Vec::new();
+    for run in 0..=runs {
+        let d = run_median(m_iters, || {
+            black_box(direct_call_named(&mut magika, "bytes", &mx));
+        });
+        let r = run_median(m_iters, || {
+            black_box(registry.infer("magika", None, Some("bytes"), &mx).unwrap());
+        });
+        let h = run_median(m_iters, || {
+            black_box(host.infer(&one));
+        });
+        if run == 0 {
+            continue;
+        }
+        for (v, x) in paths.iter_mut().zip([d, r, h]) {
+            v.push(x);
+        }
+        overheads.push(h.as_secs_f64() - d.as_secs_f64());
+    }
+    let mut medians = Vec::new();
+    for (name, v) in names.iter().zip(&paths) {
+        let (lo, hi) = (*v.iter().min().unwrap(), *v.iter().max().unwrap());
+        let m = median(v.clone());
+        medians.push(m);
+        println!("| {name} | {} | {} | {} |", us(m), us(lo), us(hi));
+    }
+    overheads.sort_by(f64::total_cmp);
+    let overhead = overheads[overheads.len() / 2];
+    println!(
+        "\nhost overhead per request (median over runs of host − direct): {:.1} µs ({:.1} % of the direct call); target ≤ 50 µs or ≤ 5 %",
+        overhead * 1e6,
+        100.0 * overhead / medians[0].as_secs_f64()
     );
     let _ = host.child.shutdown(Duration::from_secs(5));
 }
