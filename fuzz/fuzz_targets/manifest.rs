@@ -1,0 +1,5 @@
+//! Manifest parsing and validation from arbitrary bytes.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    lockstep_supervisor::manifest::fuzz_parse(data);
+});
