@@ -53,6 +53,7 @@ pub struct WireMessage {
     /// Topic or channel name (empty for direct messages).
     pub topic: String,
     /// Payload.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -64,6 +65,7 @@ pub struct TaskRef {
     /// Priority.
     pub priority: i32,
     /// Payload.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -205,6 +207,7 @@ pub enum Output {
         /// Sender sequence.
         seq: u64,
         /// Payload.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Topic publication.
@@ -214,6 +217,7 @@ pub enum Output {
         /// Sender sequence.
         seq: u64,
         /// Payload.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Channel message.
@@ -223,6 +227,7 @@ pub enum Output {
         /// Sender sequence.
         seq: u64,
         /// Payload.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Subscribe to a topic.
@@ -242,6 +247,7 @@ pub enum Output {
         /// Priority.
         priority: i32,
         /// Payload.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
         /// Tasks it depends on.
         deps: Vec<u64>,
@@ -253,6 +259,7 @@ pub enum Output {
         /// Model (`id` or `id@version`).
         model: String,
         /// Input tensor (docs/abi.md layout).
+        #[serde(with = "serde_bytes")]
         input: Vec<u8>,
     },
     /// Log line.
@@ -357,6 +364,7 @@ pub struct AgentState {
     /// The module's BLAKE3 (its version hash).
     pub module_hash: [u8; 32],
     /// Linear memory contents.
+    #[serde(with = "serde_bytes")]
     pub memory: Vec<u8>,
     /// Every mutable global, in definition order.
     pub globals: Vec<GlobalValue>,
@@ -466,6 +474,7 @@ pub struct ChunkData {
     /// BLAKE3 of `bytes`.
     pub hash: [u8; 32],
     /// The chunk ([`CHUNK`] bytes).
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
 
@@ -610,4 +619,33 @@ pub enum WorkerReply {
     },
     /// A command the worker could not execute.
     Error(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte fields are serialized as byte strings (`serde_bytes`, one copy)
+    /// rather than as sequences of `u8` (one call per byte); in postcard both
+    /// are the same bytes — a varint length, then the bytes — so journals,
+    /// snapshots and hashes do not depend on the choice.
+    #[test]
+    fn byte_fields_encode_like_byte_sequences() {
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+        let chunk = ChunkData {
+            hash: [7; 32],
+            bytes: bytes.clone(),
+        };
+        let plain = crate::codec::encode(&([7u8; 32], bytes.clone())).unwrap();
+        assert_eq!(crate::codec::encode(&chunk).unwrap(), plain);
+        assert_eq!(crate::codec::decode::<ChunkData>(&plain).unwrap(), chunk);
+        let out = Output::Send {
+            to: 3,
+            seq: 9,
+            payload: bytes.clone(),
+        };
+        let enc = crate::codec::encode(&out).unwrap();
+        assert!(enc.ends_with(&bytes));
+        assert_eq!(crate::codec::decode::<Output>(&enc).unwrap(), out);
+    }
 }

@@ -12,14 +12,15 @@ use lockstep_supervisor::runner::{Run, RunConfig};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// An agent with 1 MiB of memory that fills it with agent-specific data at
-/// init (every chunk distinct) and dirties one 4 KiB chunk per step.
+/// An agent with 1 MiB of data (plus a 64 KiB page for the host's buffer)
+/// that fills it with agent-specific data at init (every chunk distinct) and
+/// dirties one 4 KiB chunk per step.
 const AGENT: &str = r#"(module
   (import "lockstep" "agent_id" (func $id (result i64)))
-  (memory (export "memory") 16 16)
+  (memory (export "memory") 17 17)
   (global $n (mut i32) (i32.const 0))
   (func (export "agent_abi_version") (result i32) (i32.const 0x10000))
-  (func (export "agent_buffer") (param i32) (result i32) (i32.const 0))
+  (func (export "agent_buffer") (param i32) (result i32) (i32.const 1048576))
   (func (export "agent_init") (result i32) (local $i i32) (local $v i64)
     (local.set $v (i64.mul (call $id) (i64.const 0x9E3779B97F4A7C15)))
     (loop $l
@@ -51,7 +52,7 @@ fn config(dir: &Path, agents: u64, workers: usize) -> RunConfig {
     let wat = dir.join("agent.wat");
     std::fs::write(&wat, AGENT).expect("write agent");
     let text = format!(
-        "[run]\nseed = 1\n\n[[agents]]\nname = \"a\"\nmodule = \"{}\"\ncount = {agents}\nmemory = \"1MiB\"\nfuel = 2000000\n",
+        "[run]\nseed = 1\n\n[[agents]]\nname = \"a\"\nmodule = \"{}\"\ncount = {agents}\nmemory = \"2MiB\"\nfuel = 50000000\n",
         wat.display()
     );
     let mpath = dir.join("m.toml");
@@ -114,6 +115,14 @@ fn main() {
             run.tick().expect("tick");
             ticks.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        let c = &run.state().counters;
+        assert!(
+            c.faults == 0 && c.steps == 11 * agents,
+            "the agents must step without faults: {} steps, {} faults ({:?})",
+            c.steps,
+            c.faults,
+            run.state().agents.values().next().map(|a| &a.status)
+        );
         let (tick_med, _, _) = median(ticks);
         tick_ms.push(tick_med);
         let before = pack(&run_dir);

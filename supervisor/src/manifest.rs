@@ -284,6 +284,7 @@ pub struct TaskDef {
     /// Priority.
     pub priority: i32,
     /// Payload.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// Indices (into [`Manifest::tasks`]) of the tasks it waits for.
     pub after: Vec<usize>,

@@ -121,6 +121,7 @@ pub struct Task {
     /// Priority (higher first).
     pub priority: i32,
     /// Payload.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// Tasks it waits for.
     pub deps: Vec<u64>,
@@ -208,6 +209,7 @@ pub enum Input {
         /// Priority.
         priority: i32,
         /// Payload.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
         /// Dependencies.
         deps: Vec<u64>,
@@ -217,6 +219,7 @@ pub enum Input {
         /// Topic.
         topic: String,
         /// Payload.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Send to an agent (sender: the runtime).
@@ -224,6 +227,7 @@ pub enum Input {
         /// Agent name or `#id`.
         agent: String,
         /// Payload.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Stop an agent.
@@ -311,6 +315,7 @@ pub struct InferRequest {
     /// Model (`id` or `id@version`).
     pub model: String,
     /// Input tensor (ABI layout).
+    #[serde(with = "serde_bytes")]
     pub input: Vec<u8>,
 }
 

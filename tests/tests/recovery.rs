@@ -7,7 +7,7 @@ use lockstep_supervisor::replay::{self, Verdict};
 use lockstep_supervisor::runner::Run;
 use lockstep_supervisor::sim::Event;
 use lockstep_tests::{
-    ChildGuard, TempDir, Watchdog, agent, bin, config, journal_diff, run_to, society,
+    ChildGuard, TempDir, Watchdog, agent, bin, config, journal_diff, root, run_to, society,
 };
 use shm_protocol::worker::Fault;
 use std::path::Path;
@@ -26,15 +26,31 @@ fn faults(dir: &Path) -> Vec<(u64, Event)> {
         .collect()
 }
 
-/// A seeded schedule of SIGKILLs to workers during a 2,000-tick run of 100+
-/// agents: the journal (every tick hash included) and the final hash equal
-/// the crash-free run's, and the tally agents saw every message exactly
-/// once (a gap or duplicate would be an agent fault in the journal).
+/// Chaos: a seeded schedule of SIGKILLs to the workers and to the inference
+/// host during a 2,000-tick run of ≥ 100 agents (the society plus agents
+/// that ask the MLP for an inference every few ticks): the journal (every
+/// tick hash and every inference answer's hash included) and the final hash
+/// equal the crash-free run's, and the tally agents saw every message
+/// exactly once (a gap or duplicate would be an agent fault in the journal).
 #[test]
-fn chaos_worker_kills_are_invisible() {
+fn chaos_worker_and_host_kills_are_invisible() {
     let _w = Watchdog::new("chaos", Duration::from_secs(900));
     let tmp = TempDir::new("chaos");
     let manifest = society(tmp.path(), 8, 250);
+    let mlp = root().join(".deps/models/mlp.onnx");
+    assert!(
+        mlp.is_file(),
+        "{} missing: run scripts/gen-models.sh",
+        mlp.display()
+    );
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str(&format!(
+        "[[agents]]\nname = \"inferrer\"\nmodule = \"{}\"\ncount = 4\n\n\
+         [[models]]\nid = \"mlp\"\nversion = \"v1\"\npath = \"{}\"\n",
+        agent("inferrer"),
+        mlp.display()
+    ));
+    std::fs::write(&manifest, text).unwrap();
     const TICKS: u64 = 2000;
     let (clean_hash, clean_journal) = run_to(config(&manifest, tmp.path().join("clean"), 2), TICKS);
     assert!(faults(&tmp.path().join("clean")).is_empty());
@@ -55,12 +71,31 @@ fn chaos_worker_kills_are_invisible() {
         .collect();
     schedule.extend([(250, 0), (251, 1), (252, 1)]);
     schedule.sort_unstable();
+    // The inference host (`usize::MAX` below): seeded too, plus one on a
+    // checkpoint tick and one in the same tick as a worker.
+    let mut host_kills: Vec<u64> = (0..4)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            1 + (x >> 33) % (TICKS - 1)
+        })
+        .collect();
+    host_kills.extend([500, schedule[3].0]);
+    schedule.extend(host_kills.iter().map(|&t| (t, usize::MAX)));
+    schedule.sort_unstable();
+    let mut host_killed = 0;
     let mut kills = 0;
     let mut recovery_ms = Vec::new();
     while run.state().tick < TICKS {
         let next = run.state().tick + 1;
         for (_, w) in schedule.iter().filter(|(t, _)| *t == next) {
-            let pid = run.worker_pids()[*w];
+            let pid = if *w == usize::MAX {
+                host_killed += 1;
+                run.inference_host_pid().expect("the inference host runs")
+            } else {
+                run.worker_pids()[*w]
+            };
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -74,8 +109,23 @@ fn chaos_worker_kills_are_invisible() {
         }
     }
     let sum = run.finish().unwrap();
-    eprintln!("chaos: {kills} SIGKILLs; recoveries took {recovery_ms:?} ms");
-    assert!(kills >= 10);
+    eprintln!(
+        "chaos: {kills} SIGKILLs ({host_killed} of the inference host); recoveries took {recovery_ms:?} ms"
+    );
+    assert!(
+        kills >= 16 && host_killed >= 6,
+        "{kills} kills, {host_killed} of the host"
+    );
+    let answers = journal::read_journal(&chaos_dir.join("journal.lsj"))
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| match e {
+            Entry::Inference { answers, .. } => answers.len(),
+            _ => 0,
+        })
+        .sum::<usize>();
+    assert!(answers > 1000, "only {answers} inference answers journaled");
     let _ = clean_journal;
     assert_eq!(
         journal_diff(
