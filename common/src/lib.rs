@@ -41,6 +41,16 @@ pub struct ChildArgs {
     /// Name given by the supervisor (e.g. worker-0).
     #[arg(long)]
     pub name: Option<String>,
+    /// How many times to poll an empty ring before parking on its futex
+    /// (default: `WaitPolicy::ADAPTIVE`'s).
+    #[arg(long, value_name = "N")]
+    pub wait_spin: Option<u32>,
+    /// Poll by yielding the CPU (`sched_yield`) rather than spinning on it.
+    /// The supervisor asks for this when the machine has no core to spare
+    /// for its processes: a child spinning after its reply would hold the
+    /// CPU the supervisor needs to take that reply.
+    #[arg(long)]
+    pub wait_yield: bool,
 }
 
 impl ChildArgs {
@@ -74,7 +84,12 @@ pub fn parse_or_exit<T: Parser>() -> T {
 /// Attaches and completes the handshake, or exits with the failure's code.
 pub fn connect_or_exit(args: &ChildArgs, role: Role) -> (Endpoint, String) {
     let name = args.name.clone().unwrap_or_else(|| role.to_string());
-    match bootstrap::connect(&args.source(), role, &name, WaitPolicy::ADAPTIVE) {
+    let policy = WaitPolicy {
+        spin: args.wait_spin.unwrap_or(WaitPolicy::ADAPTIVE.spin),
+        yielding: args.wait_yield,
+        ..WaitPolicy::ADAPTIVE
+    };
+    match bootstrap::connect(&args.source(), role, &name, policy) {
         Ok(ep) => (ep, name),
         Err(e) => {
             tracing::error!(%name, error = %e, "bring-up failed");

@@ -22,23 +22,40 @@ pub struct WaitPolicy {
     pub spin: u32,
     /// Longest single futex sleep before the peer is checked again.
     pub park_slice: Duration,
+    /// Spin by yielding the CPU (`sched_yield`) instead of a pause
+    /// instruction: for a process that shares too few cores with its peers,
+    /// so that polling never delays a peer that has just been woken.
+    pub yielding: bool,
 }
 
 impl WaitPolicy {
+    /// One spin of a wait.
+    #[inline]
+    fn pause(&self) {
+        if self.yielding {
+            std::thread::yield_now();
+        } else {
+            spin_hint();
+        }
+    }
+
     /// Spin briefly (≈ tens of µs), then park.
     pub const ADAPTIVE: Self = Self {
         spin: 20_000,
         park_slice: Duration::from_millis(10),
+        yielding: false,
     };
     /// Never park (lowest latency, burns a core while waiting).
     pub const SPIN: Self = Self {
         spin: u32::MAX,
         park_slice: Duration::from_millis(10),
+        yielding: false,
     };
     /// Park at once (no spinning).
     pub const PARK: Self = Self {
         spin: 0,
         park_slice: Duration::from_millis(10),
+        yielding: false,
     };
 }
 
@@ -156,7 +173,7 @@ impl Sender {
                 return Err(PeerGone::Closed.into());
             }
             match w.step(&self.monitor)? {
-                Step::Spin => spin_hint(),
+                Step::Spin => self.policy.pause(),
                 Step::Park(d) => self.prod.wait_for_space(len, d),
             }
         }
@@ -286,7 +303,7 @@ impl Receiver {
                 return Err(PeerGone::Closed.into());
             }
             match w.step(&self.monitor) {
-                Ok(Step::Spin) => spin_hint(),
+                Ok(Step::Spin) => self.policy.pause(),
                 Ok(Step::Park(d)) => self.cons.wait_for_data(d),
                 Err(e) => {
                     // A peer that died after publishing: deliver what it sent.

@@ -660,6 +660,7 @@ impl InferenceService {
             policy: WaitPolicy {
                 spin: 2_000,
                 park_slice: Duration::from_millis(10),
+                yielding: false,
             },
             env: Vec::new(),
         };

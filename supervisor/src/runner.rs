@@ -434,16 +434,38 @@ fn is_peer_gone(e: &RunError) -> bool {
     )
 }
 
-/// The supervisor's side of the workers' rings.  It spins briefly only when
-/// the machine has a core to spare beyond the workers and itself: with
-/// fewer cores a spinning supervisor takes the CPU a worker needs, and a
-/// woken worker may wait a whole scheduler slice (~0.7 ms) for it
-/// (docs/bench-tick.md), so it parks at once.
+/// The supervisor's side of the workers' rings.  With a core to spare
+/// beyond the workers and itself it spins briefly, then parks.  Without one
+/// (e.g. 2 workers on 2 vCPUs) it polls by yielding the CPU: a parked
+/// supervisor costs a futex wake-up per tick, and a spinning one would take
+/// the CPU a worker needs; a yielding one runs only when a core is free.
+/// The workers poll the same way in that case ([`worker_wait_args`]): a
+/// worker spinning after its reply held the CPU the woken supervisor
+/// needed for up to a scheduler slice, which put the p99 tick of 2 workers
+/// on 2 vCPUs at ≈ 0.65 ms instead of ≈ 20 µs (docs/benchmarks.md).
 fn supervisor_policy(workers: usize) -> WaitPolicy {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let spare = spare_core(workers);
     WaitPolicy {
-        spin: if cores >= workers + 2 { 2_000 } else { 0 },
+        spin: if spare { 2_000 } else { 20_000 },
         park_slice: Duration::from_millis(10),
+        yielding: !spare,
+    }
+}
+
+/// Whether the machine has a core for the supervisor and every worker plus
+/// one to spare.
+fn spare_core(workers: usize) -> bool {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    cores >= workers + 2
+}
+
+/// The workers' own wait arguments: without a spare core a worker polls by
+/// yielding the CPU (see [`supervisor_policy`]).
+fn worker_wait_args(workers: usize) -> Vec<std::ffi::OsString> {
+    if spare_core(workers) {
+        Vec::new()
+    } else {
+        vec!["--wait-yield".into()]
     }
 }
 
@@ -453,7 +475,11 @@ fn spawn_worker(cfg: &RunConfig, i: usize, reaper: &Reaper) -> Result<WorkerLink
         role: Role::Worker,
         name: format!("worker-{i}"),
         program: cfg.worker_bin.clone(),
-        args: cfg.worker_sandbox.args(cfg.module_cache.as_deref()),
+        args: {
+            let mut a = cfg.worker_sandbox.args(cfg.module_cache.as_deref());
+            a.extend(worker_wait_args(cfg.workers.max(1)));
+            a
+        },
         rings: SegmentConfig {
             to_attacher: WORKER_RING,
             to_creator: WORKER_RING,

@@ -135,6 +135,7 @@ impl Cfg {
                     WaitPolicy {
                         spin: 2_000,
                         park_slice: Duration::from_millis(10),
+                        yielding: false,
                     },
                 ),
             },
