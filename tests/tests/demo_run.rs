@@ -30,7 +30,7 @@ use std::time::Duration;
 /// Ticks run (the manifest's 2000 would be slow in a debug build).
 const TICKS: u64 = 300;
 /// The classifier asks every this many ticks (agents/examples/classifier).
-const EVERY: u64 = 8;
+const EVERY: u64 = 32;
 /// The demo's classifier instances.
 const CLASSIFIERS: u64 = 4;
 /// The archivist summarises every this many ticks (agents/examples/archivist).

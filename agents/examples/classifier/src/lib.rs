@@ -32,7 +32,7 @@ use lockstep_agent_sdk::{error, info, warn};
 pub use labels::LABELS;
 
 /// Ticks between requests.
-pub const EVERY: u64 = 8;
+pub const EVERY: u64 = 32;
 /// Model asked.
 pub const MODEL: &str = "magika";
 /// Bytes taken from the start of the (stripped) content.
