@@ -205,6 +205,26 @@ impl Host {
     }
 }
 
+/// Prints the rows of a batch-1 latency table (median, min and max run of
+/// each path) and the host overhead: the median over runs of host − direct
+/// (`overheads`), also as a share of the direct call (`paths[0]`).
+fn latency_table(names: &[&str], paths: &[Vec<Duration>], mut overheads: Vec<f64>) {
+    let mut medians = Vec::new();
+    for (name, v) in names.iter().zip(paths) {
+        let (lo, hi) = (*v.iter().min().unwrap(), *v.iter().max().unwrap());
+        let m = median(v.clone());
+        medians.push(m);
+        println!("| {name} | {} | {} | {} |", us(m), us(lo), us(hi));
+    }
+    overheads.sort_by(f64::total_cmp);
+    let overhead = overheads[overheads.len() / 2];
+    println!(
+        "\nhost overhead per request (median over runs of host − direct): {:.1} µs ({:.1} % of the direct call); target ≤ 50 µs or ≤ 5 %",
+        overhead * 1e6,
+        100.0 * overhead / medians[0].as_secs_f64()
+    );
+}
+
 fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
@@ -291,20 +311,8 @@ fn main() {
         "host process, ring round trip",
         "(ring ping round trip alone)",
     ];
-    let mut medians = Vec::new();
-    for (name, v) in names.iter().zip(&paths) {
-        let (lo, hi) = (*v.iter().min().unwrap(), *v.iter().max().unwrap());
-        let m = median(v.clone());
-        medians.push(m);
-        println!("| {name} | {} | {} | {} |", us(m), us(lo), us(hi));
-    }
-    overheads.sort_by(f64::total_cmp);
-    let overhead = overheads[overheads.len() / 2];
-    println!(
-        "\nhost overhead per request (median over runs of host − direct): {:.1} µs ({:.0} % of the direct call); target ≤ 50 µs or ≤ 5 %\n",
-        overhead * 1e6,
-        100.0 * overhead / medians[0].as_secs_f64()
-    );
+    latency_table(&names, &paths, overheads);
+    println!();
 
     let tick_iters = (iters / 20).max(10);
     println!(
@@ -475,19 +483,6 @@ fn main() {
         }
         overheads.push(h.as_secs_f64() - d.as_secs_f64());
     }
-    let mut medians = Vec::new();
-    for (name, v) in names.iter().zip(&paths) {
-        let (lo, hi) = (*v.iter().min().unwrap(), *v.iter().max().unwrap());
-        let m = median(v.clone());
-        medians.push(m);
-        println!("| {name} | {} | {} | {} |", us(m), us(lo), us(hi));
-    }
-    overheads.sort_by(f64::total_cmp);
-    let overhead = overheads[overheads.len() / 2];
-    println!(
-        "\nhost overhead per request (median over runs of host − direct): {:.1} µs ({:.1} % of the direct call); target ≤ 50 µs or ≤ 5 %",
-        overhead * 1e6,
-        100.0 * overhead / medians[0].as_secs_f64()
-    );
+    latency_table(&names, &paths, overheads);
     let _ = host.child.shutdown(Duration::from_secs(5));
 }
