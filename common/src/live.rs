@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of [`LiveState`]'s encoding.
-pub const LIVE_STATE_VERSION: u32 = 1;
+pub const LIVE_STATE_VERSION: u32 = 2;
 
 /// Status of one child process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,4 +35,61 @@ pub struct LiveState {
     pub children: Vec<ChildStatus>,
     /// Recent log lines (newest last).
     pub log: Vec<String>,
+    /// Run-wide counters (all zero outside a run, e.g. `lockstep ping`).
+    pub stats: RunStats,
+    /// Agent rows, ascending by id: at most [`MAX_AGENT_ROWS`] of them,
+    /// followed by up to [`MAX_EXTRA_ROWS`] agents beyond those that are not
+    /// live (so that a fault is always visible).
+    pub agents: Vec<AgentRow>,
+}
+
+/// Most agent rows in order of id.
+pub const MAX_AGENT_ROWS: usize = 512;
+/// Most further rows for agents that are not live.
+pub const MAX_EXTRA_ROWS: usize = 128;
+
+/// Run-wide counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStats {
+    /// Agents that are live.
+    pub live: u64,
+    /// Agents that exist (any status).
+    pub total: u64,
+    /// Steps so far.
+    pub steps: u64,
+    /// Messages delivered so far.
+    pub messages: u64,
+    /// Messages dropped by mailbox overflow so far.
+    pub dropped: u64,
+    /// Agent faults so far.
+    pub faults: u64,
+    /// Agent restarts so far.
+    pub restarts: u64,
+    /// Fuel consumed so far.
+    pub fuel: u64,
+    /// Tasks not yet run.
+    pub tasks_open: u64,
+    /// Messages waiting in mailboxes.
+    pub queued: u64,
+    /// Tick wall time quantiles so far, µs.
+    pub tick_p50_us: u64,
+    /// See `tick_p50_us`.
+    pub tick_p99_us: u64,
+    /// Worker processes recovered after a crash so far.
+    pub recoveries: u64,
+}
+
+/// One agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRow {
+    /// Agent id.
+    pub id: u64,
+    /// Instance name.
+    pub name: String,
+    /// Tenant index.
+    pub tenant: u32,
+    /// `pending`, `live`, `faulted: …` or `stopped: …`.
+    pub status: String,
+    /// Messages waiting in its mailbox.
+    pub queued: u64,
 }

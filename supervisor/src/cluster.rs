@@ -213,6 +213,8 @@ impl Cluster {
             tick: 0,
             children,
             log: Vec::new(),
+            stats: Default::default(),
+            agents: Vec::new(),
         }
     }
 

@@ -801,6 +801,8 @@ fn ping(args: PingArgs) -> Result<ExitCode, BoxError> {
             tick: 0,
             children: Vec::new(),
             log: exits.iter().map(ToString::to_string).collect(),
+            stats: Default::default(),
+            agents: Vec::new(),
         };
         b.publish(&shm_protocol::codec::encode(&state)?)?;
         println!(

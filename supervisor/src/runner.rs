@@ -13,7 +13,9 @@ use crate::sim::{
 };
 use crate::snapshot::{self, ModelState, PageStore, SnapshotBody, SnapshotError};
 use crate::telemetry::{AgentTelemetry, Aggregates, JsonlSink, TelemetryHook, TickTelemetry};
-use lockstep_common::live::{ChildStatus, LIVE_STATE_VERSION, LiveState};
+use lockstep_common::live::{
+    AgentRow, ChildStatus, LIVE_STATE_VERSION, LiveState, MAX_AGENT_ROWS, MAX_EXTRA_ROWS, RunStats,
+};
 use shm_protocol::board::BoardWriter;
 use shm_protocol::control::{Down, Role, Up};
 use shm_protocol::segment::SegmentConfig;
@@ -29,6 +31,8 @@ use std::time::{Duration, Instant};
 pub const SAMPLE_EVERY: u64 = 64;
 /// Ring capacity per direction for workers.
 pub const WORKER_RING: usize = 16 << 20;
+/// Shortest interval between two state-board publications while running.
+pub const BOARD_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Failures of a run.
 #[derive(Debug, thiserror::Error)]
@@ -736,6 +740,8 @@ pub struct Run {
     hooks: Vec<Box<dyn TelemetryHook>>,
     metrics: Option<JsonlSink>,
     board: Option<BoardWriter>,
+    /// When the board was last published.
+    last_board: Option<Instant>,
     ctl: Option<CtlServer>,
     loaded: BTreeSet<u32>,
     /// Inputs applied for the coming tick (journaled).
@@ -856,6 +862,7 @@ impl Run {
             hooks: Vec::new(),
             metrics,
             board,
+            last_board: None,
             ctl,
             loaded: BTreeSet::new(),
             pending: Vec::new(),
@@ -2089,47 +2096,88 @@ impl Run {
                 last_rtt_ns: 0,
             })
             .collect();
-        let c = &self.sim.counters;
+        if let Some(pid) = self.inference.host_pid() {
+            children.push(ChildStatus {
+                name: "inference-host".into(),
+                role: "inference-host".into(),
+                pid,
+                state: format!("ready ({} restarts)", self.inference.restarts()),
+                last_rtt_ns: 0,
+            });
+        }
         children.truncate(64);
-        let mut log: Vec<String> = vec![format!(
-            "agents {} live / {} total · steps {} · messages {} (dropped {}) · faults {} · tasks open {} · tick p50 {} µs p99 {} µs",
-            self.sim.live_agents().count(),
-            self.sim.agents.len(),
-            c.steps,
-            c.messages,
-            c.dropped,
-            c.faults,
-            self.sim.tasks.open.len(),
-            self.agg.quantile(0.5),
-            self.agg.quantile(0.99),
-        )];
-        for (id, a) in self.sim.agents.iter().take(256) {
-            let status = match &a.status {
+        let row = |id: u64, a: &crate::sim::AgentRec| AgentRow {
+            id,
+            name: a.name.clone(),
+            tenant: a.tenant,
+            status: match &a.status {
                 AgentStatus::Pending => "pending".to_owned(),
                 AgentStatus::Live => "live".to_owned(),
                 AgentStatus::Faulted { fault, .. } => format!("faulted: {fault}"),
                 AgentStatus::Stopped { reason, .. } => format!("stopped: {reason}"),
-            };
-            let q = self.sim.mailboxes.get(id).map_or(0, VecDeque::len);
-            log.push(format!(
-                "agent {id:>6} {:<24} {status} (queued {q})",
-                a.name
-            ));
+            },
+            queued: self.sim.mailboxes.get(&id).map_or(0, |m| m.len() as u64),
+        };
+        let mut agents: Vec<AgentRow> = self
+            .sim
+            .agents
+            .iter()
+            .take(MAX_AGENT_ROWS)
+            .map(|(id, a)| row(*id, a))
+            .collect();
+        let mut live = 0u64;
+        let mut extra = 0;
+        for (i, (id, a)) in self.sim.agents.iter().enumerate() {
+            let is_live = matches!(a.status, AgentStatus::Live);
+            live += u64::from(is_live);
+            if i >= MAX_AGENT_ROWS && !is_live && extra < MAX_EXTRA_ROWS {
+                agents.push(row(*id, a));
+                extra += 1;
+            }
         }
-        log.extend(self.logs.iter().cloned());
+        let c = &self.sim.counters;
         LiveState {
             version: LIVE_STATE_VERSION,
             phase: phase.into(),
             tick: self.sim.tick,
             children,
-            log,
+            log: self.logs.iter().cloned().collect(),
+            stats: RunStats {
+                live,
+                total: self.sim.agents.len() as u64,
+                steps: c.steps,
+                messages: c.messages,
+                dropped: c.dropped,
+                faults: c.faults,
+                restarts: c.restarts,
+                fuel: c.fuel,
+                tasks_open: self.sim.tasks.open.len() as u64,
+                queued: self.sim.mailboxes.values().map(|m| m.len() as u64).sum(),
+                tick_p50_us: self.agg.quantile(0.5),
+                tick_p99_us: self.agg.quantile(0.99),
+                recoveries: self.recoveries.values().map(|&n| u64::from(n)).sum(),
+            },
+            agents,
         }
     }
 
+    /// Publishes the live state on the board, at most every
+    /// [`BOARD_INTERVAL`] while running (viewers refresh slower than that;
+    /// building the state costs a scan of every agent).  The board is out
+    /// of band: when it is published never affects the run.
     fn publish_board(&mut self, phase: &str) {
         if self.board.is_none() {
             return;
         }
+        let now = Instant::now();
+        if phase == "running"
+            && self
+                .last_board
+                .is_some_and(|t| now.duration_since(t) < BOARD_INTERVAL)
+        {
+            return;
+        }
+        self.last_board = Some(now);
         let state = self.live_state(phase);
         if let (Some(b), Ok(bytes)) = (&mut self.board, shm_protocol::codec::encode(&state)) {
             let _ = b.publish(&bytes);

@@ -3,9 +3,10 @@
 //! `cargo bench -p lockstep-ui --bench board` (`LOCKSTEP_BENCH_QUICK=1` for a
 //! smoke run, `LOCKSTEP_BENCH_RUNS` rounds, default 5).
 //!
-//! Measures, for live states of the size the supervisor publishes (the
-//! summary line plus one line per agent for 10, 256 (what `Run` publishes at most) and 1,024 agents, four
-//! children):
+//! Measures, for live states of the size the supervisor publishes (run
+//! counters, 64 recent log lines, four children and one row per agent for
+//! 10, 256 and 1,024 agents — `Run` publishes up to 512 rows plus up to 128
+//! agents that are not live):
 //!
 //! * **publish** — what the supervisor pays per tick: postcard-encode the
 //!   [`LiveState`] and write it into the state board (seqlock) file;
@@ -18,7 +19,7 @@
 //! Each figure is the median over rounds of the per-round p50/p99, with the
 //! min–max across rounds.
 
-use lockstep_common::live::{ChildStatus, LIVE_STATE_VERSION, LiveState};
+use lockstep_common::live::{AgentRow, ChildStatus, LIVE_STATE_VERSION, LiveState, RunStats};
 use shm_protocol::board::{BoardReader, BoardWriter};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,24 +37,33 @@ fn state(agents: usize, tick: u64) -> LiveState {
             last_rtt_ns: 0,
         })
         .collect();
-    let mut log = vec![format!(
-        "agents {agents} live / {agents} total · steps {} · messages {} (dropped 0) · faults 0 · tasks open 3 · tick p50 812 µs p99 1490 µs",
-        tick * agents as u64,
-        tick * 7
-    )];
-    for id in 0..agents {
-        log.push(format!(
-            "agent {id:>6} {:<24} live (queued {})",
-            format!("sensor-{id}"),
-            (id as u64 + tick) % 5
-        ));
-    }
+    let n = agents as u64;
     LiveState {
         version: LIVE_STATE_VERSION,
         phase: "running".into(),
         tick,
         children,
-        log,
+        log: (0..64)
+            .map(|i| format!("[tick {tick}] agent {i} sensor-{i}: reading {}", i * 7))
+            .collect(),
+        stats: RunStats {
+            live: n,
+            total: n,
+            steps: tick * n,
+            messages: tick * 7,
+            tick_p50_us: 812,
+            tick_p99_us: 1490,
+            ..RunStats::default()
+        },
+        agents: (0..n)
+            .map(|id| AgentRow {
+                id,
+                name: format!("sensor-{id}"),
+                tenant: 0,
+                status: "live".into(),
+                queued: (id + tick) % 5,
+            })
+            .collect(),
     }
 }
 
@@ -239,7 +249,7 @@ fn main() {
         "UI state board: {runs} round(s) × {iters} publications; µs, median (min–max over rounds)"
     );
     println!(
-        "| agent lines | state bytes | publish p50 | publish p99 | read p50 | read p99 | visible in another process p50 | p99 |"
+        "| agent rows | state bytes | publish p50 | publish p99 | read p50 | read p99 | visible in another process p50 | p99 |"
     );
     println!("|--:|--:|--:|--:|--:|--:|--:|--:|");
     for (i, &n) in sizes.iter().enumerate() {

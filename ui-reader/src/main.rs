@@ -1,13 +1,25 @@
 //! `lockstep-ui`: a read-only viewer of a Lockstep run.
 //!
 //! It maps the run's state board (`<run-dir>/state.board`) with `PROT_READ`
-//! and prints the supervisor's live state.  It holds no write access to
-//! anything of the run — the kernel refuses any store into its mapping — so
-//! attaching, detaching or crashing it cannot affect the runtime.
+//! and shows the supervisor's live state: on a terminal as a full-screen
+//! view (ratatui: run counters, tick rate, children, a scrollable agent
+//! table, recent agent logs), otherwise — or with `--plain` — as text, once
+//! (`--once`) or on every change.  It holds no write access to anything of
+//! the run — the kernel refuses any store into its mapping, and it opens no
+//! control socket — so attaching, detaching or crashing it cannot affect the
+//! runtime.
+//!
+//! ```text
+//! lockstep-ui run/demo            # full-screen view (q quits)
+//! lockstep-ui --once run/demo     # print the current state and exit
+//! ```
+
+mod tui;
 
 use clap::Parser;
 use lockstep_common::live::{LIVE_STATE_VERSION, LiveState};
 use shm_protocol::board::BoardReader;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,7 +37,10 @@ struct Args {
     /// Print the current state once and exit.
     #[arg(long)]
     once: bool,
-    /// Refresh interval in milliseconds (follow mode).
+    /// Print text on every change even on a terminal (no full-screen view).
+    #[arg(long)]
+    plain: bool,
+    /// Refresh interval in milliseconds.
     #[arg(long, default_value_t = 200)]
     interval_ms: u64,
 }
@@ -38,11 +53,31 @@ fn board_path(target: &std::path::Path) -> PathBuf {
     }
 }
 
+/// The state as text (`--once`, `--plain`, and output that is not a
+/// terminal).
 fn render(state: &LiveState, generation: u64) -> String {
     let mut out = format!(
         "phase {}  tick {}  (board generation {generation})\n",
         state.phase, state.tick
     );
+    let s = &state.stats;
+    if s.total > 0 {
+        out.push_str(&format!(
+            "agents {} live / {} total · steps {} · messages {} (dropped {}, queued {}) · faults {} · restarts {} · tasks open {} · recoveries {} · tick p50 {} µs p99 {} µs\n",
+            s.live,
+            s.total,
+            s.steps,
+            s.messages,
+            s.dropped,
+            s.queued,
+            s.faults,
+            s.restarts,
+            s.tasks_open,
+            s.recoveries,
+            s.tick_p50_us,
+            s.tick_p99_us
+        ));
+    }
     if !state.children.is_empty() {
         out.push_str(&format!(
             "{:<16} {:<15} {:>8} {:>10}  state\n",
@@ -59,22 +94,42 @@ fn render(state: &LiveState, generation: u64) -> String {
             ));
         }
     }
+    for a in &state.agents {
+        out.push_str(&format!(
+            "  agent {:>6} {:<24} {} (queued {})\n",
+            a.id, a.name, a.status, a.queued
+        ));
+    }
     for line in &state.log {
         out.push_str(&format!("  {line}\n"));
     }
     out
 }
 
-fn read_state(reader: &BoardReader) -> Result<(LiveState, u64), String> {
+/// The first varint of a postcard encoding (a state's version), if any.
+fn leading_varint(bytes: &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for (i, b) in bytes.iter().take(10).enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// One consistent read of the board, decoded.
+pub(crate) fn read_state(reader: &BoardReader) -> Result<(LiveState, u64), String> {
     let snap = reader.read().map_err(|e| e.to_string())?;
+    let version = leading_varint(&snap.data);
+    if version != Some(u64::from(LIVE_STATE_VERSION)) {
+        return Err(match version {
+            Some(v) => format!("state version {v} (this viewer reads {LIVE_STATE_VERSION})"),
+            None => "state board holds an unreadable state".into(),
+        });
+    }
     let state: LiveState = shm_protocol::codec::decode(&snap.data)
         .map_err(|e| format!("state board holds an unreadable state: {e}"))?;
-    if state.version != LIVE_STATE_VERSION {
-        return Err(format!(
-            "state version {} (this viewer reads {LIVE_STATE_VERSION})",
-            state.version
-        ));
-    }
     Ok((state, snap.generation))
 }
 
@@ -88,6 +143,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let interval = Duration::from_millis(args.interval_ms.max(10));
     if args.once {
         return match read_state(&reader) {
             Ok((s, g)) => {
@@ -96,6 +152,15 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("lockstep-ui: {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if !args.plain && std::io::stdout().is_terminal() {
+        return match tui::run(&reader, &path, interval) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lockstep-ui: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -117,6 +182,30 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        std::thread::sleep(Duration::from_millis(args.interval_ms));
+        std::thread::sleep(interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_varint_reads_the_version() {
+        let s = tui::tests::sample(3);
+        let bytes = shm_protocol::codec::encode(&s).unwrap();
+        assert_eq!(leading_varint(&bytes), Some(u64::from(LIVE_STATE_VERSION)));
+        assert_eq!(leading_varint(&[0x81, 0x01]), Some(129));
+        assert_eq!(leading_varint(&[0x80; 12]), None);
+    }
+
+    #[test]
+    fn text_rendering_shows_counters_agents_and_logs() {
+        let text = render(&tui::tests::sample(3), 7);
+        assert!(text.contains("phase running  tick 42  (board generation 7)"));
+        assert!(text.contains("agents 2 live / 3 total"));
+        assert!(text.contains("sensor-2"));
+        assert!(text.contains("faulted: trap"));
+        assert!(text.contains("hello from agent 1"));
     }
 }
