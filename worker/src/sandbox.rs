@@ -76,19 +76,19 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// A resource limit could not be set.
-    #[error("cannot set {resource} to {value}: {source}")]
+    #[error("cannot set {resource} to {value}: {errno}")]
     Rlimit {
         /// The limit.
         resource: &'static str,
         /// The value asked for.
         value: u64,
-        /// Cause.
-        #[source]
-        source: nix::Error,
+        /// Cause (shown in the message, like every variant here: the worker
+        /// reports the message alone, so it is not also a `source`).
+        errno: nix::Error,
     },
     /// `PR_SET_NO_NEW_PRIVS` failed.
     #[error("cannot set no_new_privs: {0}")]
-    NoNewPrivs(#[source] nix::Error),
+    NoNewPrivs(nix::Error),
     /// A directory named on the command line is unusable.
     #[error("{what} directory {path}: {reason}")]
     Dir {
@@ -215,10 +215,10 @@ impl Probe {
 fn set_rlimits(cfg: &Config) -> Result<(), SandboxError> {
     use nix::sys::resource::{Resource, setrlimit};
     let set = |resource, name, value: u64| {
-        setrlimit(resource, value, value).map_err(|source| SandboxError::Rlimit {
+        setrlimit(resource, value, value).map_err(|errno| SandboxError::Rlimit {
             resource: name,
             value,
-            source,
+            errno,
         })
     };
     if cfg.address_space_limit > 0 {
