@@ -154,52 +154,9 @@ impl Cfg {
 
 // ---------------------------------------------------------------- stats ---
 
-/// Median and range of one figure over the runs.
-#[derive(Debug, Clone, Copy)]
-struct Stat {
-    med: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Stat {
-    fn of(v: &[f64]) -> Self {
-        if v.is_empty() {
-            return Self {
-                med: f64::NAN,
-                min: f64::NAN,
-                max: f64::NAN,
-            };
-        }
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let med = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Self {
-            med,
-            min: v[0],
-            max: v[n - 1],
-        }
-    }
-
-    /// `med (min–max)` with `prec` decimals.
-    fn show(&self, prec: usize) -> String {
-        if self.med.is_nan() {
-            "–".into()
-        } else if self.min == self.max {
-            format!("{:.prec$}", self.med)
-        } else {
-            format!(
-                "{:.prec$} ({:.prec$}–{:.prec$})",
-                self.med, self.min, self.max
-            )
-        }
-    }
-}
+#[path = "../../tests/bench_support/stat.rs"]
+mod stat;
+use stat::Stat;
 
 fn ns_per(elapsed: Duration, n: usize) -> f64 {
     elapsed.as_nanos() as f64 / n as f64
