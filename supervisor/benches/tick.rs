@@ -39,9 +39,8 @@
 use lockstep_supervisor::manifest::Manifest;
 use lockstep_supervisor::runner::{Run, RunConfig, TickTiming};
 use lockstep_supervisor::sim::SimState;
-use lockstep_worker::agent::{Runtime, encode_context};
+use lockstep_worker::agent::Runtime;
 use lockstep_worker::engine::{self, AgentModule, ModuleCache};
-use lockstep_worker::host::AgentHost;
 use shm_protocol::worker::{AgentLimits, AgentResult, Output};
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -49,7 +48,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use wasmtime::{Store, TypedFunc};
 
 /// Peer results: (variant, N) → (p50, p99) µs.
 type PeerResults = BTreeMap<(String, u64), (f64, f64)>;
@@ -433,46 +431,16 @@ fn route_only(cfg: &Cfg, dir: &Path, n: u64, k: u32) -> (f64, f64) {
 
 // ---------------------------------------------------- in-process bound ---
 
-type Bare = (Store<AgentHost>, TypedFunc<i32, i32>, i32);
+#[path = "../../tests/bench_support/bare.rs"]
+mod bare;
+use bare::{Bare, bare_agent};
 
 fn bare_agents(rt: &Runtime, module: &AgentModule, ids: impl Iterator<Item = u64>) -> Vec<Bare> {
     let lim = AgentLimits {
         memory_bytes: 1 << 20,
         ..AgentLimits::default()
     };
-    ids.map(|id| {
-        let mut store = Store::new(&rt.engine, AgentHost::new(id, rt.seed, lim));
-        store.limiter(|h| h);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(1 << 40);
-        store.set_fuel(lim.fuel_per_call).expect("fuel");
-        let inst = rt
-            .linker
-            .instantiate(&mut store, &module.module)
-            .expect("instantiate");
-        let memory = inst.get_memory(&mut store, "memory").expect("memory");
-        store.data_mut().memory = Some(memory);
-        let init = inst
-            .get_typed_func::<(), i32>(&mut store, "agent_init")
-            .expect("agent_init");
-        assert_eq!(init.call(&mut store, ()).expect("init"), 0);
-        let buffer = inst
-            .get_typed_func::<i32, i32>(&mut store, "agent_buffer")
-            .expect("agent_buffer");
-        let ptr = buffer.call(&mut store, 256).expect("agent_buffer()");
-        memory
-            .write(
-                &mut store,
-                ptr as usize,
-                &encode_context(1, id, None, 0, false),
-            )
-            .expect("write ctx");
-        let step = inst
-            .get_typed_func::<i32, i32>(&mut store, "agent_step")
-            .expect("agent_step");
-        (store, step, ptr)
-    })
-    .collect()
+    ids.map(|id| bare_agent(rt, module, id, lim)).collect()
 }
 
 /// One round of section 2: (p50, p99) µs.

@@ -24,7 +24,7 @@
 
 use lockstep_supervisor::child::{Child, ChildSpec};
 use lockstep_supervisor::reaper::Reaper;
-use lockstep_worker::agent::{Agent, Runtime, encode_context};
+use lockstep_worker::agent::{Agent, Runtime};
 use lockstep_worker::engine::{self, AgentModule, ModuleCache};
 use lockstep_worker::host::AgentHost;
 use lockstep_worker::service::Worker;
@@ -154,6 +154,9 @@ impl Cfg {
 
 // ---------------------------------------------------------------- stats ---
 
+#[path = "../../tests/bench_support/bare.rs"]
+mod bare;
+use bare::bare_agent;
 #[path = "../../tests/bench_support/stat.rs"]
 mod stat;
 use stat::Stat;
@@ -397,33 +400,7 @@ impl Direct {
         let lim = limits();
         let mut agents = Vec::with_capacity(n);
         for id in 1..=n as u64 {
-            let mut store = Store::new(&rt.engine, AgentHost::new(id, rt.seed, lim));
-            store.limiter(|h| h);
-            store.epoch_deadline_trap();
-            store.set_epoch_deadline(1 << 40);
-            store.set_fuel(lim.fuel_per_call).expect("fuel");
-            let inst = rt
-                .linker
-                .instantiate(&mut store, &module.module)
-                .expect("instantiate");
-            let memory = inst.get_memory(&mut store, "memory").expect("memory");
-            store.data_mut().memory = Some(memory);
-            let init = inst
-                .get_typed_func::<(), i32>(&mut store, "agent_init")
-                .expect("agent_init");
-            assert_eq!(init.call(&mut store, ()).expect("init"), 0);
-            let buffer = inst
-                .get_typed_func::<i32, i32>(&mut store, "agent_buffer")
-                .expect("agent_buffer");
-            let ptr = buffer.call(&mut store, 256).expect("agent_buffer()");
-            let ctx = encode_context(1, id, None, 0, false);
-            memory
-                .write(&mut store, ptr as usize, &ctx)
-                .expect("write ctx");
-            let step = inst
-                .get_typed_func::<i32, i32>(&mut store, "agent_step")
-                .expect("agent_step");
-            agents.push((store, step, ptr));
+            agents.push(bare_agent(rt, module, id, lim));
         }
         Self {
             agents,
