@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Builds every example agent (Rust crates under agents/examples/, C files under
-# agents/c/) into target/agents/<name>.wasm and checks that each module speaks
-# agent ABI v1.0: imports only from module "lockstep" with the documented
-# signatures, exports the required functions and a non-shared memory.
+# agents/c/, TypeScript files under agents/ts/examples/) into
+# target/agents/<name>.wasm (c_<name>, ts_<name>) and checks that each module
+# speaks agent ABI v1.0: imports only from module "lockstep" with the
+# documented signatures, exports the required functions and a non-shared
+# memory.
 #
 #   scripts/build-agents.sh            # build + verify everything
 #   scripts/build-agents.sh --no-c     # skip the C agents
+#   scripts/build-agents.sh --no-ts    # skip the TypeScript agents
 #
 # Toolchain: a rustup toolchain with the wasm32-unknown-unknown target if one
 # is installed (plain `cargo build --target wasm32-unknown-unknown`);
 # otherwise Debian's rustc-web/cargo-web with rust-web-src, building core and
 # alloc from source (-Zbuild-std).  C agents need clang and wasm-ld (lld).
-# Rust outputs go to target/agents-build (a separate target dir); re-running
-# with nothing changed is quick and leaves target/agents/* untouched.
+# TypeScript agents need Node.js and npm (scripts/build-ts-agents.sh; without
+# them they are skipped with a message).  Rust outputs go to
+# target/agents-build (a separate target dir); re-running with nothing
+# changed is quick and leaves target/agents/* untouched.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,12 +26,14 @@ OUT="$ROOT/target/agents"
 BUILD="$ROOT/target/agents-build"
 TARGET=wasm32-unknown-unknown
 BUILD_C=1
+BUILD_TS=1
 
 for arg in "$@"; do
     case "$arg" in
         --no-c) BUILD_C=0 ;;
+        --no-ts) BUILD_TS=0 ;;
         -h | --help)
-            sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -124,6 +131,24 @@ if [[ $BUILD_C == 1 ]]; then
         fi
         names+=("$name")
     done
+fi
+
+# --- TypeScript agents --------------------------------------------------------
+
+if [[ $BUILD_TS == 1 ]]; then
+    ts_status=0
+    "$ROOT/scripts/build-ts-agents.sh" || ts_status=$?
+    if [[ $ts_status == 3 ]]; then
+        log "skipping the TypeScript agents (no Node.js/npm; see above)"
+    elif [[ $ts_status != 0 ]]; then
+        log "building the TypeScript agents failed"
+        exit "$ts_status"
+    else
+        for src in "$AGENTS"/ts/examples/*.ts; do
+            [[ -e $src ]] || continue
+            names+=("ts_$(basename "${src%.ts}")")
+        done
+    fi
 fi
 
 # --- verification -------------------------------------------------------------
