@@ -6,6 +6,7 @@
 //!   `#[command(flatten)]`ed into the child's own arguments.
 //! * [`parse_or_exit`] / [`connect_or_exit`] — argument parsing and bring-up
 //!   that end the process with the documented [`ExitCode`] on failure.
+//! * [`start_heartbeat`] — a child's heartbeat, independent of its work.
 
 pub mod live;
 
@@ -96,6 +97,23 @@ pub fn connect_or_exit(args: &ChildArgs, role: Role) -> (Endpoint, String) {
             e.exit_code().exit();
         }
     }
+}
+
+/// Beats this process's heartbeat in `ep`'s segment every `period` from a
+/// thread of its own, for the life of the process: the supervisor tells a
+/// busy child (a long model run, a long compile) from a stopped or hung one
+/// by it.  A child whose whole process stops (SIGSTOP, a debugger, a frozen
+/// VM) stops beating.
+pub fn start_heartbeat(ep: &Endpoint, period: std::time::Duration) {
+    let status = ep.segment().status();
+    let _ = std::thread::Builder::new()
+        .name("lockstep-heartbeat".into())
+        .spawn(move || {
+            loop {
+                status.beat();
+                std::thread::sleep(period);
+            }
+        });
 }
 
 /// How much of the worker sandbox to apply (`lockstep-worker --sandbox`;

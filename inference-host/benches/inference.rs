@@ -143,6 +143,7 @@ impl Host {
                 _ => WaitPolicy::ADAPTIVE,
             },
             env: Vec::new(),
+            hang_timeout: None,
         };
         let mut child = Child::spawn(&spec, &reaper).unwrap();
         child.handshake(Duration::from_secs(30)).unwrap();

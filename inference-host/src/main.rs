@@ -47,6 +47,10 @@ struct Args {
     /// the thread count).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     intra_threads: u16,
+    /// Largest encoded reply to one batch, bytes; outputs beyond it are
+    /// answered with errors, largest first.
+    #[arg(long, default_value_t = shm_protocol::inference::MAX_REPLY)]
+    max_reply: usize,
 }
 
 fn fail(e: &InferenceError) -> ! {
@@ -154,9 +158,10 @@ fn encoded_len<T: serde::Serialize>(v: &T) -> usize {
     shm_protocol::codec::encode(v).map_or(0, |b| b.len())
 }
 
-/// Makes an `Infer` reply fit one ring frame (a reply that does not fit
-/// would end the host): outputs are replaced by errors, largest first; if
-/// even that is not enough the whole batch is answered with [`Up::Error`].
+/// Keeps an `Infer` reply within [`shm_protocol::inference::MAX_REPLY`]
+/// bytes (a fixed bound, so that which outputs are refused never depends on
+/// a ring's size): outputs are replaced by errors, largest first; if even
+/// that is not enough the whole batch is answered with [`Up::Error`].
 fn fit_reply(reply: InferenceReply, max_reply: usize) -> Up {
     let InferenceReply::Results {
         batch_id,
@@ -205,7 +210,7 @@ fn fit_reply(reply: InferenceReply, max_reply: usize) -> Up {
             tracing::warn!(batch_id, "reply does not fit the ring even without outputs");
             return Up::Error {
                 message: format!(
-                    "inference batch {batch_id}: {} results do not fit one reply frame of {max_reply} bytes; use larger rings or fewer requests per batch",
+                    "inference batch {batch_id}: {} results do not fit one reply of {max_reply} bytes; send fewer requests per batch",
                     results.len()
                 ),
             };
@@ -214,7 +219,7 @@ fn fit_reply(reply: InferenceReply, max_reply: usize) -> Up {
         results[i] = result(
             results[i].request_key,
             Err(format!(
-                "output of {bytes} bytes does not fit the reply frame ({max_reply} bytes)"
+                "output of {bytes} bytes does not fit the reply ({max_reply} bytes)"
             )),
         );
         sizes[i] = encoded_len(&results[i]);
@@ -233,7 +238,9 @@ fn main() {
     let mut registry = start_runtime(&args);
     let (mut ep, name) = lockstep_common::connect_or_exit(&args.child, Role::InferenceHost);
     tracing::debug!(%name, "inference host ready");
-    let max_reply = ep.tx.producer().max_payload();
+    // Beat while a model runs: the supervisor declares a silent host hung.
+    lockstep_common::start_heartbeat(&ep, std::time::Duration::from_millis(10));
+    let max_reply = args.max_reply;
     let mut rss = RssSampler::new(Duration::from_millis(100));
     let code = bootstrap::serve(&mut ep, |cmd| match cmd {
         Down::Inference(c) => Reply::Send(fit_reply(handle(&mut registry, &mut rss, c), max_reply)),

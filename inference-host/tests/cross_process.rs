@@ -31,6 +31,7 @@ fn spawn(reaper: &Reaper, args: &[&str]) -> Child {
         rings: SegmentConfig::default(),
         policy: WaitPolicy::ADAPTIVE,
         env: Vec::new(),
+        hang_timeout: None,
     };
     let mut child = Child::spawn(&spec, reaper).unwrap();
     child.handshake(Duration::from_secs(30)).unwrap();
@@ -276,31 +277,50 @@ fn host_process_serves_models_over_the_ring() {
     assert_eq!(exit.kind, ExitKind::Exited(0), "{exit}");
 }
 
-/// A reply that would not fit the ring turns into per-request errors instead
-/// of killing the host.
+/// A reply larger than the ring is carried whole (the endpoint splits it
+/// into frames); a reply beyond the host's reply limit turns into
+/// per-request errors instead of killing the host.
 #[test]
-fn oversized_replies_become_errors() {
+fn large_replies_are_carried_and_oversized_ones_become_errors() {
     let (reaper, _deaths) = Reaper::start().unwrap();
-    let spec = ChildSpec {
-        role: Role::InferenceHost,
-        name: "small-rings".into(),
-        program: HOST.into(),
-        args: vec!["--device".into(), "cpu".into()],
-        rings: SegmentConfig {
-            to_attacher: 1 << 20,
-            to_creator: 1 << 12,
-        },
-        policy: WaitPolicy::ADAPTIVE,
-        env: Vec::new(),
+    let spawn_small = |extra: &[&str]| {
+        let mut args: Vec<OsString> = vec!["--device".into(), "cpu".into()];
+        args.extend(extra.iter().map(OsString::from));
+        let spec = ChildSpec {
+            role: Role::InferenceHost,
+            name: "small-rings".into(),
+            program: HOST.into(),
+            args,
+            rings: SegmentConfig {
+                to_attacher: 1 << 20,
+                to_creator: 1 << 12,
+            },
+            policy: WaitPolicy::ADAPTIVE,
+            env: Vec::new(),
+            hang_timeout: None,
+        };
+        let mut child = Child::spawn(&spec, &reaper).unwrap();
+        child.handshake(Duration::from_secs(30)).unwrap();
+        assert!(matches!(
+            load(&mut child, "mlp", "v1", "mlp.onnx"),
+            InferenceReply::Loaded { .. }
+        ));
+        child
     };
-    let mut child = Child::spawn(&spec, &reaper).unwrap();
-    child.handshake(Duration::from_secs(30)).unwrap();
-    assert!(matches!(
-        load(&mut child, "mlp", "v1", "mlp.onnx"),
-        InferenceReply::Loaded { .. }
-    ));
     // 64 rows × 4 f32 = 1 KiB per request; 8 of them exceed a 4 KiB ring.
     let tensors: Vec<Tensor> = (0..8).map(|i| mlp_input(64, i)).collect();
+    let mut child = spawn_small(&[]);
+    let InferenceReply::Results { results, .. } = infer(&mut child, 1, "mlp", None, &tensors, 1024)
+    else {
+        panic!("expected results");
+    };
+    assert!(
+        results.iter().all(|r| r.output.is_ok()),
+        "all 8 outputs carried"
+    );
+    child.shutdown(Duration::from_secs(10)).unwrap();
+
+    let mut child = spawn_small(&["--max-reply", "4096"]);
     let InferenceReply::Results { results, .. } = infer(&mut child, 1, "mlp", None, &tensors, 1024)
     else {
         panic!("expected results");

@@ -174,7 +174,7 @@ pub fn serve(ep: &mut Endpoint, mut handle: impl FnMut(Down) -> Reply) -> ExitCo
             Err(ChannelError::PeerGone(_)) | Err(ChannelError::Timeout) => {
                 return ExitCode::SupervisorGone;
             }
-            Err(ChannelError::Ring(_)) => return ExitCode::Protocol,
+            Err(ChannelError::Ring(_) | ChannelError::TooLarge(_)) => return ExitCode::Protocol,
         };
         let reply = match msg {
             Down::Ping { seq } => Reply::Send(Up::Pong { seq }),
@@ -196,7 +196,7 @@ pub fn serve(ep: &mut Endpoint, mut handle: impl FnMut(Down) -> Reply) -> ExitCo
         };
         if let Err(e) = sent {
             return match e {
-                ChannelError::Ring(_) => ExitCode::Protocol,
+                ChannelError::Ring(_) | ChannelError::TooLarge(_) => ExitCode::Protocol,
                 _ => ExitCode::SupervisorGone,
             };
         }

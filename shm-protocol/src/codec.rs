@@ -1,7 +1,10 @@
 //! `serde` + `postcard` encoding of control messages.
 //!
 //! A message travels as one ring frame of kind [`KIND_MESSAGE`] whose payload
-//! is the postcard encoding of the value.  Decoding is strict: malformed bytes,
+//! is the postcard encoding of the value.  A message larger than a ring's
+//! largest frame is split by the endpoint (never by its callers) into frames
+//! of kind [`KIND_FRAGMENT`] followed by a final [`KIND_MESSAGE`] frame; the
+//! receiver joins them, up to [`MAX_MESSAGE`] bytes.  Decoding is strict: malformed bytes,
 //! unknown enum variants and trailing bytes are all a [`CodecError`], never a
 //! panic; length prefixes cannot make the decoder pre-allocate more than
 //! serde's cautious bound.
@@ -10,6 +13,12 @@ use serde::{Serialize, de::DeserializeOwned};
 
 /// Frame kind of a postcard-encoded control message.
 pub const KIND_MESSAGE: u32 = 1;
+/// Frame kind of a leading piece of a message too large for one frame (the
+/// message ends with a [`KIND_MESSAGE`] frame).
+pub const KIND_FRAGMENT: u32 = 2;
+/// Largest encoded message accepted from a peer (1 GiB): a peer that sends
+/// more fragments than this breaks the protocol.
+pub const MAX_MESSAGE: usize = 1 << 30;
 
 /// Encoding/decoding failures.
 #[derive(Debug, thiserror::Error)]

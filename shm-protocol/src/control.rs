@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the control protocol; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What a child process is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 //! the [`PeerMonitor`] is consulted, so a dead or hung peer releases every
 //! blocked call with [`ChannelError::PeerGone`] instead of leaving it hanging.
 
-use crate::codec::{self, CodecError, KIND_MESSAGE};
+use crate::codec::{self, CodecError, KIND_FRAGMENT, KIND_MESSAGE, MAX_MESSAGE};
 use crate::peer::{PeerGone, PeerMonitor, PidFd};
 use crate::ring::{Consumer, Frame, Producer, Reservation, RingError};
 use crate::segment::Segment;
@@ -83,7 +83,29 @@ pub enum ChannelError {
     /// A frame of an unexpected kind arrived where a message was expected.
     #[error("expected a message frame, got kind {0}")]
     UnexpectedKind(u32),
+    /// The peer's fragments add up to more than [`MAX_MESSAGE`] bytes.
+    #[error("message of more than {MAX_MESSAGE} bytes (peer sent {0} bytes of fragments)")]
+    TooLarge(usize),
 }
+
+impl ChannelError {
+    /// Whether the error means the peer broke the protocol (a corrupt ring,
+    /// an undecodable or oversized message, a frame of the wrong kind) as
+    /// opposed to being gone or slow.
+    pub fn is_violation(&self) -> bool {
+        matches!(
+            self,
+            ChannelError::Ring(_)
+                | ChannelError::Codec(_)
+                | ChannelError::UnexpectedKind(_)
+                | ChannelError::TooLarge(_)
+        )
+    }
+}
+
+/// Largest scratch buffer a sender keeps between messages (a larger one,
+/// left by a large message, is released).
+const KEEP_SCRATCH: usize = 1 << 20;
 
 enum Step {
     Spin,
@@ -206,7 +228,11 @@ impl Sender {
         Ok(())
     }
 
-    /// Encodes `msg` and commits it as a [`KIND_MESSAGE`] frame (unpublished).
+    /// Encodes `msg` and commits it (unpublished) as one [`KIND_MESSAGE`]
+    /// frame, or — when it is larger than the ring's largest frame — as
+    /// [`KIND_FRAGMENT`] frames and a final [`KIND_MESSAGE`] frame (earlier
+    /// fragments are published while later ones wait for space, so a
+    /// message may be many times the ring's size).
     pub fn push_msg<T: Serialize + ?Sized>(
         &mut self,
         msg: &T,
@@ -216,9 +242,37 @@ impl Sender {
         buf.clear();
         let res = codec::encode_into(msg, &mut buf)
             .map_err(ChannelError::from)
-            .and_then(|()| self.push(KIND_MESSAGE, &buf, deadline));
+            .and_then(|()| self.push_split(&buf, deadline));
+        if buf.capacity() > KEEP_SCRATCH {
+            buf = Vec::new();
+        }
         self.scratch = buf;
         res
+    }
+
+    /// Commits an encoded message, split into fragments if it must be.
+    fn push_split(&mut self, bytes: &[u8], deadline: Option<Instant>) -> Result<(), ChannelError> {
+        if bytes.len() > MAX_MESSAGE {
+            return Err(ChannelError::TooLarge(bytes.len()));
+        }
+        // A quarter of the ring per fragment: the consumer can drain one
+        // while the next is written.
+        let piece = (self.prod.capacity() / 4)
+            .min(self.prod.max_payload())
+            .max(1);
+        if bytes.len() <= self.prod.max_payload() {
+            return self.push(KIND_MESSAGE, bytes, deadline);
+        }
+        let mut chunks = bytes.chunks(piece).peekable();
+        while let Some(c) = chunks.next() {
+            let kind = if chunks.peek().is_some() {
+                KIND_FRAGMENT
+            } else {
+                KIND_MESSAGE
+            };
+            self.push(kind, c, deadline)?;
+        }
+        Ok(())
     }
 
     /// Encodes `msg`, sends it and publishes it.
@@ -259,6 +313,8 @@ pub struct Receiver {
     cons: Consumer,
     monitor: Arc<PeerMonitor>,
     policy: WaitPolicy,
+    /// Fragments of a message being received.
+    pieces: Vec<u8>,
 }
 
 impl Receiver {
@@ -316,16 +372,44 @@ impl Receiver {
         }
     }
 
-    /// Receives one [`KIND_MESSAGE`] frame and decodes it.
+    /// Receives one message (one [`KIND_MESSAGE`] frame, preceded by the
+    /// [`KIND_FRAGMENT`] frames of a large message) and decodes it.  On a
+    /// timeout the fragments received so far are kept for the next call.
     pub fn recv_msg<T: DeserializeOwned>(
         &mut self,
         deadline: Option<Instant>,
     ) -> Result<T, ChannelError> {
-        let frame = self.recv(deadline)?;
-        if frame.kind != KIND_MESSAGE {
-            return Err(ChannelError::UnexpectedKind(frame.kind));
+        loop {
+            let (kind, off, len) = self.next(deadline)?;
+            let frame = self.cons.frame_at(kind, off, len);
+            match frame.kind {
+                KIND_FRAGMENT => {
+                    let total = self.pieces.len() + frame.payload().len();
+                    if total > MAX_MESSAGE {
+                        self.pieces = Vec::new();
+                        return Err(ChannelError::TooLarge(total));
+                    }
+                    self.pieces.extend_from_slice(frame.payload());
+                }
+                KIND_MESSAGE if self.pieces.is_empty() => {
+                    return Ok(codec::decode(frame.payload())?);
+                }
+                KIND_MESSAGE => {
+                    let total = self.pieces.len() + frame.payload().len();
+                    if total > MAX_MESSAGE {
+                        self.pieces = Vec::new();
+                        return Err(ChannelError::TooLarge(total));
+                    }
+                    let mut whole = std::mem::take(&mut self.pieces);
+                    whole.extend_from_slice(frame.payload());
+                    return Ok(codec::decode(&whole)?);
+                }
+                other => {
+                    self.pieces = Vec::new();
+                    return Err(ChannelError::UnexpectedKind(other));
+                }
+            }
         }
-        Ok(codec::decode(frame.payload())?)
     }
 
     /// Returns consumed space to the producer now.
@@ -377,6 +461,7 @@ impl Endpoint {
                 cons,
                 monitor,
                 policy,
+                pieces: Vec::new(),
             },
             segment,
         }
@@ -542,6 +627,47 @@ mod tests {
         assert!(
             matches!(err, ChannelError::PeerGone(PeerGone::Closed)),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn messages_larger_than_the_ring_are_split_and_joined() {
+        let (mut a, mut b) = pair(WaitPolicy::ADAPTIVE);
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let t = std::thread::spawn(move || {
+            for n in [10usize, 3_000, 100_000, 5] {
+                a.tx.send_msg(&serde_bytes::ByteBuf::from(big[..n].to_vec()), soon())
+                    .unwrap();
+            }
+            a
+        });
+        for n in [10usize, 3_000, 100_000, 5] {
+            let got: serde_bytes::ByteBuf = b.recv_msg(soon()).unwrap();
+            assert_eq!(got.len(), n);
+            assert!(
+                got.iter()
+                    .enumerate()
+                    .all(|(i, v)| *v == (i as u32 * 7) as u8)
+            );
+        }
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_fragment_stream_without_an_end_is_bounded() {
+        let (mut a, mut b) = pair(WaitPolicy::ADAPTIVE);
+        a.tx.send(crate::codec::KIND_FRAGMENT, &[1; 100], None)
+            .unwrap();
+        a.tx.send(9, b"x", None).unwrap();
+        assert!(matches!(
+            b.recv_msg::<crate::control::Up>(soon()),
+            Err(ChannelError::UnexpectedKind(9))
+        ));
+        // The half-received message was dropped: the next one decodes.
+        a.send_msg(&crate::control::Up::ShutdownAck, None).unwrap();
+        assert_eq!(
+            b.recv_msg::<crate::control::Up>(soon()).unwrap(),
+            crate::control::Up::ShutdownAck
         );
     }
 

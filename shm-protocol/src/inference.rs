@@ -34,6 +34,11 @@ use serde::{Deserialize, Serialize};
 
 /// Highest tensor rank the ABI allows.
 pub const MAX_RANK: usize = 8;
+/// Largest encoded reply of the inference host to one batch (outputs that
+/// would make it larger are answered with errors, largest first).
+pub const MAX_REPLY: usize = 64 << 20;
+/// Largest input tensor of one inference request.
+pub const MAX_INPUT: usize = 4 << 20;
 
 /// Size of the fixed ABI tensor header (before the dimensions).
 pub const ABI_HEADER_LEN: usize = 8;

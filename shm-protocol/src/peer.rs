@@ -99,6 +99,8 @@ impl AsFd for PidFd {
 struct BeatState {
     last: u64,
     since: Instant,
+    /// Longest silence before the peer counts as hung (`None`: never).
+    limit: Option<Duration>,
 }
 
 /// Watches one peer through its pidfd and its heartbeat.
@@ -106,7 +108,6 @@ struct BeatState {
 pub struct PeerMonitor {
     pidfd: Option<PidFd>,
     status: SegmentStatus,
-    hung_after: Option<Duration>,
     beat: Mutex<BeatState>,
 }
 
@@ -118,12 +119,21 @@ impl PeerMonitor {
         Self {
             pidfd,
             status,
-            hung_after,
             beat: Mutex::new(BeatState {
                 last,
                 since: Instant::now(),
+                limit: hung_after,
             }),
         }
+    }
+
+    /// Changes how long the peer's heartbeat may stall before it counts as
+    /// hung (`None`: never); the silence is measured from now.
+    pub fn set_hung_after(&self, limit: Option<Duration>) {
+        let mut st = self.beat.lock().unwrap_or_else(|p| p.into_inner());
+        st.limit = limit;
+        st.last = self.status.peer_heartbeat();
+        st.since = Instant::now();
     }
 
     /// The peer's pid, if known.
@@ -144,9 +154,9 @@ impl PeerMonitor {
         {
             return Err(PeerGone::Exited { pid: fd.pid() });
         }
-        if let Some(limit) = self.hung_after {
+        let mut st = self.beat.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(limit) = st.limit {
             let now = self.status.peer_heartbeat();
-            let mut st = self.beat.lock().unwrap_or_else(|p| p.into_inner());
             if now != st.last {
                 st.last = now;
                 st.since = Instant::now();

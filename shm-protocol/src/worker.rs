@@ -112,14 +112,22 @@ pub struct Delivery {
 /// The work of one tick for one worker.  The worker performs, in order:
 /// evictions, spawns (ascending agent id), restarts, upgrades, deliveries
 /// (each agent's messages in the given order), steps, stops.
+///
+/// Agents in `preempt` are not called at all this tick: their instance is
+/// created, restarted or upgraded as ordered, then reset to a fresh,
+/// uninitialised instance, and they are reported exactly as an agent whose
+/// call the wall-clock watchdog stopped ([`Fault::Watchdog`], no fuel, no
+/// calls, no outputs).  That is how a journaled watchdog trip is replayed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TickWork {
     /// The tick.
     pub tick: u64,
     /// Agents to start.
     pub spawns: Vec<SpawnOrder>,
-    /// Agents to re-create from scratch and re-`init` (restart policy).
-    pub restarts: Vec<u64>,
+    /// Agents to re-create from scratch and re-`init` (restart policy); an
+    /// agent the worker has no instance of (its spawn could not be
+    /// instantiated) is created.
+    pub restarts: Vec<SpawnOrder>,
     /// Agents to move to a new module version (state carried over, then
     /// `agent_migrate` if the new module exports it).
     pub upgrades: Vec<UpgradeOrder>,
@@ -134,12 +142,15 @@ pub struct TickWork {
     pub stops: Vec<u64>,
     /// Measure per-agent wall time this tick (telemetry sampling).
     pub measure_time: bool,
-    /// More parts of this tick's work follow (a large tick is split into
-    /// several messages); the worker answers only after the last part.
-    pub more: bool,
     /// Agents to remove without calling them, before anything else
     /// (quarantine of an agent that crashed its worker).
     pub evict: Vec<u64>,
+    /// Agents stopped by a journaled watchdog trip: not called (see above).
+    pub preempt: Vec<u64>,
+    /// Whether the wall-clock watchdog may stop calls this tick.  Off when
+    /// recorded ticks are re-executed (replay, recovery): fuel bounds every
+    /// call anyway, and a trip there could not be reproduced.
+    pub watchdog: bool,
 }
 
 /// Why an agent call failed.
@@ -158,8 +169,11 @@ pub enum Fault {
     BadHostCall(String),
     /// An export returned a non-zero code.
     AgentError(i32),
-    /// The call ran past the wall-clock watchdog (not deterministic: the
-    /// supervisor treats it as a fault of the run, not a result).
+    /// The call ran past the wall-clock watchdog.  When it happens is not
+    /// deterministic, so the worker normalises the agent's whole tick (no
+    /// outputs, no fuel, no calls, a fresh uninitialised instance) and the
+    /// supervisor journals the trip, which replays reproduce
+    /// ([`TickWork::preempt`]).
     Watchdog,
     /// The agent could not be instantiated.
     Instantiate(String),
@@ -173,7 +187,10 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// Whether this fault is a deterministic function of the agent's inputs.
+    /// Whether this fault is a deterministic function of the agent's inputs
+    /// alone (a watchdog trip is not, and becomes a journaled decision; an
+    /// `Unknown` fault means the worker's state diverged from the
+    /// supervisor's, a failure of the worker).
     pub fn is_deterministic(&self) -> bool {
         !matches!(self, Fault::Watchdog | Fault::Unknown(_))
     }
@@ -315,9 +332,6 @@ pub struct TickDone {
     pub digest: [u64; 4],
     /// Wall time of the whole tick in the worker, ns.
     pub wall_ns: u64,
-    /// More parts of this result follow (results are split across several
-    /// messages when large); the aggregate fields are in the last part.
-    pub more: bool,
 }
 
 /// The multiset-digest term of one agent's tick (see [`TickDone::digest`]).
@@ -478,6 +492,42 @@ pub struct ChunkData {
     pub bytes: Vec<u8>,
 }
 
+/// What a module declares, found by validating and instantiating it once
+/// (the facts a spawn or an upgrade is checked against before it is
+/// journaled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleFacts {
+    /// BLAKE3 of the module's bytes (its version hash).
+    pub blake3: [u8; 32],
+    /// Its `agent_abi_version`.
+    pub abi_version: u32,
+    /// Types of its mutable globals, in order (`i32`, `i64`, …): the state
+    /// layout an upgrade must match unless it migrates.
+    pub globals: Vec<String>,
+    /// Whether it exports `agent_migrate`.
+    pub migrates: bool,
+    /// The initial size of its memory, bytes (an agent's memory limit must
+    /// be at least this).
+    pub min_memory: u64,
+}
+
+/// One agent to re-create from an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreOrder {
+    /// The agent.
+    pub agent_id: u64,
+    /// Its module (loaded).
+    pub module_id: u32,
+    /// Its tenant.
+    pub tenant: u32,
+    /// Its limits.
+    pub limits: AgentLimits,
+    /// The image.
+    pub image: AgentImage,
+    /// The bytes of every distinct non-zero chunk of the image.
+    pub chunks: Vec<ChunkData>,
+}
+
 /// Supervisor → worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerCommand {
@@ -487,19 +537,31 @@ pub enum WorkerCommand {
         seed: u64,
         /// Wall-clock watchdog per call, ms.
         watchdog_ms: u32,
-        /// Directory for the compiled-module cache.
-        cache_dir: Option<String>,
     },
-    /// Load (compile or fetch from cache) a module.
+    /// Validate, instrument and compile a module; answered with
+    /// [`WorkerReply::Compiled`].  Sent only to a fresh process that never
+    /// ran an agent (the supervisor's compile step): its output is what the
+    /// other workers load.
+    Compile {
+        /// Name for messages.
+        name: String,
+        /// The module (`.wasm`, or `.wat` text).
+        #[serde(with = "serde_bytes")]
+        wasm: Vec<u8>,
+    },
+    /// Load a module: from the supervisor's compiled bytes when given
+    /// (produced by a compile step), otherwise by compiling it.  Workers
+    /// never read module files or a cache themselves.
     LoadModule {
         /// Id used by later orders.
         module_id: u32,
         /// Name for messages.
         name: String,
-        /// Path of the `.wasm` (or `.wat`) file.
-        path: String,
-        /// Expected BLAKE3 of the file (hex), if the manifest pins one.
-        expected_blake3: Option<String>,
+        /// The module bytes.
+        #[serde(with = "serde_bytes")]
+        wasm: Vec<u8>,
+        /// Its compiled form, from [`WorkerReply::Compiled`].
+        compiled: Option<serde_bytes::ByteBuf>,
         /// Largest memory an agent of this module may have.
         memory_limit: u64,
     },
@@ -511,7 +573,7 @@ pub enum WorkerCommand {
         agents: Vec<u64>,
     },
     /// Re-create an agent from a captured state.
-    Restore {
+    RestoreState {
         /// The agent.
         agent_id: u64,
         /// Its module.
@@ -528,70 +590,52 @@ pub enum WorkerCommand {
         /// The agents (ascending).
         agents: Vec<u64>,
     },
-    /// Image these agents (between ticks) for a checkpoint: chunk hashes of
-    /// every agent, and the bytes of the chunks this worker has not sent
-    /// since its last checkpoint (all of them when `full`).  Answered with
-    /// one or more [`WorkerReply::Checkpointed`] parts.
+    /// Image these agents (between ticks) for a checkpoint.  Answered with
+    /// one [`WorkerReply::Imaged`] per agent the worker hosts, in order,
+    /// then [`WorkerReply::Checkpointed`].
     Checkpoint {
         /// The agents (ascending).
         agents: Vec<u64>,
-        /// Send every non-zero chunk, not only new ones.
+        /// Send every non-zero chunk, not only those not sent before.
         full: bool,
     },
-    /// Start re-creating an agent from an image; its chunks follow in
-    /// [`WorkerCommand::RestoreChunks`] (zero chunks are implied).
-    RestoreBegin {
-        /// The agent.
-        agent_id: u64,
-        /// Its module.
-        module_id: u32,
-        /// Its tenant.
-        tenant: u32,
-        /// Its limits.
-        limits: AgentLimits,
-        /// The image.
-        image: AgentImage,
-    },
-    /// Chunks of the image being restored (each fills every position with
-    /// that hash).
-    RestoreChunks {
-        /// The agent.
-        agent_id: u64,
-        /// Chunks.
-        chunks: Vec<ChunkData>,
-    },
-    /// Finish the restore (answered with [`WorkerReply::Restored`]).
-    RestoreEnd {
-        /// The agent.
-        agent_id: u64,
-    },
+    /// Re-create one agent from an image (not answered: errors are
+    /// collected until [`WorkerCommand::RestoreDone`]).
+    Restore(RestoreOrder),
+    /// Answered with [`WorkerReply::Restored`]: every restore since the
+    /// last one.
+    RestoreDone,
 }
 
 /// Worker → supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerReply {
     /// `Configure` done.
-    Configured,
+    Configured {
+        /// Key of the engine configuration (compiled modules are valid only
+        /// for the same key).
+        engine: String,
+    },
+    /// A module compiled by [`WorkerCommand::Compile`].
+    Compiled {
+        /// What it declares.
+        facts: ModuleFacts,
+        /// The compiled module (for [`WorkerCommand::LoadModule`]).
+        #[serde(with = "serde_bytes")]
+        compiled: Vec<u8>,
+        /// Key of the engine that compiled it.
+        engine: String,
+    },
     /// Module loaded.
     ModuleLoaded {
         /// The id.
         module_id: u32,
-        /// BLAKE3 of the file.
-        blake3: [u8; 32],
-        /// ABI version it declares.
-        abi_version: u32,
-        /// Whether it came from the compiled-module cache.
-        cached: bool,
-        /// Types of its mutable globals, in order (`i32`, `i64`, …): the
-        /// state layout an upgrade must match unless it migrates.
-        globals: Vec<String>,
-        /// Whether it exports `agent_migrate`.
-        migrates: bool,
+        /// What it declares.
+        facts: ModuleFacts,
     },
-    /// Module refused.
+    /// Module refused (by [`WorkerCommand::LoadModule`] or
+    /// [`WorkerCommand::Compile`]).
     ModuleRefused {
-        /// The id.
-        module_id: u32,
         /// Why (names the module and the item).
         error: String,
     },
@@ -599,23 +643,32 @@ pub enum WorkerReply {
     TickDone(TickDone),
     /// Captured states, in the order asked.
     Captured(Vec<(u64, AgentState)>),
-    /// Restore done (or the error that prevented it).
-    Restored {
-        /// The agent.
-        agent_id: u64,
-        /// Error, if any.
-        error: Option<String>,
-    },
     /// State hashes, in the order asked.
     Hashes(Vec<(u64, [u8; 32])>),
-    /// Part of the answer to [`WorkerCommand::Checkpoint`].
-    Checkpointed {
-        /// Images of agents, ascending id.
-        images: Vec<(u64, AgentImage)>,
+    /// One agent's image for a checkpoint.
+    Imaged {
+        /// The agent.
+        agent_id: u64,
+        /// Its image.
+        image: AgentImage,
         /// Chunk bytes the supervisor may not have yet.
         chunks: Vec<ChunkData>,
-        /// More parts follow.
-        more: bool,
+    },
+    /// End of the answer to [`WorkerCommand::Checkpoint`].
+    Checkpointed {
+        /// Agents asked for that this worker has no instance of (a spawn
+        /// that could not be instantiated).
+        missing: Vec<u64>,
+    },
+    /// Restores since the last [`WorkerCommand::RestoreDone`] are done.
+    Restored {
+        /// Agents that could not be restored, and why.
+        errors: Vec<(u64, String)>,
+    },
+    /// A single restore from [`WorkerCommand::RestoreState`] is done.
+    StateRestored {
+        /// Error, if any.
+        error: Option<String>,
     },
     /// A command the worker could not execute.
     Error(String),

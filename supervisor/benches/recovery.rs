@@ -8,7 +8,7 @@
 
 use lockstep_supervisor::manifest::Manifest;
 use lockstep_supervisor::replay;
-use lockstep_supervisor::runner::{Run, RunConfig};
+use lockstep_supervisor::run::{Run, RunConfig};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

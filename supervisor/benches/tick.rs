@@ -7,7 +7,7 @@
 //! contender sees the same machine:
 //!
 //! 1. **lockstep** — tick latency (p50/p99 of the wall time around
-//!    `Run::tick()`) of the real supervisor (`lockstep_supervisor::runner::Run`)
+//!    `Run::tick()`) of the real supervisor (`lockstep_supervisor::run::Run`)
 //!    driving real `lockstep-worker` processes over their rings, for 10, 100,
 //!    1,000 and 10,000 no-op agents (a minimal WAT agent whose step
 //!    increments a global) over 1 and 2 workers.  Board, metrics and control
@@ -37,10 +37,10 @@
 //! over rounds, with the min–max across rounds.
 
 use lockstep_supervisor::manifest::Manifest;
-use lockstep_supervisor::runner::{Run, RunConfig, TickTiming};
+use lockstep_supervisor::run::{Run, RunConfig, TickTiming};
 use lockstep_supervisor::sim::SimState;
 use lockstep_worker::agent::Runtime;
-use lockstep_worker::engine::{self, AgentModule, ModuleCache};
+use lockstep_worker::engine::{self, AgentModule};
 use shm_protocol::worker::{AgentLimits, AgentResult, Output};
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -417,7 +417,18 @@ fn route_only(cfg: &Cfg, dir: &Path, n: u64, k: u32) -> (f64, f64) {
             })
             .collect();
         let t2 = Instant::now();
-        let sum = sim.finish_tick_taking(&plan, &[], &mut results, [0; 4], &BTreeMap::new(), 0);
+        let fuel = BTreeMap::new();
+        let sum = sim.finish_tick(
+            &plan,
+            &[],
+            &[],
+            lockstep_supervisor::sim::WorkReport {
+                results: &mut results,
+                digest: [0; 4],
+                tenant_fuel: &fuel,
+                calls: 0,
+            },
+        );
         let t3 = Instant::now();
         black_box(sum.hash);
         drop(black_box(plan));
@@ -650,14 +661,8 @@ fn main() {
         Runtime::new(eng, 42, Duration::from_secs(5)).expect("runtime")
     };
     let module = Arc::new(
-        engine::load_module(
-            &rt.engine,
-            &ModuleCache::new(None),
-            "noop",
-            NOOP_WAT.as_bytes(),
-            1 << 20,
-        )
-        .expect("noop module"),
+        engine::load_module(&rt.engine, "noop", NOOP_WAT.as_bytes(), None, 1 << 20)
+            .expect("noop module"),
     );
 
     let mut s = Samples::default();

@@ -36,6 +36,10 @@ pub struct ChildSpec {
     pub policy: WaitPolicy,
     /// Extra environment variables for the child.
     pub env: Vec<(String, String)>,
+    /// Once the handshake is done, how long the child's heartbeat may
+    /// stall while the supervisor waits for it before it counts as hung
+    /// (`None`: only its death ends a wait).
+    pub hang_timeout: Option<Duration>,
 }
 
 /// Failures to start or talk to a child.
@@ -96,7 +100,11 @@ pub struct Child {
     name: String,
     role: Role,
     pid: u32,
+    /// Our own pidfd on the child: signals through it can never reach
+    /// another process that reused the pid after the reaper reaped it.
+    pidfd: PidFd,
     ep: Endpoint,
+    hang_timeout: Option<Duration>,
     hello: Option<Hello>,
     ping_seq: u64,
     started: Instant,
@@ -172,6 +180,7 @@ impl Child {
         // it), so its pid cannot have been reused yet.
         drop(proc);
         let pidfd = PidFd::open(pid).map_err(spawn_err)?;
+        let own = PidFd::open(pid).map_err(spawn_err)?;
         reaper
             .watch(&spec.name, spec.role, pid)
             .map_err(spawn_err)?;
@@ -181,7 +190,9 @@ impl Child {
             name: spec.name.clone(),
             role: spec.role,
             pid,
+            pidfd: own,
             ep,
+            hang_timeout: spec.hang_timeout,
             hello: None,
             ping_seq: 0,
             started: Instant::now(),
@@ -244,6 +255,9 @@ impl Child {
                 what: "sending welcome",
                 source,
             })?;
+        // From now on the child beats while it works: a stalled heartbeat
+        // is a hang.
+        self.ep.rx.monitor().set_hung_after(self.hang_timeout);
         Ok(self.hello.insert(hello))
     }
 
@@ -291,12 +305,8 @@ impl Child {
             }
         }
         self.ep.close();
-        let pidfd = PidFd::open(self.pid).ok();
-        let exited = pidfd.as_ref().is_none_or(|p| p.wait_exit(Some(timeout)));
-        if !exited {
-            if let Some(p) = &pidfd {
-                let _ = p.kill(rustix::process::Signal::KILL);
-            }
+        if !self.pidfd.wait_exit(Some(timeout)) {
+            let _ = self.pidfd.kill(rustix::process::Signal::KILL);
             return Err(ChildError::ShutdownTimeout {
                 name: self.name,
                 waited: timeout,
@@ -337,6 +347,19 @@ impl Child {
 
     /// Sends SIGKILL (for tests and forced stops).
     pub fn kill(&self) -> std::io::Result<()> {
-        PidFd::open(self.pid)?.kill(rustix::process::Signal::KILL)
+        self.pidfd.kill(rustix::process::Signal::KILL)
+    }
+
+    /// Kills the child and waits (up to `timeout`) until it is gone: what
+    /// is done to a child that failed in any way (a dead one is left as it
+    /// is).
+    pub fn kill_and_wait(&self, timeout: Duration) {
+        let _ = self.pidfd.kill(rustix::process::Signal::KILL);
+        let _ = self.pidfd.wait_exit(Some(timeout));
+    }
+
+    /// Whether the child process has exited.
+    pub fn has_exited(&self) -> bool {
+        self.pidfd.has_exited()
     }
 }

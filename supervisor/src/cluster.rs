@@ -112,6 +112,7 @@ impl Cluster {
                 rings: cfg.rings,
                 policy: cfg.policy,
                 env: Vec::new(),
+                hang_timeout: None,
             })
             .collect();
         if cfg.inference_host {
@@ -123,6 +124,7 @@ impl Cluster {
                 rings: cfg.rings,
                 policy: cfg.policy,
                 env: Vec::new(),
+                hang_timeout: None,
             });
         }
         let mut cluster = Self {

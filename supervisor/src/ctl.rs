@@ -100,10 +100,10 @@ fn default_tenant() -> String {
     "default".into()
 }
 fn default_memory() -> u64 {
-    16 << 20
+    crate::manifest::DEFAULT_AGENT_MEMORY
 }
 fn default_fuel() -> u64 {
-    10_000_000
+    crate::manifest::DEFAULT_AGENT_FUEL
 }
 
 /// A request handed to the run loop.
@@ -141,6 +141,7 @@ impl CtlCommand {
                     priority,
                     memory,
                     fuel,
+                    blake3: None,
                 }
             }
             CtlCommand::Task {

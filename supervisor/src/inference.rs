@@ -13,8 +13,8 @@
 //! 2. requests are grouped by `(model, version)` (groups in that order; inside
 //!    a group the queue's canonical order — agent id, then request id — is
 //!    kept) and each group goes to the host as one
-//!    [`InferenceCommand::Infer`] with the model's `max_batch` (split into
-//!    several commands only when it would not fit one ring frame);
+//!    [`InferenceCommand::Infer`] with the model's `max_batch` (however
+//!    large: the endpoint carries it in as many frames as it needs);
 //! 3. the host's outputs come back as ABI tensors ([`Tensor::encode_abi`]).
 //!
 //! Everything that goes wrong *for a request* — an unknown model or version,
@@ -24,24 +24,28 @@
 //!
 //! # Host crashes
 //!
-//! If the host dies (abort, SIGKILL, OOM) or hangs while answering a
-//! command, or is found dead before it, the service kills what is left of
-//! it, starts a new one, reloads every model, and sends the same command
-//! again: inference is deterministic on the CPU, so the agents see exactly
-//! the answers a crash-free run gives.  After [`InferenceConfig::max_attempts`]
-//! failed attempts at one command its requests are answered with errors (a
-//! host that cannot run them is reported, the run goes on).  Restarts go to
-//! `tracing` and telemetry ([`InferenceTelemetry::host_restarts`]), never to
-//! the journal.
+//! The host fails like any child ([`crate::failure`]): it dies (abort,
+//! SIGKILL, OOM), its heartbeat stalls while it owes an answer (a stopped
+//! or hung host is detected within [`InferenceConfig::hang_timeout`], not
+//! at the batch deadline), its ring is corrupt, it breaks the protocol, or
+//! it is found dead before a command.  Whatever the cause, the service
+//! kills what is left of it, starts a new one, reloads every model, and
+//! sends the same command again: inference is deterministic on the CPU, so
+//! the agents see exactly the answers a failure-free run gives.  After
+//! [`InferenceConfig::max_attempts`] failed attempts at one command its
+//! requests are answered with errors (a host that cannot run them is
+//! reported, the run goes on).  Every restart is logged once, with its
+//! cause, and goes to telemetry ([`InferenceTelemetry::host_restarts`]),
+//! never to the journal.
 //!
 //! The supervisor trusts nothing the host sends: a reply with the wrong batch
 //! id, the wrong number or order of results, or an output whose hash does not
 //! match is a protocol violation, handled like a crash.
 
 use crate::child::{Child, ChildError, ChildSpec, locate_binary};
+use crate::failure::{Cause, chain};
 use crate::manifest::ModelDef;
 use crate::reaper::{ChildExit, Reaper};
-use crate::runner::RunError;
 use crate::sim::{InferAnswer, InferRequest};
 use crate::telemetry::InferenceTelemetry;
 use shm_protocol::control::{Down, Role, Up};
@@ -60,9 +64,9 @@ use std::time::{Duration, Instant};
 pub const ECHO_MODEL: &str = "echo";
 /// Ring capacity per direction between the supervisor and the host.
 pub const HOST_RING: usize = 16 << 20;
-/// Most input bytes one `Infer` command carries (a quarter of a ring, so a
-/// command always fits one frame); larger groups are split.
-pub const MAX_COMMAND_BYTES: usize = HOST_RING / 4;
+/// Largest input tensor of one request (a larger one is answered with an
+/// error).
+pub const MAX_INPUT_BYTES: usize = shm_protocol::inference::MAX_INPUT;
 /// Name of the host process.
 pub const HOST_NAME: &str = "inference-host";
 
@@ -81,8 +85,10 @@ pub struct InferenceConfig {
     pub intra_threads: u16,
     /// Longest wait for the host's hello and for each model load.
     pub start_timeout: Duration,
-    /// Longest wait for one command's answer before the host counts as hung.
+    /// Longest wait for one command's answer, however alive the host looks.
     pub batch_timeout: Duration,
+    /// Longest silence of the host's heartbeat while it owes an answer.
+    pub hang_timeout: Duration,
     /// Attempts at one command (first try + restarts) before its requests
     /// are answered with errors.
     pub max_attempts: u32,
@@ -96,6 +102,7 @@ impl Default for InferenceConfig {
             intra_threads: 1,
             start_timeout: Duration::from_secs(120),
             batch_timeout: Duration::from_secs(120),
+            hang_timeout: crate::config::DEFAULT_HANG_TIMEOUT,
             max_attempts: 3,
         }
     }
@@ -124,24 +131,6 @@ pub enum InferenceStartError {
     Host(String),
 }
 
-impl From<InferenceStartError> for RunError {
-    fn from(e: InferenceStartError) -> Self {
-        RunError::Setup(e.to_string())
-    }
-}
-
-/// `e` and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 /// A declared model version, with the hash its file must have.
 #[derive(Debug, Clone)]
 struct ModelEntry {
@@ -157,27 +146,6 @@ struct Host {
     pidfd: Option<PidFd>,
     /// Where its models run.
     device: String,
-}
-
-/// Why one attempt at a command failed (the host is then replaced).
-#[derive(Debug)]
-enum Failure {
-    /// The host died.
-    Died(String),
-    /// It did not answer in time.
-    Hung,
-    /// It broke the protocol (or its ring is corrupt).
-    Protocol(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Died(how) => write!(f, "died: {how}"),
-            Failure::Hung => f.write_str("did not answer in time (hung)"),
-            Failure::Protocol(d) => write!(f, "protocol violation: {d}"),
-        }
-    }
 }
 
 /// What one command came back with.
@@ -207,6 +175,8 @@ pub struct InferenceService {
     host: Option<Host>,
     next_batch: u64,
     restarts: u64,
+    /// Restart lines for the live view since the last call.
+    notes: Vec<String>,
 }
 
 impl InferenceService {
@@ -254,6 +224,7 @@ impl InferenceService {
             host: None,
             next_batch: 1,
             restarts: 0,
+            notes: Vec::new(),
         };
         if !svc.models.is_empty() {
             let bin = match &svc.cfg.host_bin {
@@ -280,6 +251,18 @@ impl InferenceService {
     /// Host restarts so far (crashes, hangs, protocol violations).
     pub fn restarts(&self) -> u64 {
         self.restarts
+    }
+
+    /// Restart lines since the last call (for the live view).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// Logs a host failure once, with its cause.
+    fn note(&mut self, tick: u64, cause: &Cause, what: &str) {
+        let line = format!("[RECOVERY] inference host {cause} at tick {tick}; {what}");
+        tracing::warn!(tick, class = cause.class(), "{line}");
+        self.notes.push(line);
     }
 
     /// Whether the manifest declares models (and so a host is used).
@@ -314,9 +297,9 @@ impl InferenceService {
                         results[i] =
                             Some(Err(format!("malformed input tensor for model `{id}`: {e}")));
                     }
-                    Ok(t) if t.data().len() > MAX_COMMAND_BYTES => {
+                    Ok(t) if t.data().len() > MAX_INPUT_BYTES => {
                         results[i] = Some(Err(format!(
-                            "input tensor of {} bytes exceeds the inference limit of {MAX_COMMAND_BYTES} bytes",
+                            "input tensor of {} bytes exceeds the inference limit of {MAX_INPUT_BYTES} bytes",
                             t.data().len()
                         )));
                     }
@@ -344,15 +327,13 @@ impl InferenceService {
                 .get(&(id.clone(), version.clone()))
                 .and_then(|&k| self.models.get(k))
                 .map_or(1, |m| m.def.max_batch);
-            for part in split_group(group) {
-                let (answers, tel) = self.run_command(tick, &id, &version, max_batch, &part);
-                for ((i, _), a) in part.iter().zip(answers) {
-                    if let Some(slot) = results.get_mut(*i) {
-                        *slot = Some(a);
-                    }
+            let (answers, tel) = self.run_command(tick, &id, &version, max_batch, &group);
+            for ((i, _), a) in group.iter().zip(answers) {
+                if let Some(slot) = results.get_mut(*i) {
+                    *slot = Some(a);
                 }
-                telemetry.push(tel);
             }
+            telemetry.push(tel);
         }
         let answers = queue
             .iter()
@@ -424,8 +405,12 @@ impl InferenceService {
         let mut last_failure = String::new();
         let mut answered = None;
         for attempt in 1..=self.cfg.max_attempts.max(1) {
-            if self.host.is_some() && self.host_died().is_some() {
-                self.host = None;
+            if self.host.is_some()
+                && let Some(d) = self.host_died()
+            {
+                let cause = Cause::from_exit(&d);
+                self.note(tick, &cause, "found dead before a batch: restarting it");
+                self.discard_host();
             }
             if self.host.is_none() {
                 if let Err(e) = self.spawn_host() {
@@ -451,14 +436,14 @@ impl InferenceService {
                     answered = Some(a);
                     break;
                 }
-                Err(f) => {
-                    last_failure = format!("inference host {f}");
-                    tracing::warn!(
+                Err(cause) => {
+                    last_failure = format!("inference host {cause}");
+                    self.note(
                         tick,
-                        model = %id,
-                        version = %version,
-                        attempt,
-                        "{last_failure}; restarting it and re-sending the batch"
+                        &cause,
+                        &format!(
+                            "restarting it and re-sending the batch of model {id}@{version} (attempt {attempt})"
+                        ),
                     );
                     self.discard_host();
                 }
@@ -511,11 +496,11 @@ impl InferenceService {
         batch_id: u64,
         cmd: InferenceCommand,
         keys: &[u64],
-    ) -> Result<Answered, Failure> {
+    ) -> Result<Answered, Cause> {
         let n = keys.len();
         let deadline = Some(Instant::now() + self.cfg.batch_timeout);
         let Some(host) = self.host.as_mut() else {
-            return Err(Failure::Died("not running".into()));
+            return Err(Cause::Start("not running".into()));
         };
         let ep = host.child.endpoint();
         if let Err(e) = ep.send_msg(&Down::Inference(cmd), deadline) {
@@ -532,12 +517,12 @@ impl InferenceService {
                 telemetry,
             }) => {
                 if got != batch_id {
-                    return Err(Failure::Protocol(format!(
+                    return Err(Cause::Protocol(format!(
                         "answered batch {got} while batch {batch_id} was asked"
                     )));
                 }
                 if results.len() != n {
-                    return Err(Failure::Protocol(format!(
+                    return Err(Cause::Protocol(format!(
                         "{} results for {n} requests",
                         results.len()
                     )));
@@ -545,7 +530,7 @@ impl InferenceService {
                 let mut out = Vec::with_capacity(n);
                 for (r, &key) in results.into_iter().zip(keys) {
                     if r.request_key != key {
-                        return Err(Failure::Protocol(format!(
+                        return Err(Cause::Protocol(format!(
                             "result for key {} where key {key} was expected",
                             r.request_key
                         )));
@@ -554,7 +539,7 @@ impl InferenceService {
                         Ok(t) => {
                             let abi = t.encode_abi();
                             if *blake3::hash(&abi).as_bytes() != r.output_blake3 {
-                                return Err(Failure::Protocol(format!(
+                                return Err(Cause::Protocol(format!(
                                     "output hash mismatch for request key {}",
                                     r.request_key
                                 )));
@@ -568,43 +553,39 @@ impl InferenceService {
                 Ok(Answered::Results(out, telemetry))
             }
             Up::Error { message } => Ok(Answered::Refused(message)),
-            other => Err(Failure::Protocol(format!(
+            other => Err(Cause::Protocol(format!(
                 "unexpected reply {}",
                 describe(&other)
             ))),
         }
     }
 
-    fn channel_failure(&mut self, e: ChannelError) -> Failure {
-        match e {
-            ChannelError::PeerGone(g) => Failure::Died(
-                self.host_died()
-                    .or_else(|| self.wait_death(Duration::from_millis(500)))
-                    .unwrap_or_else(|| g.to_string()),
-            ),
-            ChannelError::Timeout => Failure::Hung,
-            other => Failure::Protocol(chain(&other)),
+    fn channel_failure(&mut self, e: ChannelError) -> Cause {
+        let waited = self.cfg.batch_timeout;
+        match Cause::from_channel(&e, waited) {
+            Some(c) => c,
+            None => self
+                .host_died()
+                .or_else(|| self.wait_death(Duration::from_millis(500)))
+                .map_or_else(|| Cause::Exited { code: -1 }, |d| Cause::from_exit(&d)),
         }
     }
 
     /// The host's death report, if the reaper has one.
-    fn host_died(&mut self) -> Option<String> {
+    fn host_died(&mut self) -> Option<ChildExit> {
         let pid = self.host.as_ref()?.child.pid();
         let (_, deaths) = self.reaper.as_ref()?;
-        deaths
-            .try_iter()
-            .find(|d| d.pid == pid)
-            .map(|d| d.to_string())
+        deaths.try_iter().find(|d| d.pid == pid)
     }
 
     /// Waits up to `timeout` for the host's death report.
-    fn wait_death(&mut self, timeout: Duration) -> Option<String> {
+    fn wait_death(&mut self, timeout: Duration) -> Option<ChildExit> {
         let pid = self.host.as_ref()?.child.pid();
         let (_, deaths) = self.reaper.as_ref()?;
         let deadline = Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match deaths.recv_timeout(left) {
-                Ok(d) if d.pid == pid => return Some(d.to_string()),
+                Ok(d) if d.pid == pid => return Some(d),
                 Ok(_) => continue,
                 Err(_) => return None,
             }
@@ -663,6 +644,7 @@ impl InferenceService {
                 yielding: false,
             },
             env: Vec::new(),
+            hang_timeout: Some(self.cfg.hang_timeout),
         };
         let Some((reaper, _)) = &self.reaper else {
             return Err(InferenceStartError::Host(
@@ -745,9 +727,12 @@ impl InferenceService {
                 }
                 Err(e) => {
                     let why = match e {
-                        ChannelError::PeerGone(_) => self
-                            .wait_death(Duration::from_millis(500))
-                            .map_or_else(|| chain(&e), |d| format!("the inference host {d}")),
+                        ChannelError::PeerGone(_) => {
+                            self.wait_death(Duration::from_millis(500)).map_or_else(
+                                || chain(&e),
+                                |d| format!("the inference host {}", d.kind),
+                            )
+                        }
                         other => chain(&other),
                     };
                     return Err(model_err(format!("while loading: {why}")));
@@ -810,25 +795,4 @@ fn describe(up: &Up) -> String {
         },
         Up::Worker(_) => "a worker reply".into(),
     }
-}
-
-/// Splits a group into commands of at most [`MAX_COMMAND_BYTES`] of input
-/// (deterministically: only the sizes decide).
-fn split_group(group: Group) -> Vec<Group> {
-    let mut parts = Vec::new();
-    let mut cur: Group = Vec::new();
-    let mut size = 0usize;
-    for (i, t) in group {
-        let s = t.data().len() + 64 + 8 * t.shape().len();
-        if size + s > MAX_COMMAND_BYTES && !cur.is_empty() {
-            parts.push(std::mem::take(&mut cur));
-            size = 0;
-        }
-        size += s;
-        cur.push((i, t));
-    }
-    if !cur.is_empty() {
-        parts.push(cur);
-    }
-    parts
 }

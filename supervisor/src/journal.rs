@@ -22,7 +22,7 @@
 //! supervisor crash can lose only tick records after the last sync; `resume`
 //! re-executes those ticks deterministically.
 
-use crate::sim::{Event, Input, InputOutcome};
+use crate::sim::{Decision, Event, Input, InputOutcome};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 /// Magic bytes at the start of a journal.
 pub const MAGIC: &[u8; 8] = b"LSJOURN\0";
 /// Format version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest frame accepted when reading.
 pub const MAX_FRAME: u32 = 64 << 20;
 
@@ -55,6 +55,15 @@ pub enum Entry {
         input: Input,
         /// What it did.
         outcome: InputOutcome,
+    },
+    /// A decision of `tick` that the inputs alone do not determine
+    /// (watchdog trip, quarantine, give-up), journaled before the tick's
+    /// other entries so that replays take it again.
+    Decision {
+        /// Tick.
+        tick: u64,
+        /// The decision.
+        decision: Decision,
     },
     /// A deterministic event of `tick`.
     Event {
@@ -113,6 +122,7 @@ impl Entry {
         match self {
             Entry::Header { .. } => 0,
             Entry::Input { tick, .. }
+            | Entry::Decision { tick, .. }
             | Entry::Event { tick, .. }
             | Entry::Inference { tick, .. }
             | Entry::Tick { tick, .. }
@@ -126,6 +136,7 @@ impl Entry {
         match self {
             Entry::Header { .. } => "header",
             Entry::Input { .. } => "input",
+            Entry::Decision { .. } => "decision",
             Entry::Event { .. } => "event",
             Entry::Inference { .. } => "inference",
             Entry::Tick { .. } => "tick",
@@ -287,6 +298,65 @@ impl JournalWriter {
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// The journal's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rewrites the journal to hold its header entry followed by
+    /// everything from the checkpoint of `tick` on (what retention keeps),
+    /// atomically (a new file is written, synced and renamed over the old
+    /// one), and goes on appending to it.
+    pub fn compact_from_checkpoint(&mut self, tick: u64) -> Result<(), JournalError> {
+        let p = self.path.display().to_string();
+        let io = |op: &'static str| {
+            let p = p.clone();
+            move |source| JournalError::Io {
+                path: p,
+                op,
+                source,
+            }
+        };
+        self.sync()?;
+        let bytes = std::fs::read(&self.path).map_err(io("read"))?;
+        let read = parse_journal(&bytes, &p)?;
+        let Some(header_end) = read.offsets.first().copied() else {
+            return Ok(());
+        };
+        let at = read
+            .entries
+            .iter()
+            .position(|e| matches!(e, Entry::Checkpoint { tick: t, .. } if *t == tick));
+        let Some(at) = at.filter(|&i| i > 0) else {
+            return Ok(());
+        };
+        let start = read.offsets[at - 1];
+        if start <= header_end {
+            return Ok(());
+        }
+        let end = read.valid_len as usize;
+        let tmp = self.path.with_extension("lsj.tmp");
+        {
+            let mut f = File::create(&tmp).map_err(io("create"))?;
+            f.write_all(&bytes[..header_end as usize])
+                .and_then(|()| f.write_all(&bytes[start as usize..end]))
+                .map_err(io("write"))?;
+            f.sync_all().map_err(io("fsync"))?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io("rename"))?;
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        self.file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io("open"))?;
+        self.len = header_end + (end as u64 - start);
+        Ok(())
     }
 
     /// Whether nothing but the header was written.

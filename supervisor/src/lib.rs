@@ -2,42 +2,67 @@
 //!
 //! It starts and watches the child processes (workers hosting WebAssembly
 //! agents, the inference host), talks to each over its own shared-memory ring
-//! pair, and — in the supervisor issue — schedules agents in deterministic
-//! ticks and mediates all their messages.  The `lockstep` binary is a thin
-//! command line over this library.
+//! pair, schedules agents in deterministic ticks and mediates all their
+//! messages, journals every input, checkpoints the state, and recovers from
+//! every failure of a child without changing a bit of the run.  The
+//! `lockstep` binary is a thin command line over this library.
 //!
 //! ```no_run
-//! use lockstep_supervisor::cluster::{Cluster, ClusterConfig};
-//! use std::time::Duration;
+//! use lockstep_supervisor::manifest::Manifest;
+//! use lockstep_supervisor::run::{Run, RunConfig};
+//! use std::path::PathBuf;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let cfg = ClusterConfig::new(2)?;            // 2 workers + inference host
-//! let mut cluster = Cluster::start(&cfg)?;      // spawn + handshake
-//! for r in cluster.ping_all(100)? {
-//!     println!("{} p50 {:?}", r.name, r.quantile(0.5));
+//! let text = std::fs::read_to_string("examples/demo.toml")?;
+//! let manifest = Manifest::load("examples/demo.toml".as_ref())?;
+//! let mut cfg = RunConfig::new(manifest, text, PathBuf::from("run/example"))?;
+//! cfg.manifest_dir = PathBuf::from("examples");
+//! let mut run = Run::start(cfg)?;               // workers, modules, genesis checkpoint
+//! run.publish("sensors", b"hello".to_vec())?;   // journaled, applied at the next tick
+//! for _ in 0..100 {
+//!     run.tick()?;
 //! }
-//! for exit in cluster.shutdown(Duration::from_secs(5))? {
-//!     assert!(exit.kind.is_clean());
-//! }
+//! let summary = run.finish()?;                  // final checkpoint, journal end
+//! println!("tick {} hash {}", summary.tick, summary.hash);
 //! # Ok(()) }
 //! ```
 //!
 //! # Core concepts
 //!
-//! * [`child::Child`] — one child process: memfd segment, pidfd, handshake.
-//! * [`reaper::Reaper`] — a thread that learns of every child's death through
-//!   its pidfd and reports how it died ([`reaper::ExitKind`]).
-//! * [`cluster::Cluster`] — the set of children of a run.
+//! * [`sim::SimState`] — the deterministic state and the tick state
+//!   machine (inputs, plan, barrier phases); a pure function of the
+//!   manifest, the seed and the journaled inputs.
+//! * [`run::Run`] — one tick after another: the state machine over the
+//!   [`pool::WorkerPool`], with the [`journal`], the
+//!   [`inference::InferenceService`], [`checkpoint`]s and the
+//!   [`observe::Observers`]; [`api`] is what may be asked of it between
+//!   ticks.
+//! * [`timeline::Timeline`] — live ticks, or recorded ones re-executed
+//!   (replay, verify, fork, resume: [`replay`]).
+//! * [`failure`] — every way a child can fail, classified once; the pool
+//!   and the inference service recover from all of them the same way.
+//! * [`modules::ModuleStore`] — agent modules read, checked, compiled once
+//!   by a fresh process, cached under a MAC, kept with the run.
 
+pub mod api;
+pub mod checkpoint;
 pub mod child;
 pub mod cluster;
+pub mod config;
 pub mod ctl;
+pub mod diff;
+pub mod failure;
 pub mod inference;
 pub mod journal;
 pub mod manifest;
+pub mod modules;
+pub mod observe;
+pub mod pool;
 pub mod reaper;
 pub mod replay;
-pub mod runner;
+pub mod run;
+pub mod rundir;
 pub mod sim;
 pub mod snapshot;
 pub mod telemetry;
+pub mod timeline;

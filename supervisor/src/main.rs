@@ -9,7 +9,7 @@ use lockstep_supervisor::ctl::{self, CtlCommand};
 use lockstep_supervisor::journal::{self, Entry};
 use lockstep_supervisor::manifest::Manifest;
 use lockstep_supervisor::replay;
-use lockstep_supervisor::runner::{Run, RunConfig};
+use lockstep_supervisor::run::{Run, RunConfig};
 use shm_protocol::board::BoardWriter;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -139,6 +139,37 @@ struct RunArgs {
     /// rlimits); wasmtime still confines the agents.
     #[arg(long)]
     no_sandbox: bool,
+    /// Address-space limit of each worker (RLIMIT_AS), e.g. `16GiB`
+    /// (default: 4 GiB plus twice the memory limits of all the manifest's
+    /// agents, at least 8 GiB).
+    #[arg(long, value_parser = parse_size)]
+    worker_address_space: Option<u64>,
+    /// Longest silence of a child's heartbeat, while it owes an answer,
+    /// before it counts as hung and is replaced.
+    #[arg(long, default_value_t = 1000)]
+    hang_timeout_ms: u64,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a size such as 16GiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "`{s}`: unknown unit `{other}` (B, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -350,7 +381,19 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     cfg.board = !args.no_board;
     cfg.metrics = !args.no_metrics;
     if args.no_sandbox {
+        eprintln!(
+            "lockstep: WARNING: --no-sandbox: workers run without their process sandbox (seccomp, Landlock, rlimits); only wasmtime confines the agents"
+        );
         cfg.worker_sandbox.mode = lockstep_common::SandboxMode::Off;
+    }
+    if let Some(limit) = args.worker_address_space {
+        cfg.worker_sandbox.address_space_limit = Some(limit);
+    }
+    cfg.hang_timeout = Duration::from_millis(args.hang_timeout_ms.max(10));
+    cfg.inference.hang_timeout = cfg.hang_timeout;
+    if args.forever && cfg.retain_checkpoints.is_none() {
+        // A run of unbounded length keeps a bounded history.
+        cfg.retain_checkpoints = Some(lockstep_supervisor::config::FOREVER_RETAIN_CHECKPOINTS);
     }
     let interrupted = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
@@ -573,6 +616,7 @@ fn inspect(dir: &Path) -> Result<ExitCode, BoxError> {
     let mut last_hash = None;
     let mut ended = None;
     let mut checkpoints = 0;
+    let mut decisions = 0;
     for e in &j.entries {
         match e {
             Entry::Header {
@@ -584,6 +628,7 @@ fn inspect(dir: &Path) -> Result<ExitCode, BoxError> {
                 manifest_hash = *h;
             }
             Entry::Input { .. } => inputs += 1,
+            Entry::Decision { .. } => decisions += 1,
             Entry::Event { event, .. } => {
                 events += 1;
                 if matches!(event, lockstep_supervisor::sim::Event::Fault { .. }) {
@@ -617,6 +662,7 @@ fn inspect(dir: &Path) -> Result<ExitCode, BoxError> {
     println!("messages        {messages}");
     println!("fuel            {fuel}");
     println!("inputs          {inputs}");
+    println!("decisions       {decisions}");
     println!("events          {events} ({faults} faults)");
     println!("checkpoints     {checkpoints}");
     if let Some(h) = last_hash {
@@ -666,8 +712,12 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
 }
 
 fn entry_agent(e: &Entry) -> Option<u64> {
-    use lockstep_supervisor::sim::Event;
+    use lockstep_supervisor::sim::{Decision, Event};
     match e {
+        Entry::Decision {
+            decision: Decision::Watchdog { agent } | Decision::Quarantine { agent },
+            ..
+        } => Some(*agent),
         Entry::Event {
             event:
                 Event::Fault { agent, .. }
@@ -708,6 +758,7 @@ fn log(args: LogArgs) -> Result<ExitCode, BoxError> {
                 ..
             } => format!("header seed={seed} manifest={}", hex(manifest_hash)),
             Entry::Input { input, outcome, .. } => format!("input {input:?} -> {outcome:?}"),
+            Entry::Decision { decision, .. } => format!("decision {decision:?}"),
             Entry::Event { event, .. } => format!("event {event:?}"),
             Entry::Inference { answers, .. } => format!(
                 "inference {} answers: {}",

@@ -7,9 +7,10 @@
 //! seed = 42
 //! ticks = 1000
 //! workers = 2
-//! checkpoint_every = 100
-//! module_dirs = ["../modules"]   # optional: extra directories workers may
-//!                                # read modules from (ctl spawn/upgrade)
+//! checkpoint_every = 100        # default 1000; 0: only at the start and end
+//! retain_checkpoints = 8        # keep the last 8 checkpoints and the journal
+//!                               # from the oldest of them (default: all; for
+//!                               # `--forever` runs 8)
 //!
 //! [scheduler]
 //! mode = "round-robin"        # or "priority", "dag"
@@ -139,7 +140,7 @@ struct RawRun {
     ticks: Option<u64>,
     workers: Option<Spanned<u64>>,
     checkpoint_every: Option<u64>,
-    module_dirs: Option<Vec<String>>,
+    retain_checkpoints: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,8 +322,12 @@ pub struct Manifest {
     pub ticks: u64,
     /// Default worker count.
     pub workers: u64,
-    /// Checkpoint period in ticks (0 = none).
+    /// Checkpoint period in ticks (0: only at the start and the end).
     pub checkpoint_every: u64,
+    /// How many of the most recent checkpoints to keep, with the journal
+    /// from the oldest of them on (`None`: the run's default policy).
+    #[serde(default)]
+    pub retain_checkpoints: Option<u64>,
     /// Scheduler mode.
     pub mode: Mode,
     /// Steps (or tasks) per tick.
@@ -339,16 +344,62 @@ pub struct Manifest {
     pub tasks: Vec<TaskDef>,
     /// Models.
     pub models: Vec<ModelDef>,
-    /// Extra directories the workers' sandbox lets them read modules from
-    /// (`[run] module_dirs`, resolved), besides the manifest's directory and
-    /// the directories of its agents' modules: where modules spawned or
-    /// upgraded at run time (`ctl`) must live.
-    #[serde(default)]
-    pub module_dirs: Vec<PathBuf>,
 }
 
 /// Most agents one run may declare.
 pub const MAX_AGENTS: u64 = 1 << 24;
+/// Checkpoint period of a manifest that does not set one.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+/// Smallest agent memory limit (one WebAssembly page).
+pub const MIN_AGENT_MEMORY: u64 = 64 << 10;
+/// Largest agent memory limit (a 32-bit memory).
+pub const MAX_AGENT_MEMORY: u64 = 4 << 30;
+/// Default memory limit of an agent.
+pub const DEFAULT_AGENT_MEMORY: u64 = 16 << 20;
+/// Default fuel per call of an agent.
+pub const DEFAULT_AGENT_FUEL: u64 = 10_000_000;
+
+/// Checks an agent's memory limit (the manifest's `memory`, a spawn's).
+pub fn check_memory(bytes: u64) -> Result<(), String> {
+    if (MIN_AGENT_MEMORY..=MAX_AGENT_MEMORY).contains(&bytes) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between 64KiB and 4GiB (got {bytes} bytes)"
+        ))
+    }
+}
+
+/// Checks an agent's fuel per call.
+pub fn check_fuel(fuel: u64) -> Result<(), String> {
+    if fuel == 0 {
+        Err("must be at least 1".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks an agent instance name.
+pub fn check_agent_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        Err(format!("`{name}` must be 1 to 128 bytes"))
+    } else if name.starts_with('#') {
+        Err(format!(
+            "`{name}` must not start with `#` (that means an agent id)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a topic or channel name.
+pub fn check_topic(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 256 {
+        Err("must be 1 to 256 bytes".into())
+    } else {
+        Ok(())
+    }
+}
 
 struct Ctx<'a> {
     file: &'a str,
@@ -468,6 +519,10 @@ impl Manifest {
             "scheduler.mailbox_capacity",
             1024,
         )?;
+        let retain_checkpoints = match run.as_ref().and_then(|r| r.retain_checkpoints.clone()) {
+            Some(r) => Some(positive(&Some(r), "run.retain_checkpoints", 1)?),
+            None => None,
+        };
 
         let mut tenants = Vec::new();
         let mut tenant_idx: BTreeMap<String, u32> = BTreeMap::new();
@@ -591,21 +646,17 @@ impl Manifest {
                 Some(s) => {
                     parse_size(s.get_ref()).or_else(|m| cx.err(Some(s.span()), f("memory"), m))?
                 }
-                None => 16 << 20,
+                None => DEFAULT_AGENT_MEMORY,
             };
-            if !(65536..=4 << 30).contains(&memory) {
-                return cx.err(
-                    a.memory.as_ref().map(Spanned::span),
-                    f("memory"),
-                    "must be between 64KiB and 4GiB",
-                );
+            if let Err(m) = check_memory(memory) {
+                return cx.err(a.memory.as_ref().map(Spanned::span), f("memory"), m);
             }
             let fuel = match &a.fuel {
-                Some(s) if *s.get_ref() == 0 => {
-                    return cx.err(Some(s.span()), f("fuel"), "must be at least 1");
-                }
-                Some(s) => *s.get_ref(),
-                None => 10_000_000,
+                Some(s) => match check_fuel(*s.get_ref()) {
+                    Ok(()) => *s.get_ref(),
+                    Err(m) => return cx.err(Some(s.span()), f("fuel"), m),
+                },
+                None => DEFAULT_AGENT_FUEL,
             };
             let names = |v: &Option<Vec<Spanned<String>>>,
                          field: &str|
@@ -613,12 +664,8 @@ impl Manifest {
                 let mut out = Vec::new();
                 for (j, s) in v.iter().flatten().enumerate() {
                     let n = s.get_ref();
-                    if n.is_empty() || n.len() > 256 {
-                        return cx.err(
-                            Some(s.span()),
-                            format!("agents[{i}].{field}[{j}]"),
-                            "must be 1 to 256 bytes",
-                        );
+                    if let Err(m) = check_topic(n) {
+                        return cx.err(Some(s.span()), format!("agents[{i}].{field}[{j}]"), m);
                     }
                     out.push(n.clone());
                 }
@@ -815,7 +862,11 @@ impl Manifest {
             seed: run.as_ref().and_then(|r| r.seed).unwrap_or(0),
             ticks: run.as_ref().and_then(|r| r.ticks).unwrap_or(100),
             workers,
-            checkpoint_every: run.as_ref().and_then(|r| r.checkpoint_every).unwrap_or(0),
+            checkpoint_every: run
+                .as_ref()
+                .and_then(|r| r.checkpoint_every)
+                .unwrap_or(DEFAULT_CHECKPOINT_EVERY),
+            retain_checkpoints,
             mode: sched
                 .as_ref()
                 .and_then(|s| s.mode)
@@ -830,11 +881,6 @@ impl Manifest {
             agents,
             tasks,
             models,
-            module_dirs: run
-                .as_ref()
-                .and_then(|r| r.module_dirs.as_ref())
-                .map(|d| d.iter().map(|p| base.join(p)).collect())
-                .unwrap_or_default(),
         })
     }
 }

@@ -8,203 +8,16 @@
 //! tick must reproduce its recorded hash, and each re-reached checkpoint its
 //! recorded state.
 
+use crate::config::RunConfig;
+use crate::diff::{Divergence, diff};
 use crate::journal::{self, Entry, JournalWriter};
 use crate::manifest::Manifest;
-use crate::runner::{Run, RunConfig, RunError, Script};
-use crate::sim::{Input, SimState};
+use crate::run::{Run, RunError};
+use crate::sim::{Decision, Input, SimState};
 use crate::snapshot::{self, SnapshotBody};
+use crate::timeline::{Script, Timeline};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// How one agent differs between two snapshots.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentDiff {
-    /// The agent.
-    pub agent: u64,
-    /// Its name.
-    pub name: String,
-    /// Byte ranges of linear memory that differ (chunk granularity).
-    pub memory: Vec<(u64, u64)>,
-    /// Whether the memory sizes differ.
-    pub memory_size: Option<(u64, u64)>,
-    /// Whether globals differ.
-    pub globals: bool,
-    /// Whether host counters differ.
-    pub host: bool,
-    /// Whether its module differs.
-    pub module: bool,
-    /// Present in only one snapshot.
-    pub presence: Option<&'static str>,
-    /// Its mailbox differs.
-    pub mailbox: bool,
-    /// Its status differs.
-    pub status: bool,
-}
-
-/// Where and how a replay left the recorded run.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Divergence {
-    /// First tick whose hash differed (if found by tick hashes).
-    pub first_tick: Option<u64>,
-    /// Tick of the state comparison.
-    pub compared_at: u64,
-    /// Agents whose state differs.
-    pub agents: Vec<AgentDiff>,
-    /// Scheduler-level differences (task table, memberships, counters…).
-    pub scheduler: Vec<String>,
-}
-
-impl fmt::Display for Divergence {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.first_tick {
-            Some(t) => writeln!(
-                f,
-                "diverged: first divergent tick {t}; state compared after tick {}",
-                self.compared_at
-            )?,
-            None => writeln!(f, "diverged: state after tick {} differs", self.compared_at)?,
-        }
-        for a in &self.agents {
-            write!(f, "  agent {} ({}):", a.agent, a.name)?;
-            if let Some(p) = a.presence {
-                write!(f, " {p}")?;
-            }
-            if let Some((x, y)) = a.memory_size {
-                write!(f, " memory size {x} vs {y};")?;
-            }
-            if !a.memory.is_empty() {
-                let ranges: Vec<String> = a
-                    .memory
-                    .iter()
-                    .map(|(s, e)| format!("{s:#x}..{e:#x}"))
-                    .collect();
-                write!(f, " memory {}", ranges.join(", "))?;
-            }
-            if a.globals {
-                write!(f, " globals;")?;
-            }
-            if a.host {
-                write!(f, " host counters;")?;
-            }
-            if a.module {
-                write!(f, " module;")?;
-            }
-            if a.mailbox {
-                write!(f, " mailbox;")?;
-            }
-            if a.status {
-                write!(f, " status;")?;
-            }
-            writeln!(f)?;
-        }
-        for s in &self.scheduler {
-            writeln!(f, "  scheduler: {s}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Compares a recorded snapshot with a replayed one.
-pub fn diff(recorded: &SnapshotBody, replayed: &SnapshotBody) -> Divergence {
-    let mut d = Divergence {
-        compared_at: replayed.tick,
-        ..Divergence::default()
-    };
-    let a: BTreeMap<u64, &shm_protocol::worker::AgentImage> =
-        recorded.agents.iter().map(|(i, m)| (*i, m)).collect();
-    let b: BTreeMap<u64, &shm_protocol::worker::AgentImage> =
-        replayed.agents.iter().map(|(i, m)| (*i, m)).collect();
-    let (rs, ps) = (&recorded.scheduler, &replayed.scheduler);
-    let mut ids: Vec<u64> = a.keys().chain(b.keys()).copied().collect();
-    ids.extend(rs.agents.keys());
-    ids.extend(ps.agents.keys());
-    ids.sort_unstable();
-    ids.dedup();
-    for id in ids {
-        let name = rs
-            .agents
-            .get(&id)
-            .or_else(|| ps.agents.get(&id))
-            .map_or_else(String::new, |r| r.name.clone());
-        let mut ad = AgentDiff {
-            agent: id,
-            name,
-            memory: Vec::new(),
-            memory_size: None,
-            globals: false,
-            host: false,
-            module: false,
-            presence: None,
-            mailbox: rs.mailboxes.get(&id) != ps.mailboxes.get(&id),
-            status: rs.agents.get(&id).map(|r| &r.status) != ps.agents.get(&id).map(|r| &r.status),
-        };
-        match (a.get(&id), b.get(&id)) {
-            (Some(x), Some(y)) => {
-                if x.memory_len != y.memory_len {
-                    ad.memory_size = Some((x.memory_len, y.memory_len));
-                }
-                let chunk = shm_protocol::worker::CHUNK as u64;
-                let mut run: Option<(u64, u64)> = None;
-                for (i, (p, q)) in x.chunks.iter().zip(&y.chunks).enumerate() {
-                    let i = i as u64;
-                    if p != q {
-                        run = match run {
-                            Some((s, e)) if e == i * chunk => Some((s, (i + 1) * chunk)),
-                            Some(r) => {
-                                ad.memory.push(r);
-                                Some((i * chunk, (i + 1) * chunk))
-                            }
-                            None => Some((i * chunk, (i + 1) * chunk)),
-                        };
-                    }
-                }
-                if let Some(r) = run {
-                    ad.memory.push(r);
-                }
-                ad.globals = x.globals != y.globals;
-                ad.host = x.host != y.host;
-                ad.module = x.module_hash != y.module_hash;
-            }
-            (Some(_), None) => ad.presence = Some("only in the recorded run"),
-            (None, Some(_)) => ad.presence = Some("only in the replay"),
-            (None, None) => {}
-        }
-        let differs = !ad.memory.is_empty()
-            || ad.memory_size.is_some()
-            || ad.globals
-            || ad.host
-            || ad.module
-            || ad.presence.is_some()
-            || ad.mailbox
-            || ad.status;
-        if differs {
-            d.agents.push(ad);
-        }
-    }
-    let checks: [(&str, bool); 7] = [
-        ("task table", rs.tasks != ps.tasks),
-        ("topic subscriptions", rs.topics != ps.topics),
-        ("channel memberships", rs.channels != ps.channels),
-        ("tenant usage and quotas", rs.usage != ps.usage),
-        ("counters", rs.counters != ps.counters),
-        ("tick hash chain", rs.hash != ps.hash),
-        (
-            "pending inference requests",
-            rs.infer_queue != ps.infer_queue,
-        ),
-    ];
-    for (what, differs) in checks {
-        if differs {
-            d.scheduler.push(format!("{what} differ"));
-        }
-    }
-    if d.agents.is_empty() && d.scheduler.is_empty() && recorded.state_hash != replayed.state_hash {
-        d.scheduler
-            .push("other state differs (models or modules)".into());
-    }
-    d
-}
 
 /// Errors of the reproduction commands.
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +60,10 @@ pub struct Recorded {
     pub workers: usize,
     /// Inputs by tick, in journal order.
     pub inputs: BTreeMap<u64, Vec<Input>>,
+    /// Decisions by tick.
+    pub decisions: BTreeMap<u64, Vec<Decision>>,
+    /// Retention setting of the run.
+    pub retain_checkpoints: Option<u64>,
     /// Tick hashes.
     pub hashes: BTreeMap<u64, [u8; 32]>,
     /// Checkpoints: tick → (file, state hash).
@@ -303,6 +120,10 @@ impl Recorded {
                 .and_then(serde_json::Value::as_u64)
                 .unwrap_or(2) as usize,
             inputs: BTreeMap::new(),
+            decisions: BTreeMap::new(),
+            retain_checkpoints: meta
+                .get("retain_checkpoints")
+                .and_then(serde_json::Value::as_u64),
             hashes: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
             last_tick: 0,
@@ -337,15 +158,28 @@ impl Recorded {
                         r.tail_inputs.clear();
                     }
                 }
+                Entry::Decision { tick, decision } => {
+                    r.decisions.entry(*tick).or_default().push(decision.clone());
+                }
                 Entry::End { .. } => r.ended = true,
                 Entry::Header { .. } => r.tick_end_offset = *end,
-                Entry::Inference { tick, .. } if *tick <= r.last_tick => {
-                    r.tick_end_offset = r.tick_end_offset.max(*end);
-                }
+                // A tick's entries end with its `Tick` record.
                 Entry::Event { .. } | Entry::Inference { .. } => {}
             }
         }
         Ok(r)
+    }
+
+    /// The earliest valid checkpoint the journal keeps (the genesis one,
+    /// unless retention dropped it).
+    pub fn earliest_checkpoint(&self) -> Result<SnapshotBody, ReplayError> {
+        let first = self.checkpoints.keys().next().copied().ok_or_else(|| {
+            ReplayError::Usage(format!(
+                "{}: no checkpoint to start from",
+                self.dir.display()
+            ))
+        })?;
+        self.checkpoint_at_or_before(first)
     }
 
     /// The latest valid checkpoint at or before `tick`.
@@ -387,6 +221,7 @@ impl Recorded {
         cfg.seed = self.seed;
         cfg.workers = workers.unwrap_or(self.workers).max(1);
         cfg.checkpoint_every = self.checkpoint_every;
+        cfg.retain_checkpoints = self.retain_checkpoints;
         cfg.manifest_dir = self.manifest_dir.clone();
         cfg.target_ticks = self.target_ticks;
         Ok(cfg)
@@ -400,6 +235,11 @@ impl Recorded {
                 .range(from + 1..)
                 .map(|(t, v)| (*t, v.clone()))
                 .collect(),
+            decisions: self
+                .decisions
+                .range(from + 1..until + 1)
+                .map(|(t, v)| (*t, v.clone()))
+                .collect(),
             hashes: self
                 .hashes
                 .range(from + 1..until + 1)
@@ -409,10 +249,12 @@ impl Recorded {
         }
     }
 
-    /// Boots a scratch replay of this run from `body`.
+    /// Boots a scratch replay of this run from `body`, re-executing up to
+    /// tick `until`.
     fn scratch(
         &self,
         body: SnapshotBody,
+        until: u64,
         workers: Option<usize>,
         tag: &str,
         env: &[(String, String)],
@@ -430,7 +272,8 @@ impl Recorded {
         cfg.metrics = false;
         cfg.worker_env = env.to_vec();
         let sim: SimState = body.scheduler.clone();
-        let run = Run::boot(cfg, sim, None, Some(body))?;
+        let timeline = Timeline::Replay(self.script(body.tick, until));
+        let run = Run::boot(cfg, sim, None, Some(body), timeline)?;
         Ok((run, scratch))
     }
 }
@@ -471,7 +314,7 @@ pub fn replay(
 ) -> Result<ReplayReport, ReplayError> {
     let rec = Recorded::open(dir)?;
     let body = match from {
-        None => rec.checkpoint_at_or_before(0)?,
+        None => rec.earliest_checkpoint()?,
         Some(From::Tick(t)) => rec.checkpoint_at_or_before(t)?,
         Some(From::Snapshot(p)) => {
             let b = snapshot::read(&p)?;
@@ -487,8 +330,7 @@ pub fn replay(
     };
     let until = until.unwrap_or(rec.last_tick).min(rec.last_tick);
     let from_tick = body.tick;
-    let (mut run, scratch) = rec.scratch(body, workers, "replay", &[])?;
-    run.set_script(rec.script(from_tick, until));
+    let (mut run, scratch) = rec.scratch(body, until, workers, "replay", &[])?;
     let mut checked = 0;
     let result = (|| {
         while run.state().tick < until {
@@ -558,8 +400,7 @@ pub fn verify_with_env(
             continue;
         }
         let body = rec.checkpoint_at_or_before(start)?;
-        let (mut run, scratch) = rec.scratch(body, workers, "verify", env)?;
-        run.set_script(rec.script(start, end));
+        let (mut run, scratch) = rec.scratch(body, end, workers, "verify", env)?;
         let mut first = None;
         let outcome = loop {
             if run.state().tick >= end {
@@ -568,13 +409,11 @@ pub fn verify_with_env(
             match run.tick() {
                 Ok(_) => ticks += 1,
                 Err(RunError::Diverged { tick, .. }) => {
-                    // Keep going to the segment's end without hash checks, to
-                    // compare the full state there.
+                    // Keep going to the segment's end — with its recorded
+                    // inputs and decisions, without hash checks — to compare
+                    // the full state there.
                     first.get_or_insert(tick);
-                    run.set_script(Script {
-                        until: end,
-                        ..Script::default()
-                    });
+                    run.continue_unchecked();
                 }
                 Err(e) => break Err(e),
             }
@@ -662,20 +501,27 @@ pub fn fork(
             new_dir.display()
         )));
     }
-    std::fs::create_dir_all(new_dir)
-        .map_err(|e| ReplayError::Usage(format!("{}: {e}", new_dir.display())))?;
-    std::fs::write(new_dir.join("manifest.toml"), &rec.manifest_text)
+    crate::rundir::create(new_dir).map_err(|e| ReplayError::Usage(e.to_string()))?;
+    crate::rundir::write_private(&new_dir.join("manifest.toml"), rec.manifest_text.as_bytes())
         .map_err(|e| ReplayError::Usage(e.to_string()))?;
     let mut cfg = rec.config(new_dir.to_path_buf(), workers)?;
     cfg.origin = Some(rec.dir.clone());
     cfg.target_ticks = at;
-    let meta = serde_json::json!({
-        "lockstep": env!("CARGO_PKG_VERSION"), "workers": cfg.workers, "seed": cfg.seed,
-        "manifest_dir": rec.manifest_dir.display().to_string(), "target_ticks": at,
-        "checkpoint_every": cfg.checkpoint_every, "forked_from": rec.dir.display().to_string(), "forked_at": at,
-    });
-    std::fs::write(new_dir.join("meta.json"), format!("{meta:#}\n"))
-        .map_err(|e| ReplayError::Usage(e.to_string()))?;
+    crate::rundir::write_meta(
+        new_dir,
+        &crate::rundir::Meta {
+            workers: cfg.workers,
+            seed: cfg.seed,
+            manifest_dir: &rec.manifest_dir,
+            target_ticks: at,
+            checkpoint_every: cfg.checkpoint_every,
+            retain_checkpoints: cfg.retain_checkpoints,
+            forever: false,
+            sandbox_off: cfg.worker_sandbox.mode == lockstep_common::SandboxMode::Off,
+            forked: Some((&rec.dir, at)),
+        },
+    )
+    .map_err(|e| ReplayError::Usage(e.to_string()))?;
     let mut j = JournalWriter::create(&new_dir.join("journal.lsj"))?;
     j.write(&Entry::Header {
         manifest_hash: *blake3::hash(rec.manifest_text.as_bytes()).as_bytes(),
@@ -685,8 +531,13 @@ pub fn fork(
     j.sync()?;
     cfg.control_socket = false;
     let sim = body.scheduler.clone();
-    let mut run = Run::boot(cfg, sim, Some(j), Some(body))?;
-    run.set_script(rec.script(from, at));
+    let mut run = Run::boot(
+        cfg,
+        sim,
+        Some(j),
+        Some(body),
+        Timeline::Replay(rec.script(from, at)),
+    )?;
     while run.state().tick < at {
         run.tick()?;
     }
@@ -730,8 +581,13 @@ pub fn resume(dir: &Path, workers: Option<usize>) -> Result<(Run, u64), ReplayEr
     let mut cfg = rec.config(dir.to_path_buf(), workers)?;
     cfg.target_ticks = rec.target_ticks;
     let sim = body.scheduler.clone();
-    let mut run = Run::boot(cfg, sim, Some(j), Some(body))?;
-    run.set_script(rec.script(from, rec.last_tick));
+    let mut run = Run::boot(
+        cfg,
+        sim,
+        Some(j),
+        Some(body),
+        Timeline::Replay(rec.script(from, rec.last_tick)),
+    )?;
     while run.state().tick < rec.last_tick {
         run.tick()?;
     }

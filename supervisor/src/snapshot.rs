@@ -298,10 +298,16 @@ pub fn read(path: &Path) -> Result<SnapshotBody, SnapshotError> {
     decode(&bytes, &path.display().to_string())
 }
 
-/// The content-addressed page store of a run.
+/// The content-addressed page store of a run.  Reads and writes take
+/// `&self` (a chunk can be read while a checkpoint adds others).
 #[derive(Debug)]
 pub struct PageStore {
     path: PathBuf,
+    inner: std::sync::Mutex<PackFile>,
+}
+
+#[derive(Debug)]
+struct PackFile {
     file: File,
     index: HashMap<[u8; 32], u64>,
     len: u64,
@@ -312,17 +318,135 @@ impl PageStore {
     /// final record is cut off.
     pub fn open(dir: &Path) -> Result<Self, SnapshotError> {
         let path = dir.join("pages.pack");
+        let inner = PackFile::open(&path)?;
+        Ok(Self {
+            path,
+            inner: std::sync::Mutex::new(inner),
+        })
+    }
+
+    fn pack(&self) -> std::sync::MutexGuard<'_, PackFile> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the store holds `hash` (zero chunks are implied).
+    pub fn contains(&self, hash: &[u8; 32]) -> bool {
+        *hash == zero_chunk_hash() || self.pack().index.contains_key(hash)
+    }
+
+    /// Adds a chunk (ignored if already present or all zero).
+    pub fn put(&self, hash: &[u8; 32], bytes: &[u8]) -> Result<bool, SnapshotError> {
+        if self.contains(hash) {
+            return Ok(false);
+        }
+        if bytes.len() != CHUNK || blake3::hash(bytes).as_bytes() != hash {
+            return Err(SnapshotError::Pages {
+                path: self.path.display().to_string(),
+                reason: "a chunk does not match its hash".into(),
+            });
+        }
+        let mut rec = Vec::with_capacity(36 + CHUNK);
+        rec.extend_from_slice(hash);
+        rec.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        rec.extend_from_slice(bytes);
+        let mut p = self.pack();
+        p.file.write_all(&rec).map_err(io(&self.path, "write"))?;
+        let off = p.len + 36;
+        p.index.insert(*hash, off);
+        p.len += rec.len() as u64;
+        Ok(true)
+    }
+
+    /// Reads and verifies a chunk.
+    pub fn get(&self, hash: &[u8; 32]) -> Result<Vec<u8>, SnapshotError> {
+        if *hash == zero_chunk_hash() {
+            return Ok(vec![0; CHUNK]);
+        }
+        let bad = |reason: String| SnapshotError::Pages {
+            path: self.path.display().to_string(),
+            reason,
+        };
+        let p = self.pack();
+        let off = *p
+            .index
+            .get(hash)
+            .ok_or_else(|| bad(format!("chunk {} is missing", hex(&hash[..8]))))?;
+        let mut buf = vec![0u8; CHUNK];
+        std::os::unix::fs::FileExt::read_exact_at(&p.file, &mut buf, off)
+            .map_err(io(&self.path, "read"))?;
+        drop(p);
+        if blake3::hash(&buf).as_bytes() != hash {
+            return Err(bad(format!("chunk {} is damaged", hex(&hash[..8]))));
+        }
+        Ok(buf)
+    }
+
+    /// Flushes to stable storage.
+    pub fn sync(&self) -> Result<(), SnapshotError> {
+        self.pack()
+            .file
+            .sync_data()
+            .map_err(io(&self.path, "fdatasync"))
+    }
+
+    /// Rewrites the pack with only the chunks in `live` (atomically: a new
+    /// file is written, synced and renamed over the old one).
+    pub fn compact(&self, live: &std::collections::HashSet<[u8; 32]>) -> Result<(), SnapshotError> {
+        let tmp = self.path.with_extension("pack.tmp");
+        {
+            let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(io(&tmp, "create"))?);
+            let p = self.pack();
+            let mut buf = vec![0u8; CHUNK];
+            let mut kept: Vec<(&[u8; 32], &u64)> =
+                p.index.iter().filter(|(h, _)| live.contains(*h)).collect();
+            kept.sort_by_key(|(_, off)| **off);
+            for (h, off) in kept {
+                std::os::unix::fs::FileExt::read_exact_at(&p.file, &mut buf, *off)
+                    .map_err(io(&self.path, "read"))?;
+                out.write_all(h).map_err(io(&tmp, "write"))?;
+                out.write_all(&(CHUNK as u32).to_le_bytes())
+                    .map_err(io(&tmp, "write"))?;
+                out.write_all(&buf).map_err(io(&tmp, "write"))?;
+            }
+            let f = out
+                .into_inner()
+                .map_err(|e| io(&tmp, "write")(e.into_error()))?;
+            f.sync_all().map_err(io(&tmp, "fsync"))?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io(&self.path, "rename"))?;
+        *self.pack() = PackFile::open(&self.path)?;
+        Ok(())
+    }
+
+    /// Bytes in the pack.
+    pub fn len(&self) -> u64 {
+        self.pack().len
+    }
+
+    /// Whether the pack is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Distinct chunks stored.
+    pub fn chunks(&self) -> usize {
+        self.pack().index.len()
+    }
+}
+
+impl PackFile {
+    fn open(path: &Path) -> Result<Self, SnapshotError> {
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
-            .open(&path)
-            .map_err(io(&path, "open"))?;
-        let size = file.metadata().map_err(io(&path, "fstat"))?.len();
+            .open(path)
+            .map_err(io(path, "open"))?;
+        let size = file.metadata().map_err(io(path, "fstat"))?.len();
         let mut index = HashMap::new();
         let mut off = 0u64;
         let mut head = [0u8; 36];
-        file.seek(SeekFrom::Start(0)).map_err(io(&path, "seek"))?;
+        file.seek(SeekFrom::Start(0)).map_err(io(path, "seek"))?;
         let mut reader = std::io::BufReader::new(&file);
         while off + 36 <= size {
             if reader.read_exact(&mut head).is_err() {
@@ -342,82 +466,13 @@ impl PageStore {
         }
         drop(reader);
         if off != size {
-            file.set_len(off).map_err(io(&path, "truncate"))?;
+            file.set_len(off).map_err(io(path, "truncate"))?;
         }
         Ok(Self {
-            path,
             file,
             index,
             len: off,
         })
-    }
-
-    /// Whether the store holds `hash` (zero chunks are implied).
-    pub fn contains(&self, hash: &[u8; 32]) -> bool {
-        self.index.contains_key(hash) || *hash == zero_chunk_hash()
-    }
-
-    /// Adds a chunk (ignored if already present or all zero).
-    pub fn put(&mut self, hash: &[u8; 32], bytes: &[u8]) -> Result<bool, SnapshotError> {
-        if self.contains(hash) {
-            return Ok(false);
-        }
-        if bytes.len() != CHUNK || blake3::hash(bytes).as_bytes() != hash {
-            return Err(SnapshotError::Pages {
-                path: self.path.display().to_string(),
-                reason: "a chunk does not match its hash".into(),
-            });
-        }
-        let mut rec = Vec::with_capacity(36 + CHUNK);
-        rec.extend_from_slice(hash);
-        rec.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        rec.extend_from_slice(bytes);
-        self.file.write_all(&rec).map_err(io(&self.path, "write"))?;
-        self.index.insert(*hash, self.len + 36);
-        self.len += rec.len() as u64;
-        Ok(true)
-    }
-
-    /// Reads and verifies a chunk.
-    pub fn get(&self, hash: &[u8; 32]) -> Result<Vec<u8>, SnapshotError> {
-        if *hash == zero_chunk_hash() {
-            return Ok(vec![0; CHUNK]);
-        }
-        let bad = |reason: String| SnapshotError::Pages {
-            path: self.path.display().to_string(),
-            reason,
-        };
-        let off = *self
-            .index
-            .get(hash)
-            .ok_or_else(|| bad(format!("chunk {} is missing", hex(&hash[..8]))))?;
-        let mut buf = vec![0u8; CHUNK];
-        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut buf, off)
-            .map_err(io(&self.path, "read"))?;
-        if blake3::hash(&buf).as_bytes() != hash {
-            return Err(bad(format!("chunk {} is damaged", hex(&hash[..8]))));
-        }
-        Ok(buf)
-    }
-
-    /// Flushes to stable storage.
-    pub fn sync(&mut self) -> Result<(), SnapshotError> {
-        self.file.sync_data().map_err(io(&self.path, "fdatasync"))
-    }
-
-    /// Bytes in the pack.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the pack is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Distinct chunks stored.
-    pub fn chunks(&self) -> usize {
-        self.index.len()
     }
 }
 
@@ -551,7 +606,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let chunk = vec![5u8; CHUNK];
         let h = *blake3::hash(&chunk).as_bytes();
-        let mut p = PageStore::open(&dir).unwrap();
+        let p = PageStore::open(&dir).unwrap();
         assert!(p.put(&h, &chunk).unwrap());
         assert!(!p.put(&h, &chunk).unwrap());
         assert!(p.put(&[0; 32], &chunk).is_err());

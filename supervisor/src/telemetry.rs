@@ -40,7 +40,7 @@ pub struct TickTelemetry {
     pub worker_us: Vec<u64>,
 }
 
-/// One agent in a sampled tick (every [`crate::runner::SAMPLE_EVERY`]
+/// One agent in a sampled tick (every [`crate::run::SAMPLE_EVERY`]
 /// ticks every called agent reports its fuel and time).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AgentTelemetry {
@@ -92,6 +92,32 @@ pub struct InferenceTelemetry {
     pub host_restarts: u64,
 }
 
+/// One checkpoint (the snapshot hook).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckpointTelemetry {
+    /// Tick after which it was taken.
+    pub tick: u64,
+    /// Snapshot file, relative to the run directory.
+    pub file: String,
+    /// Global state hash (hex).
+    pub state_hash: String,
+    /// Agents imaged.
+    pub agents: u64,
+    /// Wall time, µs.
+    pub wall_us: u64,
+    /// Bytes of the page store after it.
+    pub pages_bytes: u64,
+}
+
+/// One child failure and its recovery (observation only).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FailureTelemetry {
+    /// Tick.
+    pub tick: u64,
+    /// What happened (the recovery line).
+    pub line: String,
+}
+
 /// Receives telemetry (register with the supervisor's API).
 pub trait TelemetryHook: Send {
     /// After every tick.
@@ -100,19 +126,40 @@ pub trait TelemetryHook: Send {
     fn on_agent(&mut self, _a: &AgentTelemetry) {}
     /// After every inference batch.
     fn on_inference(&mut self, _i: &InferenceTelemetry) {}
+    /// After every checkpoint.
+    fn on_checkpoint(&mut self, _c: &CheckpointTelemetry) {}
+    /// After a child failed and was recovered.
+    fn on_failure(&mut self, _f: &FailureTelemetry) {}
 }
 
-/// Writes telemetry as JSON lines (`{"type":"tick",…}`).
+/// Largest `metrics.jsonl` before it is rotated to `metrics.1.jsonl`
+/// (replacing the previous one): the metrics of a run take at most twice
+/// this on disk, whatever its length.
+pub const METRICS_ROTATE_BYTES: u64 = 64 << 20;
+
+/// Writes telemetry as JSON lines (`{"type":"tick",…}`), rotated at
+/// [`METRICS_ROTATE_BYTES`].
 #[derive(Debug)]
 pub struct JsonlSink {
+    path: std::path::PathBuf,
     out: std::io::BufWriter<std::fs::File>,
+    written: u64,
+    limit: u64,
 }
 
 impl JsonlSink {
     /// Creates (truncates) the metrics file.
     pub fn create(path: &Path) -> std::io::Result<Self> {
+        Self::with_limit(path, METRICS_ROTATE_BYTES)
+    }
+
+    /// Like [`JsonlSink::create`], rotating at `limit` bytes.
+    pub fn with_limit(path: &Path, limit: u64) -> std::io::Result<Self> {
         Ok(Self {
-            out: std::io::BufWriter::new(std::fs::File::create(path)?),
+            path: path.to_path_buf(),
+            out: std::io::BufWriter::new(crate::rundir::create_private(path)?),
+            written: 0,
+            limit,
         })
     }
 
@@ -123,8 +170,25 @@ impl JsonlSink {
             #[serde(flatten)]
             v: &'a T,
         }
-        if serde_json::to_writer(&mut self.out, &Tagged { r#type: kind, v }).is_ok() {
-            let _ = self.out.write_all(b"\n");
+        let Ok(mut text) = serde_json::to_vec(&Tagged { r#type: kind, v }) else {
+            return;
+        };
+        text.push(b'\n');
+        if self.written + text.len() as u64 > self.limit {
+            self.rotate();
+        }
+        if self.out.write_all(&text).is_ok() {
+            self.written += text.len() as u64;
+        }
+    }
+
+    fn rotate(&mut self) {
+        let _ = self.out.flush();
+        let old = self.path.with_extension("1.jsonl");
+        let _ = std::fs::rename(&self.path, &old);
+        if let Ok(f) = crate::rundir::create_private(&self.path) {
+            self.out = std::io::BufWriter::new(f);
+            self.written = 0;
         }
     }
 
@@ -143,6 +207,12 @@ impl TelemetryHook for JsonlSink {
     }
     fn on_inference(&mut self, i: &InferenceTelemetry) {
         self.line("inference", i);
+    }
+    fn on_checkpoint(&mut self, c: &CheckpointTelemetry) {
+        self.line("checkpoint", c);
+    }
+    fn on_failure(&mut self, f: &FailureTelemetry) {
+        self.line("failure", f);
     }
 }
 
@@ -176,5 +246,31 @@ impl Aggregates {
         }
         v.sort_unstable();
         v[((v.len() - 1) as f64 * q).round() as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_rotate_and_stay_bounded() {
+        let dir = std::env::temp_dir().join(format!("lockstep-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        let mut sink = JsonlSink::with_limit(&path, 10_000).unwrap();
+        for tick in 0..5_000 {
+            sink.on_tick(&TickTelemetry {
+                tick,
+                ..TickTelemetry::default()
+            });
+        }
+        sink.flush();
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        assert!(size(&path) <= 10_000, "{}", size(&path));
+        assert!(size(&dir.join("metrics.1.jsonl")) <= 10_000);
+        let last = std::fs::read_to_string(&path).unwrap();
+        assert!(last.lines().last().unwrap().contains("\"tick\":4999"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -228,7 +228,7 @@ pub fn journal_diff(a: &std::path::Path, b: &std::path::Path) -> Option<String> 
 mod runs {
     use super::bin;
     use lockstep_supervisor::manifest::Manifest;
-    use lockstep_supervisor::runner::{Run, RunConfig};
+    use lockstep_supervisor::run::{Run, RunConfig};
     use std::path::{Path, PathBuf};
 
     /// The repository root.

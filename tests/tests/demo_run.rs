@@ -18,7 +18,7 @@
 use lockstep_inference_host::ModelRegistry;
 use lockstep_supervisor::journal::{Entry, read_journal};
 use lockstep_supervisor::manifest::Manifest;
-use lockstep_supervisor::runner::Run;
+use lockstep_supervisor::run::Run;
 use lockstep_supervisor::sim::{Event, InferAnswer};
 use lockstep_tests::{TempDir, Watchdog, root};
 use shm_protocol::inference::Tensor;

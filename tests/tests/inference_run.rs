@@ -16,7 +16,7 @@ use lockstep_inference_host::ModelRegistry;
 use lockstep_supervisor::inference::{InferenceConfig, InferenceService};
 use lockstep_supervisor::journal::{Entry, read_journal};
 use lockstep_supervisor::manifest::Manifest;
-use lockstep_supervisor::runner::{Run, RunConfig};
+use lockstep_supervisor::run::{Run, RunConfig};
 use lockstep_supervisor::sim::{InferAnswer, InferRequest, Input, InputOutcome};
 use lockstep_tests::{TempDir, Watchdog, bin};
 use shm_protocol::inference::Tensor;

@@ -4,7 +4,7 @@
 use lockstep_supervisor::journal::{self, Entry};
 
 use lockstep_supervisor::replay::{self, Verdict};
-use lockstep_supervisor::runner::Run;
+use lockstep_supervisor::run::Run;
 use lockstep_supervisor::sim::Event;
 use lockstep_tests::{
     ChildGuard, TempDir, Watchdog, agent, bin, config, journal_diff, root, run_to, society,

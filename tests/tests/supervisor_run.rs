@@ -4,7 +4,7 @@
 
 use lockstep_supervisor::journal::{self, Entry};
 use lockstep_supervisor::replay;
-use lockstep_supervisor::runner::Run;
+use lockstep_supervisor::run::Run;
 use lockstep_supervisor::sim::{Event, InputOutcome};
 use lockstep_tests::{
     ChildGuard, TempDir, Watchdog, agent, bin, config, journal_diff, run_to, society,

@@ -25,7 +25,7 @@
 use lockstep_supervisor::child::{Child, ChildSpec};
 use lockstep_supervisor::reaper::Reaper;
 use lockstep_worker::agent::{Agent, Runtime};
-use lockstep_worker::engine::{self, AgentModule, ModuleCache};
+use lockstep_worker::engine::{self, AgentModule};
 use lockstep_worker::host::AgentHost;
 use lockstep_worker::service::Worker;
 use shm_protocol::WaitPolicy;
@@ -295,8 +295,7 @@ fn resident_bytes(data: &[u8]) -> u64 {
 #[derive(Debug, Clone)]
 struct ModuleSrc {
     name: &'static str,
-    /// A file the worker process can load (WAT text or wasm).
-    path: PathBuf,
+    /// The module (WAT text or wasm).
     bytes: Vec<u8>,
 }
 
@@ -307,19 +306,15 @@ fn agents_dir() -> PathBuf {
     )
 }
 
-fn modules(tmp: &Path) -> Vec<ModuleSrc> {
-    let noop = tmp.join("noop.wat");
-    std::fs::write(&noop, NOOP_WAT).expect("write noop.wat");
+fn modules(_tmp: &Path) -> Vec<ModuleSrc> {
     let mut out = vec![ModuleSrc {
         name: "noop (WAT)",
-        path: noop,
         bytes: NOOP_WAT.as_bytes().to_vec(),
     }];
     let counter = agents_dir().join("counter.wasm");
     match std::fs::read(&counter) {
         Ok(bytes) => out.push(ModuleSrc {
             name: "counter.wasm",
-            path: counter,
             bytes,
         }),
         Err(e) => println!(
@@ -330,9 +325,30 @@ fn modules(tmp: &Path) -> Vec<ModuleSrc> {
     out
 }
 
-fn load(worker: &Worker, cache: &ModuleCache, m: &ModuleSrc) -> AgentModule {
-    engine::load_module(&worker.runtime().engine, cache, m.name, &m.bytes, 1 << 30)
-        .unwrap_or_else(|e| panic!("{}: {e}", m.name))
+/// The compiled form of `m` kept in `cache` (what the supervisor's compile
+/// step hands workers), made on first use.
+fn compiled(worker: &Worker, cache: &Path, m: &ModuleSrc) -> Vec<u8> {
+    let file = cache.join(format!("{}.cwasm", m.name));
+    if let Ok(b) = std::fs::read(&file) {
+        return b;
+    }
+    let (_, bytes) = engine::compile(&worker.runtime().engine, m.name, &m.bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", m.name));
+    std::fs::write(&file, &bytes).expect("write the compiled module");
+    bytes
+}
+
+/// Loads `m` from its compiled form in `cache`.
+fn load(worker: &Worker, cache: &Path, m: &ModuleSrc) -> AgentModule {
+    let c = compiled(worker, cache, m);
+    engine::load_module(
+        &worker.runtime().engine,
+        m.name,
+        &m.bytes,
+        Some(&c),
+        1 << 30,
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", m.name))
 }
 
 fn limits() -> AgentLimits {
@@ -431,7 +447,7 @@ impl Direct {
 /// only the directories it is given: the bench's temporary directory (the
 /// WAT module), the agents directory, and the module cache (read-write).
 /// Workers without one get no extra arguments.
-fn sandbox_args(tmp: &Path, cache: &Path) -> Vec<OsString> {
+fn sandbox_args(tmp: &Path) -> Vec<OsString> {
     let help = std::process::Command::new(WORKER_BIN)
         .arg("--help")
         .output()
@@ -445,8 +461,6 @@ fn sandbox_args(tmp: &Path, cache: &Path) -> Vec<OsString> {
         args.push("--allow-read".into());
         args.push(dir.into());
     }
-    args.push("--allow-write".into());
-    args.push(cache.into());
     args
 }
 
@@ -473,6 +487,7 @@ impl RingWorker {
             },
             policy,
             env: Vec::new(),
+            hang_timeout: None,
         };
         let mut child = Child::spawn(&spec, reaper).expect("spawn lockstep-worker");
         child
@@ -495,14 +510,14 @@ impl RingWorker {
         let r = self.request(WorkerCommand::Configure {
             seed: SEED,
             watchdog_ms: 1000,
-            cache_dir: Some(cache.display().to_string()),
         });
-        assert_eq!(r, WorkerReply::Configured);
+        assert!(matches!(r, WorkerReply::Configured { .. }), "{r:?}");
+        let compiled = std::fs::read(cache.join(format!("{}.cwasm", m.name))).ok();
         match self.request(WorkerCommand::LoadModule {
             module_id: 1,
             name: m.name.to_owned(),
-            path: m.path.display().to_string(),
-            expected_blake3: None,
+            wasm: m.bytes.clone(),
+            compiled: compiled.map(serde_bytes::ByteBuf::from),
             memory_limit: 1 << 30,
         }) {
             WorkerReply::ModuleLoaded { .. } => {}
@@ -510,24 +525,15 @@ impl RingWorker {
         }
     }
 
-    /// One tick round trip (all parts of the answer).
+    /// One tick round trip.
     fn tick(&mut self, work: TickWork) -> TickDone {
         let deadline = || Some(Instant::now() + Duration::from_secs(120));
         let ep = self.child.endpoint();
         ep.send_msg(&Down::Worker(WorkerCommand::Tick(work)), deadline())
             .expect("send tick");
-        let mut results = Vec::new();
-        loop {
-            match ep.recv_msg::<Up>(deadline()).expect("recv tick") {
-                Up::Worker(WorkerReply::TickDone(mut d)) => {
-                    results.append(&mut d.results);
-                    if !d.more {
-                        d.results = results;
-                        return d;
-                    }
-                }
-                other => panic!("unexpected {other:?}"),
-            }
+        match ep.recv_msg::<Up>(deadline()).expect("recv tick") {
+            Up::Worker(WorkerReply::TickDone(d)) => d,
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -570,9 +576,8 @@ fn section1(cfg: &Cfg, mods: &[ModuleSrc], cache: &Path, reaper: &Reaper) -> Vec
             w.handle(WorkerCommand::Configure {
                 seed: SEED,
                 watchdog_ms: 1000,
-                cache_dir: None,
             });
-            let module = load(&w, &ModuleCache::new(Some(cache.to_path_buf())), m);
+            let module = load(&w, cache, m);
             let rt = w.runtime().clone();
             let mut direct = on("direct").then(|| Direct::new(&rt, &module, n));
             w.insert_module(1, module);
@@ -706,15 +711,19 @@ fn probe(module_name: &str) {
     w.handle(WorkerCommand::Configure {
         seed: SEED,
         watchdog_ms: 1000,
-        cache_dir: None,
     });
+    let compiled = std::fs::read(cache.join(format!("{}.cwasm", m.name)))
+        .expect("the probe's module is compiled in the cache");
     let t0 = Instant::now();
-    let module = load(&w, &ModuleCache::new(Some(cache)), &m);
+    let module = engine::load_module(
+        &w.runtime().engine,
+        m.name,
+        &m.bytes,
+        Some(&compiled),
+        1 << 30,
+    )
+    .expect("load the compiled module");
     let load_cached_us = t0.elapsed().as_secs_f64() * 1e6;
-    assert!(
-        module.cached,
-        "the probe's module should come from the cache"
-    );
     let module = Arc::new(module);
     let rt = w.runtime().clone();
     // First instantiation (lazy per-module set-up) outside the measurement.
@@ -881,14 +890,8 @@ fn section3(cfg: &Cfg) -> Vec<CapRow> {
         let bytes = pages as usize * 65536;
         let wat = filled_wat(pages);
         let module = Arc::new(
-            engine::load_module(
-                &rt.engine,
-                &ModuleCache::new(None),
-                "filled",
-                wat.as_bytes(),
-                1 << 30,
-            )
-            .expect("filled module"),
+            engine::load_module(&rt.engine, "filled", wat.as_bytes(), None, 1 << 30)
+                .expect("filled module"),
         );
         let mut agent = Agent::instantiate(&rt, module.clone(), 1, limits()).expect("instantiate");
         assert!(agent.init(0).fault.is_none());
@@ -1066,12 +1069,13 @@ fn main() {
     let cache = tmp.join("cache");
     std::fs::create_dir_all(&cache).expect("tmp dir");
     let mods = modules(&tmp);
-    cfg.worker_args = sandbox_args(&tmp, &cache);
-    // Precompile every module into the cache ("precompiled/cached module").
+    cfg.worker_args = sandbox_args(&tmp);
+    // Compile every module once ("precompiled module"), as the supervisor's
+    // compile step does.
     {
         let w = Worker::new().expect("worker");
         for m in &mods {
-            load(&w, &ModuleCache::new(Some(cache.clone())), m);
+            load(&w, &cache, m);
         }
     }
     let (reaper, _deaths) = Reaper::start().expect("reaper");

@@ -9,6 +9,7 @@ use shm_protocol::worker::{
     image_hash,
 };
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasmtime::{Engine, Global, Instance, Linker, Memory, Store, TypedFunc, Val};
 
@@ -39,6 +40,9 @@ pub struct Runtime {
     pub seed: u64,
     /// Wall-clock watchdog per call.
     pub watchdog: Duration,
+    /// Epoch deadline of every call, in epoch ticks (shared with every
+    /// agent; [`Runtime::NO_DEADLINE`] while the watchdog is off).
+    deadline: Arc<AtomicU64>,
 }
 
 impl Runtime {
@@ -46,16 +50,40 @@ impl Runtime {
     pub fn new(engine: Engine, seed: u64, watchdog: Duration) -> wasmtime::Result<Self> {
         let mut linker = Linker::new(&engine);
         crate::host::add_imports(&mut linker)?;
-        Ok(Self {
+        let rt = Self {
             engine,
             linker: Arc::new(linker),
             seed,
             watchdog,
-        })
+            deadline: Arc::new(AtomicU64::new(0)),
+        };
+        rt.set_watchdog(true);
+        Ok(rt)
     }
 
     fn watchdog_ticks(&self) -> u64 {
         (self.watchdog.as_millis() / EPOCH_PERIOD.as_millis()).max(1) as u64 + 1
+    }
+
+    /// The epoch deadline while the watchdog is off (added to the current
+    /// epoch, so far from `u64::MAX`).
+    pub const NO_DEADLINE: u64 = u64::MAX / 4;
+
+    /// Sets the watchdog period (every agent's next call uses it).
+    pub fn set_watchdog_period(&mut self, watchdog: Duration) {
+        self.watchdog = watchdog;
+        self.set_watchdog(true);
+    }
+
+    /// Turns the wall-clock watchdog on or off for every agent's next calls
+    /// (off while recorded ticks are re-executed: fuel bounds every call).
+    pub fn set_watchdog(&self, on: bool) {
+        let ticks = if on {
+            self.watchdog_ticks()
+        } else {
+            Self::NO_DEADLINE
+        };
+        self.deadline.store(ticks, Ordering::Relaxed);
     }
 }
 
@@ -71,7 +99,7 @@ pub struct Agent {
     f_receive: TypedFunc<i32, i32>,
     f_shutdown: TypedFunc<(), i32>,
     f_migrate: Option<TypedFunc<i32, i32>>,
-    watchdog_ticks: u64,
+    deadline: Arc<AtomicU64>,
     /// Whether the next step is the first after `agent_init`.
     first_step: bool,
 }
@@ -124,6 +152,9 @@ impl Agent {
             .linker
             .instantiate(&mut store, &module.module)
             .map_err(|e| {
+                if crate::oom::is_exhaustion(&e) {
+                    crate::oom::exit_out_of_memory(&format!("instantiating agent {id}: {e}"));
+                }
                 let host = store.data_mut().fault.take();
                 match classify(&e, host) {
                     Fault::Trap(m) => Fault::Instantiate(m),
@@ -185,7 +216,7 @@ impl Agent {
             f_receive,
             f_shutdown,
             f_migrate,
-            watchdog_ticks: rt.watchdog_ticks(),
+            deadline: rt.deadline.clone(),
             first_step: true,
         })
     }
@@ -276,7 +307,8 @@ impl Agent {
                 fault: Some(Fault::OutOfFuel),
             };
         }
-        self.store.set_epoch_deadline(self.watchdog_ticks);
+        self.store
+            .set_epoch_deadline(self.deadline.load(Ordering::Relaxed));
         let r = f(self);
         let left = self.store.get_fuel().unwrap_or(0);
         let fuel = limit.saturating_sub(left);
@@ -400,6 +432,7 @@ impl Agent {
         rt: &Runtime,
         module: Arc<AgentModule>,
         tick: u64,
+        skip_migrate: bool,
     ) -> Result<(Self, Option<CallOutcome>), Fault> {
         let old_abi = self.module.abi_version;
         let same_globals = self
@@ -416,10 +449,16 @@ impl Agent {
         }
         let old = self.capture();
         let limits = self.store.data().limits;
+        let old_module = self.module.clone();
         let mut new = Self::instantiate(rt, module, self.id(), limits)?;
         let globals = same_globals.then_some(&old.globals[..]);
-        new.load_image(&old.memory, globals, old.host)?;
-        let migrated = new.migrate(tick, old_abi as i32);
+        let memory = merge_static_data(&old_module, &new.module, old.memory);
+        new.load_image(&memory, globals, old.host)?;
+        let migrated = if skip_migrate {
+            None
+        } else {
+            new.migrate(tick, old_abi as i32)
+        };
         Ok((new, migrated))
     }
 
@@ -538,6 +577,46 @@ impl Agent {
         agent.load_image(&state.memory, Some(&state.globals), state.host)?;
         Ok(agent)
     }
+}
+
+/// The memory a hot-swapped agent continues with: its old memory, except
+/// that wherever the new module's data segments put static data and the old
+/// instance never changed the byte it started with there, the new module's
+/// byte wins.  Static data (strings, tables of constants, vtables) thus
+/// comes from the new module — the new code finds what it expects — while
+/// everything the agent wrote (its heap, its stack, statics it changed) is
+/// kept.
+fn merge_static_data(old: &AgentModule, new: &AgentModule, mut memory: Vec<u8>) -> Vec<u8> {
+    // The old module's initial contents over the range the new segments
+    // cover (zeros where it has no data).
+    let end = new
+        .data
+        .iter()
+        .map(|(off, b)| *off as usize + b.len())
+        .max()
+        .unwrap_or(0)
+        .min(memory.len());
+    let mut initial = vec![0u8; end];
+    for (off, bytes) in old.data.iter() {
+        let off = *off as usize;
+        if off < end {
+            let n = bytes.len().min(end - off);
+            initial[off..off + n].copy_from_slice(&bytes[..n]);
+        }
+    }
+    for (off, bytes) in new.data.iter() {
+        let off = *off as usize;
+        for (i, b) in bytes.iter().enumerate() {
+            let addr = off + i;
+            if addr >= end {
+                break;
+            }
+            if memory[addr] == initial[addr] {
+                memory[addr] = *b;
+            }
+        }
+    }
+    memory
 }
 
 fn global_value(v: Val) -> GlobalValue {

@@ -1,5 +1,10 @@
 //! The deterministic wasmtime engine, module validation and instrumentation,
-//! and the on-disk compiled-module cache.
+//! and compilation to (and loading from) the supervisor's compiled form.
+//!
+//! Workers never read module files or a compiled-module cache: the
+//! supervisor sends the module bytes, and the compiled form produced by a
+//! fresh process that ran no agent ([`compile`]), which workers then load
+//! ([`load_module`]).
 //!
 //! # Determinism settings
 //!
@@ -16,8 +21,9 @@
 //! wasmtime is pinned (`=48.0.8`): its fuel costs are part of the contract.
 
 use crate::error::LoadError;
+use shm_protocol::worker::ModuleFacts;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -54,14 +60,16 @@ pub fn deterministic_engine() -> Result<Engine, LoadError> {
 }
 
 /// Starts the thread that advances the engine's epoch every
-/// [`EPOCH_PERIOD`] (the watchdog clock); it stops when the returned guard
-/// is dropped.
+/// [`EPOCH_PERIOD`] (the watchdog clock) and calls `beat` each time (the
+/// worker's heartbeat: it goes on while an agent computes, and stops only
+/// when the whole process is stopped or hung); it stops when the returned
+/// guard is dropped.
 ///
 /// Returns once the thread runs its loop, i.e. after the C library and
 /// `std` have set it up (robust futex list, rseq, name, signal stack): the
 /// worker sandbox installs its seccomp filter right after, and those set-up
 /// calls are not in its allowlist.
-pub fn start_epoch_ticker(engine: &Engine) -> EpochTicker {
+pub fn start_epoch_ticker(engine: &Engine, beat: impl Fn() + Send + 'static) -> EpochTicker {
     let stop = Arc::new(AtomicBool::new(false));
     let (e, s) = (engine.clone(), stop.clone());
     let (started_tx, started) = std::sync::mpsc::sync_channel::<()>(1);
@@ -73,6 +81,7 @@ pub fn start_epoch_ticker(engine: &Engine) -> EpochTicker {
             while !s.load(Ordering::Relaxed) {
                 std::thread::sleep(EPOCH_PERIOD);
                 e.increment_epoch();
+                beat();
             }
         })
         .ok();
@@ -158,10 +167,27 @@ pub struct AgentModule {
     pub globals: Vec<MutableGlobal>,
     /// Whether the module exports `agent_migrate`.
     pub has_migrate: bool,
-    /// Whether it came from the on-disk cache.
-    pub cached: bool,
+    /// Its active data segments with constant offsets, `(offset, bytes)`:
+    /// the memory contents an instance starts with besides zeros (a
+    /// hot-swap tells state from static data by comparing against them).
+    pub data: Arc<Vec<(u32, Vec<u8>)>>,
+    /// Initial memory size in bytes.
+    pub min_memory: u64,
     /// Its `agent_abi_version` (0 until checked).
     pub abi_version: u32,
+}
+
+impl AgentModule {
+    /// What the module declares (its ABI version must have been checked).
+    pub fn facts(&self) -> ModuleFacts {
+        ModuleFacts {
+            blake3: self.hash,
+            abi_version: self.abi_version,
+            globals: self.globals.iter().map(|g| g.ty.clone()).collect(),
+            migrates: self.has_migrate,
+            min_memory: self.min_memory,
+        }
+    }
 }
 
 fn sig_matches(ty: &wasmtime::FuncType, sig: Sig) -> bool {
@@ -188,6 +214,8 @@ fn fmt_sig(sig: Sig) -> String {
 struct Scan {
     /// (global index, mutable, exported name, type).
     globals: Vec<(u32, bool, Option<String>, String)>,
+    /// Active data segments of memory 0 with a constant offset.
+    data: Vec<(u32, Vec<u8>)>,
 }
 
 /// Parses and validates the module bytes, rejects what ABI v1 forbids, and
@@ -258,6 +286,21 @@ fn scan(name: &str, bytes: &[u8]) -> Result<Scan, LoadError> {
                     let e = e.map_err(|e| invalid(e.to_string()))?;
                     if e.kind == wasmparser::ExternalKind::Global {
                         exports.entry(e.index).or_insert_with(|| e.name.to_owned());
+                    }
+                }
+            }
+            Payload::DataSection(r) => {
+                for d in r {
+                    let d = d.map_err(|e| invalid(e.to_string()))?;
+                    if let wasmparser::DataKind::Active {
+                        memory_index: 0,
+                        offset_expr,
+                    } = d.kind
+                    {
+                        let mut ops = offset_expr.get_operators_reader();
+                        if let Ok(Operator::I32Const { value }) = ops.read() {
+                            out.data.push((value as u32, d.data.to_vec()));
+                        }
                     }
                 }
             }
@@ -388,106 +431,37 @@ fn instrument(
     Ok((module.finish(), globals))
 }
 
-/// The compiled-module cache: `<dir>/<blake3(module)>-<engine hash>.cwasm`
-/// plus a `.b3` file holding the BLAKE3 of the serialized bytes.  An entry
-/// whose checksum does not match, or that wasmtime refuses (another engine
-/// configuration or version), is recompiled, never trusted.
-#[derive(Debug, Clone)]
-pub struct ModuleCache {
-    dir: Option<PathBuf>,
+/// The key of an engine configuration: compiled modules load only into an
+/// engine with the same key (wasmtime checks the same compatibility hash
+/// again when deserializing).
+pub fn engine_key(engine: &Engine) -> String {
+    use std::hash::{Hash, Hasher};
+    // The compatibility hash implements `Hash`; fold it through a fixed
+    // (non-randomised) hasher into the key.
+    struct B3(blake3::Hasher);
+    impl Hasher for B3 {
+        fn finish(&self) -> u64 {
+            let h = self.0.finalize();
+            u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut h = B3(blake3::Hasher::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
-impl ModuleCache {
-    /// A cache in `dir` (created on demand); `None` disables caching.
-    pub fn new(dir: Option<PathBuf>) -> Self {
-        Self { dir }
-    }
-
-    fn engine_key(engine: &Engine) -> String {
-        use std::hash::{Hash, Hasher};
-        // The compatibility hash implements `Hash`; fold it through a fixed
-        // (non-randomised) hasher into the key.
-        struct B3(blake3::Hasher);
-        impl Hasher for B3 {
-            fn finish(&self) -> u64 {
-                let h = self.0.finalize();
-                u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
-            }
-            fn write(&mut self, bytes: &[u8]) {
-                self.0.update(bytes);
-            }
-        }
-        let mut h = B3(blake3::Hasher::new());
-        engine.precompile_compatibility_hash().hash(&mut h);
-        format!("{:016x}", h.finish())
-    }
-
-    fn paths(&self, engine: &Engine, code_hash: &[u8; 32]) -> Option<(PathBuf, PathBuf)> {
-        let dir = self.dir.as_ref()?;
-        let stem = format!(
-            "{}-{}",
-            blake3::Hash::from(*code_hash).to_hex(),
-            Self::engine_key(engine)
-        );
-        Some((
-            dir.join(format!("{stem}.cwasm")),
-            dir.join(format!("{stem}.b3")),
-        ))
-    }
-
-    /// Loads a cached compilation of `code` (already instrumented), if a
-    /// valid one exists.
-    fn get(&self, engine: &Engine, code_hash: &[u8; 32]) -> Option<Module> {
-        let (bin, sum) = self.paths(engine, code_hash)?;
-        let bytes = std::fs::read(&bin).ok()?;
-        let want = std::fs::read_to_string(&sum).ok()?;
-        if blake3::hash(&bytes).to_hex().as_str() != want.trim() {
-            tracing::warn!(path = %bin.display(), "compiled-module cache entry fails its checksum; recompiling");
-            return None;
-        }
-        // SAFETY: the bytes were produced by `Module::serialize` of this
-        // worker (same engine configuration: the key includes the engine's
-        // compatibility hash, which wasmtime re-checks) and their BLAKE3
-        // matches the checksum written alongside, so they are exactly what we
-        // serialized — not arbitrary input.
-        match unsafe { Module::deserialize(engine, &bytes) } {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(path = %bin.display(), error = %e, "compiled-module cache entry refused; recompiling");
-                None
-            }
-        }
-    }
-
-    fn put(&self, engine: &Engine, code_hash: &[u8; 32], module: &Module) {
-        let Some((bin, sum)) = self.paths(engine, code_hash) else {
-            return;
-        };
-        let Ok(bytes) = module.serialize() else {
-            return;
-        };
-        let Some(dir) = bin.parent() else { return };
-        if std::fs::create_dir_all(dir).is_err() {
-            return;
-        }
-        // Write to temporary names, then rename: a crash leaves no torn entry.
-        let tmp = bin.with_extension(format!("tmp{}", std::process::id()));
-        let ok = std::fs::write(&tmp, &bytes).is_ok()
-            && std::fs::write(&sum, blake3::hash(&bytes).to_hex().as_str()).is_ok()
-            && std::fs::rename(&tmp, &bin).is_ok();
-        if !ok {
-            let _ = std::fs::remove_file(&tmp);
-        }
-    }
-}
-
-/// Validates, instruments and compiles (or fetches from the cache) an agent
-/// module.  `memory_limit` bounds the memory's declared minimum.
+/// Validates, instruments and compiles an agent module — or, given
+/// `compiled` (the supervisor's copy of what [`compile`] produced for these
+/// bytes), loads that instead of compiling.  `memory_limit` bounds the
+/// memory's declared minimum.
 pub fn load_module(
     engine: &Engine,
-    cache: &ModuleCache,
     name: &str,
     bytes: &[u8],
+    compiled: Option<&[u8]>,
     memory_limit: u64,
 ) -> Result<AgentModule, LoadError> {
     let hash = *blake3::hash(bytes).as_bytes();
@@ -506,19 +480,22 @@ pub fn load_module(
     };
     let scan = scan(name, bytes)?;
     let (code, globals) = instrument(name, bytes, &scan)?;
-    let code_hash = *blake3::hash(&code).as_bytes();
-    let (module, cached) = match cache.get(engine, &code_hash) {
-        Some(m) => (m, true),
-        None => {
-            let m = Module::new(engine, &code).map_err(|e| LoadError::Invalid {
-                module: name.to_owned(),
-                reason: format!("{e:#}"),
-            })?;
-            cache.put(engine, &code_hash, &m);
-            (m, false)
-        }
+    let module = match compiled {
+        // SAFETY: `compiled` comes from the supervisor, which only hands
+        // out bytes that `Module::serialize` produced for these very module
+        // bytes in a fresh process of this binary that never ran an agent
+        // (its compile step; workers cannot write what it hands out), and
+        // wasmtime re-checks that they were made by a compatible engine.
+        Some(c) => unsafe { Module::deserialize(engine, c) }.map_err(|e| LoadError::Invalid {
+            module: name.to_owned(),
+            reason: format!("its compiled form does not load: {e:#}"),
+        })?,
+        None => Module::new(engine, &code).map_err(|e| LoadError::Invalid {
+            module: name.to_owned(),
+            reason: format!("{e:#}"),
+        })?,
     };
-    check_interface(name, &module, memory_limit)?;
+    let min_memory = check_interface(name, &module, memory_limit)?;
     let has_migrate = module.get_export("agent_migrate").is_some();
     Ok(AgentModule {
         name: name.to_owned(),
@@ -526,13 +503,33 @@ pub fn load_module(
         module,
         globals,
         has_migrate,
-        cached,
+        data: Arc::new(scan.data),
+        min_memory,
         abi_version: 0,
     })
 }
 
-/// Checks imports, exports and the memory against the ABI.
-fn check_interface(name: &str, module: &Module, memory_limit: u64) -> Result<(), LoadError> {
+/// Compiles a module for the supervisor's compile step: validation,
+/// instrumentation, compilation, then the serialized form that workers
+/// load with [`load_module`].
+pub fn compile(
+    engine: &Engine,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(AgentModule, Vec<u8>), LoadError> {
+    // The memory limit is checked per agent when modules are loaded; here
+    // only the module itself is validated.
+    let module = load_module(engine, name, bytes, None, u64::MAX)?;
+    let serialized = module.module.serialize().map_err(|e| LoadError::Invalid {
+        module: name.to_owned(),
+        reason: format!("cannot serialize its compiled form: {e:#}"),
+    })?;
+    Ok((module, serialized))
+}
+
+/// Checks imports, exports and the memory against the ABI; returns the
+/// memory's initial size in bytes.
+fn check_interface(name: &str, module: &Module, memory_limit: u64) -> Result<u64, LoadError> {
     for imp in module.imports() {
         let known = IMPORTS
             .iter()
@@ -584,15 +581,13 @@ fn check_interface(name: &str, module: &Module, memory_limit: u64) -> Result<(),
                     limit: memory_limit,
                 });
             }
+            Ok(min)
         }
-        _ => {
-            return Err(LoadError::MissingExport {
-                module: name.to_owned(),
-                export: "memory".into(),
-            });
-        }
+        _ => Err(LoadError::MissingExport {
+            module: name.to_owned(),
+            export: "memory".into(),
+        }),
     }
-    Ok(())
 }
 
 /// Path helper for messages.

@@ -142,6 +142,12 @@ impl ResourceLimiter for AgentHost {
         Ok(true)
     }
 
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The agent's limit allowed the growth, the OS did not: the worker
+        // is out of memory (see `crate::oom`).
+        crate::oom::exit_out_of_memory(&format!("a linear memory could not grow: {error}"));
+    }
+
     fn table_growing(
         &mut self,
         _current: usize,

@@ -14,7 +14,16 @@
 //!   of tick `TICK` and exits with [`READ_DENIED`], [`READ_ALLOWED`] or
 //!   [`READ_FAILED`] (the sandbox's Landlock layer must deny it).
 //!
-//! For `syscall` and `read`, `AGENT` 0 means any worker (no agent needed).
+//! * `kill=AGENT@TICK` — the worker hosting `AGENT` sends itself `SIGKILL`
+//!   at the start of tick `TICK`;
+//! * `stop=AGENT@TICK` — the worker hosting `AGENT` sends itself `SIGSTOP`
+//!   at the start of tick `TICK` (a hung worker: nothing resumes it);
+//! * `oom=AGENT@TICK` — the worker hosting `AGENT` allocates until its
+//!   address-space limit refuses, at the start of tick `TICK`, and exits
+//!   with the out-of-memory code as it would on a real exhaustion.
+//!
+//! For `syscall`, `read`, `kill`, `stop` and `oom`, `AGENT` 0 means any
+//! worker (no agent needed).
 //!
 //! Chromium-style death and divergence tests use these to exercise the
 //! supervisor's crash recovery, poison isolation, `verify` and the worker
@@ -38,6 +47,12 @@ pub struct Inject {
     pub syscall: Vec<(u64, u64)>,
     /// Agents whose worker tries to read a file outside its sandbox, and when.
     pub read: Vec<(u64, u64)>,
+    /// Agents whose worker SIGKILLs itself, and when.
+    pub kill: Vec<(u64, u64)>,
+    /// Agents whose worker SIGSTOPs itself, and when.
+    pub stop: Vec<(u64, u64)>,
+    /// Agents whose worker exhausts its memory, and when.
+    pub oom: Vec<(u64, u64)>,
 }
 
 impl Inject {
@@ -45,7 +60,7 @@ impl Inject {
     pub fn from_env() -> Option<Self> {
         let v = std::env::var("LOCKSTEP_INJECT").ok()?;
         let i = Self::parse(&v);
-        if i.crash.is_empty() && i.flip.is_empty() && i.syscall.is_empty() && i.read.is_empty() {
+        if i == Self::default() {
             return None;
         }
         tracing::warn!(directives = %v, "fault injection is enabled");
@@ -70,6 +85,9 @@ impl Inject {
                 "flip" => out.flip.push((a, t)),
                 "syscall" => out.syscall.push((a, t)),
                 "read" => out.read.push((a, t)),
+                "kill" => out.kill.push((a, t)),
+                "stop" => out.stop.push((a, t)),
+                "oom" => out.oom.push((a, t)),
                 _ => {}
             }
         }
@@ -105,6 +123,29 @@ pub fn read_outside() -> ! {
     let outcome = outcome.map(|b| b.len()).map_err(|e| e.to_string());
     tracing::error!(%path, ?outcome, code, "injected read outside the sandbox");
     std::process::exit(code);
+}
+
+/// Sends `signal` to this process.
+pub fn signal_self(signal: i32) {
+    tracing::error!(signal, "injected signal to self");
+    // SAFETY: raise(3) takes a signal number and touches no memory of ours.
+    unsafe { libc::raise(signal) };
+}
+
+/// Allocates (and touches) memory until the allocator fails, then exits
+/// with [`shm_protocol::control::ExitCode::OutOfMemory`], as the worker
+/// does when a real exhaustion is detected.
+pub fn exhaust_memory() -> ! {
+    tracing::error!("injected memory exhaustion");
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // The worker's allocator exits with the out-of-memory code when
+        // this fails (RLIMIT_AS); without a limit, stop at 64 GiB.
+        hoard.push(vec![1u8; 64 << 20]);
+        if hoard.len() >= 1024 {
+            crate::oom::exit_out_of_memory("injected exhaustion");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,8 +18,7 @@
 //!     (global.set $n (i32.add (global.get $n) (i32.const 1))) (i32.const 0))
 //!   (func (export "agent_receive") (param i32) (result i32) (i32.const 0))
 //!   (func (export "agent_shutdown") (result i32) (i32.const 0)))"#;
-//! let cache = engine::ModuleCache::new(None);
-//! let module = Arc::new(engine::load_module(&eng, &cache, "counter", wat.as_bytes(), 1 << 20).unwrap());
+//! let module = Arc::new(engine::load_module(&eng, "counter", wat.as_bytes(), None, 1 << 20).unwrap());
 //! let mut agent = Agent::instantiate(&rt, module, 1, AgentLimits::default()).unwrap();
 //! assert!(agent.init(0).fault.is_none());
 //! let step = agent.step(1, None, 0);
@@ -30,13 +29,15 @@
 //!
 //! * [`engine`] — the deterministic engine configuration, module validation
 //!   against the ABI, instrumentation (every mutable global exported so it
-//!   can be captured), and the on-disk compiled-module cache.
+//!   can be captured), and loading the supervisor's compiled form.
 //! * [`host`] — the `lockstep` imports every agent may call, with pointer
 //!   validation and fuel charging.
 //! * [`agent::Agent`] — one agent: its own `Store` and memory, calls with
 //!   per-call fuel, fault classification, capture/restore of its state.
 //! * [`service::Worker`] — the agents of one worker process and the
 //!   execution of the supervisor's per-tick work.
+//! * [`oom`] — running out of memory ends the process with its own exit
+//!   code, never as an agent's fault.
 //! * [`sandbox`] — the worker process's own sandbox (rlimits, Landlock,
 //!   seccomp-bpf), defence in depth behind wasmtime.
 
@@ -45,6 +46,7 @@ pub mod engine;
 pub mod error;
 pub mod host;
 pub mod inject;
+pub mod oom;
 pub mod sandbox;
 pub mod service;
 pub mod snapshot;

@@ -15,14 +15,19 @@
 
 use clap::Parser;
 use lockstep_common::{ChildArgs, SandboxMode};
+use lockstep_worker::oom::OomExit;
 use lockstep_worker::sandbox;
-use lockstep_worker::service::{Worker, split_tick_done};
+use lockstep_worker::service::Worker;
 use lockstep_worker::snapshot::Imager;
 use shm_protocol::bootstrap::{self, Reply};
 use shm_protocol::control::{Down, ExitCode, Role, Up};
 use shm_protocol::worker::{WorkerCommand, WorkerReply};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// Running out of heap memory exits with the out-of-memory code.
+#[global_allocator]
+static ALLOC: OomExit = OomExit;
 
 /// Command line of a worker (normally written by the supervisor).
 #[derive(Debug, Parser)]
@@ -41,11 +46,12 @@ struct Args {
     /// RLIMIT_AS in bytes (0: no limit).
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     address_space_limit: u64,
-    /// A directory whose files may be read (modules); repeatable.
+    /// A directory whose files may be read; repeatable.  Workers receive
+    /// modules over their ring and need none.
     #[arg(long = "allow-read", value_name = "DIR")]
     allow_read: Vec<PathBuf>,
-    /// A directory that may be read and written (the compiled-module
-    /// cache; created if missing); repeatable.
+    /// A directory that may be read and written (created if missing);
+    /// repeatable.
     #[arg(long = "allow-write", value_name = "DIR")]
     allow_write: Vec<PathBuf>,
 }
@@ -73,7 +79,10 @@ fn main() {
         allow_read: args.allow_read,
         allow_write: args.allow_write,
     };
-    if let Err(e) = sandbox::apply(&cfg, || worker.start_epoch_ticker()) {
+    // The epoch thread is also the heartbeat: it beats while agents run, so
+    // the supervisor tells a busy worker from a stopped or hung one.
+    let status = ep.segment().status();
+    if let Err(e) = sandbox::apply(&cfg, || worker.start_epoch_ticker(move || status.beat())) {
         tracing::error!(%name, error = %e, "cannot set up the worker sandbox");
         // Tell the supervisor why before going (it is waiting to configure us).
         let _ = ep.send_msg(
@@ -84,55 +93,24 @@ fn main() {
         );
         ExitCode::Sandbox.exit();
     }
-    let max_frame = ep.tx.producer().max_payload();
     let mut imager = Imager::default();
     tracing::debug!(%name, "worker ready");
     let code = bootstrap::serve(&mut ep, |cmd| match cmd {
         Down::Worker(WorkerCommand::Tick(work)) => {
-            let done = worker.tick(&work);
-            if done.more {
-                Reply::None
-            } else {
-                Reply::Many(
-                    split_tick_done(done, max_frame / 2)
-                        .into_iter()
-                        .map(|d| Up::Worker(WorkerReply::TickDone(d)))
-                        .collect(),
-                )
-            }
+            Reply::Send(Up::Worker(WorkerReply::TickDone(worker.tick(&work))))
         }
         Down::Worker(WorkerCommand::Checkpoint { agents, full }) => Reply::Many(
             imager
-                .checkpoint(&mut worker, &agents, full, max_frame / 2)
+                .checkpoint(&mut worker, &agents, full)
                 .into_iter()
                 .map(Up::Worker)
                 .collect(),
         ),
-        Down::Worker(WorkerCommand::RestoreBegin {
-            agent_id,
-            module_id,
-            tenant,
-            limits,
-            image,
-        }) => match imager.begin(agent_id, module_id, tenant, limits, image) {
-            None => Reply::None,
-            Some(e) => Reply::Send(Up::Worker(WorkerReply::Restored {
-                agent_id,
-                error: Some(e),
-            })),
-        },
-        Down::Worker(WorkerCommand::RestoreChunks { agent_id, chunks }) => {
-            match imager.chunks(agent_id, chunks) {
-                None => Reply::None,
-                Some(e) => Reply::Send(Up::Worker(WorkerReply::Restored {
-                    agent_id,
-                    error: Some(e),
-                })),
-            }
+        Down::Worker(WorkerCommand::Restore(order)) => {
+            imager.restore(&mut worker, order);
+            Reply::None
         }
-        Down::Worker(WorkerCommand::RestoreEnd { agent_id }) => {
-            Reply::Send(Up::Worker(imager.end(&mut worker, agent_id)))
-        }
+        Down::Worker(WorkerCommand::RestoreDone) => Reply::Send(Up::Worker(imager.done())),
         Down::Worker(c) => Reply::Send(Up::Worker(worker.handle(c))),
         other => Reply::Send(Up::Error {
             message: format!("a worker does not handle {other:?}"),

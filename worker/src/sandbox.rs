@@ -353,6 +353,9 @@ pub const ALLOWED: &[(&str, i64)] = &[
     // Signals: wasmtime turns traps (SIGSEGV, SIGILL, SIGFPE) into results
     // with its handlers on an alternate stack; abort() raises SIGABRT.
     ("rt_sigreturn", libc::SYS_rt_sigreturn),
+    // A sleep or futex wait interrupted by SIGSTOP resumes through it on
+    // SIGCONT.
+    ("restart_syscall", libc::SYS_restart_syscall),
     ("rt_sigaction", libc::SYS_rt_sigaction),
     ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
     ("sigaltstack", libc::SYS_sigaltstack),

@@ -2,11 +2,11 @@
 //! commands (one [`TickWork`] per tick).
 
 use crate::agent::{Agent, CallOutcome, Runtime, hex, state_hash};
-use crate::engine::{self, AgentModule, EpochTicker, ModuleCache};
+use crate::engine::{self, AgentModule, EpochTicker};
 use crate::error::LoadError;
 use shm_protocol::worker::{
-    AgentLimits, AgentResult, Fault, Output, TickDone, TickWork, WorkerCommand, WorkerReply,
-    digest_add, digest_term,
+    AgentLimits, AgentResult, Fault, ModuleFacts, SpawnOrder, TickDone, TickWork, WorkerCommand,
+    WorkerReply, digest_add, digest_term,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +24,9 @@ struct Acc {
     mailbox: u32,
     /// A call left outputs or suppressed logs in the host data.
     host_pending: bool,
+    /// The watchdog stopped one of its calls this tick, or a journaled trip
+    /// preempts it: no further calls, and its tick is normalised.
+    tripped: bool,
     /// Not reset with the rest: the agent's last digest term.
     memo: DigestMemo,
 }
@@ -65,14 +68,11 @@ pub struct Worker {
     rt: Runtime,
     /// The epoch thread (`None` until [`Worker::start_epoch_ticker`]).
     ticker: Option<EpochTicker>,
-    cache: ModuleCache,
     modules: BTreeMap<u32, Arc<AgentModule>>,
     /// Sorted by agent id.
     slots: Vec<Slot>,
     /// Results of agents that no longer have a slot (failed spawns, stops).
     gone: Vec<(u32, AgentResult)>,
-    /// Agents stopped in earlier parts of the current tick.
-    stopped: Vec<u64>,
     /// Wall time of the current tick's parts so far.
     tick_wall_ns: u64,
     /// Test-only fault injection (`LOCKSTEP_INJECT`).
@@ -80,11 +80,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker with default settings (seed 0, 1 s watchdog, no cache) until
+    /// A worker with default settings (seed 0, 1 s watchdog) until
     /// [`WorkerCommand::Configure`].
     pub fn new() -> Result<Self, LoadError> {
         let mut w = Self::without_ticker()?;
-        w.start_epoch_ticker();
+        w.start_epoch_ticker(|| {});
         Ok(w)
     }
 
@@ -99,20 +99,19 @@ impl Worker {
         Ok(Self {
             rt,
             ticker: None,
-            cache: ModuleCache::new(None),
             modules: BTreeMap::new(),
             slots: Vec::new(),
             gone: Vec::new(),
-            stopped: Vec::new(),
             tick_wall_ns: 0,
             inject: crate::inject::Inject::from_env(),
         })
     }
 
-    /// Starts the epoch thread (the watchdog clock) if it is not running.
-    pub fn start_epoch_ticker(&mut self) {
+    /// Starts the epoch thread (the watchdog clock, which also calls
+    /// `beat`: the worker's heartbeat) if it is not running.
+    pub fn start_epoch_ticker(&mut self, beat: impl Fn() + Send + 'static) {
         if self.ticker.is_none() {
-            self.ticker = Some(engine::start_epoch_ticker(&self.rt.engine));
+            self.ticker = Some(engine::start_epoch_ticker(&self.rt.engine, beat));
         }
     }
 
@@ -139,37 +138,42 @@ impl Worker {
     /// Executes one command.
     pub fn handle(&mut self, cmd: WorkerCommand) -> WorkerReply {
         match cmd {
-            WorkerCommand::Configure {
-                seed,
-                watchdog_ms,
-                cache_dir,
-            } => {
+            WorkerCommand::Configure { seed, watchdog_ms } => {
                 self.rt.seed = seed;
-                self.rt.watchdog = Duration::from_millis(u64::from(watchdog_ms.max(1)));
-                self.cache = ModuleCache::new(cache_dir.map(Into::into));
-                WorkerReply::Configured
+                self.rt
+                    .set_watchdog_period(Duration::from_millis(u64::from(watchdog_ms.max(1))));
+                WorkerReply::Configured {
+                    engine: engine::engine_key(&self.rt.engine),
+                }
             }
+            WorkerCommand::Compile { name, wasm } => match self.compile(&name, &wasm) {
+                Ok((facts, compiled)) => WorkerReply::Compiled {
+                    facts,
+                    compiled,
+                    engine: engine::engine_key(&self.rt.engine),
+                },
+                Err(e) => WorkerReply::ModuleRefused {
+                    error: e.to_string(),
+                },
+            },
             WorkerCommand::LoadModule {
                 module_id,
                 name,
-                path,
-                expected_blake3,
+                wasm,
+                compiled,
                 memory_limit,
-            } => {
-                match self.load_module(
-                    module_id,
-                    &name,
-                    &path,
-                    expected_blake3.as_deref(),
-                    memory_limit,
-                ) {
-                    Ok(reply) => reply,
-                    Err(e) => WorkerReply::ModuleRefused {
-                        module_id,
-                        error: e.to_string(),
-                    },
-                }
-            }
+            } => match self.load_module(
+                module_id,
+                &name,
+                &wasm,
+                compiled.as_deref().map(|c| &c[..]),
+                memory_limit,
+            ) {
+                Ok(facts) => WorkerReply::ModuleLoaded { module_id, facts },
+                Err(e) => WorkerReply::ModuleRefused {
+                    error: e.to_string(),
+                },
+            },
             WorkerCommand::Tick(work) => WorkerReply::TickDone(self.tick(&work)),
             WorkerCommand::Capture { agents } => {
                 let mut out = Vec::with_capacity(agents.len());
@@ -200,73 +204,51 @@ impl Worker {
                 WorkerReply::Hashes(out)
             }
             WorkerCommand::Checkpoint { .. }
-            | WorkerCommand::RestoreBegin { .. }
-            | WorkerCommand::RestoreChunks { .. }
-            | WorkerCommand::RestoreEnd { .. } => {
+            | WorkerCommand::Restore(_)
+            | WorkerCommand::RestoreDone => {
                 WorkerReply::Error("checkpoint commands are handled by the worker's Imager".into())
             }
-            WorkerCommand::Restore {
+            WorkerCommand::RestoreState {
                 agent_id,
                 module_id,
                 tenant,
                 limits,
                 state,
-            } => {
-                let error = self
+            } => WorkerReply::StateRestored {
+                error: self
                     .restore(agent_id, module_id, tenant, limits, &state)
-                    .err();
-                WorkerReply::Restored { agent_id, error }
-            }
+                    .err(),
+            },
         }
     }
 
-    /// Loads a module from a file, checking its pinned hash and its ABI.
+    /// Loads a module from its bytes (and its compiled form, when the
+    /// supervisor has one), checking its ABI; returns what it declares.
     pub fn load_module(
         &mut self,
         module_id: u32,
         name: &str,
-        path: &str,
-        expected_blake3: Option<&str>,
+        wasm: &[u8],
+        compiled: Option<&[u8]>,
         memory_limit: u64,
-    ) -> Result<WorkerReply, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
-            module: name.to_owned(),
-            path: path.to_owned(),
-            reason: if e.kind() == std::io::ErrorKind::PermissionDenied {
-                format!(
-                    "{e} (the worker sandbox lets workers read only the manifest's \
-                     directory, its modules' directories and `[run] module_dirs`)"
-                )
-            } else {
-                e.to_string()
-            },
-        })?;
-        let actual = blake3::hash(&bytes).to_hex().to_string();
-        if let Some(want) = expected_blake3
-            && !want.eq_ignore_ascii_case(&actual)
-        {
-            return Err(LoadError::HashMismatch {
-                module: name.to_owned(),
-                expected: want.to_owned(),
-                actual,
-            });
-        }
-        let mut module =
-            engine::load_module(&self.rt.engine, &self.cache, name, &bytes, memory_limit)?;
-        let abi_version = Agent::check_abi(&self.rt, &module, memory_limit)?;
-        module.abi_version = abi_version;
-        let globals = module.globals.iter().map(|g| g.ty.clone()).collect();
-        let migrates = module.has_migrate;
-        let reply = WorkerReply::ModuleLoaded {
-            globals,
-            migrates,
-            module_id,
-            blake3: module.hash,
-            abi_version,
-            cached: module.cached,
-        };
+    ) -> Result<ModuleFacts, LoadError> {
+        let mut module = engine::load_module(&self.rt.engine, name, wasm, compiled, memory_limit)?;
+        module.abi_version = Agent::check_abi(&self.rt, &module, memory_limit)?;
+        let facts = module.facts();
         self.modules.insert(module_id, Arc::new(module));
-        Ok(reply)
+        Ok(facts)
+    }
+
+    /// The compile step: validates and compiles a module and checks its
+    /// ABI; returns what it declares and its compiled form.
+    pub fn compile(
+        &mut self,
+        name: &str,
+        wasm: &[u8],
+    ) -> Result<(ModuleFacts, Vec<u8>), LoadError> {
+        let (mut module, compiled) = engine::compile(&self.rt.engine, name, wasm)?;
+        module.abi_version = Agent::check_abi(&self.rt, &module, module.min_memory.max(1 << 16))?;
+        Ok((module.facts(), compiled))
     }
 
     /// Adds an already-loaded module (tests, benchmarks).
@@ -318,6 +300,9 @@ impl Worker {
         if let Some(t) = started {
             acc.wall_ns += t.elapsed().as_nanos() as u64;
         }
+        if out.fault == Some(Fault::Watchdog) {
+            acc.tripped = true;
+        }
         if out.fault.is_some() {
             acc.fault = out.fault;
             acc.report = true;
@@ -325,8 +310,12 @@ impl Worker {
     }
 
     /// Runs `f` on the slot as one call; discards the outputs of a call that
-    /// faults (a call's effects apply only if it completes).
+    /// faults (a call's effects apply only if it completes).  An agent the
+    /// watchdog stopped (or a journaled trip preempts) is not called again.
     fn run(slot: &mut Slot, timed: bool, f: impl FnOnce(&mut Agent) -> CallOutcome) {
+        if slot.acc.tripped {
+            return;
+        }
         let before = slot.agent.host().outputs.len();
         let t = timed.then(Instant::now);
         let out = f(&mut slot.agent);
@@ -361,6 +350,7 @@ impl Worker {
                 self.slots[i].agent.flip_byte(0x100);
             }
         }
+        let hosted = |w: &Self, agent: u64| agent == 0 || w.find(agent).is_ok();
         for (agent, at) in inj.crash {
             if at == tick && self.find(agent).is_ok() {
                 tracing::error!(agent, tick, "injected crash");
@@ -368,13 +358,28 @@ impl Worker {
             }
         }
         for (agent, at) in inj.syscall {
-            if at == tick && (agent == 0 || self.find(agent).is_ok()) {
+            if at == tick && hosted(self, agent) {
                 crate::inject::forbidden_syscall();
             }
         }
         for (agent, at) in inj.read {
-            if at == tick && (agent == 0 || self.find(agent).is_ok()) {
+            if at == tick && hosted(self, agent) {
                 crate::inject::read_outside();
+            }
+        }
+        for (agent, at) in inj.kill {
+            if at == tick && hosted(self, agent) {
+                crate::inject::signal_self(libc::SIGKILL);
+            }
+        }
+        for (agent, at) in inj.stop {
+            if at == tick && hosted(self, agent) {
+                crate::inject::signal_self(libc::SIGSTOP);
+            }
+        }
+        for (agent, at) in inj.oom {
+            if at == tick && hosted(self, agent) {
+                crate::inject::exhaust_memory();
             }
         }
     }
@@ -385,15 +390,63 @@ impl Worker {
         self.slots.retain(|s| !agents.contains(&s.id));
     }
 
+    /// Creates (or replaces) agent `sp.agent_id` and calls `agent_init`
+    /// unless it is preempted; a failed instantiation is reported as the
+    /// agent's fault and leaves no instance.
+    fn start_agent(&mut self, sp: &SpawnOrder, tick: u64, timed: bool, preempted: bool) {
+        match self.fresh(sp.agent_id, sp.module_id, sp.limits) {
+            Ok(agent) => {
+                let mut slot = Slot {
+                    id: sp.agent_id,
+                    tenant: sp.tenant,
+                    module_id: sp.module_id,
+                    limits: sp.limits,
+                    agent,
+                    acc: Acc {
+                        report: true,
+                        tripped: preempted,
+                        ..Acc::default()
+                    },
+                };
+                Self::run(&mut slot, timed, |a| a.init(tick));
+                match self.find(sp.agent_id) {
+                    Ok(i) => {
+                        slot.acc.memo = self.slots[i].acc.memo;
+                        self.slots[i] = slot;
+                    }
+                    Err(i) => self.slots.insert(i, slot),
+                }
+            }
+            Err(f) => {
+                if let Ok(i) = self.find(sp.agent_id) {
+                    self.slots.remove(i);
+                }
+                if preempted {
+                    self.gone.push((sp.tenant, watchdog_result(sp.agent_id)));
+                } else {
+                    self.gone_fault(sp.tenant, sp.agent_id, f);
+                }
+            }
+        }
+    }
+
     /// Executes one tick of work (see [`TickWork`] for the order).
     pub fn tick(&mut self, work: &TickWork) -> TickDone {
         let t0 = Instant::now();
         let tick = work.tick;
+        self.rt.set_watchdog(work.watchdog);
         if !work.evict.is_empty() {
             self.evict(&work.evict);
         }
         if self.inject.is_some() {
             self.inject(tick);
+        }
+        let preempted = |id: u64| !work.preempt.is_empty() && work.preempt.contains(&id);
+        for &id in &work.preempt {
+            if let Ok(i) = self.find(id) {
+                self.slots[i].acc.tripped = true;
+                self.slots[i].acc.report = true;
+            }
         }
         let timed = work.measure_time;
         for sp in &work.spawns {
@@ -405,56 +458,17 @@ impl Worker {
                 );
                 continue;
             }
-            match self.fresh(sp.agent_id, sp.module_id, sp.limits) {
-                Ok(agent) => {
-                    let mut slot = Slot {
-                        id: sp.agent_id,
-                        tenant: sp.tenant,
-                        module_id: sp.module_id,
-                        limits: sp.limits,
-                        agent,
-                        acc: Acc {
-                            report: true,
-                            ..Acc::default()
-                        },
-                    };
-                    Self::run(&mut slot, timed, |a| a.init(tick));
-                    match self.find(sp.agent_id) {
-                        Ok(i) => self.slots[i] = slot,
-                        Err(i) => self.slots.insert(i, slot),
-                    }
-                }
-                Err(f) => self.gone_fault(sp.tenant, sp.agent_id, f),
-            }
+            self.start_agent(sp, tick, timed, preempted(sp.agent_id));
         }
-        for &id in &work.restarts {
-            let Ok(i) = self.find(id) else {
-                self.gone_fault(0, id, Fault::Unknown(format!("restart: no agent {id}")));
-                continue;
-            };
-            let (module_id, limits) = (self.slots[i].module_id, self.slots[i].limits);
-            match self.fresh(id, module_id, limits) {
-                Ok(agent) => {
-                    let slot = &mut self.slots[i];
-                    slot.agent = agent;
-                    slot.acc.report = true;
-                    Self::run(slot, timed, |a| a.init(tick));
-                }
-                Err(f) => {
-                    let slot = &mut self.slots[i];
-                    slot.acc.called = true;
-                    slot.acc.report = true;
-                    slot.acc.fault = Some(f);
-                }
-            }
+        for sp in &work.restarts {
+            // A restart is a fresh instance; an agent whose spawn could not
+            // be instantiated gets its instance now.
+            self.start_agent(sp, tick, timed, preempted(sp.agent_id));
         }
         for up in &work.upgrades {
             let Ok(i) = self.find(up.agent_id) else {
-                self.gone_fault(
-                    0,
-                    up.agent_id,
-                    Fault::Unknown(format!("upgrade: no agent {}", up.agent_id)),
-                );
+                // No instance (its spawn could not be instantiated): there is
+                // no state to move; a restart instantiates the new module.
                 continue;
             };
             let Some(module) = self.modules.get(&up.module_id).cloned() else {
@@ -479,7 +493,7 @@ impl Worker {
             let old = std::mem::replace(&mut self.slots[i].agent, placeholder);
             let slot = &mut self.slots[i];
             slot.acc.report = true;
-            match old.upgrade(&self.rt, module, tick) {
+            match old.upgrade(&self.rt, module, tick, slot.acc.tripped) {
                 Ok((agent, migrated)) => {
                     slot.agent = agent;
                     slot.module_id = up.module_id;
@@ -507,7 +521,7 @@ impl Worker {
             };
             let slot = &mut self.slots[i];
             for m in &d.messages {
-                if !slot.agent.is_live() {
+                if !slot.agent.is_live() || slot.acc.tripped {
                     break;
                 }
                 slot.acc.mailbox += 1;
@@ -540,7 +554,8 @@ impl Worker {
         let mut stopped = Vec::new();
         for &id in &work.stops {
             let Ok(i) = self.find(id) else {
-                self.gone_fault(0, id, Fault::Unknown(format!("stop: no agent {id}")));
+                // Nothing to shut down (never instantiated, or preempted
+                // and gone): the stop is done.
                 continue;
             };
             let slot = &mut self.slots[i];
@@ -551,17 +566,7 @@ impl Worker {
             stopped.push(id);
         }
         self.tick_wall_ns += t0.elapsed().as_nanos() as u64;
-        if work.more {
-            // Accumulate until the last part of the tick's work.
-            self.stopped.extend(stopped);
-            return TickDone {
-                tick,
-                more: true,
-                ..TickDone::default()
-            };
-        }
         let mut done = self.collect(tick, timed);
-        stopped.extend(std::mem::take(&mut self.stopped));
         for id in stopped {
             if let Ok(i) = self.find(id) {
                 self.slots.remove(i);
@@ -586,6 +591,17 @@ impl Worker {
         ));
     }
 
+    /// Normalises the tick of an agent the watchdog stopped (or a journaled
+    /// trip preempted): a fresh, uninitialised instance replaces whatever
+    /// state the interrupted call left, so that what it did before the trip
+    /// — which depends on when the watchdog fired — leaves no trace.
+    fn reset_tripped(&mut self, i: usize) -> Result<(), Fault> {
+        let slot = &self.slots[i];
+        let agent = self.fresh(slot.id, slot.module_id, slot.limits)?;
+        self.slots[i].agent = agent;
+        Ok(())
+    }
+
     /// Gathers this tick's results and resets the accumulators.
     fn collect(&mut self, tick: u64, timed: bool) -> TickDone {
         let mut done = TickDone {
@@ -594,11 +610,25 @@ impl Worker {
         };
         let mut tenant_fuel: BTreeMap<u32, u64> = BTreeMap::new();
         let mut tenant_run: Option<(u32, u64)> = None;
+        // Tripped agents first get their fresh instance (or lose theirs).
+        let tripped: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].acc.tripped)
+            .collect();
+        let mut lost = Vec::new();
+        for &i in tripped.iter().rev() {
+            if self.reset_tripped(i).is_err() {
+                lost.push(self.slots.remove(i));
+            }
+        }
+        for slot in lost {
+            self.gone.push((slot.tenant, watchdog_result(slot.id)));
+        }
         let mut gone = std::mem::take(&mut self.gone);
         gone.sort_by_key(|(_, r)| r.agent_id);
         let mut gone = gone.into_iter().peekable();
         for slot in &mut self.slots {
             while let Some((_, r)) = gone.next_if(|(_, r)| r.agent_id < slot.id) {
+                Self::fold(&mut done, &r);
                 done.results.push(r);
             }
             let memo = slot.acc.memo;
@@ -609,6 +639,12 @@ impl Worker {
                     ..Acc::default()
                 },
             );
+            if acc.tripped {
+                let r = watchdog_result(slot.id);
+                Self::fold(&mut done, &r);
+                done.results.push(r);
+                continue;
+            }
             if !acc.called && !acc.report {
                 continue;
             }
@@ -636,7 +672,7 @@ impl Worker {
             let suppressed = host.logs_suppressed();
             let has_outputs = !host.outputs.is_empty();
             if acc.report || has_outputs || timed || suppressed > 0 {
-                let outputs: Vec<Output> = std::mem::take(&mut host.outputs);
+                let outputs = std::mem::take(&mut host.outputs);
                 done.results.push(AgentResult {
                     agent_id: slot.id,
                     fuel: acc.fuel,
@@ -649,6 +685,7 @@ impl Worker {
             }
         }
         for (_, r) in gone {
+            Self::fold(&mut done, &r);
             done.results.push(r);
         }
         if let Some((t, f)) = tenant_run {
@@ -656,6 +693,14 @@ impl Worker {
         }
         done.tenant_fuel = tenant_fuel.into_iter().collect();
         done
+    }
+
+    /// Folds a result that did not come from a slot's accumulator (a failed
+    /// spawn, a tripped agent) into the tick's digest.
+    fn fold(done: &mut TickDone, r: &AgentResult) {
+        done.agents_called += 1;
+        done.calls += u64::from(r.calls);
+        digest_add(&mut done.digest, digest_term(r.agent_id, r.fuel, r.calls));
     }
 
     /// Hex BLAKE3 of an agent's captured state (tests).
@@ -666,53 +711,16 @@ impl Worker {
     }
 }
 
-/// Rough upper bound of an [`AgentResult`]'s encoded size.
-fn result_size(r: &AgentResult) -> usize {
-    64 + r
-        .outputs
-        .iter()
-        .map(|o| {
-            64 + match o {
-                Output::Send { payload, .. } => payload.len(),
-                Output::Publish { topic, payload, .. } => topic.len() + payload.len(),
-                Output::ChannelSend {
-                    channel, payload, ..
-                } => channel.len() + payload.len(),
-                Output::Subscribe(n)
-                | Output::Unsubscribe(n)
-                | Output::Join(n)
-                | Output::Leave(n) => n.len(),
-                Output::ScheduleTask { payload, deps, .. } => payload.len() + 10 * deps.len(),
-                Output::Infer { model, input, .. } => model.len() + input.len(),
-                Output::Log { line, .. } => line.len(),
-            }
-        })
-        .sum::<usize>()
-        + r.fault.as_ref().map_or(0, |f| f.to_string().len())
-}
-
-/// Splits a tick's result into parts of at most about `limit` encoded bytes
-/// each; every part but the last has `more` set and empty aggregates.
-pub fn split_tick_done(mut done: TickDone, limit: usize) -> Vec<TickDone> {
-    let mut parts = Vec::new();
-    let mut current = Vec::new();
-    let mut size = 0;
-    for r in std::mem::take(&mut done.results) {
-        let s = result_size(&r);
-        if size + s > limit && !current.is_empty() {
-            parts.push(TickDone {
-                tick: done.tick,
-                results: std::mem::take(&mut current),
-                more: true,
-                ..TickDone::default()
-            });
-            size = 0;
-        }
-        size += s;
-        current.push(r);
+/// The result of an agent whose call the watchdog stopped (or a journaled
+/// trip preempted): the same whatever the agent did before the trip.
+pub fn watchdog_result(agent_id: u64) -> AgentResult {
+    AgentResult {
+        agent_id,
+        fuel: 0,
+        calls: 0,
+        outputs: Vec::new(),
+        fault: Some(Fault::Watchdog),
+        wall_ns: 0,
+        logs_suppressed: 0,
     }
-    done.results = current;
-    done.more = false;
-    parts.push(done);
-    parts
 }

@@ -4,77 +4,59 @@
 //! plus its globals and host counters.  The [`Imager`] remembers which chunk
 //! hashes it already sent for each agent, so a checkpoint ships only chunks
 //! that changed since the previous one (the supervisor keeps every chunk in
-//! its content-addressed page store).  Restores arrive as an image followed
-//! by the chunks it needs; every chunk is verified against its hash.
+//! its content-addressed page store).  A restore arrives as one message per
+//! agent — its image and the chunks it needs, each verified against its
+//! hash — and the worker answers once for a whole batch.
 
 use crate::agent::chunk_hashes;
 use crate::service::Worker;
 use shm_protocol::worker::{
-    AgentImage, AgentLimits, AgentState, CHUNK, ChunkData, WorkerReply, zero_chunk_hash,
+    AgentImage, AgentState, CHUNK, ChunkData, RestoreOrder, WorkerReply, zero_chunk_hash,
 };
 use std::collections::{BTreeMap, BTreeSet};
-
-/// An image being restored.
-#[derive(Debug)]
-struct Staging {
-    module_id: u32,
-    tenant: u32,
-    limits: AgentLimits,
-    image: AgentImage,
-    memory: Vec<u8>,
-    missing: BTreeSet<usize>,
-}
 
 /// Per-worker checkpoint bookkeeping.
 #[derive(Debug, Default)]
 pub struct Imager {
+    /// The chunk hashes last sent for each agent.
     sent: BTreeMap<u64, Vec<[u8; 32]>>,
-    staging: BTreeMap<u64, Staging>,
+    /// Restores that failed since the last `RestoreDone`.
+    errors: Vec<(u64, String)>,
 }
 
 impl Imager {
-    /// Images `agents`; splits the answer into parts of about `limit`
-    /// bytes.
+    /// Images `agents`: one [`WorkerReply::Imaged`] per agent this worker
+    /// hosts, in order, then [`WorkerReply::Checkpointed`] naming the agents
+    /// it has no instance of.  Chunks already sent (in this checkpoint or,
+    /// unless `full`, for the same position in the previous one) are not
+    /// sent again.
     pub fn checkpoint(
         &mut self,
         worker: &mut Worker,
         agents: &[u64],
         full: bool,
-        limit: usize,
     ) -> Vec<WorkerReply> {
         let zero = zero_chunk_hash();
-        let mut parts = Vec::new();
-        let mut images = Vec::new();
-        let mut chunks: Vec<ChunkData> = Vec::new();
-        let mut size = 0usize;
+        let mut replies = Vec::with_capacity(agents.len() + 1);
         let mut shipped: BTreeSet<[u8; 32]> = BTreeSet::new();
+        let mut missing = Vec::new();
         for &id in agents {
             let Some(agent) = worker.agent_mut(id) else {
-                return vec![WorkerReply::Error(format!(
-                    "checkpoint: no agent {id} in this worker"
-                ))];
+                missing.push(id);
+                continue;
             };
             let module_hash = agent.module().hash;
             let (memory, globals, host) = agent.parts();
             let hashes = chunk_hashes(memory);
             let previous = if full { None } else { self.sent.get(&id) };
+            let mut chunks = Vec::new();
             for (i, h) in hashes.iter().enumerate() {
                 let known = previous.is_some_and(|p| p.get(i) == Some(h));
-                if *h == zero || known || shipped.contains(h) {
+                if *h == zero || known || !shipped.insert(*h) {
                     continue;
                 }
-                shipped.insert(*h);
                 let bytes = memory[i * CHUNK..(i * CHUNK + CHUNK).min(memory.len())].to_vec();
-                size += bytes.len() + 48;
                 chunks.push(ChunkData { hash: *h, bytes });
-                if size >= limit {
-                    parts.push(WorkerReply::Checkpointed {
-                        images: std::mem::take(&mut images),
-                        chunks: std::mem::take(&mut chunks),
-                        more: true,
-                    });
-                    size = 0;
-                }
             }
             let image = AgentImage {
                 module_hash,
@@ -83,118 +65,77 @@ impl Imager {
                 globals,
                 host,
             };
-            size += 64 + 32 * hashes.len();
-            images.push((id, image));
             self.sent.insert(id, hashes);
-        }
-        parts.push(WorkerReply::Checkpointed {
-            images,
-            chunks,
-            more: false,
-        });
-        parts
-    }
-
-    /// Starts a staged restore.
-    pub fn begin(
-        &mut self,
-        agent_id: u64,
-        module_id: u32,
-        tenant: u32,
-        limits: AgentLimits,
-        image: AgentImage,
-    ) -> Option<String> {
-        let len = image.memory_len;
-        if !len.is_multiple_of(CHUNK as u64)
-            || len > limits.memory_bytes
-            || image.chunks.len() as u64 != len / CHUNK as u64
-        {
-            return Some(format!(
-                "image of agent {agent_id}: memory of {len} bytes with {} chunks is inconsistent or above the limit",
-                image.chunks.len()
-            ));
-        }
-        let zero = zero_chunk_hash();
-        let missing = image
-            .chunks
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| **h != zero)
-            .map(|(i, _)| i)
-            .collect();
-        let memory = vec![0u8; len as usize];
-        self.staging.insert(
-            agent_id,
-            Staging {
-                module_id,
-                tenant,
-                limits,
+            replies.push(WorkerReply::Imaged {
+                agent_id: id,
                 image,
-                memory,
-                missing,
-            },
-        );
-        None
+                chunks,
+            });
+        }
+        replies.push(WorkerReply::Checkpointed { missing });
+        replies
     }
 
-    /// Adds chunks to a staged restore.
-    pub fn chunks(&mut self, agent_id: u64, chunks: Vec<ChunkData>) -> Option<String> {
-        let Some(st) = self.staging.get_mut(&agent_id) else {
-            return Some(format!(
-                "restore chunks for agent {agent_id} without RestoreBegin"
+    /// Re-creates one agent from an image and its chunks (each verified
+    /// against its hash); a failure is kept for [`Imager::done`].
+    pub fn restore(&mut self, worker: &mut Worker, order: RestoreOrder) {
+        if let Err(e) = Self::try_restore(worker, &mut self.sent, order.clone()) {
+            self.errors.push((order.agent_id, e));
+        }
+    }
+
+    fn try_restore(
+        worker: &mut Worker,
+        sent: &mut BTreeMap<u64, Vec<[u8; 32]>>,
+        o: RestoreOrder,
+    ) -> Result<(), String> {
+        let id = o.agent_id;
+        let len = o.image.memory_len;
+        if !len.is_multiple_of(CHUNK as u64)
+            || len > o.limits.memory_bytes
+            || o.image.chunks.len() as u64 != len / CHUNK as u64
+        {
+            return Err(format!(
+                "image of agent {id}: memory of {len} bytes with {} chunks is inconsistent or above the limit",
+                o.image.chunks.len()
             ));
-        };
-        for c in chunks {
+        }
+        let mut by_hash: BTreeMap<[u8; 32], Vec<u8>> = BTreeMap::new();
+        for c in o.chunks {
             if c.bytes.len() != CHUNK || *blake3::hash(&c.bytes).as_bytes() != c.hash {
-                return Some(format!(
-                    "restore of agent {agent_id}: a chunk does not match its hash"
+                return Err(format!(
+                    "restore of agent {id}: a chunk does not match its hash"
                 ));
             }
-            let positions: Vec<usize> = st
-                .missing
-                .iter()
-                .copied()
-                .filter(|&i| st.image.chunks[i] == c.hash)
-                .collect();
-            for i in positions {
-                st.memory[i * CHUNK..(i + 1) * CHUNK].copy_from_slice(&c.bytes);
-                st.missing.remove(&i);
-            }
+            by_hash.insert(c.hash, c.bytes);
         }
-        None
+        let zero = zero_chunk_hash();
+        let mut memory = vec![0u8; len as usize];
+        for (i, h) in o.image.chunks.iter().enumerate() {
+            if *h == zero {
+                continue;
+            }
+            let bytes = by_hash.get(h).ok_or_else(|| {
+                format!("restore of agent {id}: chunk {i} of its image was not sent")
+            })?;
+            memory[i * CHUNK..(i + 1) * CHUNK].copy_from_slice(bytes);
+        }
+        let state = AgentState {
+            module_hash: o.image.module_hash,
+            memory,
+            globals: o.image.globals,
+            host: o.image.host,
+        };
+        worker.restore(id, o.module_id, o.tenant, o.limits, &state)?;
+        sent.insert(id, o.image.chunks);
+        Ok(())
     }
 
-    /// Finishes a staged restore: instantiates the agent from the image.
-    pub fn end(&mut self, worker: &mut Worker, agent_id: u64) -> WorkerReply {
-        let Some(st) = self.staging.remove(&agent_id) else {
-            return WorkerReply::Restored {
-                agent_id,
-                error: Some(format!("no staged restore for agent {agent_id}")),
-            };
-        };
-        if let Some(first) = st.missing.first() {
-            return WorkerReply::Restored {
-                agent_id,
-                error: Some(format!(
-                    "restore of agent {agent_id}: {} chunks missing (first at {first})",
-                    st.missing.len()
-                )),
-            };
+    /// The answer to `RestoreDone`: the restores that failed since the last.
+    pub fn done(&mut self) -> WorkerReply {
+        WorkerReply::Restored {
+            errors: std::mem::take(&mut self.errors),
         }
-        let hashes = st.image.chunks.clone();
-        let state = AgentState {
-            module_hash: st.image.module_hash,
-            memory: st.memory,
-            globals: st.image.globals,
-            host: st.image.host,
-        };
-        let error = worker
-            .restore(agent_id, st.module_id, st.tenant, st.limits, &state)
-            .err();
-        if error.is_none() {
-            self.sent.insert(agent_id, hashes);
-        }
-        WorkerReply::Restored { agent_id, error }
     }
 
     /// Forgets what was sent (the supervisor lost its page store, or this is

@@ -1,7 +1,7 @@
 //! The worker's agent host on real wasmtime: ABI, fault containment, fuel
 //! determinism, state capture/restore, module validation and the cache.
 
-use lockstep_worker::engine::{self, ModuleCache};
+use lockstep_worker::engine;
 use lockstep_worker::error::LoadError;
 use lockstep_worker::service::Worker;
 use shm_protocol::worker::{
@@ -48,13 +48,12 @@ fn good() -> String {
 
 fn worker_with(modules: &[(u32, &str)]) -> Worker {
     let mut w = Worker::new().unwrap();
-    let cache = ModuleCache::new(None);
     for (id, wat) in modules {
         let m = engine::load_module(
             &w.runtime().engine,
-            &cache,
             &format!("m{id}"),
             wat.as_bytes(),
+            None,
             1 << 24,
         )
         .unwrap_or_else(|e| panic!("module {id}: {e}"));
@@ -350,20 +349,14 @@ fn capture_restore_round_trip() {
         WorkerReply::Captured(mut v) => v.remove(0).1,
         other => panic!("{other:?}"),
     };
-    let reply = b.handle(WorkerCommand::Restore {
+    let reply = b.handle(WorkerCommand::RestoreState {
         agent_id: 1,
         module_id: 1,
         tenant: 0,
         limits: limits(),
         state,
     });
-    assert_eq!(
-        reply,
-        WorkerReply::Restored {
-            agent_id: 1,
-            error: None
-        }
-    );
+    assert_eq!(reply, WorkerReply::StateRestored { error: None });
     assert_eq!(a.state_hash_hex(1), b.state_hash_hex(1));
     for t in 6..=10 {
         let da = a.tick(&step_all(t));
@@ -384,7 +377,7 @@ fn restore_rejects_a_foreign_state() {
         panic!()
     };
     let state = v.remove(0).1;
-    let reply = a.handle(WorkerCommand::Restore {
+    let reply = a.handle(WorkerCommand::RestoreState {
         agent_id: 9,
         module_id: 2,
         tenant: 0,
@@ -392,12 +385,12 @@ fn restore_rejects_a_foreign_state() {
         state: state.clone(),
     });
     assert!(
-        matches!(reply, WorkerReply::Restored { error: Some(ref e), .. } if e.contains("captured from module")),
+        matches!(reply, WorkerReply::StateRestored { error: Some(ref e) } if e.contains("captured from module")),
         "{reply:?}"
     );
     let mut bad = state;
     bad.memory.truncate(100);
-    let reply = a.handle(WorkerCommand::Restore {
+    let reply = a.handle(WorkerCommand::RestoreState {
         agent_id: 9,
         module_id: 1,
         tenant: 0,
@@ -405,21 +398,14 @@ fn restore_rejects_a_foreign_state() {
         state: bad,
     });
     assert!(
-        matches!(reply, WorkerReply::Restored { error: Some(_), .. }),
+        matches!(reply, WorkerReply::StateRestored { error: Some(_) }),
         "{reply:?}"
     );
 }
 
 fn load_err(wat_or_bytes: &[u8]) -> LoadError {
     let w = Worker::new().unwrap();
-    engine::load_module(
-        &w.runtime().engine,
-        &ModuleCache::new(None),
-        "bad",
-        wat_or_bytes,
-        1 << 20,
-    )
-    .unwrap_err()
+    engine::load_module(&w.runtime().engine, "bad", wat_or_bytes, None, 1 << 20).unwrap_err()
 }
 
 #[test]
@@ -508,16 +494,9 @@ fn malformed_modules_are_refused_with_clear_errors() {
 #[test]
 fn wrong_abi_version_is_refused() {
     let mut w = Worker::new().unwrap();
-    let dir = std::env::temp_dir().join(format!("lockstep-abi-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("v2.wat");
-    std::fs::write(
-        &p,
-        good().replace("(i32.const 0x10000))", "(i32.const 0x20000))"),
-    )
-    .unwrap();
+    let v2 = good().replace("(i32.const 0x10000))", "(i32.const 0x20000))");
     let e = w
-        .load_module(1, "v2", p.to_str().unwrap(), None, 1 << 20)
+        .load_module(1, "v2", v2.as_bytes(), None, 1 << 20)
         .unwrap_err();
     assert!(
         matches!(
@@ -530,49 +509,39 @@ fn wrong_abi_version_is_refused() {
         ),
         "{e}"
     );
-    let p2 = dir.join("good.wat");
-    std::fs::write(&p2, good()).unwrap();
-    let e = w
-        .load_module(2, "good", p2.to_str().unwrap(), Some("00ff"), 1 << 20)
-        .unwrap_err();
-    assert!(matches!(e, LoadError::HashMismatch { .. }), "{e}");
-    let e = w
+}
+
+/// The compile step's output loads into another worker, which then runs
+/// the module exactly like one that compiled it itself; bytes that are not
+/// a compiled module are refused, not run.
+#[test]
+fn compiled_modules_load_in_other_workers() {
+    let mut compiler = Worker::new().unwrap();
+    let (facts, compiled) = compiler.compile("g", good().as_bytes()).unwrap();
+    assert_eq!(facts.abi_version, 0x10000);
+    assert_eq!(facts.blake3, *blake3::hash(good().as_bytes()).as_bytes());
+    let mut a = Worker::new().unwrap();
+    let mut b = Worker::new().unwrap();
+    a.load_module(1, "g", good().as_bytes(), Some(&compiled), 1 << 20)
+        .unwrap();
+    b.load_module(1, "g", good().as_bytes(), None, 1 << 20)
+        .unwrap();
+    a.tick(&spawn(&[(1, 1)], limits()));
+    b.tick(&spawn(&[(1, 1)], limits()));
+    for t in 1..=5 {
+        assert_eq!(a.tick(&step_all(t)).digest, b.tick(&step_all(t)).digest);
+    }
+    assert_eq!(a.state_hash_hex(1), b.state_hash_hex(1));
+    let e = a
         .load_module(
-            3,
-            "missing",
-            dir.join("nope.wasm").to_str().unwrap(),
-            None,
+            2,
+            "g",
+            good().as_bytes(),
+            Some(b"not a compiled module"),
             1 << 20,
         )
         .unwrap_err();
-    assert!(matches!(e, LoadError::Read { .. }), "{e}");
-    std::fs::remove_dir_all(dir).unwrap();
-}
-
-#[test]
-fn compiled_module_cache_is_used_and_verified() {
-    let dir = std::env::temp_dir().join(format!("lockstep-cache-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let cache = ModuleCache::new(Some(dir.clone()));
-    let w = Worker::new().unwrap();
-    let e = &w.runtime().engine;
-    let m1 = engine::load_module(e, &cache, "g", good().as_bytes(), 1 << 20).unwrap();
-    assert!(!m1.cached);
-    let m2 = engine::load_module(e, &cache, "g", good().as_bytes(), 1 << 20).unwrap();
-    assert!(m2.cached);
-    // Corrupt the entry: it is recompiled, not trusted.
-    for f in std::fs::read_dir(&dir).unwrap() {
-        let p = f.unwrap().path();
-        if p.extension().is_some_and(|x| x == "cwasm") {
-            let mut b = std::fs::read(&p).unwrap();
-            let n = b.len() / 2;
-            b[n] ^= 0xFF;
-            std::fs::write(&p, b).unwrap();
-        }
-    }
-    let m3 = engine::load_module(e, &cache, "g", good().as_bytes(), 1 << 20).unwrap();
-    assert!(!m3.cached);
-    std::fs::remove_dir_all(dir).unwrap();
+    assert!(matches!(e, LoadError::Invalid { .. }), "{e}");
 }
 
 #[test]
@@ -583,7 +552,6 @@ fn random_stream_depends_on_seed_agent_and_tick_only() {
         w.handle(WorkerCommand::Configure {
             seed,
             watchdog_ms: 1000,
-            cache_dir: None,
         });
         w.tick(&spawn(&[(id, 1)], limits()));
         for t in 1..=ticks {
@@ -641,14 +609,7 @@ fn real_agents_capture_restore_round_trip() {
     ] {
         let bytes = real_module(name);
         let load = |w: &mut Worker| {
-            let m = engine::load_module(
-                &w.runtime().engine,
-                &ModuleCache::new(None),
-                name,
-                &bytes,
-                1 << 24,
-            )
-            .unwrap();
+            let m = engine::load_module(&w.runtime().engine, name, &bytes, None, 1 << 24).unwrap();
             assert!(
                 !m.globals.is_empty(),
                 "{name}: the stack pointer global must be captured"
@@ -689,21 +650,14 @@ fn real_agents_capture_restore_round_trip() {
             panic!()
         };
         let state = v.remove(0).1;
-        let r = b.handle(WorkerCommand::Restore {
+        let r = b.handle(WorkerCommand::RestoreState {
             agent_id: 1,
             module_id: 1,
             tenant: 0,
             limits: limits(),
             state,
         });
-        assert_eq!(
-            r,
-            WorkerReply::Restored {
-                agent_id: 1,
-                error: None
-            },
-            "{name}"
-        );
+        assert_eq!(r, WorkerReply::StateRestored { error: None }, "{name}");
         for t in 13..=40 {
             let (da, db) = (a.tick(&work(t)), b.tick(&work(t)));
             assert_eq!(da.digest, db.digest, "{name} tick {t}");

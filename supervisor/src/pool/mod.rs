@@ -1,0 +1,1044 @@
+//! The worker pool: every worker process of a run, and everything that can
+//! go wrong with one.
+//!
+//! The pool owns spawning (bring-up, configuration, module loading),
+//! partitioning a tick's plan by worker (agent `a` lives on worker
+//! `(a − 1) mod K`), the exchange of work and results, imaging agents for
+//! checkpoints and restoring them, and — whatever a worker does wrong —
+//! recovery ([`recovery`]): the failed worker is replaced, its agents are
+//! restored from the last checkpoint, the work logged since then is
+//! re-executed ([`worklog`]), and the tick is run again.  The rest of the
+//! run never notices; only decisions that the inputs alone do not determine
+//! (a quarantine, a watchdog trip, a give-up) come back, to be journaled.
+
+mod recovery;
+pub mod worklog;
+
+use crate::child::{Child, ChildSpec};
+use crate::failure::{Cause, ChildFailure, chain};
+use crate::reaper::{ChildExit, Reaper};
+use crate::sim::{Decision, TickPlan};
+use crate::snapshot::SnapshotBody;
+use shm_protocol::control::{Down, Role, Up};
+use shm_protocol::segment::SegmentConfig;
+use shm_protocol::worker::{
+    AgentImage, AgentResult, ChunkData, Fault, ModuleFacts, RestoreOrder, TickDone, TickWork,
+    WorkerCommand, WorkerReply, digest_add, zero_chunk_hash,
+};
+use shm_protocol::{ChannelError, WaitPolicy};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+use worklog::{LoggedTick, WorkLog};
+
+/// How many times a worker may fail within one tick before the run gives
+/// up.
+pub const MAX_FAILURES_PER_TICK: u32 = 4;
+/// After this many failures at the same tick, the agent that causes them
+/// is searched for.
+pub const POISON_AFTER: u32 = 2;
+/// Ring capacity per direction between the supervisor and a worker.
+pub const WORKER_RING: usize = crate::config::WORKER_RING;
+
+/// How the pool starts its workers.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// The worker binary.
+    pub bin: PathBuf,
+    /// Number of workers.
+    pub workers: usize,
+    /// Run seed.
+    pub seed: u64,
+    /// Wall-clock watchdog per agent call.
+    pub watchdog: Duration,
+    /// Longest wait for one tick's results.
+    pub tick_timeout: Duration,
+    /// Longest heartbeat silence while a worker owes an answer.
+    pub hang_timeout: Duration,
+    /// Extra arguments (sandbox, wait policy).
+    pub args: Vec<OsString>,
+    /// Environment of every worker.
+    pub env: Vec<(String, String)>,
+    /// Environment of the workers started with the pool only.
+    pub first_env: Vec<(String, String)>,
+    /// Scratch file of the work log (in the run directory).
+    pub log_path: PathBuf,
+    /// The workers' address-space limit (0: none), named when memory runs
+    /// out.
+    pub address_space: u64,
+}
+
+/// A module as loaded into workers: its bytes and compiled form.
+#[derive(Debug, Clone)]
+pub struct ModuleImage {
+    /// Name for messages.
+    pub name: String,
+    /// The module's bytes.
+    pub wasm: Arc<Vec<u8>>,
+    /// Its compiled form (from the compile step).
+    pub compiled: Option<Arc<Vec<u8>>>,
+    /// Largest memory of its agents.
+    pub memory_limit: u64,
+}
+
+/// Where a restore finds the bytes of memory chunks.
+pub trait ChunkSource {
+    /// The bytes of the chunk with this hash.
+    fn chunk(&self, hash: &[u8; 32]) -> Result<Vec<u8>, String>;
+}
+
+/// What to do with a tick besides the plan.
+#[derive(Debug, Clone, Default)]
+pub struct TickCtx {
+    /// Measure per-agent wall time (telemetry sampling).
+    pub measure: bool,
+    /// Whether the wall-clock watchdog may stop calls (off when recorded
+    /// ticks are re-executed).
+    pub watchdog: bool,
+    /// Agents preempted by journaled watchdog trips.
+    pub preempt: Vec<u64>,
+    /// Agents quarantined by journaled decisions.
+    pub quarantine: Vec<u64>,
+}
+
+/// The merged result of a tick.
+#[derive(Debug, Default)]
+pub struct TickOutcome {
+    /// Results, ascending agent id.
+    pub results: Vec<AgentResult>,
+    /// Sum of the workers' digests.
+    pub digest: [u64; 4],
+    /// Fuel per tenant.
+    pub tenant_fuel: BTreeMap<u32, u64>,
+    /// Calls made.
+    pub calls: u64,
+    /// Each worker's wall time for its share, µs.
+    pub worker_us: Vec<u64>,
+    /// Decisions the tick took (quarantines, then watchdog trips, each by
+    /// agent id).
+    pub decisions: Vec<Decision>,
+}
+
+/// What the pool cannot recover from.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// A worker keeps failing and no single agent causes it.
+    #[error("{reason}")]
+    GiveUp {
+        /// The tick.
+        tick: u64,
+        /// Why (names the limit).
+        reason: String,
+    },
+    /// Workers could not be started at all.
+    #[error("cannot start workers: {0}")]
+    Start(String),
+    /// A module that was validated is refused by a worker.
+    #[error("{0}")]
+    Module(String),
+    /// A checkpoint's chunks could not be read for a restore.
+    #[error("cannot restore agents: {0}")]
+    Restore(String),
+}
+
+/// Recovery statistics (telemetry, the live view).
+#[derive(Debug, Clone, Default)]
+pub struct PoolStats {
+    /// Workers replaced.
+    pub recoveries: u64,
+    /// Duration of the last recovery (failure to the re-run tick's results).
+    pub last_recovery: Option<Duration>,
+    /// Agents quarantined for crashing their worker.
+    pub quarantined: Vec<u64>,
+    /// Failures by cause class.
+    pub by_cause: BTreeMap<&'static str, u64>,
+}
+
+/// One worker process.
+#[derive(Debug)]
+struct Proc {
+    child: Child,
+}
+
+/// The pool (see the module docs).
+#[derive(Debug)]
+pub struct WorkerPool {
+    cfg: PoolConfig,
+    workers: Vec<Proc>,
+    reaper: Reaper,
+    deaths: mpsc::Receiver<ChildExit>,
+    /// Death reports not yet consumed, by pid.
+    exits: BTreeMap<u32, ChildExit>,
+    /// Modules every worker has loaded, by id.
+    modules: BTreeMap<u32, ModuleImage>,
+    /// Key of the workers' engine configuration.
+    engine: String,
+    /// The last checkpoint: what recovery restores.
+    base: Option<Arc<SnapshotBody>>,
+    /// Work since `base`.
+    log: WorkLog,
+    /// Failures per tick (since `base`).
+    failures: BTreeMap<u64, u32>,
+    /// (tick, worker) already searched for a poison agent.
+    bisected: BTreeSet<(u64, usize)>,
+    /// The last completed tick.
+    tick: u64,
+    stats: PoolStats,
+    /// Lines for the live view's log (taken by the run).
+    notes: Vec<String>,
+    /// Workers started so far (names compile steps and probes apart).
+    spawned: u64,
+}
+
+impl WorkerPool {
+    /// Starts `cfg.workers` workers and configures them.
+    pub fn start(cfg: PoolConfig) -> Result<Self, PoolError> {
+        let (reaper, deaths) = Reaper::start()
+            .map_err(|e| PoolError::Start(format!("cannot start the reaper: {e}")))?;
+        let log = WorkLog::new(&cfg.log_path);
+        let mut pool = Self {
+            workers: Vec::new(),
+            reaper,
+            deaths,
+            exits: BTreeMap::new(),
+            modules: BTreeMap::new(),
+            engine: String::new(),
+            base: None,
+            log,
+            failures: BTreeMap::new(),
+            bisected: BTreeSet::new(),
+            tick: 0,
+            stats: PoolStats::default(),
+            notes: Vec::new(),
+            spawned: 0,
+            cfg,
+        };
+        for i in 0..pool.cfg.workers.max(1) {
+            let p = pool
+                .spawn(&format!("worker-{i}"), true)
+                .map_err(|f| PoolError::Start(f.to_string()))?;
+            pool.workers.push(p);
+        }
+        Ok(pool)
+    }
+
+    /// Number of workers.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Whether the pool has no worker.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// The worker hosting `agent`.
+    pub fn worker_of(&self, agent: u64) -> usize {
+        worker_of(agent, self.workers.len())
+    }
+
+    /// Pid of each worker.
+    pub fn pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|w| w.child.pid()).collect()
+    }
+
+    /// Name of each worker.
+    pub fn names(&self) -> Vec<String> {
+        self.workers
+            .iter()
+            .map(|w| w.child.name().to_owned())
+            .collect()
+    }
+
+    /// Key of the workers' engine configuration (compiled modules are
+    /// valid for it only).
+    pub fn engine(&self) -> &str {
+        &self.engine
+    }
+
+    /// Recovery statistics.
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
+    }
+
+    /// Lines for the live view since the last call.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    fn spec(&self, name: &str, first: bool) -> ChildSpec {
+        let spare = spare_core(self.cfg.workers.max(1));
+        let mut args = self.cfg.args.clone();
+        if !spare {
+            args.push("--wait-yield".into());
+        }
+        let mut env = self.cfg.env.clone();
+        if first {
+            env.extend(self.cfg.first_env.iter().cloned());
+        }
+        ChildSpec {
+            role: Role::Worker,
+            name: name.to_owned(),
+            program: self.cfg.bin.clone(),
+            args,
+            rings: SegmentConfig {
+                to_attacher: WORKER_RING,
+                to_creator: WORKER_RING,
+            },
+            policy: supervisor_policy(spare),
+            env,
+            hang_timeout: Some(self.cfg.hang_timeout),
+        }
+    }
+
+    /// Starts and configures one worker process.
+    fn spawn(&mut self, name: &str, first: bool) -> Result<Proc, ChildFailure> {
+        self.spawned += 1;
+        let spec = self.spec(name, first);
+        let tick = self.tick;
+        let fail = |cause: Cause, pid: u32| ChildFailure {
+            child: name.to_owned(),
+            pid,
+            tick,
+            cause,
+        };
+        let mut child =
+            Child::spawn(&spec, &self.reaper).map_err(|e| fail(Cause::Start(chain(&e)), 0))?;
+        let pid = child.pid();
+        if let Err(e) = child.handshake(Duration::from_secs(30)) {
+            child.kill_and_wait(Duration::from_secs(5));
+            let cause = self
+                .death_of(pid, Duration::from_millis(500))
+                .map_or_else(|| Cause::Start(chain(&e)), |d| Cause::from_exit(&d));
+            return Err(fail(cause, pid));
+        }
+        let mut p = Proc { child };
+        let reply = p.request(
+            WorkerCommand::Configure {
+                seed: self.cfg.seed,
+                watchdog_ms: self.cfg.watchdog.as_millis().min(u128::from(u32::MAX)) as u32,
+            },
+            Duration::from_secs(30),
+        );
+        match reply {
+            Ok(WorkerReply::Configured { engine }) => {
+                self.engine = engine;
+                Ok(p)
+            }
+            Ok(WorkerReply::Error(e)) => {
+                // A worker whose sandbox cannot be set up says why, then
+                // exits (code 69).
+                p.child.kill_and_wait(Duration::from_secs(5));
+                let cause = self
+                    .death_of(pid, Duration::from_millis(500))
+                    .map_or_else(|| Cause::Start(e.clone()), |d| Cause::from_exit(&d));
+                Err(fail(cause, pid))
+            }
+            Ok(other) => {
+                p.child.kill_and_wait(Duration::from_secs(5));
+                Err(fail(
+                    Cause::Protocol(format!("answered Configure with {}", describe(&other))),
+                    pid,
+                ))
+            }
+            Err(e) => {
+                let cause = self.cause_of(&p, &e, Duration::from_secs(30));
+                Err(fail(cause, pid))
+            }
+        }
+    }
+
+    /// How a process that failed a ring operation failed (it is killed if
+    /// it is still there).
+    fn cause_of(&mut self, p: &Proc, e: &ChannelError, waited: Duration) -> Cause {
+        let pid = p.child.pid();
+        let cause = Cause::from_channel(e, waited);
+        p.child.kill_and_wait(Duration::from_secs(5));
+        self.settle(pid, cause)
+    }
+
+    /// The cause, or — for a process that is simply gone — how the reaper
+    /// saw it die.
+    fn settle(&mut self, pid: u32, cause: Option<Cause>) -> Cause {
+        match cause {
+            Some(c) => c,
+            None => self
+                .death_of(pid, Duration::from_secs(1))
+                .map_or_else(|| Cause::Exited { code: -1 }, |d| Cause::from_exit(&d)),
+        }
+    }
+
+    /// The reaper's report of `pid`'s death, waiting up to `wait`.
+    fn death_of(&mut self, pid: u32, wait: Duration) -> Option<ChildExit> {
+        if let Some(d) = self.exits.remove(&pid) {
+            return Some(d);
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.deaths.recv_timeout(left) {
+                Ok(d) if d.pid == pid => return Some(d),
+                Ok(d) => {
+                    self.exits.insert(d.pid, d);
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The compile step: a fresh worker process that never ran an agent
+    /// validates and compiles `wasm`; returns what the module declares,
+    /// its compiled form and the engine key it is valid for.
+    pub fn compile(
+        &mut self,
+        name: &str,
+        wasm: &[u8],
+    ) -> Result<(ModuleFacts, Vec<u8>, String), String> {
+        let compiler = format!("compiler-{}", self.spawned);
+        let mut p = self.spawn(&compiler, false).map_err(|f| f.to_string())?;
+        let reply = p.request(
+            WorkerCommand::Compile {
+                name: name.to_owned(),
+                wasm: wasm.to_vec(),
+            },
+            Duration::from_secs(600),
+        );
+        let out = match reply {
+            Ok(WorkerReply::Compiled {
+                facts,
+                compiled,
+                engine,
+            }) => Ok((facts, compiled, engine)),
+            Ok(WorkerReply::ModuleRefused { error }) => Err(error),
+            Ok(other) => Err(format!("the compile step answered {}", describe(&other))),
+            Err(e) => {
+                let cause = self.cause_of(&p, &e, Duration::from_secs(600));
+                Err(format!("the compile step {cause}"))
+            }
+        };
+        let _ = p.child.shutdown(Duration::from_secs(5));
+        out
+    }
+
+    /// Loads module `id` into every worker (and every worker started later).
+    pub fn load_module(
+        &mut self,
+        id: u32,
+        m: ModuleImage,
+        pages: &dyn ChunkSource,
+    ) -> Result<ModuleFacts, PoolError> {
+        self.modules.insert(id, m.clone());
+        let mut facts = None;
+        for wi in 0..self.workers.len() {
+            match self.workers[wi].load(id, &m) {
+                Ok(f) => facts = Some(f),
+                Err(LoadFailure::Refused(e)) => return Err(PoolError::Module(e)),
+                Err(LoadFailure::Channel(e)) => {
+                    let cause = self.cause_of_worker(wi, &e, Duration::from_secs(600));
+                    // The replacement loads every module, this one included.
+                    self.recover_between_ticks(wi, cause, pages)?;
+                }
+            }
+        }
+        facts.ok_or_else(|| PoolError::Module(format!("module {} loaded nowhere", m.name)))
+    }
+
+    fn cause_of_worker(&mut self, wi: usize, e: &ChannelError, waited: Duration) -> Cause {
+        let pid = self.workers[wi].child.pid();
+        let cause = Cause::from_channel(e, waited);
+        self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
+        self.settle(pid, cause)
+    }
+
+    /// From now on recovery restores `base` (a checkpoint just taken or
+    /// restored) and re-executes the work logged after it.
+    pub fn rebase(&mut self, base: Arc<SnapshotBody>) {
+        self.tick = base.tick;
+        self.base = Some(base);
+        self.log.clear();
+        self.failures.clear();
+        self.bisected.clear();
+        self.exits.clear();
+    }
+
+    /// Restores every agent of `base` into the workers hosting them, and
+    /// makes it the recovery base.
+    pub fn restore(
+        &mut self,
+        base: Arc<SnapshotBody>,
+        pages: &dyn ChunkSource,
+    ) -> Result<(), PoolError> {
+        self.rebase(base.clone());
+        for wi in 0..self.workers.len() {
+            if let Err(f) = self.restore_worker(wi, &base, pages, None) {
+                match f {
+                    RestoreFailure::Chunks(e) => return Err(PoolError::Restore(e)),
+                    RestoreFailure::Worker(cause) => {
+                        self.recover_between_ticks(wi, cause, pages)?
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores into worker `wi` the agents of `body` it hosts (only those
+    /// in `subset`, if given).
+    fn restore_worker(
+        &mut self,
+        wi: usize,
+        body: &SnapshotBody,
+        pages: &dyn ChunkSource,
+        subset: Option<&[u64]>,
+    ) -> Result<(), RestoreFailure> {
+        let zero = zero_chunk_hash();
+        let k = self.workers.len();
+        let timeout = Duration::from_secs(600);
+        for (id, img) in &body.agents {
+            if worker_of(*id, k) != wi || subset.is_some_and(|s| !s.contains(id)) {
+                continue;
+            }
+            let Some(rec) = body.scheduler.agents.get(id) else {
+                continue;
+            };
+            let mut seen = BTreeSet::new();
+            let mut chunks = Vec::new();
+            for h in &img.chunks {
+                if *h == zero || !seen.insert(*h) {
+                    continue;
+                }
+                let bytes = pages.chunk(h).map_err(RestoreFailure::Chunks)?;
+                chunks.push(ChunkData { hash: *h, bytes });
+            }
+            let order = RestoreOrder {
+                agent_id: *id,
+                module_id: rec.module,
+                tenant: rec.tenant,
+                limits: rec.limits,
+                image: img.clone(),
+                chunks,
+            };
+            if let Err(e) = self.workers[wi].send(WorkerCommand::Restore(order), timeout) {
+                return Err(RestoreFailure::Worker(
+                    self.cause_of_worker(wi, &e, timeout),
+                ));
+            }
+        }
+        match self.workers[wi].request(WorkerCommand::RestoreDone, timeout) {
+            Ok(WorkerReply::Restored { errors }) if errors.is_empty() => Ok(()),
+            Ok(WorkerReply::Restored { errors }) => {
+                let (id, e) = &errors[0];
+                Err(RestoreFailure::Chunks(format!(
+                    "agent {id}: {e} ({} agents failed)",
+                    errors.len()
+                )))
+            }
+            Ok(other) => {
+                let name = self.workers[wi].child.name().to_owned();
+                self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
+                Err(RestoreFailure::Worker(Cause::Protocol(format!(
+                    "{name} answered RestoreDone with {}",
+                    describe(&other)
+                ))))
+            }
+            Err(e) => Err(RestoreFailure::Worker(
+                self.cause_of_worker(wi, &e, timeout),
+            )),
+        }
+    }
+
+    /// Runs one tick: partitions the plan, exchanges work and results with
+    /// every worker, recovers any worker that fails, and logs the work for
+    /// later recoveries.  `known` says whether an agent id exists (a
+    /// worker reporting any other is broken).
+    pub fn run_tick(
+        &mut self,
+        plan: &mut TickPlan,
+        ctx: &TickCtx,
+        pages: &dyn ChunkSource,
+        known: &dyn Fn(u64) -> bool,
+    ) -> Result<TickOutcome, PoolError> {
+        let tick = plan.tick;
+        let k = self.workers.len();
+        let mut works = partition(plan, ctx, k);
+        let timeout = self.cfg.tick_timeout;
+        let mut failed: Vec<Option<Cause>> = vec![None; k];
+        for (wi, w) in works.iter_mut().enumerate() {
+            if let Err(e) = self.workers[wi].send_tick(w, timeout) {
+                failed[wi] = Some(self.cause_of_worker(wi, &e, timeout));
+            }
+        }
+        let mut out = TickOutcome {
+            decisions: ctx
+                .quarantine
+                .iter()
+                .map(|&agent| Decision::Quarantine { agent })
+                .collect(),
+            ..TickOutcome::default()
+        };
+        let mut digests = Vec::with_capacity(k);
+        for wi in 0..k {
+            let got = match failed[wi].take() {
+                Some(c) => Err(c),
+                None => self.recv_tick(wi, tick, known),
+            };
+            let done = match got {
+                Ok(d) => d,
+                Err(cause) => self.recover(
+                    wi,
+                    tick,
+                    &mut works[wi],
+                    cause,
+                    pages,
+                    known,
+                    &mut out.decisions,
+                )?,
+            };
+            out.worker_us.push(done.wall_ns / 1000);
+            digest_add(&mut out.digest, done.digest);
+            digests.push(done.digest);
+            for (t, f) in &done.tenant_fuel {
+                *out.tenant_fuel.entry(*t).or_default() += f;
+            }
+            out.calls += done.calls;
+            out.results.extend(done.results);
+        }
+        // Agents quarantined now or by a journaled decision: removed
+        // without a call, reported as having crashed their worker.
+        for d in &out.decisions {
+            if let Decision::Quarantine { agent } = d {
+                out.results.push(AgentResult {
+                    agent_id: *agent,
+                    fuel: 0,
+                    calls: 0,
+                    outputs: Vec::new(),
+                    fault: Some(Fault::CrashedWorker),
+                    wall_ns: 0,
+                    logs_suppressed: 0,
+                });
+            }
+        }
+        out.results.sort_by_key(|r| r.agent_id);
+        // Watchdog trips become decisions; the logged work preempts them so
+        // that a re-execution reproduces this tick exactly.
+        for r in &out.results {
+            if r.fault == Some(Fault::Watchdog) {
+                out.decisions.push(Decision::Watchdog { agent: r.agent_id });
+                let w = &mut works[worker_of(r.agent_id, k)];
+                if !w.preempt.contains(&r.agent_id) {
+                    w.preempt.push(r.agent_id);
+                }
+            }
+        }
+        out.decisions.sort_by_key(decision_order);
+        out.decisions.dedup();
+        self.log
+            .push(LoggedTick {
+                tick,
+                works,
+                digests,
+            })
+            .map_err(|e| PoolError::Restore(format!("cannot log the work of tick {tick}: {e}")))?;
+        self.tick = tick;
+        Ok(out)
+    }
+
+    /// Receives worker `wi`'s result of `tick` and checks it.
+    fn recv_tick(
+        &mut self,
+        wi: usize,
+        tick: u64,
+        known: &dyn Fn(u64) -> bool,
+    ) -> Result<TickDone, Cause> {
+        let timeout = self.cfg.tick_timeout;
+        let k = self.workers.len();
+        let reply = match self.workers[wi].recv(timeout) {
+            Ok(r) => r,
+            Err(e) => return Err(self.cause_of_worker(wi, &e, timeout)),
+        };
+        let violation = match reply {
+            WorkerReply::TickDone(done) if done.tick != tick => {
+                format!("answered tick {} during tick {tick}", done.tick)
+            }
+            WorkerReply::TickDone(done) => {
+                match done
+                    .results
+                    .iter()
+                    .find(|r| !known(r.agent_id) || worker_of(r.agent_id, k) != wi)
+                {
+                    Some(r) => format!("reported agent {} which it does not host", r.agent_id),
+                    None => match done
+                        .results
+                        .iter()
+                        .find(|r| matches!(r.fault, Some(Fault::Unknown(_))))
+                    {
+                        // The worker's state is not the supervisor's.
+                        Some(r) => format!(
+                            "lost track of agent {}: {}",
+                            r.agent_id,
+                            r.fault
+                                .as_ref()
+                                .map(ToString::to_string)
+                                .unwrap_or_default()
+                        ),
+                        None => return Ok(done),
+                    },
+                }
+            }
+            other => format!("answered {} instead of TickDone", describe(&other)),
+        };
+        self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
+        Err(Cause::Protocol(violation))
+    }
+
+    /// Images `agents` (ascending) for a checkpoint: each worker images the
+    /// agents it hosts; new chunks go to `put`.  A worker that fails is
+    /// recovered and asked again.  Agents a worker has no instance of
+    /// (their spawn could not be instantiated) have no image.
+    pub fn capture(
+        &mut self,
+        agents: &[u64],
+        pages: &dyn ChunkSource,
+        put: &mut dyn FnMut(&ChunkData) -> Result<(), String>,
+    ) -> Result<Vec<(u64, AgentImage)>, PoolError> {
+        let k = self.workers.len();
+        let mut by_worker: Vec<Vec<u64>> = vec![Vec::new(); k];
+        for &id in agents {
+            by_worker[worker_of(id, k)].push(id);
+        }
+        let mut images = Vec::with_capacity(agents.len());
+        for (wi, ids) in by_worker.iter().enumerate() {
+            let mut attempts = 0;
+            loop {
+                match self.image_worker(wi, ids, put) {
+                    Ok(mut im) => {
+                        images.append(&mut im);
+                        break;
+                    }
+                    Err(CaptureFailure::Store(e)) => return Err(PoolError::Restore(e)),
+                    Err(CaptureFailure::Worker(cause)) => {
+                        attempts += 1;
+                        if attempts > MAX_FAILURES_PER_TICK {
+                            return Err(PoolError::GiveUp {
+                                tick: self.tick,
+                                reason: format!(
+                                    "worker-{wi} failed {attempts} times while imaging its agents after tick {} (last: {cause})",
+                                    self.tick
+                                ),
+                            });
+                        }
+                        self.recover_between_ticks(wi, cause, pages)?;
+                    }
+                }
+            }
+        }
+        images.sort_by_key(|(id, _)| *id);
+        Ok(images)
+    }
+
+    fn image_worker(
+        &mut self,
+        wi: usize,
+        ids: &[u64],
+        put: &mut dyn FnMut(&ChunkData) -> Result<(), String>,
+    ) -> Result<Vec<(u64, AgentImage)>, CaptureFailure> {
+        let timeout = Duration::from_secs(600);
+        if let Err(e) = self.workers[wi].send(
+            WorkerCommand::Checkpoint {
+                agents: ids.to_vec(),
+                full: false,
+            },
+            timeout,
+        ) {
+            return Err(CaptureFailure::Worker(
+                self.cause_of_worker(wi, &e, timeout),
+            ));
+        }
+        let mut images = Vec::with_capacity(ids.len());
+        loop {
+            let reply = match self.workers[wi].recv(timeout) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(CaptureFailure::Worker(
+                        self.cause_of_worker(wi, &e, timeout),
+                    ));
+                }
+            };
+            match reply {
+                WorkerReply::Imaged {
+                    agent_id,
+                    image,
+                    chunks,
+                } if ids.binary_search(&agent_id).is_ok() => {
+                    for c in &chunks {
+                        if c.bytes.len() != shm_protocol::worker::CHUNK
+                            || *blake3::hash(&c.bytes).as_bytes() != c.hash
+                        {
+                            self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
+                            return Err(CaptureFailure::Worker(Cause::Protocol(format!(
+                                "sent a chunk of agent {agent_id} that does not match its hash"
+                            ))));
+                        }
+                        put(c).map_err(CaptureFailure::Store)?;
+                    }
+                    images.push((agent_id, image));
+                }
+                WorkerReply::Checkpointed { missing } => {
+                    if images.len() + missing.len() != ids.len() {
+                        self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
+                        return Err(CaptureFailure::Worker(Cause::Protocol(format!(
+                            "imaged {} and missed {} of {} agents",
+                            images.len(),
+                            missing.len(),
+                            ids.len()
+                        ))));
+                    }
+                    return Ok(images);
+                }
+                other => {
+                    self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
+                    return Err(CaptureFailure::Worker(Cause::Protocol(format!(
+                        "answered {} while imaging",
+                        describe(&other)
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// Shuts every worker down (each is killed if it does not exit).
+    pub fn shutdown(&mut self) {
+        for w in std::mem::take(&mut self.workers) {
+            let _ = w.child.shutdown(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+enum RestoreFailure {
+    Chunks(String),
+    Worker(Cause),
+}
+
+enum CaptureFailure {
+    Store(String),
+    Worker(Cause),
+}
+
+enum LoadFailure {
+    Refused(String),
+    Channel(ChannelError),
+}
+
+impl Proc {
+    fn send(&mut self, cmd: WorkerCommand, timeout: Duration) -> Result<(), ChannelError> {
+        self.child
+            .endpoint()
+            .send_msg(&Down::Worker(cmd), Some(Instant::now() + timeout))
+    }
+
+    /// Sends a tick's work without copying it (it is moved into the
+    /// message for encoding and back).
+    fn send_tick(&mut self, work: &mut TickWork, timeout: Duration) -> Result<(), ChannelError> {
+        let msg = Down::Worker(WorkerCommand::Tick(std::mem::take(work)));
+        let sent = self
+            .child
+            .endpoint()
+            .send_msg(&msg, Some(Instant::now() + timeout));
+        if let Down::Worker(WorkerCommand::Tick(w)) = msg {
+            *work = w;
+        }
+        sent
+    }
+
+    fn recv(&mut self, timeout: Duration) -> Result<WorkerReply, ChannelError> {
+        match self
+            .child
+            .endpoint()
+            .recv_msg::<Up>(Some(Instant::now() + timeout))?
+        {
+            Up::Worker(r) => Ok(r),
+            // A message of another role is a violation, reported as such.
+            _ => Err(ChannelError::UnexpectedKind(
+                shm_protocol::codec::KIND_MESSAGE,
+            )),
+        }
+    }
+
+    fn request(
+        &mut self,
+        cmd: WorkerCommand,
+        timeout: Duration,
+    ) -> Result<WorkerReply, ChannelError> {
+        self.send(cmd, timeout)?;
+        self.recv(timeout)
+    }
+
+    fn load(&mut self, id: u32, m: &ModuleImage) -> Result<ModuleFacts, LoadFailure> {
+        let cmd = WorkerCommand::LoadModule {
+            module_id: id,
+            name: m.name.clone(),
+            wasm: m.wasm.to_vec(),
+            compiled: m
+                .compiled
+                .as_ref()
+                .map(|c| serde_bytes::ByteBuf::from(c.to_vec())),
+            memory_limit: m.memory_limit,
+        };
+        match self.request(cmd, Duration::from_secs(600)) {
+            Ok(WorkerReply::ModuleLoaded { facts, .. }) => Ok(facts),
+            Ok(WorkerReply::ModuleRefused { error }) => Err(LoadFailure::Refused(error)),
+            Ok(_) => Err(LoadFailure::Channel(ChannelError::UnexpectedKind(
+                shm_protocol::codec::KIND_MESSAGE,
+            ))),
+            Err(e) => Err(LoadFailure::Channel(e)),
+        }
+    }
+}
+
+/// The worker hosting `agent` among `k`.
+pub fn worker_of(agent: u64, k: usize) -> usize {
+    ((agent.saturating_sub(1)) % k.max(1) as u64) as usize
+}
+
+/// Canonical order of a tick's decisions.
+fn decision_order(d: &Decision) -> (u8, u64) {
+    match d {
+        Decision::Quarantine { agent } => (0, *agent),
+        Decision::Watchdog { agent } => (1, *agent),
+        Decision::GiveUp { .. } => (2, 0),
+    }
+}
+
+/// Splits a tick's plan by worker (deliveries are moved, not copied);
+/// quarantined agents are left out and evicted, preempted ones marked.
+fn partition(plan: &mut TickPlan, ctx: &TickCtx, k: usize) -> Vec<TickWork> {
+    let mut works: Vec<TickWork> = (0..k)
+        .map(|_| TickWork {
+            tick: plan.tick,
+            step_all: plan.step_all,
+            measure_time: ctx.measure,
+            watchdog: ctx.watchdog,
+            ..TickWork::default()
+        })
+        .collect();
+    let out = |a: u64| !ctx.quarantine.is_empty() && ctx.quarantine.contains(&a);
+    for &a in &ctx.quarantine {
+        works[worker_of(a, k)].evict.push(a);
+    }
+    for &a in &ctx.preempt {
+        works[worker_of(a, k)].preempt.push(a);
+    }
+    for s in plan.spawns.iter().filter(|s| !out(s.agent_id)) {
+        works[worker_of(s.agent_id, k)].spawns.push(s.clone());
+    }
+    for r in plan.restarts.iter().filter(|s| !out(s.agent_id)) {
+        works[worker_of(r.agent_id, k)].restarts.push(r.clone());
+    }
+    for u in plan.upgrades.iter().filter(|u| !out(u.agent_id)) {
+        works[worker_of(u.agent_id, k)].upgrades.push(u.clone());
+    }
+    for d in std::mem::take(&mut plan.deliveries) {
+        if !out(d.agent_id) {
+            works[worker_of(d.agent_id, k)].deliveries.push(d);
+        }
+    }
+    for s in plan.steps.iter().filter(|s| !out(s.agent_id)) {
+        works[worker_of(s.agent_id, k)].steps.push(s.clone());
+    }
+    for &s in plan.stops.iter().filter(|&&s| !out(s)) {
+        works[worker_of(s, k)].stops.push(s);
+    }
+    works
+}
+
+/// `w` restricted to the agents for which `keep` holds.
+fn filter_work(w: &TickWork, keep: impl Fn(u64) -> bool) -> TickWork {
+    TickWork {
+        tick: w.tick,
+        spawns: w
+            .spawns
+            .iter()
+            .filter(|s| keep(s.agent_id))
+            .cloned()
+            .collect(),
+        restarts: w
+            .restarts
+            .iter()
+            .filter(|s| keep(s.agent_id))
+            .cloned()
+            .collect(),
+        upgrades: w
+            .upgrades
+            .iter()
+            .filter(|u| keep(u.agent_id))
+            .cloned()
+            .collect(),
+        deliveries: w
+            .deliveries
+            .iter()
+            .filter(|d| keep(d.agent_id))
+            .cloned()
+            .collect(),
+        step_all: w.step_all,
+        steps: w
+            .steps
+            .iter()
+            .filter(|s| keep(s.agent_id))
+            .cloned()
+            .collect(),
+        stops: w.stops.iter().copied().filter(|a| keep(*a)).collect(),
+        measure_time: w.measure_time,
+        evict: w.evict.clone(),
+        preempt: w.preempt.iter().copied().filter(|a| keep(*a)).collect(),
+        watchdog: w.watchdog,
+    }
+}
+
+/// The supervisor's side of the workers' rings.  With a core to spare
+/// beyond the workers and itself it spins briefly, then parks.  Without one
+/// (e.g. 2 workers on 2 vCPUs) it polls by yielding the CPU: a parked
+/// supervisor costs a futex wake-up per tick, and a spinning one would take
+/// the CPU a worker needs; a yielding one runs only when a core is free.
+/// The workers poll the same way in that case (`--wait-yield`): a worker
+/// spinning after its reply held the CPU the woken supervisor needed for up
+/// to a scheduler slice (docs/benchmarks.md).
+fn supervisor_policy(spare: bool) -> WaitPolicy {
+    WaitPolicy {
+        spin: if spare { 2_000 } else { 20_000 },
+        park_slice: Duration::from_millis(10),
+        yielding: !spare,
+    }
+}
+
+/// Whether the machine has a core for the supervisor and every worker plus
+/// one to spare.
+fn spare_core(workers: usize) -> bool {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    cores >= workers + 2
+}
+
+/// A short description of a reply (never its whole payload).
+fn describe(r: &WorkerReply) -> &'static str {
+    match r {
+        WorkerReply::Configured { .. } => "Configured",
+        WorkerReply::Compiled { .. } => "Compiled",
+        WorkerReply::ModuleLoaded { .. } => "ModuleLoaded",
+        WorkerReply::ModuleRefused { .. } => "ModuleRefused",
+        WorkerReply::TickDone(_) => "TickDone",
+        WorkerReply::Captured(_) => "Captured",
+        WorkerReply::Hashes(_) => "Hashes",
+        WorkerReply::Imaged { .. } => "Imaged",
+        WorkerReply::Checkpointed { .. } => "Checkpointed",
+        WorkerReply::Restored { .. } => "Restored",
+        WorkerReply::StateRestored { .. } => "StateRestored",
+        WorkerReply::Error(_) => "Error",
+    }
+}

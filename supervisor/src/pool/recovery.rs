@@ -1,0 +1,401 @@
+//! Recovery of a failed worker, and the search for an agent that makes
+//! its worker fail.
+//!
+//! Every failure goes the same way ([`WorkerPool::recover`]): the worker is
+//! replaced by a fresh process, which loads every module, restores the
+//! agents it hosts from the last checkpoint and re-executes the work logged
+//! since (each logged tick must reproduce its recorded digest, with the
+//! wall-clock watchdog off: fuel bounds every call), and the interrupted
+//! tick's work is sent again.  Results are deterministic, so the run never
+//! notices.
+//!
+//! A worker that fails again at the same tick may be failing *because* of
+//! that tick: then its agents are bisected in scratch processes (each
+//! restored from the checkpoint and re-executed to the tick) until the one
+//! agent that makes a process fail alone is found.  It is quarantined — a
+//! journaled decision — and the tick re-run without it.  If the whole set
+//! fails but neither half does alone (an aggregate limit such as the
+//! worker's memory), no agent is blamed: the run gives up with an error
+//! naming the limit.  If the whole set does not fail in a scratch process,
+//! the failures were not caused by the tick (an operator, the machine) and
+//! recovery simply goes on.
+
+use super::{
+    ChunkSource, MAX_FAILURES_PER_TICK, POISON_AFTER, PoolError, RestoreFailure, WorkerPool,
+    filter_work,
+};
+use crate::failure::Cause;
+use crate::sim::Decision;
+use shm_protocol::worker::{TickDone, TickWork, WorkerReply};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// What the search for a poison agent found.
+enum Bisect {
+    /// This agent makes a process fail alone.
+    Culprit(u64),
+    /// A set of agents fails together, but neither half of it alone.
+    Aggregate {
+        /// How many agents the smallest failing set found has.
+        agents: usize,
+        /// How many agents the worker hosts.
+        of: usize,
+        /// How the whole set failed.
+        cause: Cause,
+    },
+    /// The tick does not fail in a scratch process.
+    NotReproduced,
+}
+
+/// Why a replacement worker is not ready.
+enum ReplaceError {
+    /// Nothing more can be done (a module refused, chunks unreadable).
+    Fatal(PoolError),
+    /// The replacement failed too.
+    Failed(Cause),
+}
+
+impl WorkerPool {
+    /// Recovers worker `wi`, which failed with `first` while running
+    /// `tick`, and returns its result of `work` (which loses a quarantined
+    /// agent, whose decision goes to `decisions`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn recover(
+        &mut self,
+        wi: usize,
+        tick: u64,
+        work: &mut TickWork,
+        first: Cause,
+        pages: &dyn ChunkSource,
+        known: &dyn Fn(u64) -> bool,
+        decisions: &mut Vec<Decision>,
+    ) -> Result<TickDone, PoolError> {
+        let t0 = Instant::now();
+        let mut cause = first;
+        loop {
+            self.note(wi, tick, &cause);
+            let n = {
+                let n = self.failures.entry(tick).or_default();
+                *n += 1;
+                *n
+            };
+            if n > MAX_FAILURES_PER_TICK {
+                return Err(PoolError::GiveUp {
+                    tick,
+                    reason: format!(
+                        "worker-{wi} failed {n} times at tick {tick} and the tick does not fail in a scratch process (last: {cause}); giving up"
+                    ),
+                });
+            }
+            if n >= POISON_AFTER && self.bisected.insert((tick, wi)) {
+                match self.bisect(wi, tick, work, pages)? {
+                    Bisect::Culprit(agent) => {
+                        *work = filter_work(work, |a| a != agent);
+                        work.evict.push(agent);
+                        decisions.push(Decision::Quarantine { agent });
+                        self.stats.quarantined.push(agent);
+                        let line = format!(
+                            "[QUARANTINE] agent {agent} makes worker-{wi} fail at tick {tick} ({cause}): removed"
+                        );
+                        tracing::error!(agent, tick, "{line}");
+                        self.notes.push(line);
+                    }
+                    Bisect::Aggregate { agents, of, cause } => {
+                        return Err(PoolError::GiveUp {
+                            tick,
+                            reason: self.aggregate_reason(wi, tick, agents, of, &cause),
+                        });
+                    }
+                    Bisect::NotReproduced => {
+                        tracing::warn!(
+                            worker = wi,
+                            tick,
+                            "the failures do not reproduce in a scratch process: recovering again"
+                        );
+                    }
+                }
+            }
+            match self.replace(wi, pages) {
+                Ok(()) => {}
+                Err(ReplaceError::Fatal(e)) => return Err(e),
+                Err(ReplaceError::Failed(c)) => {
+                    cause = c;
+                    continue;
+                }
+            }
+            let timeout = self.cfg.tick_timeout;
+            if let Err(e) = self.workers[wi].send_tick(work, timeout) {
+                cause = self.cause_of_worker(wi, &e, timeout);
+                continue;
+            }
+            match self.recv_tick(wi, tick, known) {
+                Ok(done) => {
+                    let took = t0.elapsed();
+                    self.stats.last_recovery = Some(took);
+                    tracing::info!(
+                        worker = wi,
+                        tick,
+                        ms = took.as_millis() as u64,
+                        "worker recovered"
+                    );
+                    return Ok(done);
+                }
+                Err(c) => cause = c,
+            }
+        }
+    }
+
+    /// Recovers worker `wi`, which failed with `cause` between ticks (the
+    /// replacement is brought to the last completed tick).
+    pub(super) fn recover_between_ticks(
+        &mut self,
+        wi: usize,
+        mut cause: Cause,
+        pages: &dyn ChunkSource,
+    ) -> Result<(), PoolError> {
+        let tick = self.tick;
+        for _ in 0..MAX_FAILURES_PER_TICK {
+            self.note(wi, tick, &cause);
+            match self.replace(wi, pages) {
+                Ok(()) => return Ok(()),
+                Err(ReplaceError::Fatal(e)) => return Err(e),
+                Err(ReplaceError::Failed(c)) => cause = c,
+            }
+        }
+        Err(PoolError::GiveUp {
+            tick,
+            reason: format!(
+                "worker-{wi} failed {MAX_FAILURES_PER_TICK} times after tick {tick} (last: {cause}); giving up"
+            ),
+        })
+    }
+
+    /// Logs a failure once and counts it.
+    fn note(&mut self, wi: usize, tick: u64, cause: &Cause) {
+        self.stats.recoveries += 1;
+        *self.stats.by_cause.entry(cause.class()).or_default() += 1;
+        let line = format!("[RECOVERY] worker-{wi} {cause} at tick {tick}; replacing it");
+        tracing::warn!(worker = wi, tick, class = cause.class(), "{line}");
+        self.notes.push(line);
+    }
+
+    /// Replaces worker `wi` by a fresh process at the state the run reached.
+    fn replace(&mut self, wi: usize, pages: &dyn ChunkSource) -> Result<(), ReplaceError> {
+        let name = format!("worker-{wi}");
+        self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
+        let fresh = self
+            .spawn(&name, false)
+            .map_err(|f| ReplaceError::Failed(f.cause))?;
+        self.workers[wi] = fresh;
+        self.prepare(wi, pages, None, true)
+    }
+
+    /// Brings worker `wi` (fresh) to the last completed tick: modules, the
+    /// checkpoint's agents (those in `subset`, if given), the logged work
+    /// (restricted to `subset`; digests checked unless a subset is given).
+    fn prepare(
+        &mut self,
+        wi: usize,
+        pages: &dyn ChunkSource,
+        subset: Option<&[u64]>,
+        check: bool,
+    ) -> Result<(), ReplaceError> {
+        let timeout = Duration::from_secs(600);
+        let modules: Vec<(u32, super::ModuleImage)> =
+            self.modules.iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (id, m) in modules {
+            match self.workers[wi].load(id, &m) {
+                Ok(_) => {}
+                Err(super::LoadFailure::Refused(e)) => {
+                    return Err(ReplaceError::Fatal(PoolError::Module(e)));
+                }
+                Err(super::LoadFailure::Channel(e)) => {
+                    return Err(ReplaceError::Failed(self.cause_of_worker(wi, &e, timeout)));
+                }
+            }
+        }
+        if let Some(base) = self.base.clone() {
+            match self.restore_worker(wi, &base, pages, subset) {
+                Ok(()) => {}
+                Err(RestoreFailure::Chunks(e)) => {
+                    return Err(ReplaceError::Fatal(PoolError::Restore(e)));
+                }
+                Err(RestoreFailure::Worker(c)) => return Err(ReplaceError::Failed(c)),
+            }
+        }
+        let log = self.log.ticks().map_err(|e| {
+            ReplaceError::Fatal(PoolError::Restore(format!("cannot read the work log: {e}")))
+        })?;
+        let timeout = self.cfg.tick_timeout;
+        for lt in log {
+            let Some(w) = lt.works.get(wi) else { continue };
+            let mut w = match subset {
+                Some(s) => filter_work(w, |a| s.contains(&a)),
+                None => w.clone(),
+            };
+            w.watchdog = false;
+            if let Err(e) = self.workers[wi].send_tick(&mut w, timeout) {
+                return Err(ReplaceError::Failed(self.cause_of_worker(wi, &e, timeout)));
+            }
+            let done = match self.workers[wi].recv(timeout) {
+                Ok(WorkerReply::TickDone(d)) if d.tick == lt.tick => d,
+                Ok(_) => {
+                    self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
+                    return Err(ReplaceError::Failed(Cause::Protocol(format!(
+                        "answered something else than tick {} while re-executing it",
+                        lt.tick
+                    ))));
+                }
+                Err(e) => return Err(ReplaceError::Failed(self.cause_of_worker(wi, &e, timeout))),
+            };
+            if check && lt.digests.get(wi) != Some(&done.digest) {
+                self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
+                return Err(ReplaceError::Failed(Cause::Protocol(format!(
+                    "re-executing tick {} did not reproduce its recorded results",
+                    lt.tick
+                ))));
+            }
+        }
+        Ok(())
+    }
+
+    /// The agents worker `wi` hosts or started since the checkpoint.
+    fn suspects(&mut self, wi: usize, work: &TickWork) -> Result<Vec<u64>, PoolError> {
+        let k = self.workers.len();
+        let mut s: BTreeSet<u64> = BTreeSet::new();
+        if let Some(base) = &self.base {
+            s.extend(
+                base.agents
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .filter(|id| super::worker_of(*id, k) == wi),
+            );
+        }
+        let log = self
+            .log
+            .ticks()
+            .map_err(|e| PoolError::Restore(format!("cannot read the work log: {e}")))?;
+        for w in log.iter().filter_map(|l| l.works.get(wi)).chain([work]) {
+            s.extend(w.spawns.iter().map(|x| x.agent_id));
+            s.extend(w.restarts.iter().map(|x| x.agent_id));
+        }
+        Ok(s.into_iter().collect())
+    }
+
+    /// Searches worker `wi`'s agents for one that makes `tick` fail alone.
+    fn bisect(
+        &mut self,
+        wi: usize,
+        tick: u64,
+        work: &TickWork,
+        pages: &dyn ChunkSource,
+    ) -> Result<Bisect, PoolError> {
+        let mut suspects = self.suspects(wi, work)?;
+        tracing::warn!(
+            worker = wi,
+            tick,
+            agents = suspects.len(),
+            "worker failed twice at the same tick: searching for the agent that causes it"
+        );
+        let Some(whole) = self.probe(wi, work, pages, &suspects)? else {
+            return Ok(Bisect::NotReproduced);
+        };
+        let total = suspects.len();
+        while suspects.len() > 1 {
+            let (a, b) = suspects.split_at(suspects.len() / 2);
+            let (a, b) = (a.to_vec(), b.to_vec());
+            if self.probe(wi, work, pages, &a)?.is_some() {
+                suspects = a;
+            } else if self.probe(wi, work, pages, &b)?.is_some() {
+                suspects = b;
+            } else {
+                return Ok(Bisect::Aggregate {
+                    agents: suspects.len(),
+                    of: total,
+                    cause: whole,
+                });
+            }
+        }
+        match suspects.first() {
+            Some(&a) => Ok(Bisect::Culprit(a)),
+            // No agent at all, and still failing: the process itself.
+            None => Ok(Bisect::Aggregate {
+                agents: 0,
+                of: 0,
+                cause: whole,
+            }),
+        }
+    }
+
+    /// Runs `tick` for `subset` of worker `wi`'s agents alone in a scratch
+    /// process (restored from the checkpoint, re-executed from the log);
+    /// returns how it failed, if it did.
+    fn probe(
+        &mut self,
+        wi: usize,
+        work: &TickWork,
+        pages: &dyn ChunkSource,
+        subset: &[u64],
+    ) -> Result<Option<Cause>, PoolError> {
+        let name = format!("probe-{}", self.spawned);
+        let mut scratch = match self.spawn(&name, false) {
+            Ok(p) => p,
+            Err(f) => {
+                return Err(PoolError::Start(format!(
+                    "cannot start a scratch worker to search for a poison agent: {f}"
+                )));
+            }
+        };
+        std::mem::swap(&mut self.workers[wi], &mut scratch);
+        let outcome = match self.prepare(wi, pages, Some(subset), false) {
+            Err(ReplaceError::Fatal(e)) => Err(e),
+            Err(ReplaceError::Failed(c)) => Ok(Some(c)),
+            Ok(()) => {
+                let mut w = filter_work(work, |a| subset.contains(&a));
+                let timeout = self.cfg.tick_timeout;
+                match self.workers[wi].send_tick(&mut w, timeout) {
+                    Err(e) => Ok(Some(self.cause_of_worker(wi, &e, timeout))),
+                    Ok(()) => match self.workers[wi].recv(timeout) {
+                        Ok(WorkerReply::TickDone(_)) => Ok(None),
+                        Ok(_) => Ok(Some(Cause::Protocol(
+                            "answered something else than the tick".into(),
+                        ))),
+                        Err(e) => Ok(Some(self.cause_of_worker(wi, &e, timeout))),
+                    },
+                }
+            }
+        };
+        std::mem::swap(&mut self.workers[wi], &mut scratch);
+        scratch.child.kill_and_wait(Duration::from_secs(5));
+        outcome
+    }
+
+    /// The error of a run that gives up because a worker fails with all
+    /// its agents but with no single one.
+    fn aggregate_reason(
+        &self,
+        wi: usize,
+        tick: u64,
+        agents: usize,
+        of: usize,
+        cause: &Cause,
+    ) -> String {
+        let mut r = format!(
+            "worker-{wi} {cause} at tick {tick} with {agents} of its {of} agents together, but with neither half of them alone: no single agent causes it, so none is blamed"
+        );
+        if cause.is_memory() {
+            let limit = if self.cfg.address_space > 0 {
+                format!(
+                    "its address-space limit of {} GiB (RLIMIT_AS)",
+                    self.cfg.address_space as f64 / f64::from(1u32 << 30)
+                )
+            } else {
+                "the machine's memory".to_owned()
+            };
+            r.push_str(&format!(
+                ". The limit is the worker's memory, {limit}: spread the agents over more workers (`--workers`), lower their memory limits, or raise the limit (`--worker-address-space`)"
+            ));
+        }
+        r
+    }
+}

@@ -1,0 +1,213 @@
+//! The work each worker was sent since the last checkpoint, and the digest
+//! it answered with: what recovery re-executes to bring a fresh worker to
+//! the tick a failed one reached.
+//!
+//! The log is bounded in memory: once it holds more than
+//! [`WorkLog::MEMORY`] bytes of work, everything logged so far is written
+//! to a scratch file in the run directory and read back only by a
+//! recovery.  A checkpoint clears it (and truncates the file), so the
+//! supervisor's memory does not grow with the length of the run whatever
+//! the checkpoint interval.
+
+use shm_protocol::worker::TickWork;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// One tick as sent to every worker.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoggedTick {
+    /// The tick.
+    pub tick: u64,
+    /// The work of each worker (as finally executed: after quarantines,
+    /// with the preempted agents of watchdog trips).
+    pub works: Vec<TickWork>,
+    /// The digest each worker answered with.
+    pub digests: Vec<[u64; 4]>,
+}
+
+/// The log (see the module docs).
+#[derive(Debug)]
+pub struct WorkLog {
+    mem: Vec<LoggedTick>,
+    mem_bytes: usize,
+    path: PathBuf,
+    file: Option<BufWriter<File>>,
+    /// Ticks in the file.
+    spilled: usize,
+}
+
+/// Rough encoded size of a tick's work.
+fn work_size(w: &TickWork) -> usize {
+    64 + w
+        .deliveries
+        .iter()
+        .map(|d| {
+            16 + d
+                .messages
+                .iter()
+                .map(|m| 48 + m.topic.len() + m.payload.len())
+                .sum::<usize>()
+        })
+        .sum::<usize>()
+        + w.steps
+            .iter()
+            .map(|s| 32 + s.task.as_ref().map_or(0, |t| t.payload.len()))
+            .sum::<usize>()
+        + 48 * (w.spawns.len() + w.restarts.len() + w.upgrades.len())
+        + 8 * (w.stops.len() + w.evict.len() + w.preempt.len())
+}
+
+impl WorkLog {
+    /// Bytes of work kept in memory before the log moves to its file.
+    pub const MEMORY: usize = 32 << 20;
+
+    /// An empty log whose scratch file (created when needed) is `path`.
+    pub fn new(path: &Path) -> Self {
+        Self {
+            mem: Vec::new(),
+            mem_bytes: 0,
+            path: path.to_path_buf(),
+            file: None,
+            spilled: 0,
+        }
+    }
+
+    /// Appends a tick.
+    pub fn push(&mut self, t: LoggedTick) -> std::io::Result<()> {
+        self.mem_bytes += t.works.iter().map(work_size).sum::<usize>();
+        self.mem.push(t);
+        if self.mem_bytes > Self::MEMORY {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> std::io::Result<()> {
+        if self.file.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(true)
+                .open(&self.path)?;
+            self.file = Some(BufWriter::new(f));
+        }
+        let Some(w) = self.file.as_mut() else {
+            return Ok(());
+        };
+        for t in self.mem.drain(..) {
+            let bytes = shm_protocol::codec::encode(&t).map_err(std::io::Error::other)?;
+            w.write_all(&(bytes.len() as u64).to_le_bytes())?;
+            w.write_all(&bytes)?;
+            self.spilled += 1;
+        }
+        self.mem_bytes = 0;
+        Ok(())
+    }
+
+    /// Every logged tick, oldest first (read back from the file if the log
+    /// spilled).
+    pub fn ticks(&mut self) -> std::io::Result<Vec<LoggedTick>> {
+        let mut out = Vec::with_capacity(self.spilled + self.mem.len());
+        if let Some(w) = self.file.as_mut() {
+            w.flush()?;
+            let mut f = w.get_ref().try_clone()?;
+            f.seek(SeekFrom::Start(0))?;
+            let mut r = BufReader::new(f);
+            for _ in 0..self.spilled {
+                let mut len = [0u8; 8];
+                r.read_exact(&mut len)?;
+                let mut buf = vec![0u8; u64::from_le_bytes(len) as usize];
+                r.read_exact(&mut buf)?;
+                out.push(shm_protocol::codec::decode(&buf).map_err(std::io::Error::other)?);
+            }
+            // Writes continue at the end.
+            w.get_mut().seek(SeekFrom::End(0))?;
+        }
+        out.extend(self.mem.iter().cloned());
+        Ok(out)
+    }
+
+    /// Number of ticks logged.
+    pub fn len(&self) -> usize {
+        self.spilled + self.mem.len()
+    }
+
+    /// Whether nothing is logged.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets everything (a checkpoint was taken).
+    pub fn clear(&mut self) {
+        self.mem.clear();
+        self.mem_bytes = 0;
+        self.spilled = 0;
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for WorkLog {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shm_protocol::worker::{Delivery, WireMessage};
+
+    fn tick(t: u64, payload: usize) -> LoggedTick {
+        LoggedTick {
+            tick: t,
+            works: vec![TickWork {
+                tick: t,
+                deliveries: vec![Delivery {
+                    agent_id: 1,
+                    messages: vec![WireMessage {
+                        kind: 0,
+                        sender: 2,
+                        sent_tick: t,
+                        seq: t,
+                        topic: String::new(),
+                        payload: vec![t as u8; payload],
+                    }],
+                }],
+                ..TickWork::default()
+            }],
+            digests: vec![[t; 4]],
+        }
+    }
+
+    #[test]
+    fn a_large_log_moves_to_its_file_and_reads_back_in_order() {
+        let dir = std::env::temp_dir().join(format!("lockstep-worklog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("recovery.log");
+        let mut log = WorkLog::new(&path);
+        let big = WorkLog::MEMORY / 8;
+        for t in 1..=20 {
+            log.push(tick(t, big)).unwrap();
+        }
+        assert!(path.exists(), "the log spilled to its file");
+        assert!(log.mem_bytes <= WorkLog::MEMORY);
+        let ticks = log.ticks().unwrap();
+        assert_eq!(ticks.len(), 20);
+        assert!(
+            ticks
+                .iter()
+                .enumerate()
+                .all(|(i, t)| *t == tick(i as u64 + 1, big))
+        );
+        // Appending after a read keeps the order.
+        log.push(tick(21, 10)).unwrap();
+        assert_eq!(log.ticks().unwrap().last().unwrap().tick, 21);
+        log.clear();
+        assert!(log.is_empty() && !path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,783 @@
+//! A run: the deterministic [`SimState`] driven tick by tick over the
+//! worker pool, with the journal, the inference service, checkpoints and
+//! the observers around it.
+//!
+//! One tick ([`Run::tick`]) is, in order (ARCHITECTURE.md, "Tick
+//! semantics"):
+//!
+//! 1. **inputs** — recorded ones ([`Timeline`]) or those accepted since the
+//!    previous tick ([`crate::api`]); modules they bring are loaded;
+//! 2. **plan** — [`SimState::begin_tick`];
+//! 3. **execute** — [`WorkerPool::run_tick`] (which recovers any worker
+//!    that fails, and reports the decisions it took);
+//! 4. **barrier** — [`SimState::finish_tick`];
+//! 5. **inference** — the tick's requests answered for the next tick;
+//! 6. **record** — decisions, events, inference answers and the tick record
+//!    journaled (live) or checked (recorded);
+//! 7. **observe and checkpoint** — telemetry, the board, and every
+//!    `checkpoint_every` ticks a checkpoint.
+
+use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::ctl::CtlServer;
+use crate::inference::{InferenceService, InferenceStartError};
+use crate::journal::{Entry, JournalError, JournalWriter};
+use crate::modules::{ModuleError, ModuleStore};
+use crate::observe::{Children, Observers};
+use crate::pool::{ModuleImage, PoolConfig, PoolError, TickCtx, WorkerPool};
+use crate::rundir::{self, RunDirError};
+use crate::sim::{Decision, Input, SimState, TickSummary, WorkReport};
+use crate::snapshot::{ModelState, SnapshotBody, SnapshotError};
+use crate::telemetry::{AgentTelemetry, CheckpointTelemetry, TelemetryHook, TickTelemetry};
+use crate::timeline::Timeline;
+use lockstep_common::live::LiveState;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use crate::config::{RunConfig, WorkerSandbox, default_address_space_limit};
+pub use crate::timeline::Script;
+
+/// Every this many ticks, every called agent reports its fuel and wall time
+/// (per-agent telemetry is sampled to keep ticks cheap).
+pub const SAMPLE_EVERY: u64 = 64;
+
+/// Failures of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The run directory is unusable.
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    /// The state could not be built from the manifest.
+    #[error("{0}")]
+    Setup(String),
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The workers failed beyond recovery.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// A module the run needs cannot be used.
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    /// The inference service could not start.
+    #[error(transparent)]
+    Inference(#[from] InferenceStartError),
+    /// A re-executed tick did not reproduce its recorded hash.
+    #[error("tick {tick} diverged: recorded hash {expected}, replayed {actual}")]
+    Diverged {
+        /// The tick.
+        tick: u64,
+        /// Recorded hash.
+        expected: String,
+        /// Replayed hash.
+        actual: String,
+    },
+    /// A snapshot or the page store failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A re-executed checkpoint's state differs from the recorded one.
+    #[error("{0}")]
+    StateDiverged(Box<crate::diff::Divergence>),
+    /// The run stopped: a worker kept failing with no agent to blame (the
+    /// decision is journaled).
+    #[error("the run gave up at tick {tick}: {reason}")]
+    GaveUp {
+        /// The tick.
+        tick: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<CheckpointError> for RunError {
+    fn from(e: CheckpointError) -> Self {
+        match e {
+            CheckpointError::Snapshot(s) => RunError::Snapshot(s),
+            CheckpointError::Journal(j) => RunError::Journal(j),
+            CheckpointError::Pool(p) => RunError::Pool(p),
+            CheckpointError::Diverged(d) => RunError::StateDiverged(d),
+        }
+    }
+}
+
+/// Where the supervisor's wall time went in one tick (observation only:
+/// nothing here feeds back into the run).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TickTiming {
+    /// Planning: `SimState::begin_tick`.
+    pub plan: Duration,
+    /// Sending the work, the workers' execution and receiving the results.
+    pub workers: Duration,
+    /// `SimState::finish_tick`: routing every output, quotas, the tick hash.
+    pub finish: Duration,
+    /// The whole tick.
+    pub total: Duration,
+}
+
+/// Counts after a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Last tick.
+    pub tick: u64,
+    /// Final tick hash (hex).
+    pub hash: String,
+    /// Steps run.
+    pub steps: u64,
+    /// Messages delivered.
+    pub messages: u64,
+    /// Messages dropped.
+    pub dropped: u64,
+    /// Faults.
+    pub faults: u64,
+    /// Agents live at the end.
+    pub agents: u64,
+    /// Wall time.
+    pub wall: Duration,
+    /// Run directory.
+    pub run_dir: std::path::PathBuf,
+}
+
+/// A running supervisor.
+pub struct Run {
+    pub(crate) cfg: RunConfig,
+    pub(crate) sim: SimState,
+    pub(crate) pool: WorkerPool,
+    pub(crate) inference: InferenceService,
+    pub(crate) modules: ModuleStore,
+    /// Module ids loaded into the workers.
+    loaded: BTreeSet<u32>,
+    pub(crate) journal: Option<JournalWriter>,
+    checkpointer: Checkpointer,
+    pub(crate) observers: Observers,
+    pub(crate) ctl: Option<CtlServer>,
+    timeline: Timeline,
+    /// Inputs applied for the coming tick (journaled).
+    pub(crate) pending: Vec<Input>,
+    pub(crate) stop_requested: bool,
+    started: Instant,
+    timing: TickTiming,
+    manifest_hash: [u8; 32],
+    /// The tick being run, while in [`Run::tick`].
+    in_tick: Option<u64>,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("tick", &self.sim.tick)
+            .field("workers", &self.pool.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Run {
+    /// Creates the run directory, starts the workers, loads the modules,
+    /// writes the journal header and the genesis checkpoint.  No tick has
+    /// run yet.
+    pub fn start(cfg: RunConfig) -> Result<Self, RunError> {
+        let dir = cfg.run_dir.clone();
+        rundir::prepare(&dir)?;
+        rundir::write_private(&dir.join("manifest.toml"), cfg.manifest_text.as_bytes())?;
+        rundir::write_meta(
+            &dir,
+            &rundir::Meta {
+                workers: cfg.workers,
+                seed: cfg.seed,
+                manifest_dir: &cfg.manifest_dir,
+                target_ticks: cfg.target_ticks,
+                checkpoint_every: cfg.checkpoint_every,
+                retain_checkpoints: cfg.retain_checkpoints,
+                forever: false,
+                sandbox_off: cfg.worker_sandbox.mode == lockstep_common::SandboxMode::Off,
+                forked: None,
+            },
+        )?;
+        let sim = SimState::new(&cfg.manifest, cfg.seed).map_err(RunError::Setup)?;
+        let mut journal = JournalWriter::create(&dir.join("journal.lsj"))?;
+        journal.write(&Entry::Header {
+            manifest_hash: *blake3::hash(cfg.manifest_text.as_bytes()).as_bytes(),
+            seed: cfg.seed,
+            manifest: cfg.manifest_text.clone(),
+        })?;
+        journal.sync()?;
+        let mut run = Self::boot(cfg, sim, Some(journal), None, Timeline::Live)?;
+        // The genesis snapshot: every replay and `verify` can start here.
+        run.checkpoint()?;
+        Ok(run)
+    }
+
+    /// Starts workers around a state: the genesis state of a new run, or a
+    /// snapshot's (whose agents are restored into the new workers), on a
+    /// timeline (live, or re-executing a script first).
+    pub fn boot(
+        cfg: RunConfig,
+        sim: SimState,
+        journal: Option<JournalWriter>,
+        snapshot: Option<SnapshotBody>,
+        timeline: Timeline,
+    ) -> Result<Self, RunError> {
+        let dir = cfg.run_dir.clone();
+        rundir::create(&dir)?;
+        let kept = match &journal {
+            Some(j) => crate::checkpoint::journaled_checkpoints(j.path())?,
+            None => Vec::new(),
+        };
+        let checkpointer =
+            Checkpointer::open(&dir, cfg.origin.as_deref(), cfg.retain_checkpoints, kept)?;
+        let pool = WorkerPool::start(PoolConfig {
+            bin: cfg.worker_bin.clone(),
+            workers: cfg.workers.max(1),
+            seed: cfg.seed,
+            watchdog: cfg.watchdog,
+            tick_timeout: cfg.tick_timeout,
+            hang_timeout: cfg.hang_timeout,
+            args: cfg.worker_sandbox.args(&cfg.manifest),
+            env: cfg.worker_env.clone(),
+            first_env: cfg.first_worker_env.clone(),
+            log_path: dir.join("recovery.log"),
+            address_space: cfg.worker_sandbox.address_space(&cfg.manifest),
+        })?;
+        let modules = ModuleStore::new(
+            Some(&dir),
+            cfg.origin.as_deref(),
+            cfg.module_cache.as_deref(),
+        );
+        let observers = Observers::new(&dir, cfg.metrics, cfg.board);
+        let ctl = if cfg.control_socket {
+            Some(
+                CtlServer::start(&dir.join("control.sock")).map_err(|e| RunDirError {
+                    dir: dir.display().to_string(),
+                    reason: format!("control socket: {e}"),
+                })?,
+            )
+        } else {
+            None
+        };
+        let inference = InferenceService::start(&cfg.manifest.models, cfg.inference.clone())?;
+        let manifest_hash = *blake3::hash(cfg.manifest_text.as_bytes()).as_bytes();
+        let mut run = Self {
+            cfg,
+            sim,
+            pool,
+            inference,
+            modules,
+            loaded: BTreeSet::new(),
+            journal,
+            checkpointer,
+            observers,
+            ctl,
+            timeline,
+            pending: Vec::new(),
+            stop_requested: false,
+            started: Instant::now(),
+            timing: TickTiming::default(),
+            manifest_hash,
+            in_tick: None,
+        };
+        run.load_modules()?;
+        if let Some(body) = snapshot {
+            let body = Arc::new(body);
+            run.pool.restore(body.clone(), run.checkpointer.pages())?;
+            run.checkpointer.restored(body);
+        }
+        run.publish_board("running");
+        Ok(run)
+    }
+
+    /// The deterministic state.
+    pub fn state(&self) -> &SimState {
+        &self.sim
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.cfg.run_dir
+    }
+
+    /// Registers a telemetry hook.
+    pub fn register_telemetry_hook(&mut self, hook: Box<dyn TelemetryHook>) {
+        self.observers.add_hook(hook);
+    }
+
+    /// Whether `lockstep ctl stop` asked the run to end.
+    pub fn stop_requested(&self) -> bool {
+        self.stop_requested
+    }
+
+    /// Whether the coming tick (or, inside a tick, this one) is a recorded
+    /// one.
+    pub(crate) fn replaying(&self) -> bool {
+        self.timeline
+            .recorded(self.in_tick.unwrap_or(self.sim.tick + 1))
+    }
+
+    /// Writes a journal entry (live ticks only).
+    pub(crate) fn record(&mut self, e: &Entry) -> Result<(), RunError> {
+        if !self.replaying()
+            && let Some(j) = &mut self.journal
+        {
+            j.write(e)?;
+        }
+        Ok(())
+    }
+
+    /// Loads every module the state knows but the workers do not.
+    pub(crate) fn load_modules(&mut self) -> Result<(), RunError> {
+        let todo: Vec<u32> = self
+            .sim
+            .modules
+            .keys()
+            .filter(|k| !self.loaded.contains(k))
+            .copied()
+            .collect();
+        for id in todo {
+            let Some(rec) = self.sim.modules.get(&id).cloned() else {
+                continue;
+            };
+            let pinned = rec
+                .expected_blake3
+                .clone()
+                .or_else(|| rec.blake3.map(|h| hex(&h)));
+            let prepared =
+                self.modules
+                    .prepare(&rec.name, &rec.path, pinned.as_deref(), &mut self.pool)?;
+            let facts = self.pool.load_module(
+                id,
+                ModuleImage {
+                    name: rec.name.clone(),
+                    wasm: prepared.wasm.clone(),
+                    compiled: Some(prepared.compiled.clone()),
+                    memory_limit: rec.memory_limit,
+                },
+                self.checkpointer.pages(),
+            )?;
+            if let Some(m) = self.sim.modules.get_mut(&id) {
+                m.abi_version = Some(facts.abi_version);
+                m.globals = Some(facts.globals);
+                m.migrates = facts.migrates;
+                m.blake3 = Some(facts.blake3);
+            }
+            self.loaded.insert(id);
+        }
+        Ok(())
+    }
+
+    /// Runs one tick (see the module docs).
+    pub fn tick(&mut self) -> Result<TickSummary, RunError> {
+        self.in_tick = Some(self.sim.tick + 1);
+        let r = self.tick_inner();
+        self.in_tick = None;
+        r
+    }
+
+    fn tick_inner(&mut self) -> Result<TickSummary, RunError> {
+        let t0 = Instant::now();
+        let next = self.sim.tick + 1;
+        let replaying = self.timeline.recorded(next);
+        // 1. Inputs.
+        let (recorded, decisions) = self.timeline.take(next);
+        self.sim.apply_inputs(&recorded);
+        self.pending.extend(recorded);
+        if !replaying {
+            self.drain_ctl()?;
+        }
+        self.load_modules()?;
+        let inputs = std::mem::take(&mut self.pending);
+        if let Some(Decision::GiveUp { reason }) = decisions
+            .iter()
+            .find(|d| matches!(d, Decision::GiveUp { .. }))
+        {
+            return Err(RunError::GaveUp {
+                tick: next,
+                reason: reason.clone(),
+            });
+        }
+        // 2. Plan.
+        let tp = Instant::now();
+        let mut plan = self.sim.begin_tick();
+        let measure = plan.tick.is_multiple_of(SAMPLE_EVERY);
+        let mailbox: BTreeMap<u64, u64> = if measure {
+            plan.deliveries
+                .iter()
+                .map(|d| (d.agent_id, d.messages.len() as u64))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let ctx = TickCtx {
+            measure,
+            watchdog: !replaying,
+            preempt: decisions
+                .iter()
+                .filter_map(|d| match d {
+                    Decision::Watchdog { agent } => Some(*agent),
+                    _ => None,
+                })
+                .collect(),
+            quarantine: decisions
+                .iter()
+                .filter_map(|d| match d {
+                    Decision::Quarantine { agent } => Some(*agent),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let tw = Instant::now();
+        self.timing.plan = tw - tp;
+        // 3. Execute.
+        let sim = &self.sim;
+        let outcome = self
+            .pool
+            .run_tick(&mut plan, &ctx, self.checkpointer.pages(), &|a| {
+                sim.agents.contains_key(&a)
+            });
+        for line in self.pool.take_notes() {
+            self.observers.failure(plan.tick, line);
+        }
+        let mut outcome = match outcome {
+            Ok(o) => o,
+            Err(PoolError::GiveUp { tick, reason }) => {
+                let d = Decision::GiveUp {
+                    reason: reason.clone(),
+                };
+                self.record(&Entry::Decision { tick, decision: d })?;
+                if let Some(j) = &mut self.journal {
+                    j.sync()?;
+                }
+                tracing::error!(tick, "{reason}");
+                return Err(RunError::GaveUp { tick, reason });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.timing.workers = tw.elapsed();
+        let workers_us = self.timing.workers.as_micros() as u64;
+        // 4. Barrier.
+        let tf = Instant::now();
+        let summary = self.sim.finish_tick(
+            &plan,
+            &inputs,
+            &outcome.decisions,
+            WorkReport {
+                results: &mut outcome.results,
+                digest: outcome.digest,
+                tenant_fuel: &outcome.tenant_fuel,
+                calls: outcome.calls,
+            },
+        );
+        self.timing.finish = tf.elapsed();
+        // 5–6. Record (decisions first), inference, the tick record last:
+        // a tick is complete in the journal once its `Tick` entry is there.
+        for d in &outcome.decisions {
+            self.record(&Entry::Decision {
+                tick: plan.tick,
+                decision: d.clone(),
+            })?;
+        }
+        for e in &summary.events {
+            self.record(&Entry::Event {
+                tick: plan.tick,
+                event: e.clone(),
+            })?;
+        }
+        if !self.sim.infer_queue.is_empty() {
+            self.answer_inference(plan.tick)?;
+        }
+        self.record(&Entry::Tick {
+            tick: summary.tick,
+            hash: summary.hash,
+            steps: summary.steps,
+            calls: summary.calls,
+            fuel: summary.fuel,
+            messages: summary.messages,
+            dropped: summary.dropped,
+            faults: summary.faults,
+        })?;
+        if let Err(m) = self.timeline.check(plan.tick, &summary.hash) {
+            return Err(RunError::Diverged {
+                tick: m.tick,
+                expected: hex(&m.expected),
+                actual: hex(&m.actual),
+            });
+        }
+        // 7. Observe and checkpoint.
+        self.observers.agent_logs(&self.sim, &outcome.results);
+        let tel = TickTelemetry {
+            tick: summary.tick,
+            wall_us: t0.elapsed().as_micros() as u64,
+            workers_us,
+            steps: summary.steps,
+            calls: summary.calls,
+            messages: summary.messages,
+            dropped: summary.dropped,
+            fuel: summary.fuel,
+            faults: summary.faults,
+            agents: summary.live,
+            tasks_open: self.sim.tasks.open.len() as u64,
+            queued: if measure {
+                self.sim.mailboxes.values().map(|m| m.len() as u64).sum()
+            } else {
+                0
+            },
+            worker_us: outcome.worker_us.clone(),
+        };
+        let agents: Vec<AgentTelemetry> = if measure {
+            outcome
+                .results
+                .iter()
+                .map(|r| AgentTelemetry {
+                    tick: summary.tick,
+                    agent: r.agent_id,
+                    calls: r.calls,
+                    fuel: r.fuel,
+                    wall_ns: r.wall_ns,
+                    mailbox: mailbox.get(&r.agent_id).copied().unwrap_or(0),
+                    faulted: r.fault.is_some(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.observers.tick(&tel, &agents);
+        if self.cfg.checkpoint_every > 0 && summary.tick.is_multiple_of(self.cfg.checkpoint_every) {
+            self.checkpoint()?;
+        }
+        self.publish_board("running");
+        self.timing.total = t0.elapsed();
+        Ok(summary)
+    }
+
+    /// Answers the tick's inference requests (the built-in `echo` model in
+    /// process, declared models on the inference host, at the state's
+    /// current versions) and delivers them for the next tick.
+    fn answer_inference(&mut self, tick: u64) -> Result<(), RunError> {
+        let queue = self.sim.infer_queue.clone();
+        let (answers, telemetry) = self.inference.infer(tick, &queue, &self.sim.model_versions);
+        for t in &telemetry {
+            self.observers.inference(t);
+        }
+        for line in self.inference.take_notes() {
+            self.observers.failure(tick, line);
+        }
+        let hashes = self.sim.deliver_answers(&answers);
+        let entry = queue
+            .iter()
+            .zip(hashes)
+            .map(|(q, h)| (q.agent, q.request_id, q.model.clone(), h))
+            .collect();
+        self.record(&Entry::Inference {
+            tick,
+            answers: entry,
+        })
+    }
+
+    /// Models at this point of the run (for snapshots).
+    fn model_states(&self) -> Vec<ModelState> {
+        self.cfg
+            .manifest
+            .models
+            .iter()
+            .map(|m| ModelState {
+                id: m.id.clone(),
+                version: m.version.clone(),
+                blake3: m.blake3.clone(),
+                current: self.sim.model_versions.get(&m.id) == Some(&m.version),
+            })
+            .collect()
+    }
+
+    /// Images every agent and the scheduler at the current tick boundary
+    /// (new chunks go to the page store) without writing a snapshot file.
+    pub fn capture_state(&mut self) -> Result<SnapshotBody, RunError> {
+        let models = self.model_states();
+        Ok(self
+            .checkpointer
+            .capture(&self.sim, &mut self.pool, self.manifest_hash, models)?)
+    }
+
+    /// Takes a checkpoint at the current tick boundary: images every agent,
+    /// stores new chunks, writes the snapshot and journals it (or, while
+    /// re-executing recorded ticks, checks it against the recorded one).
+    /// Returns the snapshot's file name (relative to the run directory).
+    pub fn checkpoint(&mut self) -> Result<(String, SnapshotBody), RunError> {
+        let t0 = Instant::now();
+        let body = self.capture_state()?;
+        let replaying = self.replaying();
+        let file = self
+            .checkpointer
+            .commit(body.clone(), self.journal.as_mut(), replaying)?;
+        if let Some(last) = self.checkpointer.last() {
+            self.pool.rebase(last.clone());
+        }
+        self.observers.checkpoint(&CheckpointTelemetry {
+            tick: body.tick,
+            file: file.clone(),
+            state_hash: hex(&body.state_hash),
+            agents: body.agents.len() as u64,
+            wall_us: t0.elapsed().as_micros() as u64,
+            pages_bytes: self.checkpointer.pages().own().len(),
+        });
+        Ok((file, body))
+    }
+
+    /// Replaces the timeline (verify goes on unchecked after a divergence).
+    pub fn set_timeline(&mut self, timeline: Timeline) {
+        self.timeline = timeline;
+    }
+
+    /// Goes on re-executing recorded ticks without checking their hashes.
+    pub fn continue_unchecked(&mut self) {
+        self.timeline.unchecked();
+    }
+
+    /// Agents quarantined because they made their worker fail.
+    pub fn quarantined(&self) -> &[u64] {
+        &self.pool.stats().quarantined
+    }
+
+    /// Pid of each worker process (for tests and operators).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.pool.pids()
+    }
+
+    /// How long the last worker recovery took (failure to the re-run
+    /// tick's results).
+    pub fn last_recovery(&self) -> Option<Duration> {
+        self.pool.stats().last_recovery
+    }
+
+    /// Worker recoveries so far.
+    pub fn recoveries(&self) -> u64 {
+        self.pool.stats().recoveries
+    }
+
+    /// Pid of the inference host, while one runs.
+    pub fn inference_host_pid(&self) -> Option<u32> {
+        self.inference.host_pid()
+    }
+
+    /// Inference host restarts so far (crashes, hangs).
+    pub fn inference_restarts(&self) -> u64 {
+        self.inference.restarts()
+    }
+
+    fn children(&self) -> Children {
+        let mut rows: Vec<(String, String, u32, String)> = self
+            .pool
+            .names()
+            .into_iter()
+            .zip(self.pool.pids())
+            .map(|(n, p)| (n, "worker".into(), p, "ready".into()))
+            .collect();
+        if let Some(pid) = self.inference.host_pid() {
+            rows.push((
+                "inference-host".into(),
+                "inference-host".into(),
+                pid,
+                format!("ready ({} restarts)", self.inference.restarts()),
+            ));
+        }
+        Children {
+            rows,
+            recoveries: self.pool.stats().recoveries,
+        }
+    }
+
+    /// The live state for viewers.
+    pub fn live_state(&self, phase: &str) -> LiveState {
+        self.observers
+            .live_state(phase, &self.sim, &self.children())
+    }
+
+    fn publish_board(&mut self, phase: &str) {
+        let children = self.children();
+        self.observers.publish(phase, &self.sim, || children);
+    }
+
+    /// Ends the run: a final checkpoint, journal `End`, summary file,
+    /// children shut down.
+    pub fn finish(self) -> Result<RunSummary, RunError> {
+        self.finish_inner(true)
+    }
+
+    /// Stops the children and syncs the journal without ending the run (a
+    /// fork, or a run to be resumed later).
+    pub fn finish_without_end(self) -> Result<RunSummary, RunError> {
+        self.finish_inner(false)
+    }
+
+    fn finish_inner(mut self, end: bool) -> Result<RunSummary, RunError> {
+        // A final checkpoint, so that `verify` and `fork` can reach the end.
+        let checkpointed = self
+            .checkpointer
+            .last()
+            .is_some_and(|c| c.tick == self.sim.tick);
+        if end && self.journal.is_some() && !self.replaying() && !checkpointed {
+            self.checkpoint()?;
+        }
+        if end {
+            self.record(&Entry::End {
+                tick: self.sim.tick,
+                hash: self.sim.hash,
+            })?;
+        }
+        if let Some(j) = &mut self.journal {
+            j.sync()?;
+        }
+        self.observers.flush();
+        self.publish_board("stopped");
+        let c = &self.sim.counters;
+        let summary = RunSummary {
+            tick: self.sim.tick,
+            hash: hex(&self.sim.hash),
+            steps: c.steps,
+            messages: c.messages,
+            dropped: c.dropped,
+            faults: c.faults,
+            agents: self.sim.live_agents().count() as u64,
+            wall: self.started.elapsed(),
+            run_dir: self.cfg.run_dir.clone(),
+        };
+        let json = serde_json::json!({
+            "tick": summary.tick, "hash": summary.hash, "steps": summary.steps,
+            "messages": summary.messages, "dropped": summary.dropped, "faults": summary.faults,
+            "agents": summary.agents, "wall_ms": summary.wall.as_millis() as u64,
+            "recoveries": self.pool.stats().recoveries,
+            "inference_restarts": self.inference.restarts(),
+        });
+        let _ = rundir::write_private(
+            &self.cfg.run_dir.join("summary.json"),
+            format!("{json:#}\n").as_bytes(),
+        );
+        self.pool.shutdown();
+        self.inference.shutdown();
+        if let Some(ctl) = self.ctl.take() {
+            ctl.stop();
+        }
+        Ok(summary)
+    }
+
+    /// Wall time since start.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Where the supervisor's time went in the last tick.
+    pub fn last_timing(&self) -> TickTiming {
+        self.timing
+    }
+
+    /// Recent tick latency quantile (µs).
+    pub fn tick_quantile(&self, q: f64) -> u64 {
+        self.observers.quantile(q)
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &RunConfig {
+        &self.cfg
+    }
+}

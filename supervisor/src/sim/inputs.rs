@@ -1,0 +1,297 @@
+//! External inputs (spawn, task, publish, send, stop, join, upgrade, model
+//! swap), applied at a tick boundary in the order they were accepted.
+
+use super::{AgentStatus, Input, InputOutcome, ModuleRec, RUNTIME_SENDER, SimState, Task, kind};
+use crate::manifest::RestartPolicy;
+use shm_protocol::worker::{AgentLimits, WireMessage};
+
+impl SimState {
+    /// Applies external inputs for the coming tick (`self.tick + 1`), in
+    /// order; their effects are visible to that tick's plan.
+    pub fn apply_inputs(&mut self, inputs: &[Input]) -> Vec<InputOutcome> {
+        inputs.iter().map(|i| self.apply_input(i)).collect()
+    }
+
+    /// Applies one external input.
+    fn apply_input(&mut self, input: &Input) -> InputOutcome {
+        let tick = self.tick + 1;
+        match input {
+            Input::Spawn {
+                name,
+                module,
+                tenant,
+                priority,
+                memory,
+                fuel,
+                blake3,
+            } => {
+                let Some(t) = self.tenants.iter().position(|x| &x.name == tenant) else {
+                    return InputOutcome::Refused(format!("unknown tenant `{tenant}`"));
+                };
+                if name.is_empty() || name.len() > 128 || name.starts_with('#') {
+                    return InputOutcome::Refused(format!("invalid agent name `{name}`"));
+                }
+                let same = |m: &ModuleRec| {
+                    &m.path == module
+                        && m.memory_limit >= *memory
+                        && (blake3.is_none() || m.pinned_hash() == blake3.as_deref())
+                };
+                let module_id = match self.modules.iter().find(|(_, m)| same(m)) {
+                    Some((id, _)) => *id,
+                    None => {
+                        let id = self.modules.keys().next_back().map_or(0, |k| k + 1);
+                        let rec = ModuleRec {
+                            name: name.clone(),
+                            path: module.clone(),
+                            expected_blake3: blake3.clone(),
+                            blake3: None,
+                            memory_limit: *memory,
+                            abi_version: None,
+                            globals: None,
+                            migrates: false,
+                        };
+                        self.modules.insert(id, rec);
+                        id
+                    }
+                };
+                let limits = AgentLimits {
+                    memory_bytes: *memory,
+                    fuel_per_call: *fuel,
+                    ..AgentLimits::default()
+                };
+                match self.admit_agent(
+                    name.clone(),
+                    module_id,
+                    t as u32,
+                    *priority,
+                    limits,
+                    RestartPolicy {
+                        max: 3,
+                        within: 100,
+                    },
+                ) {
+                    Ok(id) => InputOutcome::Applied(format!("spawned {name} as agent {id}")),
+                    Err(e) => InputOutcome::Refused(e),
+                }
+            }
+            Input::Task {
+                agent,
+                priority,
+                payload,
+                deps,
+            } => {
+                let Some(id) = self.resolve(agent) else {
+                    return InputOutcome::Refused(format!("no agent `{agent}`"));
+                };
+                let task_id = self.runtime_task_id();
+                match self.add_task(Task {
+                    id: task_id,
+                    agent: id,
+                    priority: *priority,
+                    payload: payload.clone(),
+                    deps: deps.clone(),
+                    seq: 0,
+                    submitted: tick,
+                }) {
+                    Ok(()) => InputOutcome::Applied(format!("task {task_id:#x} for agent {id}")),
+                    Err(e) => InputOutcome::Refused(e),
+                }
+            }
+            Input::Publish { topic, payload } => {
+                let subs: Vec<u64> = self
+                    .topics
+                    .get(topic)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                let mut drops = 0;
+                self.notice_seq += 1;
+                let seq = self.notice_seq;
+                for s in &subs {
+                    let msg = WireMessage {
+                        kind: kind::TOPIC,
+                        sender: RUNTIME_SENDER,
+                        sent_tick: tick,
+                        seq,
+                        topic: topic.clone(),
+                        payload: payload.clone(),
+                    };
+                    self.push_message(*s, msg, &mut drops);
+                }
+                InputOutcome::Applied(format!(
+                    "published on `{topic}` to {} subscribers",
+                    subs.len()
+                ))
+            }
+            Input::Send { agent, payload } => {
+                let Some(id) = self.resolve(agent) else {
+                    return InputOutcome::Refused(format!("no agent `{agent}`"));
+                };
+                self.notice_seq += 1;
+                let msg = WireMessage {
+                    kind: kind::DIRECT,
+                    sender: RUNTIME_SENDER,
+                    sent_tick: tick,
+                    seq: self.notice_seq,
+                    topic: String::new(),
+                    payload: payload.clone(),
+                };
+                let mut drops = 0;
+                self.push_message(id, msg, &mut drops);
+                InputOutcome::Applied(format!("sent to agent {id}"))
+            }
+            Input::Stop { agent } => {
+                let Some(id) = self.resolve(agent) else {
+                    return InputOutcome::Refused(format!("no agent `{agent}`"));
+                };
+                if matches!(
+                    self.agents.get(&id).map(|a| &a.status),
+                    Some(AgentStatus::Stopped { .. })
+                ) {
+                    return InputOutcome::Refused(format!("agent {id} is already stopped"));
+                }
+                self.pending_stops.insert(id);
+                InputOutcome::Applied(format!("stopping agent {id}"))
+            }
+            Input::JoinChannel { agent, channel } => {
+                let Some(id) = self.resolve(agent) else {
+                    return InputOutcome::Refused(format!("no agent `{agent}`"));
+                };
+                if channel.is_empty() || channel.len() > 256 {
+                    return InputOutcome::Refused("channel names are 1 to 256 bytes".into());
+                }
+                self.channels.entry(channel.clone()).or_default().insert(id);
+                InputOutcome::Applied(format!("agent {id} joined `{channel}`"))
+            }
+            Input::Upgrade {
+                agent,
+                module,
+                blake3,
+                abi_version,
+                globals,
+                migrates,
+            } => self.upgrade(agent, module, blake3, *abi_version, globals, *migrates),
+            // --- inference (issue 5) ---
+            Input::SwapModel { id, version } => self.swap_model(id, version),
+        }
+    }
+
+    // --- inference (issue 5) ---
+    /// Applies [`Input::Upgrade`]: checks ABI compatibility and the state
+    /// layout against the agent's current module, then schedules the swap
+    /// for the coming tick.
+    fn upgrade(
+        &mut self,
+        agent: &str,
+        module: &str,
+        blake3: &str,
+        abi: u32,
+        globals: &[String],
+        migrates: bool,
+    ) -> InputOutcome {
+        let Some(id) = self.resolve(agent) else {
+            return InputOutcome::Refused(format!("no agent `{agent}`"));
+        };
+        let Some(rec) = self.agents.get(&id) else {
+            return InputOutcome::Refused(format!("no agent `{agent}`"));
+        };
+        if matches!(
+            rec.status,
+            AgentStatus::Stopped { .. } | AgentStatus::Pending
+        ) {
+            return InputOutcome::Refused(format!("agent {id} is not running"));
+        }
+        let (limit, old) = (
+            rec.limits.memory_bytes,
+            self.modules.get(&rec.module).cloned(),
+        );
+        let Some(old) = old else {
+            return InputOutcome::Refused(format!("agent {id} has no module"));
+        };
+        let old_abi = old.abi_version.unwrap_or(0x1_0000);
+        if abi >> 16 != old_abi >> 16 {
+            return InputOutcome::Refused(format!(
+                "incompatible upgrade: {module} speaks ABI {}.{}, agent {id} runs ABI {}.{}",
+                abi >> 16,
+                abi & 0xFFFF,
+                old_abi >> 16,
+                old_abi & 0xFFFF
+            ));
+        }
+        if old.globals.as_deref().is_some_and(|g| g != globals) && !migrates {
+            return InputOutcome::Refused(format!(
+                "incompatible upgrade: {module} declares mutable globals {globals:?} instead of {:?} and exports no agent_migrate",
+                old.globals.unwrap_or_default()
+            ));
+        }
+        let module_id = match self.modules.iter().find(|(_, m)| {
+            m.path == module
+                && m.expected_blake3.as_deref() == Some(blake3)
+                && m.memory_limit >= limit
+        }) {
+            Some((mid, _)) => *mid,
+            None => {
+                let mid = self.modules.keys().next_back().map_or(0, |k| k + 1);
+                self.modules.insert(
+                    mid,
+                    ModuleRec {
+                        name: format!("{} (upgrade)", old.name),
+                        path: module.to_owned(),
+                        expected_blake3: Some(blake3.to_owned()),
+                        blake3: None,
+                        memory_limit: limit,
+                        abi_version: Some(abi),
+                        globals: Some(globals.to_vec()),
+                        migrates,
+                    },
+                );
+                mid
+            }
+        };
+        if let Some(a) = self.agents.get_mut(&id) {
+            a.module = module_id;
+        }
+        self.pending_upgrades.insert(id, module_id);
+        InputOutcome::Applied(format!(
+            "agent {id} upgrades to {module} at tick {}",
+            self.tick + 1
+        ))
+    }
+
+    /// Applies [`Input::SwapModel`]: refused unless the manifest declares
+    /// `id` at `version`.
+    fn swap_model(&mut self, id: &str, version: &str) -> InputOutcome {
+        let Some(versions) = self.model_catalog.get(id) else {
+            let known: Vec<&str> = self.model_catalog.keys().map(String::as_str).collect();
+            return InputOutcome::Refused(if known.is_empty() {
+                format!("no model `{id}`: the manifest declares no models")
+            } else {
+                format!(
+                    "no model `{id}` (the manifest declares {})",
+                    known.join(", ")
+                )
+            });
+        };
+        if !versions.contains(version) {
+            let known: Vec<&str> = versions.iter().map(String::as_str).collect();
+            return InputOutcome::Refused(format!(
+                "model `{id}` has no version `{version}` (declared: {})",
+                known.join(", ")
+            ));
+        }
+        let tick = self.tick + 1;
+        match self
+            .model_versions
+            .insert(id.to_owned(), version.to_owned())
+        {
+            Some(old) if old == version => {
+                InputOutcome::Applied(format!("model `{id}` is already at version `{version}`"))
+            }
+            Some(old) => InputOutcome::Applied(format!(
+                "model `{id}` swapped from version `{old}` to `{version}` at tick {tick}"
+            )),
+            None => InputOutcome::Applied(format!(
+                "model `{id}` set to version `{version}` at tick {tick}"
+            )),
+        }
+    }
+}
