@@ -99,18 +99,72 @@ pub fn connect_or_exit(args: &ChildArgs, role: Role) -> (Endpoint, String) {
     }
 }
 
+/// What a child's main thread is doing, as its heartbeat sees it: it makes
+/// progress (a command handled), or it is busy in work that is bounded
+/// elsewhere (agent calls, a model run, a compile).  The heartbeat beats
+/// only then, so a main thread stuck anywhere else stops the heartbeat just
+/// as a stopped process does, and the supervisor declares the child hung.
+/// (A main thread waiting for a command beats by itself while it waits.)
+#[derive(Debug, Default)]
+pub struct Activity {
+    progress: std::sync::atomic::AtomicU64,
+    busy: std::sync::atomic::AtomicU32,
+}
+
+/// Marks a stretch of bounded work (see [`Activity::busy`]).
+#[derive(Debug)]
+pub struct Busy<'a>(&'a Activity);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.busy.fetch_sub(1, Relaxed);
+        self.0.progress.fetch_add(1, Relaxed);
+    }
+}
+
+impl Activity {
+    /// The main thread made progress.
+    pub fn step(&self) {
+        self.progress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The main thread enters work bounded elsewhere, until the guard drops.
+    pub fn busy(&self) -> Busy<'_> {
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(self)
+    }
+
+    /// Whether the heartbeat should beat now (`last` is the progress seen
+    /// at the previous call).
+    pub fn alive(&self, last: &mut u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.progress.load(Relaxed);
+        let moved = now != *last;
+        *last = now;
+        moved || self.busy.load(Relaxed) > 0
+    }
+}
+
 /// Beats this process's heartbeat in `ep`'s segment every `period` from a
-/// thread of its own, for the life of the process: the supervisor tells a
-/// busy child (a long model run, a long compile) from a stopped or hung one
-/// by it.  A child whose whole process stops (SIGSTOP, a debugger, a frozen
-/// VM) stops beating.
-pub fn start_heartbeat(ep: &Endpoint, period: std::time::Duration) {
+/// thread of its own while `activity` says the main thread is alive (see
+/// [`Activity`]): the supervisor tells a busy child (a long model run) from
+/// a stopped or stuck one by it.
+pub fn start_heartbeat(
+    ep: &Endpoint,
+    period: std::time::Duration,
+    activity: std::sync::Arc<Activity>,
+) {
     let status = ep.segment().status();
     let _ = std::thread::Builder::new()
         .name("lockstep-heartbeat".into())
         .spawn(move || {
+            let mut last = 0;
             loop {
-                status.beat();
+                if activity.alive(&mut last) {
+                    status.beat();
+                }
                 std::thread::sleep(period);
             }
         });

@@ -207,13 +207,17 @@ fn fit_reply(reply: InferenceReply, max_reply: usize) -> Up {
             .filter(|(_, r)| r.output.is_ok())
             .max_by_key(|(i, _)| sizes[*i])
         else {
-            tracing::warn!(batch_id, "reply does not fit the ring even without outputs");
-            return Up::Error {
-                message: format!(
+            tracing::warn!(
+                batch_id,
+                "reply does not fit the reply limit even without outputs"
+            );
+            return Up::Inference(InferenceReply::Refused {
+                batch_id,
+                error: format!(
                     "inference batch {batch_id}: {} results do not fit one reply of {max_reply} bytes; send fewer requests per batch",
                     results.len()
                 ),
-            };
+            });
         };
         let bytes = sizes[i];
         results[i] = result(
@@ -231,6 +235,27 @@ fn fit_reply(reply: InferenceReply, max_reply: usize) -> Up {
     })
 }
 
+/// Test-only fault injection: `LOCKSTEP_INJECT=corrupt=BATCH:ATTACK,…` makes
+/// the host answer batch `BATCH` by corrupting its ring to the supervisor
+/// with `ATTACK` (a [`shm_protocol::rogue::Attack`] name), then wait to be
+/// killed.
+fn corruption_from_env() -> Vec<(u64, shm_protocol::rogue::Attack)> {
+    let Ok(v) = std::env::var("LOCKSTEP_INJECT") else {
+        return Vec::new();
+    };
+    let out: Vec<(u64, shm_protocol::rogue::Attack)> = v
+        .split(',')
+        .filter_map(|d| {
+            let (b, how) = d.trim().strip_prefix("corrupt=")?.split_once(':')?;
+            Some((b.parse().ok()?, shm_protocol::rogue::Attack::parse(how)?))
+        })
+        .collect();
+    if !out.is_empty() {
+        tracing::warn!(directives = %v, "fault injection is enabled");
+    }
+    out
+}
+
 fn main() {
     bootstrap::install_panic_exit("lockstep-inference-host");
     let args: Args = lockstep_common::parse_or_exit();
@@ -239,11 +264,28 @@ fn main() {
     let (mut ep, name) = lockstep_common::connect_or_exit(&args.child, Role::InferenceHost);
     tracing::debug!(%name, "inference host ready");
     // Beat while a model runs: the supervisor declares a silent host hung.
-    lockstep_common::start_heartbeat(&ep, std::time::Duration::from_millis(10));
+    let activity = std::sync::Arc::new(lockstep_common::Activity::default());
+    lockstep_common::start_heartbeat(&ep, Duration::from_millis(10), activity.clone());
     let max_reply = args.max_reply;
+    let corrupt = corruption_from_env();
+    let own = shm_protocol::rogue::Target::of(ep.segment());
     let mut rss = RssSampler::new(Duration::from_millis(100));
     let code = bootstrap::serve(&mut ep, |cmd| match cmd {
-        Down::Inference(c) => Reply::Send(fit_reply(handle(&mut registry, &mut rss, c), max_reply)),
+        Down::Inference(c) => {
+            if let InferenceCommand::Infer { batch_id, .. } = &c
+                && let Some((_, attack)) = corrupt.iter().find(|(b, _)| b == batch_id)
+            {
+                // Test-only fault injection: a rogue host.
+                tracing::error!(batch_id, ?attack, "injected ring corruption");
+                shm_protocol::rogue::attack(&own, shm_protocol::rogue::Ring::Up, *attack);
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            activity.step();
+            let _busy = activity.busy();
+            Reply::Send(fit_reply(handle(&mut registry, &mut rss, c), max_reply))
+        }
         other => Reply::Send(Up::Error {
             message: format!("inference host does not handle {other:?}"),
         }),

@@ -350,7 +350,10 @@ fn large_replies_are_carried_and_oversized_ones_become_errors() {
         .send_msg(&Down::Inference(cmd), soon())
         .unwrap();
     match child.endpoint().recv_msg::<Up>(soon()).unwrap() {
-        Up::Error { message } => assert!(message.contains("batch 2"), "{message}"),
+        Up::Inference(InferenceReply::Refused { batch_id, error }) => {
+            assert_eq!(batch_id, 2);
+            assert!(error.contains("batch 2"), "{error}");
+        }
         other => panic!("{other:?}"),
     }
     child.ping(Duration::from_secs(10)).unwrap();

@@ -625,6 +625,14 @@ pub enum InferenceReply {
         /// GPU memory in use, where known.
         gpu_mem_bytes: Option<u64>,
     },
+    /// The whole batch is refused (deterministically: its answer would
+    /// exceed the reply limit even with every output an error).
+    Refused {
+        /// The batch.
+        batch_id: u64,
+        /// Why.
+        error: String,
+    },
 }
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ pub mod endpoint;
 #[cfg(not(loom))]
 pub mod peer;
 #[cfg(not(loom))]
+#[doc(hidden)]
+pub mod rogue;
+#[cfg(not(loom))]
 pub mod segment;
 
 #[cfg(not(loom))]

@@ -514,6 +514,18 @@ impl Segment {
     pub fn raw_bytes(&self) -> (*mut u8, usize) {
         (self.mapping.map.as_mut_ptr(), self.mapping.map.len())
     }
+
+    /// A handle on the mapping that keeps it alive (for [`crate::rogue`]).
+    pub(crate) fn mapping(&self) -> Arc<Mapping> {
+        self.mapping.clone()
+    }
+}
+
+impl Mapping {
+    /// Base pointer and length of the mapping.
+    pub(crate) fn raw(&self) -> (*mut u8, usize) {
+        (self.map.as_mut_ptr(), self.map.len())
+    }
 }
 
 impl Drop for Segment {

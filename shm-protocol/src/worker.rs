@@ -187,12 +187,13 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// Whether this fault is a deterministic function of the agent's inputs
-    /// alone (a watchdog trip is not, and becomes a journaled decision; an
-    /// `Unknown` fault means the worker's state diverged from the
-    /// supervisor's, a failure of the worker).
+    /// Whether the run may treat this fault as a result (restart policy):
+    /// every fault but `Unknown`, which means the worker's state diverged
+    /// from the supervisor's (a failure of the worker, recovered as such).
+    /// A watchdog trip is not a function of the agent's inputs, but it is
+    /// journaled as a decision and replayed, so it is a result too.
     pub fn is_deterministic(&self) -> bool {
-        !matches!(self, Fault::Watchdog | Fault::Unknown(_))
+        !matches!(self, Fault::Unknown(_))
     }
 }
 

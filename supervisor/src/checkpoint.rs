@@ -201,6 +201,7 @@ impl Checkpointer {
         body: SnapshotBody,
         journal: Option<&mut JournalWriter>,
         replaying: bool,
+        inject: &crate::inject::Inject,
     ) -> Result<String, CheckpointError> {
         let rel = snapshot::file_name(body.tick);
         if replaying {
@@ -227,6 +228,7 @@ impl Checkpointer {
             }
         }
         let file = snapshot::write(&self.run_dir, &body)?;
+        inject.at(body.tick, crate::inject::Phase::Checkpoint);
         if let Some(j) = journal
             && !replaying
         {

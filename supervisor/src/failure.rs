@@ -96,7 +96,10 @@ impl Cause {
             ChannelError::PeerGone(PeerGone::Hung { silent, .. }) => {
                 Some(Cause::Hung { silent: *silent })
             }
-            ChannelError::PeerGone(_) => None,
+            ChannelError::PeerGone(PeerGone::Closed) => Some(Cause::Protocol(
+                "closed its ring without being asked to".into(),
+            )),
+            ChannelError::PeerGone(PeerGone::Exited { .. }) => None,
             ChannelError::Timeout => Some(Cause::Timeout { waited }),
             other => Some(Cause::Corrupt(chain(other))),
         }

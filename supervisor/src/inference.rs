@@ -92,6 +92,8 @@ pub struct InferenceConfig {
     /// Attempts at one command (first try + restarts) before its requests
     /// are answered with errors.
     pub max_attempts: u32,
+    /// Extra environment of the host (fault injection in tests).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for InferenceConfig {
@@ -104,6 +106,7 @@ impl Default for InferenceConfig {
             batch_timeout: Duration::from_secs(120),
             hang_timeout: crate::config::DEFAULT_HANG_TIMEOUT,
             max_attempts: 3,
+            env: Vec::new(),
         }
     }
 }
@@ -552,7 +555,12 @@ impl InferenceService {
                 }
                 Ok(Answered::Results(out, telemetry))
             }
-            Up::Error { message } => Ok(Answered::Refused(message)),
+            Up::Inference(InferenceReply::Refused {
+                batch_id: got,
+                error,
+            }) if got == batch_id => Ok(Answered::Refused(error)),
+            // An error not tied to this batch (e.g. about an earlier,
+            // undecodable command): the host is out of step.
             other => Err(Cause::Protocol(format!(
                 "unexpected reply {}",
                 describe(&other)
@@ -643,7 +651,7 @@ impl InferenceService {
                 park_slice: Duration::from_millis(10),
                 yielding: false,
             },
-            env: Vec::new(),
+            env: self.cfg.env.clone(),
             hang_timeout: Some(self.cfg.hang_timeout),
         };
         let Some((reaper, _)) = &self.reaper else {
@@ -792,6 +800,7 @@ fn describe(up: &Up) -> String {
             InferenceReply::Unloaded { .. } => "Unloaded".into(),
             InferenceReply::Results { batch_id, .. } => format!("Results(batch {batch_id})"),
             InferenceReply::Status { .. } => "Status".into(),
+            InferenceReply::Refused { batch_id, .. } => format!("Refused(batch {batch_id})"),
         },
         Up::Worker(_) => "a worker reply".into(),
     }

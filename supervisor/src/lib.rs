@@ -53,6 +53,7 @@ pub mod ctl;
 pub mod diff;
 pub mod failure;
 pub mod inference;
+pub mod inject;
 pub mod journal;
 pub mod manifest;
 pub mod modules;

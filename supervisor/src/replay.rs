@@ -245,6 +245,7 @@ impl Recorded {
                 .range(from + 1..until + 1)
                 .map(|(t, h)| (*t, *h))
                 .collect(),
+            checkpoints: self.checkpoints.keys().copied().collect(),
             until,
         }
     }

@@ -20,6 +20,7 @@
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::ctl::CtlServer;
 use crate::inference::{InferenceService, InferenceStartError};
+use crate::inject::{Inject, Phase};
 use crate::journal::{Entry, JournalError, JournalWriter};
 use crate::modules::{ModuleError, ModuleStore};
 use crate::observe::{Children, Observers};
@@ -160,6 +161,8 @@ pub struct Run {
     manifest_hash: [u8; 32],
     /// The tick being run, while in [`Run::tick`].
     in_tick: Option<u64>,
+    /// Test-only kill points (`fault-injection` feature).
+    inject: Inject,
 }
 
 impl std::fmt::Debug for Run {
@@ -278,6 +281,7 @@ impl Run {
             timing: TickTiming::default(),
             manifest_hash,
             in_tick: None,
+            inject: Inject::from_env(),
         };
         run.load_modules()?;
         if let Some(body) = snapshot {
@@ -388,6 +392,7 @@ impl Run {
         }
         self.load_modules()?;
         let inputs = std::mem::take(&mut self.pending);
+        self.inject.at(next, Phase::Inputs);
         if let Some(Decision::GiveUp { reason }) = decisions
             .iter()
             .find(|d| matches!(d, Decision::GiveUp { .. }))
@@ -456,6 +461,7 @@ impl Run {
         };
         self.timing.workers = tw.elapsed();
         let workers_us = self.timing.workers.as_micros() as u64;
+        self.inject.at(next, Phase::Workers);
         // 4. Barrier.
         let tf = Instant::now();
         let summary = self.sim.finish_tick(
@@ -470,6 +476,7 @@ impl Run {
             },
         );
         self.timing.finish = tf.elapsed();
+        self.inject.at(next, Phase::Barrier);
         // 5–6. Record (decisions first), inference, the tick record last:
         // a tick is complete in the journal once its `Tick` entry is there.
         for d in &outcome.decisions {
@@ -484,8 +491,10 @@ impl Run {
                 event: e.clone(),
             })?;
         }
+        self.inject.at(next, Phase::Record);
         if !self.sim.infer_queue.is_empty() {
             self.answer_inference(plan.tick)?;
+            self.inject.at(next, Phase::Inference);
         }
         self.record(&Entry::Tick {
             tick: summary.tick,
@@ -504,6 +513,7 @@ impl Run {
                 actual: hex(&m.actual),
             });
         }
+        self.inject.at(next, Phase::Tick);
         // 7. Observe and checkpoint.
         self.observers.agent_logs(&self.sim, &outcome.results);
         let tel = TickTelemetry {
@@ -606,10 +616,15 @@ impl Run {
     pub fn checkpoint(&mut self) -> Result<(String, SnapshotBody), RunError> {
         let t0 = Instant::now();
         let body = self.capture_state()?;
-        let replaying = self.replaying();
-        let file = self
-            .checkpointer
-            .commit(body.clone(), self.journal.as_mut(), replaying)?;
+        // A recorded tick's checkpoint is reproduced if the journal has it,
+        // taken (and journaled) if a crash cut the run before it.
+        let replaying = self.replaying() && self.timeline.checkpoint_recorded(self.sim.tick);
+        let file = self.checkpointer.commit(
+            body.clone(),
+            self.journal.as_mut(),
+            replaying,
+            &self.inject,
+        )?;
         if let Some(last) = self.checkpointer.last() {
             self.pool.rebase(last.clone());
         }

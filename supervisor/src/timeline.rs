@@ -9,7 +9,7 @@
 //! recorded tick a timeline is live (that is how `resume` goes on).
 
 use crate::sim::{Decision, Input};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Recorded inputs, decisions and tick hashes to re-execute.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +20,8 @@ pub struct Script {
     pub decisions: BTreeMap<u64, Vec<Decision>>,
     /// Recorded tick hashes to check.
     pub hashes: BTreeMap<u64, [u8; 32]>,
+    /// Ticks whose checkpoint the journal records.
+    pub checkpoints: BTreeSet<u64>,
     /// Re-execute ticks up to and including this one.
     pub until: u64,
 }
@@ -68,6 +70,13 @@ impl Timeline {
             }
             Timeline::Live => (Vec::new(), Vec::new()),
         }
+    }
+
+    /// Whether the journal records a checkpoint after `tick` (one that a
+    /// re-execution must reproduce rather than take anew: a crash can cut
+    /// a run after a tick and before its checkpoint).
+    pub fn checkpoint_recorded(&self, tick: u64) -> bool {
+        matches!(self, Timeline::Replay(s) if s.checkpoints.contains(&tick))
     }
 
     /// Checks a re-executed tick's hash against the record.

@@ -579,16 +579,15 @@ impl Agent {
     }
 }
 
-/// The memory a hot-swapped agent continues with: its old memory, except
-/// that wherever the new module's data segments put static data and the old
-/// instance never changed the byte it started with there, the new module's
-/// byte wins.  Static data (strings, tables of constants, vtables) thus
-/// comes from the new module — the new code finds what it expects — while
-/// everything the agent wrote (its heap, its stack, statics it changed) is
-/// kept.
+/// The memory a hot-swapped agent continues with: its old memory, with the
+/// new module's static data where the new module's data segments put it —
+/// except where the old module had the very same initial byte at the same
+/// place (static data both versions share, whose current value, changed or
+/// not, is the agent's state).  Everything else the agent wrote (its heap,
+/// its stack, its zero-initialised statics) is kept.
 fn merge_static_data(old: &AgentModule, new: &AgentModule, mut memory: Vec<u8>) -> Vec<u8> {
     // The old module's initial contents over the range the new segments
-    // cover (zeros where it has no data).
+    // cover, and which of those bytes its segments define.
     let end = new
         .data
         .iter()
@@ -597,11 +596,13 @@ fn merge_static_data(old: &AgentModule, new: &AgentModule, mut memory: Vec<u8>) 
         .unwrap_or(0)
         .min(memory.len());
     let mut initial = vec![0u8; end];
+    let mut defined = vec![false; end];
     for (off, bytes) in old.data.iter() {
         let off = *off as usize;
         if off < end {
             let n = bytes.len().min(end - off);
             initial[off..off + n].copy_from_slice(&bytes[..n]);
+            defined[off..off + n].iter_mut().for_each(|d| *d = true);
         }
     }
     for (off, bytes) in new.data.iter() {
@@ -611,7 +612,8 @@ fn merge_static_data(old: &AgentModule, new: &AgentModule, mut memory: Vec<u8>) 
             if addr >= end {
                 break;
             }
-            if memory[addr] == initial[addr] {
+            let shared = defined[addr] && initial[addr] == *b;
+            if !shared {
                 memory[addr] = *b;
             }
         }

@@ -69,7 +69,7 @@ pub fn deterministic_engine() -> Result<Engine, LoadError> {
 /// `std` have set it up (robust futex list, rseq, name, signal stack): the
 /// worker sandbox installs its seccomp filter right after, and those set-up
 /// calls are not in its allowlist.
-pub fn start_epoch_ticker(engine: &Engine, beat: impl Fn() + Send + 'static) -> EpochTicker {
+pub fn start_epoch_ticker(engine: &Engine, mut beat: impl FnMut() + Send + 'static) -> EpochTicker {
     let stop = Arc::new(AtomicBool::new(false));
     let (e, s) = (engine.clone(), stop.clone());
     let (started_tx, started) = std::sync::mpsc::sync_channel::<()>(1);

@@ -22,8 +22,13 @@
 //!   address-space limit refuses, at the start of tick `TICK`, and exits
 //!   with the out-of-memory code as it would on a real exhaustion.
 //!
-//! For `syscall`, `read`, `kill`, `stop` and `oom`, `AGENT` 0 means any
-//! worker (no agent needed).
+//! * `corrupt=AGENT@TICK:ATTACK` — the worker hosting `AGENT` answers tick
+//!   `TICK` by corrupting its own ring to the supervisor with `ATTACK` (a
+//!   [`shm_protocol::rogue::Attack`] name, e.g. `huge-frame`) instead of
+//!   sending its result, then waits to be killed: a rogue worker.
+//!
+//! For `syscall`, `read`, `kill`, `stop`, `oom` and `corrupt`, `AGENT` 0
+//! means any worker (no agent needed).
 //!
 //! Chromium-style death and divergence tests use these to exercise the
 //! supervisor's crash recovery, poison isolation, `verify` and the worker
@@ -53,6 +58,8 @@ pub struct Inject {
     pub stop: Vec<(u64, u64)>,
     /// Agents whose worker exhausts its memory, and when.
     pub oom: Vec<(u64, u64)>,
+    /// Agents whose worker corrupts its ring, when, and how.
+    pub corrupt: Vec<(u64, u64, String)>,
 }
 
 impl Inject {
@@ -77,6 +84,14 @@ impl Inject {
             let Some((a, t)) = spec.split_once('@') else {
                 continue;
             };
+            if kind == "corrupt" {
+                if let (Ok(a), Some((t, how))) = (a.parse(), t.split_once(':'))
+                    && let Ok(t) = t.parse()
+                {
+                    out.corrupt.push((a, t, how.to_owned()));
+                }
+                continue;
+            }
             let (Ok(a), Ok(t)) = (a.parse(), t.parse()) else {
                 continue;
             };

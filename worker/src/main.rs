@@ -82,7 +82,14 @@ fn main() {
     // The epoch thread is also the heartbeat: it beats while agents run, so
     // the supervisor tells a busy worker from a stopped or hung one.
     let status = ep.segment().status();
-    if let Err(e) = sandbox::apply(&cfg, || worker.start_epoch_ticker(move || status.beat())) {
+    let activity = worker.activity();
+    let mut seen = 0;
+    let beat = move || {
+        if activity.alive(&mut seen) {
+            status.beat();
+        }
+    };
+    if let Err(e) = sandbox::apply(&cfg, || worker.start_epoch_ticker(beat)) {
         tracing::error!(%name, error = %e, "cannot set up the worker sandbox");
         // Tell the supervisor why before going (it is waiting to configure us).
         let _ = ep.send_msg(
@@ -94,19 +101,35 @@ fn main() {
         ExitCode::Sandbox.exit();
     }
     let mut imager = Imager::default();
+    let own = shm_protocol::rogue::Target::of(ep.segment());
     tracing::debug!(%name, "worker ready");
     let code = bootstrap::serve(&mut ep, |cmd| match cmd {
         Down::Worker(WorkerCommand::Tick(work)) => {
-            Reply::Send(Up::Worker(WorkerReply::TickDone(worker.tick(&work))))
+            let done = worker.tick(&work);
+            if let Some(attack) = worker.corruption_at(work.tick) {
+                // Test-only fault injection: a rogue worker.
+                tracing::error!(tick = work.tick, ?attack, "injected ring corruption");
+                shm_protocol::rogue::attack(&own, shm_protocol::rogue::Ring::Up, attack);
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            Reply::Send(Up::Worker(WorkerReply::TickDone(done)))
         }
-        Down::Worker(WorkerCommand::Checkpoint { agents, full }) => Reply::Many(
-            imager
-                .checkpoint(&mut worker, &agents, full)
-                .into_iter()
-                .map(Up::Worker)
-                .collect(),
-        ),
+        Down::Worker(WorkerCommand::Checkpoint { agents, full }) => {
+            let activity = worker.activity();
+            let _busy = activity.busy();
+            Reply::Many(
+                imager
+                    .checkpoint(&mut worker, &agents, full)
+                    .into_iter()
+                    .map(Up::Worker)
+                    .collect(),
+            )
+        }
         Down::Worker(WorkerCommand::Restore(order)) => {
+            let activity = worker.activity();
+            let _busy = activity.busy();
             imager.restore(&mut worker, order);
             Reply::None
         }

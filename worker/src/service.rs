@@ -77,6 +77,8 @@ pub struct Worker {
     tick_wall_ns: u64,
     /// Test-only fault injection (`LOCKSTEP_INJECT`).
     inject: Option<crate::inject::Inject>,
+    /// What the heartbeat sees of this worker's main thread.
+    activity: Arc<lockstep_common::Activity>,
 }
 
 impl Worker {
@@ -104,15 +106,23 @@ impl Worker {
             gone: Vec::new(),
             tick_wall_ns: 0,
             inject: crate::inject::Inject::from_env(),
+            activity: Arc::default(),
         })
     }
 
     /// Starts the epoch thread (the watchdog clock, which also calls
     /// `beat`: the worker's heartbeat) if it is not running.
-    pub fn start_epoch_ticker(&mut self, beat: impl Fn() + Send + 'static) {
+    pub fn start_epoch_ticker(&mut self, beat: impl FnMut() + Send + 'static) {
         if self.ticker.is_none() {
             self.ticker = Some(engine::start_epoch_ticker(&self.rt.engine, beat));
         }
+    }
+
+    /// What the heartbeat sees of the main thread: busy while it runs agents
+    /// or compiles, loads or images modules (work bounded by the watchdog,
+    /// fuel or size), making progress between commands.
+    pub fn activity(&self) -> Arc<lockstep_common::Activity> {
+        self.activity.clone()
     }
 
     /// Ids of the agents hosted, ascending.
@@ -137,6 +147,8 @@ impl Worker {
 
     /// Executes one command.
     pub fn handle(&mut self, cmd: WorkerCommand) -> WorkerReply {
+        let activity = self.activity.clone();
+        let _busy = activity.busy();
         match cmd {
             WorkerCommand::Configure { seed, watchdog_ms } => {
                 self.rt.seed = seed;
@@ -384,6 +396,16 @@ impl Worker {
         }
     }
 
+    /// The ring attack fault injection asks for at the end of `tick`, if
+    /// any (see [`crate::inject`]).
+    pub fn corruption_at(&self, tick: u64) -> Option<shm_protocol::rogue::Attack> {
+        let inj = self.inject.as_ref()?;
+        inj.corrupt
+            .iter()
+            .find(|(a, t, _)| *t == tick && (*a == 0 || self.find(*a).is_ok()))
+            .and_then(|(_, _, how)| shm_protocol::rogue::Attack::parse(how))
+    }
+
     /// Removes agents without calling them (quarantine after they crashed
     /// their worker).
     pub fn evict(&mut self, agents: &[u64]) {
@@ -432,6 +454,8 @@ impl Worker {
 
     /// Executes one tick of work (see [`TickWork`] for the order).
     pub fn tick(&mut self, work: &TickWork) -> TickDone {
+        let activity = self.activity.clone();
+        let _busy = activity.busy();
         let t0 = Instant::now();
         let tick = work.tick;
         self.rt.set_watchdog(work.watchdog);

@@ -34,8 +34,10 @@ pub trait Backing {
     fn grow(&mut self, pages: usize) -> bool;
 }
 
-/// Size-class free lists plus a bump region.
+/// Size-class free lists plus a bump region.  All-zero bytes are an empty
+/// heap (so a heap in zeroed memory needs no initialisation).
 #[derive(Debug)]
+#[repr(C)]
 pub struct Heap {
     free: [usize; CLASSES],
     bump: usize,
@@ -207,7 +209,11 @@ mod wasm {
 
     impl Backing for WasmMemory {
         fn base(&self) -> usize {
-            (&raw const __heap_base) as usize
+            // The heap starts at a fixed address above any module's static
+            // data (unless a module has more than 64 KiB of it), so that a
+            // hot-swapped version of the module, whose static data may be
+            // larger, never overlaps its predecessor's heap.
+            ((&raw const __heap_base) as usize).max(crate::rt::HEAP_FLOOR)
         }
         fn size(&self) -> usize {
             arch::memory_pages() * arch::PAGE_SIZE
@@ -218,17 +224,30 @@ mod wasm {
     }
 
     /// The SDK's global allocator for wasm agents (see the [module docs](super)).
+    /// Its bookkeeping lives in the SDK's root block at a fixed address
+    /// ([`crate::rt`]), not in the module's static data, so that it survives
+    /// a hot-swap to a module whose static data is laid out differently.
     #[derive(Debug)]
     pub struct LockstepAllocator {
-        heap: UnsafeCell<Heap>,
+        _marker: UnsafeCell<()>,
     }
 
     impl LockstepAllocator {
-        /// A fresh allocator.
+        /// The allocator.
         pub const fn new() -> Self {
             Self {
-                heap: UnsafeCell::new(Heap::new()),
+                _marker: UnsafeCell::new(()),
             }
+        }
+
+        /// The heap in the root block.
+        ///
+        /// # Safety
+        /// Single-threaded, not re-entrant: the only live reference.
+        #[allow(clippy::mut_from_ref)]
+        unsafe fn heap(&self) -> &mut Heap {
+            // SAFETY: the caller's contract; the root block is ours.
+            unsafe { &mut crate::rt::root().heap }
         }
     }
 
@@ -248,14 +267,14 @@ mod wasm {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             // SAFETY: single-threaded and not re-entrant (the heap calls no
             // allocator), so this is the only live reference to the heap.
-            let heap = unsafe { &mut *self.heap.get() };
+            let heap = unsafe { self.heap() };
             // SAFETY: `WasmMemory` is the memory this heap always manages.
             unsafe { heap.alloc(layout, &mut WasmMemory) }
         }
 
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
             // SAFETY: as in `alloc`.
-            let heap = unsafe { &mut *self.heap.get() };
+            let heap = unsafe { self.heap() };
             // SAFETY: `GlobalAlloc::dealloc`'s contract is the heap's.
             unsafe { heap.dealloc(ptr, layout) }
         }

@@ -1,38 +1,123 @@
-//! Glue behind [`export_agent!`](crate::export_agent): the agent slot, the
-//! host buffer, and the bodies of the exported functions.  Not a stable API.
+//! Glue behind [`export_agent!`](crate::export_agent): the root block (the
+//! agent, the host buffer, the allocator), and the bodies of the exported
+//! functions.  Not a stable API.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::marker::PhantomData;
 
 use crate::layout::{MESSAGE_SIZE, Message, STEP_CONTEXT_SIZE, StepContext, declared_len};
 use crate::{Agent, Migrate, codes};
 
-/// Holds the agent instance between calls.
+/// Linear-memory address of the SDK's root block (wasm): where the agent
+/// lives, the allocator's bookkeeping and the host buffer.  It lies at the
+/// bottom of the shadow stack's region, at the same address in every
+/// module built with this SDK, so that a module hot-swapped in (whose
+/// static data, and so every `static`, may sit elsewhere) finds its
+/// predecessor's agent and heap (docs/abi.md, "Upgrades").
+pub const ROOT_ADDR: usize = 0x400;
+/// Lowest address of the heap (wasm): a module's static data should end
+/// below it, so that no version of the module overlaps another's heap.
+pub const HEAP_FLOOR: usize = 0x2_0000;
+
+/// The SDK's own state.  All-zero bytes are the state of a fresh instance
+/// (no agent, empty heap, no buffer), so nothing needs initialising.
 #[derive(Debug)]
-pub struct AgentCell<A> {
-    slot: UnsafeCell<Option<A>>,
+#[repr(C)]
+pub struct Root {
+    /// The agent (a leaked `Box`), 0 before `agent_init`.
+    agent: usize,
+    /// The host buffer: pointer, length and capacity of a `Vec<u64>`.
+    buffer: (usize, usize, usize),
+    /// A panic is being reported.
+    panicking: u32,
+    /// The allocator's bookkeeping (used on wasm).
+    pub(crate) heap: crate::heap::Heap,
 }
 
-// SAFETY: the slot is only reached through `AgentCell::slot`, an `unsafe fn`
-// whose contract (one caller at a time, no re-entrancy) the export functions
-// uphold: wasm agents are single-threaded and host imports never call back in.
-unsafe impl<A> Sync for AgentCell<A> {}
+/// The root block.
+///
+/// # Safety
+/// Single-threaded and not re-entrant: the caller holds the only live
+/// reference (agents are single-threaded; host imports never call back).
+#[cfg(target_arch = "wasm32")]
+#[allow(clippy::mut_from_ref)]
+pub(crate) unsafe fn root() -> &'static mut Root {
+    // SAFETY: `ROOT_ADDR` lies in this module's linear memory (the bottom of
+    // its shadow stack region, which the stack never reaches short of an
+    // overflow), is suitably aligned, and zero bytes are a valid `Root`;
+    // exclusivity is the caller's contract.
+    unsafe { &mut *(ROOT_ADDR as *mut Root) }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+struct HostRoot(UnsafeCell<Root>);
+
+// SAFETY: only reached through `root`, under its single-caller contract.
+#[cfg(not(target_arch = "wasm32"))]
+unsafe impl Sync for HostRoot {}
+
+#[cfg(not(target_arch = "wasm32"))]
+static HOST_ROOT: HostRoot = HostRoot(UnsafeCell::new(Root {
+    agent: 0,
+    buffer: (0, 0, 0),
+    panicking: 0,
+    heap: crate::heap::Heap::new(),
+}));
+
+/// The root block (on the host: a process-wide static, for unit tests).
+///
+/// # Safety
+/// As on wasm: the caller holds the only live reference.
+#[cfg(not(target_arch = "wasm32"))]
+#[allow(clippy::mut_from_ref)]
+pub(crate) unsafe fn root() -> &'static mut Root {
+    // SAFETY: exclusivity is the caller's contract.
+    unsafe { &mut *HOST_ROOT.0.get() }
+}
+
+/// The agent instance between calls (kept in the root block).
+#[derive(Debug)]
+pub struct AgentCell<A> {
+    _agent: PhantomData<fn() -> A>,
+}
 
 impl<A> AgentCell<A> {
-    /// An empty slot (before `agent_init`).
+    /// The agent slot (empty before `agent_init`).
     pub const fn new() -> Self {
         Self {
-            slot: UnsafeCell::new(None),
+            _agent: PhantomData,
         }
     }
 
+    /// The agent, if created.
+    ///
     /// # Safety
-    /// No other reference to the slot may be live for the returned lifetime.
+    /// No other reference to the agent may be live for the returned
+    /// lifetime, and the root's agent (if any) must be an `A`: created by
+    /// this module, or by a predecessor whose agent type has the same
+    /// layout (docs/abi.md, "Upgrades").
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slot(&self) -> &mut Option<A> {
-        // SAFETY: exclusivity is the caller's contract.
-        unsafe { &mut *self.slot.get() }
+    unsafe fn slot(&self) -> Option<&mut A> {
+        // SAFETY: the caller's contract.
+        let p = unsafe { root() }.agent;
+        // SAFETY: a non-zero pointer is a leaked `Box<A>` (see above).
+        (p != 0).then(|| unsafe { &mut *(p as *mut A) })
+    }
+
+    /// Replaces the agent.
+    ///
+    /// # Safety
+    /// As [`AgentCell::slot`].
+    unsafe fn set(&self, agent: A) {
+        // SAFETY: the caller's contract.
+        let r = unsafe { root() };
+        if r.agent != 0 {
+            // SAFETY: a leaked `Box<A>` we own (see `slot`).
+            drop(unsafe { Box::from_raw(r.agent as *mut A) });
+        }
+        r.agent = Box::into_raw(Box::new(agent)) as usize;
     }
 }
 
@@ -41,14 +126,6 @@ impl<A> Default for AgentCell<A> {
         Self::new()
     }
 }
-
-struct HostBuffer(UnsafeCell<Vec<u64>>);
-
-// SAFETY: only touched by `buffer`, under the same single-caller contract as
-// `AgentCell`.
-unsafe impl Sync for HostBuffer {}
-
-static BUFFER: HostBuffer = HostBuffer(UnsafeCell::new(Vec::new()));
 
 fn code(r: Result<(), i32>) -> i32 {
     match r {
@@ -73,13 +150,25 @@ pub unsafe fn buffer(len: i32) -> *mut u8 {
     };
     let words = len.div_ceil(8).max(16);
     // SAFETY: exclusivity is the caller's contract.
-    let buf = unsafe { &mut *BUFFER.0.get() };
-    if buf.len() < words {
-        if buf.try_reserve_exact(words - buf.len()).is_err() {
-            return core::ptr::null_mut();
-        }
-        buf.resize(words, 0);
+    let r = unsafe { root() };
+    let (ptr, have, cap) = r.buffer;
+    if ptr != 0 && have >= words {
+        return ptr as *mut u8;
     }
+    let mut buf = if ptr == 0 {
+        Vec::new()
+    } else {
+        // SAFETY: the parts of a `Vec<u64>` this function leaked below.
+        unsafe { Vec::from_raw_parts(ptr as *mut u64, have, cap) }
+    };
+    if buf.try_reserve_exact(words - buf.len()).is_err() {
+        r.buffer = (buf.as_mut_ptr() as usize, buf.len(), buf.capacity());
+        core::mem::forget(buf);
+        return core::ptr::null_mut();
+    }
+    buf.resize(words, 0);
+    let mut buf = core::mem::ManuallyDrop::new(buf);
+    r.buffer = (buf.as_mut_ptr() as usize, buf.len(), buf.capacity());
     buf.as_mut_ptr().cast()
 }
 
@@ -126,10 +215,9 @@ unsafe fn host_layout<'a>(ptr: *const u8, fixed: usize, lens: &[usize]) -> Optio
 /// # Safety
 /// Single caller at a time, not re-entrant (see [`AgentCell`]).
 pub unsafe fn init<A: Agent>(cell: &AgentCell<A>) -> i32 {
+    let agent = A::init();
     // SAFETY: the caller's contract.
-    let slot = unsafe { cell.slot() };
-    *slot = None;
-    *slot = Some(A::init());
+    unsafe { cell.set(agent) };
     0
 }
 
@@ -191,15 +279,28 @@ pub unsafe fn shutdown<A: Agent>(cell: &AgentCell<A>) -> i32 {
 /// As [`init`].
 pub unsafe fn migrate<A: Migrate>(cell: &AgentCell<A>, from_version: i32) -> i32 {
     // SAFETY: the caller's contract.
-    let agent = unsafe { cell.slot() }.get_or_insert_with(A::init);
-    code(agent.migrate(from_version as u32))
+    if unsafe { cell.slot() }.is_none() {
+        let agent = A::init();
+        // SAFETY: the caller's contract.
+        unsafe { cell.set(agent) };
+    }
+    // SAFETY: the caller's contract.
+    match unsafe { cell.slot() } {
+        Some(agent) => code(agent.migrate(from_version as u32)),
+        None => codes::ERR_NOT_INITIALIZED,
+    }
 }
-
-static PANICKING: AtomicBool = AtomicBool::new(false);
 
 /// The panic handler body: logs the panic at error level (once) and traps.
 pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    if !PANICKING.swap(true, Ordering::Relaxed) {
+    // SAFETY: a panicking agent runs nothing else: the only reference.
+    let first = unsafe {
+        let r = root();
+        let first = r.panicking == 0;
+        r.panicking = 1;
+        first
+    };
+    if first {
         let _ = crate::error!("panic: {}", info);
     }
     crate::arch::trap()
@@ -298,7 +399,7 @@ mod tests {
         }
         fn with<R>(&self, f: impl FnOnce(&Probe) -> R) -> R {
             // SAFETY: as in `init`; the reference does not outlive this call.
-            f(unsafe { self.cell.slot() }.as_ref().unwrap())
+            f(unsafe { self.cell.slot() }.unwrap())
         }
     }
 

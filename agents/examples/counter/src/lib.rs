@@ -11,8 +11,10 @@ use lockstep_agent_sdk::{Agent, Message, StepContext, export_agent, info};
 /// Steps counted in a global (linear-memory static).
 static STEPS: AtomicU64 = AtomicU64::new(0);
 
-/// The counter agent: the same count is also kept on the heap.
+/// The counter agent: the same count is also kept on the heap.  `repr(C)`:
+/// its version 2 (`upgrade_v2`) takes this value over in a hot-swap.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Counter {
     heap_steps: Box<u64>,
     tasks: u64,

@@ -13,8 +13,10 @@ static STEPS: AtomicU64 = AtomicU64::new(0);
 /// `from_version` of the last successful `agent_migrate` (0 if none).
 static MIGRATED_FROM: AtomicU32 = AtomicU32::new(0);
 
-/// The counter agent, version 2.
+/// The counter agent, version 2: the same layout as version 1 (`repr(C)`),
+/// so a hot-swap hands it version 1's value.
 #[derive(Debug)]
+#[repr(C)]
 pub struct CounterV2 {
     heap_steps: Box<u64>,
     tasks: u64,
@@ -62,7 +64,13 @@ impl Migrate for CounterV2 {
             return Err(2);
         }
         MIGRATED_FROM.store(from_version, Ordering::Relaxed);
-        let _ = info!("counter v2: migrated from ABI {:#010x}", from_version);
+        // Statics live where this module's static data puts them, not where
+        // version 1's did: rebuild the global count from the agent's value.
+        STEPS.store(*self.heap_steps, Ordering::Relaxed);
+        let _ = info!(
+            "counter v2: migrated from ABI {:#010x} at step {}",
+            from_version, *self.heap_steps
+        );
         Ok(())
     }
 }
