@@ -8,8 +8,10 @@ use crate::manifest::Manifest;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Ring capacity per direction for workers.
-pub const WORKER_RING: usize = 16 << 20;
+/// Ring capacity per direction for workers (a message larger than half of
+/// it is carried in several frames; a ring's pages become resident in both
+/// processes as the ring is used, so this bounds their shared memory).
+pub const WORKER_RING: usize = 4 << 20;
 /// Floor of the computed `RLIMIT_AS` of a worker.
 pub const MIN_ADDRESS_SPACE: u64 = 8 << 30;
 /// Default longest silence of a child's heartbeat while it owes an answer

@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 /// Name of the built-in model that answers with its input (no host needed).
 pub const ECHO_MODEL: &str = "echo";
 /// Ring capacity per direction between the supervisor and the host.
-pub const HOST_RING: usize = 16 << 20;
+pub const HOST_RING: usize = 4 << 20;
 /// Largest input tensor of one request (a larger one is answered with an
 /// error).
 pub const MAX_INPUT_BYTES: usize = shm_protocol::inference::MAX_INPUT;

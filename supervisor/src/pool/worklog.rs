@@ -37,30 +37,37 @@ pub struct WorkLog {
     spilled: usize,
 }
 
-/// Rough encoded size of a tick's work.
+/// Memory a tick's work takes: its structures (every vector's capacity)
+/// and every message and task payload.
 fn work_size(w: &TickWork) -> usize {
-    64 + w
-        .deliveries
-        .iter()
-        .map(|d| {
-            16 + d
-                .messages
-                .iter()
-                .map(|m| 48 + m.topic.len() + m.payload.len())
-                .sum::<usize>()
-        })
-        .sum::<usize>()
+    use shm_protocol::worker::{Delivery, SpawnOrder, StepOrder, UpgradeOrder, WireMessage};
+    use std::mem::size_of;
+    size_of::<TickWork>()
+        + w.spawns.capacity() * size_of::<SpawnOrder>()
+        + w.restarts.capacity() * size_of::<SpawnOrder>()
+        + w.upgrades.capacity() * size_of::<UpgradeOrder>()
+        + w.deliveries.capacity() * size_of::<Delivery>()
+        + w.deliveries
+            .iter()
+            .map(|d| {
+                d.messages.capacity() * size_of::<WireMessage>()
+                    + d.messages
+                        .iter()
+                        .map(|m| m.topic.capacity() + m.payload.capacity())
+                        .sum::<usize>()
+            })
+            .sum::<usize>()
+        + w.steps.capacity() * size_of::<StepOrder>()
         + w.steps
             .iter()
-            .map(|s| 32 + s.task.as_ref().map_or(0, |t| t.payload.len()))
+            .map(|s| s.task.as_ref().map_or(0, |t| t.payload.capacity()))
             .sum::<usize>()
-        + 48 * (w.spawns.len() + w.restarts.len() + w.upgrades.len())
-        + 8 * (w.stops.len() + w.evict.len() + w.preempt.len())
+        + 8 * (w.stops.capacity() + w.evict.capacity() + w.preempt.capacity())
 }
 
 impl WorkLog {
     /// Bytes of work kept in memory before the log moves to its file.
-    pub const MEMORY: usize = 32 << 20;
+    pub const MEMORY: usize = 16 << 20;
 
     /// An empty log whose scratch file (created when needed) is `path`.
     pub fn new(path: &Path) -> Self {
@@ -75,7 +82,10 @@ impl WorkLog {
 
     /// Appends a tick.
     pub fn push(&mut self, t: LoggedTick) -> std::io::Result<()> {
-        self.mem_bytes += t.works.iter().map(work_size).sum::<usize>();
+        self.mem_bytes += std::mem::size_of::<LoggedTick>()
+            + t.digests.capacity() * 32
+            + t.works.capacity() * std::mem::size_of::<TickWork>()
+            + t.works.iter().map(work_size).sum::<usize>();
         self.mem.push(t);
         if self.mem_bytes > Self::MEMORY {
             self.spill()?;
