@@ -106,6 +106,9 @@ pub fn connect_or_exit(args: &ChildArgs, role: Role) -> (Endpoint, String) {
 /// as a stopped process does, and the supervisor declares the child hung.
 /// (A main thread waiting for a command beats by itself while it waits.)
 #[derive(Debug, Default)]
+// In-process counters between two threads, not the cross-process protocol
+// whose atomics go through shm-protocol's loom facade.
+#[allow(clippy::disallowed_types)]
 pub struct Activity {
     progress: std::sync::atomic::AtomicU64,
     busy: std::sync::atomic::AtomicU32,

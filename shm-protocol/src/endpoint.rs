@@ -382,32 +382,8 @@ impl Receiver {
         loop {
             let (kind, off, len) = self.next(deadline)?;
             let frame = self.cons.frame_at(kind, off, len);
-            match frame.kind {
-                KIND_FRAGMENT => {
-                    let total = self.pieces.len() + frame.payload().len();
-                    if total > MAX_MESSAGE {
-                        self.pieces = Vec::new();
-                        return Err(ChannelError::TooLarge(total));
-                    }
-                    self.pieces.extend_from_slice(frame.payload());
-                }
-                KIND_MESSAGE if self.pieces.is_empty() => {
-                    return Ok(codec::decode(frame.payload())?);
-                }
-                KIND_MESSAGE => {
-                    let total = self.pieces.len() + frame.payload().len();
-                    if total > MAX_MESSAGE {
-                        self.pieces = Vec::new();
-                        return Err(ChannelError::TooLarge(total));
-                    }
-                    let mut whole = std::mem::take(&mut self.pieces);
-                    whole.extend_from_slice(frame.payload());
-                    return Ok(codec::decode(&whole)?);
-                }
-                other => {
-                    self.pieces = Vec::new();
-                    return Err(ChannelError::UnexpectedKind(other));
-                }
+            if let Some(msg) = assemble(&mut self.pieces, frame.kind, frame.payload())? {
+                return Ok(msg);
             }
         }
     }
@@ -425,6 +401,57 @@ impl Receiver {
     /// The peer monitor.
     pub fn monitor(&self) -> &PeerMonitor {
         &self.monitor
+    }
+}
+
+/// Takes one frame of a message: a fragment is kept in `pieces` (`None`:
+/// more to come); a message frame completes the message, which is decoded;
+/// any other kind, or fragments adding up to more than [`MAX_MESSAGE`],
+/// drop what was kept and are an error.
+fn assemble<T: DeserializeOwned>(
+    pieces: &mut Vec<u8>,
+    kind: u32,
+    payload: &[u8],
+) -> Result<Option<T>, ChannelError> {
+    match kind {
+        KIND_FRAGMENT | KIND_MESSAGE => {
+            let total = pieces.len() + payload.len();
+            if total > MAX_MESSAGE {
+                *pieces = Vec::new();
+                return Err(ChannelError::TooLarge(total));
+            }
+            if kind == KIND_FRAGMENT {
+                pieces.extend_from_slice(payload);
+                return Ok(None);
+            }
+            if pieces.is_empty() {
+                return Ok(Some(codec::decode(payload)?));
+            }
+            let mut whole = std::mem::take(pieces);
+            whole.extend_from_slice(payload);
+            Ok(Some(codec::decode(&whole)?))
+        }
+        other => {
+            *pieces = Vec::new();
+            Err(ChannelError::UnexpectedKind(other))
+        }
+    }
+}
+
+/// Feeds arbitrary frames (`kind u8, len u16, payload` records) to the
+/// message assembler and decodes what completes as every control message
+/// type (fuzz entry point).
+#[doc(hidden)]
+pub fn fuzz_fragments(data: &[u8]) {
+    let mut pieces = Vec::new();
+    let mut rest = data;
+    while rest.len() >= 3 {
+        let kind = u32::from(rest[0] % 4);
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let payload = &rest[3..3 + len];
+        rest = &rest[3 + len..];
+        let _ = assemble::<crate::control::Up>(&mut pieces.clone(), kind, payload);
+        let _ = assemble::<crate::control::Down>(&mut pieces, kind, payload);
     }
 }
 

@@ -1154,25 +1154,23 @@ mod tests {
         assert_eq!(p.try_push(1, b"x"), Err(RingError::Broken));
     }
 
-    #[test]
-    fn random_peer_bytes_never_panic() {
-        // ≥ 100,000 random inputs through the same entry point as the fuzzer.
-        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        for i in 0..100_000 {
-            let len = (next() % 512) as usize;
-            let mut input: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            // Bias some inputs towards plausible counters so that deep paths run.
-            if i % 2 == 0 && input.len() >= 16 {
-                let tail = (next() % 8192) & !7;
-                let head = tail + (next() % 4200);
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100_000))]
+
+        /// 100,000 random inputs through the same entry point as the
+        /// fuzzer; half of them biased towards plausible counters so that
+        /// deep paths run.
+        #[test]
+        fn random_peer_bytes_never_panic(
+            mut input in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            plausible: bool,
+            tail in 0u64..8192,
+            ahead in 0u64..4200,
+        ) {
+            if plausible && input.len() >= 16 {
+                let tail = tail & !7;
                 input[..8].copy_from_slice(&tail.to_le_bytes());
-                input[8..16].copy_from_slice(&head.to_le_bytes());
+                input[8..16].copy_from_slice(&(tail + ahead).to_le_bytes());
             }
             fuzz_frame_reader(&input);
         }

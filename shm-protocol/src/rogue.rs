@@ -7,8 +7,8 @@
 
 use crate::ring::{FRAME_HEADER, KIND_PADDING, RingControl};
 use crate::segment::{Mapping, Segment, SegmentInfo};
+use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A segment to attack: keeps its mapping alive (a process can attack its
 /// own segment while its endpoint is in use).
@@ -112,23 +112,28 @@ impl Attack {
 
 fn atomic_u64(seg: &Target, off: usize) -> &AtomicU64 {
     let (base, _) = seg.mapping.raw();
-    // SAFETY: `off` is a valid, 8-aligned offset inside `seg`'s mapping,
-    // which lives as long as the borrow of `seg`; shared memory is accessed
-    // through atomics only, as the peers do.
-    unsafe { &*base.add(off).cast::<AtomicU64>() }
+    // SAFETY: `off` is a valid, 8-aligned offset inside `seg`'s mapping.
+    let p = unsafe { base.add(off) }.cast::<AtomicU64>();
+    // SAFETY: the mapping lives as long as the borrow of `seg`; shared
+    // memory is accessed through atomics only, as the peers do.
+    unsafe { &*p }
 }
 
 fn atomic_u32(seg: &Target, off: usize) -> &AtomicU32 {
     let (base, _) = seg.mapping.raw();
     // SAFETY: as for `atomic_u64`, 4-aligned.
-    unsafe { &*base.add(off).cast::<AtomicU32>() }
+    let p = unsafe { base.add(off) }.cast::<AtomicU32>();
+    // SAFETY: as for `atomic_u64`.
+    unsafe { &*p }
 }
 
 fn write_bytes(base: *mut u8, off: usize, bytes: &[u8]) {
     for (i, b) in bytes.iter().enumerate() {
         // SAFETY: the caller checked that `off + bytes.len()` lies inside the
-        // mapping; this is deliberately the rogue peer's racy store.
-        unsafe { base.add(off + i).write_volatile(*b) };
+        // mapping.
+        let p = unsafe { base.add(off + i) };
+        // SAFETY: as above; this is deliberately the rogue peer's racy store.
+        unsafe { p.write_volatile(*b) };
     }
 }
 

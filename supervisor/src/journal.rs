@@ -569,45 +569,47 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn random_bytes_never_panic() {
-        let d = tmp("fuzz");
-        let good = std::fs::read(write(&d)).unwrap();
-        let mut x = 0x1234_5678u64;
-        for i in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        /// A damaged journal file (a byte flipped, maybe cut there) is an
+        /// error or a shorter journal, never a panic.
+        #[test]
+        fn random_bytes_never_panic(pos in 0usize..1 << 20, flip in 1u8.., cut: bool) {
+            let good = GOOD.get_or_init(|| std::fs::read(write(&tmp("fuzz"))).unwrap());
             let mut b = good.clone();
-            let pos = 12 + (x as usize % (b.len() - 12));
-            b[pos] ^= (x >> 32) as u8 | 1;
-            if i % 3 == 0 {
+            let pos = 12 + pos % (b.len() - 12);
+            b[pos] ^= flip;
+            if cut {
                 b.truncate(pos);
             }
             let _ = parse_journal(&b, "fuzz");
         }
     }
 
-    /// The fuzz target's function on 100,000 damaged entry encodings (past
-    /// the checksum, so the entry decoder sees them).
-    #[test]
-    fn damaged_entries_never_panic() {
-        let good: Vec<Vec<u8>> = sample()
-            .iter()
-            .map(|e| shm_protocol::codec::encode(e).unwrap())
-            .collect();
-        let mut x = 0x9876_5432u64;
-        for i in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let mut b = good[i % good.len()].clone();
-            let pos = x as usize % b.len();
-            b[pos] ^= (x >> 32) as u8 | 1;
-            if i % 4 == 0 {
-                b.truncate(pos);
-            } else if i % 4 == 1 {
-                b.extend_from_slice(&x.to_le_bytes()[..(x % 8) as usize]);
+    static GOOD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(100_000))]
+
+        /// The fuzz target's function on 100,000 damaged entry encodings
+        /// (past the checksum, so the entry decoder sees them).
+        #[test]
+        fn damaged_entries_never_panic(
+            which in 0usize..64,
+            pos in 0usize..1 << 16,
+            flip in 1u8..,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+            how in 0u8..3,
+        ) {
+            let entries = sample();
+            let mut b = shm_protocol::codec::encode(&entries[which % entries.len()]).unwrap();
+            let pos = pos % b.len();
+            b[pos] ^= flip;
+            match how {
+                0 => b.truncate(pos),
+                1 => b.extend_from_slice(&tail),
+                _ => {}
             }
             fuzz_parse(&b);
         }

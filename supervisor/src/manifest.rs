@@ -1022,63 +1022,74 @@ mod tests {
         assert!(parse_size(&RawSize::Text("4XB".into())).is_err());
     }
 
-    /// The fuzz target's function on 20,000 damaged variants of a manifest
-    /// that uses every section (TOML syntax errors, wrong types, huge and
-    /// negative numbers, unknown references).
-    #[test]
-    fn damaged_manifests_never_panic() {
-        let good = "[run]\nseed = 7\nticks = 100\nworkers = 2\ncheckpoint_every = 10\n\n\
+    const FULL: &str = "[run]\nseed = 7\nticks = 100\nworkers = 2\ncheckpoint_every = 10\nretain_checkpoints = 3\n\n\
                     [scheduler]\nmode = \"dag\"\nbudget = 50\nmailbox_capacity = 8\nmailbox_overflow = \"drop-newest\"\n\n\
                     [[tenants]]\nname = \"t\"\nmax_agents = 5\nmax_fuel_per_tick = 1000\nmax_memory = \"64MiB\"\nmax_inference_per_tick = 3\n\n\
                     [[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\ncount = 3\ntenant = \"t\"\n\
                     memory = \"1MiB\"\nfuel = 5000\npriority = 2\nsubscriptions = [\"x\"]\nchannels = [\"c\"]\n\n\
                     [[tasks]]\nname = \"k\"\nagent = \"a-0\"\npriority = 1\nafter = []\n\n\
                     [[models]]\nid = \"m\"\nversion = \"1\"\npath = \"m.onnx\"\nmax_batch = 4\n";
-        let dir = std::env::temp_dir().join(format!("lockstep-mfuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("a.wasm"), b"\0asm").unwrap();
-        std::fs::write(dir.join("m.onnx"), b"onnx").unwrap();
-        let parse = |b: &[u8]| {
-            std::str::from_utf8(b)
-                .ok()
-                .map(|t| Manifest::parse(t, "fuzz.toml", &dir))
-        };
-        let parsed = parse(good.as_bytes()).unwrap();
+
+    const NOISE: &[&[u8]] = &[
+        b"-1",
+        b"1e400",
+        b"18446744073709551616",
+        b"\"\"",
+        b"[",
+        b"]",
+        b"=",
+        b"\n[[agents]]\n",
+        b"\"0B\"",
+        b"{}",
+        b"\"\\u0000\"",
+        b"0x7fffffffffffffff",
+    ];
+
+    fn fuzz_dir() -> &'static std::path::PathBuf {
+        static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("lockstep-mfuzz-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("a.wasm"), b"\0asm").unwrap();
+            std::fs::write(dir.join("m.onnx"), b"onnx").unwrap();
+            dir
+        })
+    }
+
+    #[test]
+    fn the_full_manifest_parses() {
+        let parsed = Manifest::parse(FULL, "full.toml", fuzz_dir());
         assert!(parsed.is_ok(), "{:?}", parsed.err());
-        let good = good.as_bytes();
-        let noise: &[&[u8]] = &[
-            b"-1",
-            b"1e400",
-            b"18446744073709551616",
-            b"\"\"",
-            b"[",
-            b"]",
-            b"=",
-            b"\n[[agents]]\n",
-            b"\"0B\"",
-            b"{}",
-            b"\"\\u0000\"",
-            b"0x7fffffffffffffff",
-        ];
-        let mut x = 0x7e57_u64;
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let mut b = good.to_vec();
-            let pos = x as usize % b.len();
-            match x >> 60 {
-                0..=5 => b[pos] ^= (x >> 32) as u8 | 1,
-                6..=9 => b.truncate(pos),
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        /// The fuzz target's function on damaged variants of a manifest
+        /// that uses every section (TOML syntax errors, wrong types, huge
+        /// and negative numbers, unknown references): errors, never panics.
+        #[test]
+        fn damaged_manifests_never_panic(
+            pos in 0usize..4096,
+            flip in 1u8..,
+            how in 0u8..3,
+            noise in 0usize..NOISE.len(),
+            span in 0usize..8,
+        ) {
+            let mut b = FULL.as_bytes().to_vec();
+            let pos = pos % b.len();
+            match how {
+                0 => b[pos] ^= flip,
+                1 => b.truncate(pos),
                 _ => {
-                    let n = noise[(x >> 40) as usize % noise.len()];
-                    let end = (pos + (x >> 20) as usize % 8).min(b.len());
-                    b.splice(pos..end, n.iter().copied());
+                    let end = (pos + span).min(b.len());
+                    b.splice(pos..end, NOISE[noise].iter().copied());
                 }
             }
-            let _ = parse(&b);
+            if let Ok(t) = std::str::from_utf8(&b) {
+                let _ = Manifest::parse(t, "fuzz.toml", fuzz_dir());
+            }
             fuzz_parse(&b);
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -564,35 +564,42 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn random_damage_never_panics() {
-        let good = encode(&body());
-        let mut x = 0xabcdefu64;
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let mut b = good.clone();
-            let pos = x as usize % b.len();
-            b[pos] ^= (x >> 32) as u8 | 1;
+    static GOOD: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+
+    fn good() -> &'static (Vec<u8>, Vec<u8>) {
+        GOOD.get_or_init(|| {
+            (
+                encode(&body()),
+                shm_protocol::codec::encode(&body()).unwrap(),
+            )
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        /// A damaged snapshot file is refused, never a panic.
+        #[test]
+        fn random_damage_never_panics(pos in 0usize..1 << 20, flip in 1u8..) {
+            let mut b = good().0.clone();
+            let pos = pos % b.len();
+            b[pos] ^= flip;
             let _ = decode(&b, "fuzz");
         }
     }
 
-    /// The fuzz target's function on 100,000 damaged snapshot bodies (with
-    /// a valid checksum, so the body decoder and validation see them).
-    #[test]
-    fn damaged_bodies_never_panic() {
-        let good = shm_protocol::codec::encode(&body()).unwrap();
-        let mut x = 0x5eed_u64;
-        for i in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let mut b = good.clone();
-            let pos = x as usize % b.len();
-            b[pos] ^= (x >> 32) as u8 | 1;
-            if i % 3 == 0 {
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(100_000))]
+
+        /// The fuzz target's function on 100,000 damaged snapshot bodies
+        /// (with a valid checksum, so the body decoder and validation see
+        /// them).
+        #[test]
+        fn damaged_bodies_never_panic(pos in 0usize..1 << 20, flip in 1u8.., cut: bool) {
+            let mut b = good().1.clone();
+            let pos = pos % b.len();
+            b[pos] ^= flip;
+            if cut {
                 b.truncate(pos);
             }
             fuzz_decode(&b);

@@ -415,7 +415,7 @@ fn ts_counter_hot_swap_keeps_its_count() {
     std::fs::write(
         &manifest,
         format!(
-            "[run]\nseed = 8\ncheckpoint_every = 100\n\n[[agents]]\nname = \"counter\"\n\
+            "[run]\nseed = 8\ncheckpoint_every = 100\nretain_checkpoints = 100000\n\n[[agents]]\nname = \"counter\"\n\
              module = \"{}\"\ncount = 2\n",
             ts_module("counter").display()
         ),

@@ -9,7 +9,7 @@ use shm_protocol::worker::{
     image_hash,
 };
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use wasmtime::{Engine, Global, Instance, Linker, Memory, Store, TypedFunc, Val};
 
@@ -42,7 +42,7 @@ pub struct Runtime {
     pub watchdog: Duration,
     /// Epoch deadline of every call, in epoch ticks (shared with every
     /// agent; [`Runtime::NO_DEADLINE`] while the watchdog is off).
-    deadline: Arc<AtomicU64>,
+    deadline: Arc<AtomicUsize>,
 }
 
 impl Runtime {
@@ -55,7 +55,7 @@ impl Runtime {
             linker: Arc::new(linker),
             seed,
             watchdog,
-            deadline: Arc::new(AtomicU64::new(0)),
+            deadline: Arc::new(AtomicUsize::new(0)),
         };
         rt.set_watchdog(true);
         Ok(rt)
@@ -67,7 +67,7 @@ impl Runtime {
 
     /// The epoch deadline while the watchdog is off (added to the current
     /// epoch, so far from `u64::MAX`).
-    pub const NO_DEADLINE: u64 = u64::MAX / 4;
+    pub const NO_DEADLINE: u64 = (usize::MAX / 4) as u64;
 
     /// Sets the watchdog period (every agent's next call uses it).
     pub fn set_watchdog_period(&mut self, watchdog: Duration) {
@@ -83,7 +83,7 @@ impl Runtime {
         } else {
             Self::NO_DEADLINE
         };
-        self.deadline.store(ticks, Ordering::Relaxed);
+        self.deadline.store(ticks as usize, Ordering::Relaxed);
     }
 }
 
@@ -99,7 +99,7 @@ pub struct Agent {
     f_receive: TypedFunc<i32, i32>,
     f_shutdown: TypedFunc<(), i32>,
     f_migrate: Option<TypedFunc<i32, i32>>,
-    deadline: Arc<AtomicU64>,
+    deadline: Arc<AtomicUsize>,
     /// Whether the next step is the first after `agent_init`.
     first_step: bool,
 }
@@ -308,7 +308,7 @@ impl Agent {
             };
         }
         self.store
-            .set_epoch_deadline(self.deadline.load(Ordering::Relaxed));
+            .set_epoch_deadline(self.deadline.load(Ordering::Relaxed) as u64);
         let r = f(self);
         let left = self.store.get_fuel().unwrap_or(0);
         let fuel = limit.saturating_sub(left);

@@ -33,12 +33,11 @@ pub fn exit_out_of_memory(what: &str) -> ! {
         n += 1;
     }
     line[n] = b'\n';
-    // SAFETY: write(2) of a stack buffer we own, then _exit(2): neither
-    // allocates nor touches any other memory of the process.
-    unsafe {
-        libc::write(2, line.as_ptr().cast(), n + 1);
-        libc::_exit(ExitCode::OutOfMemory as i32)
-    }
+    // SAFETY: write(2) of a stack buffer we own: it neither allocates nor
+    // touches any other memory of the process.
+    unsafe { libc::write(2, line.as_ptr().cast(), n + 1) };
+    // SAFETY: _exit(2) ends the process at once, running nothing.
+    unsafe { libc::_exit(ExitCode::OutOfMemory as i32) }
 }
 
 /// Whether an error from wasmtime means the process could not get memory
