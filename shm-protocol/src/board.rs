@@ -655,7 +655,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(100_000))]
 
         /// Damaged board files (a byte flipped, maybe cut short): never a
         /// panic in a reader.

@@ -1063,7 +1063,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(100_000))]
 
         /// The fuzz target's function on damaged variants of a manifest
         /// that uses every section (TOML syntax errors, wrong types, huge

@@ -45,7 +45,7 @@ const WORKER_BIN: &str = env!("CARGO_BIN_EXE_lockstep-worker");
 /// Set in the environment of a re-executed probe (section 2).
 const PROBE_ENV: &str = "LOCKSTEP_BENCH_PROBE";
 /// Ring size of a worker (as `supervisor/src/runner.rs`).
-const WORKER_RING: usize = 16 << 20;
+const WORKER_RING: usize = lockstep_supervisor::config::WORKER_RING;
 /// Address-space limit of section 4.
 const AS_LIMIT: u64 = 8 << 30;
 const POPULATIONS: [usize; 4] = [1, 100, 1_000, 10_000];
