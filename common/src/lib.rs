@@ -8,6 +8,8 @@
 //!   that end the process with the documented [`ExitCode`] on failure.
 //! * [`start_heartbeat`] — a child's heartbeat, independent of its work.
 
+#![forbid(unsafe_code)]
+
 pub mod live;
 
 use clap::{Args, Parser};
@@ -55,6 +57,16 @@ pub struct ChildArgs {
 }
 
 impl ChildArgs {
+    /// The segment source named on the command line, a path opened now
+    /// (call it before the sandbox takes the file system away); a path that
+    /// cannot be opened exits with [`ExitCode::Attach`].
+    pub fn open_source(&self) -> SegmentSource {
+        self.source().open_now().unwrap_or_else(|e| {
+            eprintln!("cannot open the segment: {e}");
+            e.exit_code().exit()
+        })
+    }
+
     /// The segment source named on the command line.
     pub fn source(&self) -> SegmentSource {
         match (&self.shm_fd, &self.shm_path) {
@@ -82,20 +94,46 @@ pub fn parse_or_exit<T: Parser>() -> T {
     }
 }
 
-/// Attaches and completes the handshake, or exits with the failure's code.
-pub fn connect_or_exit(args: &ChildArgs, role: Role) -> (Endpoint, String) {
+/// Attaches to `source` and completes the handshake, or exits with the
+/// failure's code.
+pub fn connect_or_exit(args: &ChildArgs, source: &SegmentSource, role: Role) -> (Endpoint, String) {
     let name = args.name.clone().unwrap_or_else(|| role.to_string());
     let policy = WaitPolicy {
         spin: args.wait_spin.unwrap_or(WaitPolicy::ADAPTIVE.spin),
         yielding: args.wait_yield,
         ..WaitPolicy::ADAPTIVE
     };
-    match bootstrap::connect(&args.source(), role, &name, policy) {
+    match bootstrap::connect(source, role, &name, policy) {
         Ok(ep) => (ep, name),
         Err(e) => {
             tracing::error!(%name, error = %e, "bring-up failed");
             e.exit_code().exit();
         }
+    }
+}
+
+/// Tells the supervisor why the child cannot go on (`message`), then exits
+/// with `code`: a sandbox step that failed after the handshake.
+pub fn refuse_and_exit(ep: &mut Endpoint, name: &str, message: &str, code: ExitCode) -> ! {
+    tracing::error!(%name, error = %message, "cannot complete the sandbox");
+    let _ = ep.send_msg(
+        &shm_protocol::control::Up::Error {
+            message: format!("{name}: {message}"),
+        },
+        Some(std::time::Instant::now() + std::time::Duration::from_secs(1)),
+    );
+    code.exit()
+}
+
+/// Says the child is ready, with its sandbox report (bring-up's last
+/// message), or exits if the supervisor is gone.
+pub fn ready_or_exit(ep: &mut Endpoint, sandbox: shm_protocol::control::SandboxReport) {
+    let deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(30));
+    if ep
+        .send_msg(&shm_protocol::control::Up::Ready { sandbox }, deadline)
+        .is_err()
+    {
+        ExitCode::SupervisorGone.exit();
     }
 }
 

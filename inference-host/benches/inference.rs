@@ -142,7 +142,8 @@ impl Host {
                 Ok("spin") => WaitPolicy::SPIN,
                 _ => WaitPolicy::ADAPTIVE,
             },
-            env: Vec::new(),
+            env: lockstep_supervisor::jail::passed_env(),
+            cgroup: None,
             hang_timeout: None,
         };
         let mut child = Child::spawn(&spec, &reaper).unwrap();
@@ -154,7 +155,8 @@ impl Host {
                 InferenceCommand::LoadModel {
                     id: (*id).into(),
                     version: (*version).into(),
-                    path: p.display().to_string(),
+                    source: p.display().to_string(),
+                    bytes: std::fs::read(&p).unwrap(),
                     blake3_hex: blake3_hex(&p),
                 },
             );

@@ -47,6 +47,8 @@
 //! once), so a file swapped after the check cannot be loaded by mistake; the
 //! price is that models with external-data files are not supported.
 
+#![forbid(unsafe_code)]
+
 pub mod magika;
 
 use ort::environment::Environment;
@@ -807,11 +809,8 @@ impl ModelRegistry {
         }
     }
 
-    /// Loads `path` as `id@version` after checking its BLAKE3 against
-    /// `expected_blake3_hex`; the version becomes the model's current one.
-    ///
-    /// Loading the same `id@version` again with the same hash changes
-    /// nothing (and makes it current); with a different hash it is refused.
+    /// Reads `path` ([`read_model_file`]) and loads it as `id@version`
+    /// ([`ModelRegistry::load_model_bytes`]).
     pub fn load_model(
         &mut self,
         id: &str,
@@ -819,13 +818,39 @@ impl ModelRegistry {
         path: &Path,
         expected_blake3_hex: &str,
     ) -> Result<&LoadedModel, InferenceError> {
-        let expected = parse_hash(expected_blake3_hex)?;
-        let file_err = |message: String| InferenceError::ModelFile {
+        parse_hash(expected_blake3_hex)?;
+        let bytes = read_model_file(path).map_err(|message| InferenceError::ModelFile {
             path: path.to_path_buf(),
             message,
-        };
-        let bytes = read_model_file(path).map_err(file_err)?;
-        let actual = blake3::hash(&bytes);
+        })?;
+        self.load_model_bytes(id, version, path, &bytes, expected_blake3_hex)
+    }
+
+    /// Loads `bytes` (read from `path`, which names them in messages) as
+    /// `id@version` after checking their BLAKE3 against
+    /// `expected_blake3_hex`; the version becomes the model's current one.
+    ///
+    /// Loading the same `id@version` again with the same hash changes
+    /// nothing (and makes it current); with a different hash it is refused.
+    pub fn load_model_bytes(
+        &mut self,
+        id: &str,
+        version: &str,
+        path: &Path,
+        bytes: &[u8],
+        expected_blake3_hex: &str,
+    ) -> Result<&LoadedModel, InferenceError> {
+        let expected = parse_hash(expected_blake3_hex)?;
+        if bytes.len() as u64 > MAX_MODEL_BYTES {
+            return Err(InferenceError::ModelFile {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{} bytes is above the {MAX_MODEL_BYTES}-byte limit",
+                    bytes.len()
+                ),
+            });
+        }
+        let actual = blake3::hash(bytes);
         if actual != expected {
             return Err(InferenceError::HashMismatch {
                 path: path.to_path_buf(),
@@ -846,7 +871,7 @@ impl ModelRegistry {
             entry.order.push(version.to_owned());
             return entry.versions.get(version).ok_or_else(|| unknown(id));
         }
-        let (session, device) = self.session(&bytes).map_err(|(message, cuda)| {
+        let (session, device) = self.session(bytes).map_err(|(message, cuda)| {
             if cuda {
                 InferenceError::CudaUnavailable(message)
             } else {
@@ -1123,7 +1148,7 @@ impl ModelRegistry {
 }
 
 /// Reads a model file: a regular file of at most [`MAX_MODEL_BYTES`].
-fn read_model_file(path: &Path) -> Result<Vec<u8>, String> {
+pub fn read_model_file(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let meta = file.metadata().map_err(|e| e.to_string())?;
@@ -1194,11 +1219,14 @@ fn split_rows(
     Ok(parts)
 }
 
-/// Samples the process's resident set size, at most once per `max_age`.
+/// Samples the process's resident set size, at most once per `max_age`,
+/// from `/proc/self/statm` opened at creation: the sandbox's empty root has
+/// no `/proc`, but a descriptor opened before it keeps reading this
+/// process's numbers.
 #[derive(Debug)]
 pub struct RssSampler {
-    sys: Option<sysinfo::System>,
-    pid: Option<sysinfo::Pid>,
+    statm: Option<std::fs::File>,
+    page: u64,
     last: Option<(Instant, u64)>,
     max_age: Duration,
 }
@@ -1207,8 +1235,8 @@ impl RssSampler {
     /// A sampler that reuses a sample for up to `max_age`.
     pub fn new(max_age: Duration) -> Self {
         Self {
-            sys: sysinfo::System::new().ok(),
-            pid: sysinfo::get_current_pid().ok(),
+            statm: std::fs::File::open("/proc/self/statm").ok(),
+            page: rustix::param::page_size() as u64,
             last: None,
             max_age,
         }
@@ -1216,20 +1244,22 @@ impl RssSampler {
 
     /// The RSS in bytes (0 if unknown).
     pub fn rss_bytes(&mut self) -> u64 {
+        use std::os::unix::fs::FileExt;
         if let Some((at, v)) = self.last
             && at.elapsed() < self.max_age
         {
             return v;
         }
-        let (Some(pid), Some(sys)) = (self.pid, self.sys.as_mut()) else {
+        let Some(f) = &self.statm else {
             return 0;
         };
-        sys.refresh_processes_specifics(
-            sysinfo::ProcessesToUpdate::Some(&[pid]),
-            false,
-            sysinfo::ProcessRefreshKind::nothing().with_memory(),
-        );
-        let v = sys.process(pid).map_or(0, sysinfo::Process::memory);
+        let mut buf = [0u8; 128];
+        let n = f.read_at(&mut buf, 0).unwrap_or(0);
+        let v = std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u64>().ok())
+            .map_or(0, |pages| pages * self.page);
         self.last = Some((Instant::now(), v));
         v
     }

@@ -13,6 +13,16 @@
 //! A missing or unusable library, or `--device cuda` without a working CUDA,
 //! ends the process with [`ExitCode::Runtime`] (72) and a message naming the
 //! fix, before the handshake.
+//!
+//! It jails itself as it comes up (`lockstep_sandbox`, ARCHITECTURE.md
+//! "Bring-up"): descriptors, cgroup and namespaces first; then ONNX Runtime
+//! is loaded (the last file it reads: models arrive over the ring); then an
+//! empty read-only root (the CUDA class keeps a read-only view of its
+//! libraries and devices), no capabilities, an unprivileged uid; after the
+//! handshake rlimits, Landlock, its heartbeat thread and the seccomp
+//! allowlist of its class (threads allowed, processes never).
+
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use lockstep_common::ChildArgs;
@@ -20,6 +30,7 @@ use lockstep_inference_host::{
     DevicePref, HostOptions, InferenceError, ModelRegistry, RssSampler, init_runtime,
     locate_ort_library,
 };
+use lockstep_sandbox::{Class, Jail, JailArgs};
 use shm_protocol::bootstrap::{self, Reply};
 use shm_protocol::control::{Down, ExitCode, Role, Up};
 use shm_protocol::inference::{InferenceCommand, InferenceReply, InferenceResult, Tensor};
@@ -51,26 +62,32 @@ struct Args {
     /// answered with errors, largest first.
     #[arg(long, default_value_t = shm_protocol::inference::MAX_REPLY)]
     max_reply: usize,
+    #[command(flatten)]
+    jail: JailArgs,
 }
+
+/// Running out of heap memory exits with the out-of-memory code.
+#[global_allocator]
+static ALLOC: shm_protocol::oom::OomExit = shm_protocol::oom::OomExit;
 
 fn fail(e: &InferenceError) -> ! {
     eprintln!("lockstep-inference-host: {e}");
     ExitCode::Runtime.exit()
 }
 
-/// Loads ONNX Runtime and the registry, or exits with [`ExitCode::Runtime`].
-fn start_runtime(args: &Args) -> ModelRegistry {
-    let lib = locate_ort_library(args.ort_lib.as_deref()).unwrap_or_else(|e| fail(&e));
-    let env = init_runtime(&lib).unwrap_or_else(|e| fail(&e));
+/// Loads ONNX Runtime from `lib` and the registry (and probes CUDA as
+/// `--device` asks).
+fn start_runtime(args: &Args, lib: &Path) -> Result<ModelRegistry, InferenceError> {
+    let env = init_runtime(lib)?;
     let options = HostOptions {
         device: args.device,
         intra_threads: usize::from(args.intra_threads),
     };
     let mut registry = ModelRegistry::new(&env, options);
-    registry.self_test().unwrap_or_else(|e| fail(&e));
+    registry.self_test()?;
     match args.device {
         DevicePref::Cpu => {}
-        DevicePref::Cuda => registry.probe_cuda().unwrap_or_else(|e| fail(&e)),
+        DevicePref::Cuda => registry.probe_cuda()?,
         DevicePref::Auto => {
             if let Err(e) = registry.probe_cuda() {
                 tracing::info!(reason = %e, "--device auto: using the CPU");
@@ -78,7 +95,7 @@ fn start_runtime(args: &Args) -> ModelRegistry {
         }
     }
     tracing::debug!(lib = %lib.display(), ?options, "ONNX Runtime ready");
-    registry
+    Ok(registry)
 }
 
 /// Serves one inference command.
@@ -91,22 +108,26 @@ fn handle(
         InferenceCommand::LoadModel {
             id,
             version,
-            path,
+            source,
+            bytes,
             blake3_hex,
-        } => match registry.load_model(&id, &version, Path::new(&path), &blake3_hex) {
-            Ok(m) => InferenceReply::Loaded {
-                device: m.device().to_string(),
-                inputs: m.inputs().to_vec(),
-                outputs: m.outputs().to_vec(),
-                id,
-                version,
-            },
-            Err(e) => InferenceReply::LoadFailed {
-                id,
-                version,
-                error: e.to_string(),
-            },
-        },
+        } => {
+            match registry.load_model_bytes(&id, &version, Path::new(&source), &bytes, &blake3_hex)
+            {
+                Ok(m) => InferenceReply::Loaded {
+                    device: m.device().to_string(),
+                    inputs: m.inputs().to_vec(),
+                    outputs: m.outputs().to_vec(),
+                    id,
+                    version,
+                },
+                Err(e) => InferenceReply::LoadFailed {
+                    id,
+                    version,
+                    error: e.to_string(),
+                },
+            }
+        }
         InferenceCommand::UnloadModel { id, version } => {
             let versions = registry.unload_model(&id, version.as_deref());
             InferenceReply::Unloaded { id, versions }
@@ -235,51 +256,115 @@ fn fit_reply(reply: InferenceReply, max_reply: usize) -> Up {
     })
 }
 
-/// Test-only fault injection: `LOCKSTEP_INJECT=corrupt=BATCH:ATTACK,…` makes
-/// the host answer batch `BATCH` by corrupting its ring to the supervisor
-/// with `ATTACK` (a [`shm_protocol::rogue::Attack`] name), then wait to be
-/// killed.
-fn corruption_from_env() -> Vec<(u64, shm_protocol::rogue::Attack)> {
-    let Ok(v) = std::env::var("LOCKSTEP_INJECT") else {
-        return Vec::new();
-    };
-    let out: Vec<(u64, shm_protocol::rogue::Attack)> = v
-        .split(',')
-        .filter_map(|d| {
-            let (b, how) = d.trim().strip_prefix("corrupt=")?.split_once(':')?;
-            Some((b.parse().ok()?, shm_protocol::rogue::Attack::parse(how)?))
-        })
-        .collect();
-    if !out.is_empty() {
-        tracing::warn!(directives = %v, "fault injection is enabled");
+/// Test-only fault injection (cargo feature `fault-injection`; absent from
+/// release builds): `LOCKSTEP_INJECT=corrupt=BATCH:ATTACK,…` makes the host
+/// answer batch `BATCH` by corrupting its ring to the supervisor with
+/// `ATTACK` (a [`shm_protocol::rogue::Attack`] name), then wait to be
+/// killed; `escape=BATCH:ATTEMPT` makes it try to break out of its sandbox
+/// when batch `BATCH` arrives ([`lockstep_sandbox::escape`]).
+#[cfg(feature = "fault-injection")]
+mod inject {
+    use lockstep_sandbox::escape::Attempt;
+    use shm_protocol::rogue::Attack;
+
+    /// Parsed directives.
+    #[derive(Debug, Default)]
+    pub struct Inject {
+        pub corrupt: Vec<(u64, Attack)>,
+        pub escape: Vec<(u64, Attempt)>,
     }
-    out
+
+    pub fn from_env() -> Inject {
+        let Ok(v) = std::env::var("LOCKSTEP_INJECT") else {
+            return Inject::default();
+        };
+        let mut out = Inject::default();
+        for d in v.split(',') {
+            let d = d.trim();
+            if let Some((b, how)) = d.strip_prefix("corrupt=").and_then(|r| r.split_once(':'))
+                && let (Ok(b), Some(a)) = (b.parse(), Attack::parse(how))
+            {
+                out.corrupt.push((b, a));
+            }
+            if let Some((b, how)) = d.strip_prefix("escape=").and_then(|r| r.split_once(':'))
+                && let (Ok(b), Some(a)) = (b.parse(), Attempt::parse(how))
+            {
+                out.escape.push((b, a));
+            }
+        }
+        if !out.corrupt.is_empty() || !out.escape.is_empty() {
+            tracing::warn!(directives = %v, "fault injection is enabled");
+        }
+        out
+    }
+}
+
+/// The sandbox class of a host asked to run on `device`: CUDA when asked
+/// for, or — for `auto` — when the machine has NVIDIA's devices (the class
+/// is fixed before ONNX Runtime is loaded; a CUDA class whose CUDA turns out
+/// not to work runs its models on the CPU).
+fn class_for(device: DevicePref) -> Class {
+    match device {
+        DevicePref::Cpu => Class::InferenceCpu,
+        DevicePref::Cuda => Class::InferenceCuda,
+        DevicePref::Auto if Path::new("/dev/nvidiactl").exists() => Class::InferenceCuda,
+        DevicePref::Auto => Class::InferenceCpu,
+    }
 }
 
 fn main() {
     bootstrap::install_panic_exit("lockstep-inference-host");
     let args: Args = lockstep_common::parse_or_exit();
-    lockstep_common::init_logging("warn");
-    let mut registry = start_runtime(&args);
-    let (mut ep, name) = lockstep_common::connect_or_exit(&args.child, Role::InferenceHost);
-    tracing::debug!(%name, "inference host ready");
+    // ONNX Runtime warns that it cannot persist a telemetry id (it has no
+    // home directory, and telemetry is off).
+    lockstep_common::init_logging("warn,ort::logging=error");
+    let keep: Vec<i32> = args.child.shm_fd.into_iter().collect();
+    let mut jail =
+        Jail::enter(class_for(args.device), args.jail.config(&keep)).unwrap_or_else(|e| e.exit());
+    let lib = locate_ort_library(args.ort_lib.as_deref()).unwrap_or_else(|e| fail(&e));
+    if let Some(dir) = lib.parent() {
+        // ONNX Runtime and its providers are the only files read later.
+        jail.allow_read(dir.to_path_buf());
+    }
+    let mut rss = RssSampler::new(Duration::from_millis(100));
+    let source = args.child.open_source();
+    jail.confine().unwrap_or_else(|e| e.exit());
+    let (mut ep, name) =
+        lockstep_common::connect_or_exit(&args.child, &source, Role::InferenceHost);
+    jail.restrict().unwrap_or_else(|e| {
+        lockstep_common::refuse_and_exit(&mut ep, &name, &e.to_string(), e.layer.exit_code())
+    });
+    // ONNX Runtime starts its own thread: inside Landlock, before seccomp.
+    let mut registry = start_runtime(&args, &lib).unwrap_or_else(|e| {
+        lockstep_common::refuse_and_exit(&mut ep, &name, &e.to_string(), ExitCode::Runtime)
+    });
     // Beat while a model runs: the supervisor declares a silent host hung.
     let activity = std::sync::Arc::new(lockstep_common::Activity::default());
     lockstep_common::start_heartbeat(&ep, Duration::from_millis(10), activity.clone());
+    let report = jail.seal().unwrap_or_else(|e| {
+        lockstep_common::refuse_and_exit(&mut ep, &name, &e.to_string(), e.layer.exit_code())
+    });
+    lockstep_common::ready_or_exit(&mut ep, report.to_wire());
+    tracing::debug!(%name, sandbox = %report.summary(), "inference host ready");
     let max_reply = args.max_reply;
-    let corrupt = corruption_from_env();
+    #[cfg(feature = "fault-injection")]
+    let inject = inject::from_env();
+    #[cfg(feature = "fault-injection")]
     let own = shm_protocol::rogue::Target::of(ep.segment());
-    let mut rss = RssSampler::new(Duration::from_millis(100));
     let code = bootstrap::serve(&mut ep, |cmd| match cmd {
         Down::Inference(c) => {
-            if let InferenceCommand::Infer { batch_id, .. } = &c
-                && let Some((_, attack)) = corrupt.iter().find(|(b, _)| b == batch_id)
-            {
-                // Test-only fault injection: a rogue host.
-                tracing::error!(batch_id, ?attack, "injected ring corruption");
-                shm_protocol::rogue::attack(&own, shm_protocol::rogue::Ring::Up, *attack);
-                loop {
-                    std::thread::sleep(Duration::from_secs(1));
+            #[cfg(feature = "fault-injection")]
+            if let InferenceCommand::Infer { batch_id, .. } = &c {
+                if let Some((_, attempt)) = inject.escape.iter().find(|(b, _)| b == batch_id) {
+                    lockstep_sandbox::escape::attempt(*attempt);
+                }
+                if let Some((_, attack)) = inject.corrupt.iter().find(|(b, _)| b == batch_id) {
+                    // Test-only fault injection: a rogue host.
+                    tracing::error!(batch_id, ?attack, "injected ring corruption");
+                    shm_protocol::rogue::attack(&own, shm_protocol::rogue::Ring::Up, *attack);
+                    loop {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
                 }
             }
             activity.step();

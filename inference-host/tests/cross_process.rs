@@ -30,7 +30,8 @@ fn spawn(reaper: &Reaper, args: &[&str]) -> Child {
         args: args.iter().map(OsString::from).collect(),
         rings: SegmentConfig::default(),
         policy: WaitPolicy::ADAPTIVE,
-        env: Vec::new(),
+        env: lockstep_supervisor::jail::passed_env(),
+        cgroup: None,
         hang_timeout: None,
     };
     let mut child = Child::spawn(&spec, reaper).unwrap();
@@ -54,7 +55,8 @@ fn load(child: &mut Child, id: &str, version: &str, file: &str) -> InferenceRepl
         InferenceCommand::LoadModel {
             id: id.into(),
             version: version.into(),
-            path: p.display().to_string(),
+            source: p.display().to_string(),
+            bytes: std::fs::read(&p).unwrap(),
             blake3_hex: blake3_hex(&p),
         },
     )
@@ -222,7 +224,8 @@ fn host_process_serves_models_over_the_ring() {
         InferenceCommand::LoadModel {
             id: "x".into(),
             version: "v1".into(),
-            path: p.display().to_string(),
+            source: p.display().to_string(),
+            bytes: std::fs::read(&p).unwrap(),
             blake3_hex: "00".repeat(32),
         },
     );
@@ -296,7 +299,8 @@ fn large_replies_are_carried_and_oversized_ones_become_errors() {
                 to_creator: 1 << 12,
             },
             policy: WaitPolicy::ADAPTIVE,
-            env: Vec::new(),
+            env: lockstep_supervisor::jail::passed_env(),
+            cgroup: None,
             hang_timeout: None,
         };
         let mut child = Child::spawn(&spec, &reaper).unwrap();
@@ -360,6 +364,33 @@ fn large_replies_are_carried_and_oversized_ones_become_errors() {
     child.shutdown(Duration::from_secs(10)).unwrap();
 }
 
+/// A host that cannot start its runtime tells the supervisor why during the
+/// handshake (the runtime is loaded inside the sandbox, after the hello),
+/// then exits with `ExitCode::Runtime`.
+fn start_failure(args: &[&str]) -> (String, ExitKind) {
+    let (reaper, deaths) = Reaper::start().unwrap();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--disable", "cgroup"]);
+    let spec = ChildSpec {
+        role: Role::InferenceHost,
+        name: "inference-host".into(),
+        program: HOST.into(),
+        args: all.iter().map(OsString::from).collect(),
+        rings: SegmentConfig::default(),
+        policy: WaitPolicy::ADAPTIVE,
+        env: lockstep_supervisor::jail::passed_env(),
+        cgroup: None,
+        hang_timeout: None,
+    };
+    let mut child = Child::spawn(&spec, &reaper).unwrap();
+    let err = child
+        .handshake(Duration::from_secs(60))
+        .expect_err("the host cannot be ready")
+        .to_string();
+    let death = deaths.recv_timeout(Duration::from_secs(30)).unwrap();
+    (err, death.kind)
+}
+
 /// Start-up failures exit with `ExitCode::Runtime` and name the fix.
 #[test]
 fn missing_library_or_cuda_exit_with_runtime_code() {
@@ -379,12 +410,13 @@ fn missing_library_or_cuda_exit_with_runtime_code() {
     let (code, err) = run(&["--ort-lib", "/nonexistent/libonnxruntime.so"]);
     assert_eq!(code, runtime, "{err}");
     assert!(err.contains("scripts/fetch-onnxruntime.sh"), "{err}");
-    let (code, err) = run(&["--ort-lib", "/etc/hostname"]);
-    assert_eq!(code, runtime, "{err}");
+    let runtime_exit = ExitKind::Exited(ExitCode::Runtime as i32);
+    let (err, kind) = start_failure(&["--ort-lib", "/etc/hostname"]);
+    assert_eq!(kind, runtime_exit, "{err}");
     assert!(err.contains("could not initialise ONNX Runtime"), "{err}");
     // The pinned library is CPU-only.
-    let (code, err) = run(&["--device", "cuda"]);
-    assert_eq!(code, runtime, "{err}");
+    let (err, kind) = start_failure(&["--device", "cuda"]);
+    assert_eq!(kind, runtime_exit, "{err}");
     assert!(err.contains("CUDA is not available"), "{err}");
     // With a working library, start-up gets as far as attaching.
     let (code, err) = run(&["--device", "cpu"]);

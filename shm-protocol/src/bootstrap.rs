@@ -24,6 +24,34 @@ pub enum SegmentSource {
     Fd(RawFd),
     /// A file path.
     Path(PathBuf),
+    /// A file path this process already opened (before its sandbox took the
+    /// file system away).
+    Opened(std::sync::Arc<std::fs::File>, PathBuf),
+}
+
+impl SegmentSource {
+    /// For [`SegmentSource::Path`], the file opened now (read and write),
+    /// so that attaching later needs no file system; other sources as they
+    /// are.
+    pub fn open_now(self) -> Result<Self, BootstrapError> {
+        match self {
+            SegmentSource::Path(p) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&p)
+                    .map_err(|e| {
+                        BootstrapError::Attach(SegmentError::Io {
+                            op: "open",
+                            what: p.display().to_string(),
+                            source: e,
+                        })
+                    })?;
+                Ok(SegmentSource::Opened(std::sync::Arc::new(file), p))
+            }
+            other => Ok(other),
+        }
+    }
 }
 
 /// Bring-up failures, each mapped to an [`ExitCode`].
@@ -76,6 +104,37 @@ fn take_fd(fd: RawFd) -> Result<OwnedFd, BootstrapError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Closes every descriptor this process inherited except stdin, stdout,
+/// stderr and `keep` (the segment): the first step of a child's sandbox
+/// (`lockstep_sandbox`), so that nothing the supervisor's own parent
+/// leaked reaches an agent's process.  Must be called first thing in
+/// `main`, before the process opens anything of its own; returns the
+/// descriptors closed.
+pub fn close_inherited_fds(keep: &[RawFd]) -> std::io::Result<Vec<RawFd>> {
+    let mut open: Vec<RawFd> = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        if let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            open.push(fd);
+        }
+    }
+    // The directory's own descriptor is closed by now (and listed above):
+    // closing it again fails with EBADF, which is ignored.
+    let mut closed = Vec::new();
+    for fd in open {
+        if fd <= 2 || keep.contains(&fd) {
+            continue;
+        }
+        // SAFETY: `fd` was inherited across exec (or is the closed listing
+        // descriptor): no object of this process owns it, because the
+        // process has opened nothing of its own yet (documented
+        // precondition), so closing it cannot invalidate a live owner.
+        if unsafe { libc::close(fd) } == 0 {
+            closed.push(fd);
+        }
+    }
+    Ok(closed)
+}
+
 /// Attaches the segment and completes the handshake as `role`/`name`.
 pub fn connect(
     source: &SegmentSource,
@@ -91,6 +150,16 @@ pub fn connect(
             Segment::attach(file, format!("fd {fd}")).map_err(BootstrapError::Attach)?
         }
         SegmentSource::Path(p) => Segment::attach_path(p).map_err(BootstrapError::Attach)?,
+        SegmentSource::Opened(file, p) => {
+            let file = file.try_clone().map_err(|e| {
+                BootstrapError::Attach(SegmentError::Io {
+                    op: "dup",
+                    what: p.display().to_string(),
+                    source: e,
+                })
+            })?;
+            Segment::attach(file, p.display().to_string()).map_err(BootstrapError::Attach)?
+        }
     };
     let creator = segment.info().creator_pid;
     let inherited = matches!(source, SegmentSource::Fd(_));

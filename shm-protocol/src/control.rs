@@ -5,16 +5,19 @@
 //!
 //! 1. child → supervisor: [`Up::Hello`] (protocol version, role, pid, build);
 //! 2. supervisor → child: [`Down::Welcome`] or [`Down::Reject`];
-//! 3. then any number of [`Down::Ping`] / [`Up::Pong`] round trips and the
+//! 3. child → supervisor: [`Up::Ready`] once its sandbox is complete (what
+//!    is in force, layer by layer), or [`Up::Error`] and an exit with the
+//!    failed step's code;
+//! 4. then any number of [`Down::Ping`] / [`Up::Pong`] round trips and the
 //!    role's own commands;
-//! 4. supervisor → child: [`Down::Shutdown`]; child → supervisor:
+//! 5. supervisor → child: [`Down::Shutdown`]; child → supervisor:
 //!    [`Up::ShutdownAck`]; the child closes its rings and exits with
 //!    [`ExitCode::Ok`].
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the control protocol; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What a child process is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +85,11 @@ pub enum Down {
 pub enum Up {
     /// First message of every child.
     Hello(Hello),
+    /// The child's sandbox is complete: it serves commands from now on.
+    Ready {
+        /// What is in force.
+        sandbox: SandboxReport,
+    },
     /// Answer to [`Down::Ping`].
     Pong {
         /// The ping's sequence number.
@@ -98,6 +106,29 @@ pub enum Up {
     Inference(crate::inference::InferenceReply),
     /// A worker's answer to a [`Down::Worker`] command.
     Worker(crate::worker::WorkerReply),
+}
+
+/// A child's account of its sandbox, layer by layer (`lockstep_sandbox`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxReport {
+    /// The child class (`worker`, `inference-cpu`, `inference-cuda`).
+    pub class: String,
+    /// The mode (`strict`, `best-effort`, `log`, `off`).
+    pub mode: String,
+    /// (layer, state) in bring-up order; a state is `on`, `partial (why)`
+    /// or `off (why)`.
+    pub layers: Vec<(String, String)>,
+}
+
+impl SandboxReport {
+    /// The layers not fully in force, as `layer=state`.
+    pub fn gaps(&self) -> Vec<String> {
+        self.layers
+            .iter()
+            .filter(|(_, s)| s != "on")
+            .map(|(l, s)| format!("{l}={s}"))
+            .collect()
+    }
 }
 
 /// Exit codes of child processes, one per failure class, so the supervisor
@@ -118,29 +149,53 @@ pub enum ExitCode {
     SupervisorGone = 67,
     /// The supervisor's ring or messages were malformed.
     Protocol = 68,
-    /// The sandbox (seccomp, landlock, rlimits) could not be set up.
-    Sandbox = 69,
     /// A bug: the child panicked.
     Internal = 70,
     /// The child ran out of memory.
     OutOfMemory = 71,
     /// The execution engine (wasmtime, ONNX Runtime) failed to start.
     Runtime = 72,
+    /// Sandbox step 1: inherited descriptors could not be closed.
+    JailFds = 73,
+    /// Sandbox step 2: the child's cgroups could not be joined.
+    JailCgroup = 74,
+    /// Sandbox step 3: new namespaces could not be created.
+    JailNamespaces = 75,
+    /// Sandbox step 4: the empty root file system could not be set up.
+    JailFilesystem = 76,
+    /// Sandbox step 6: the unprivileged uid/gid could not be taken.
+    JailIdentity = 77,
+    /// Sandbox steps 5 and 7: capabilities could not be dropped.
+    JailCapabilities = 78,
+    /// Sandbox step 8: resource limits could not be set.
+    JailRlimits = 79,
+    /// Sandbox step 9: the Landlock ruleset could not be applied.
+    JailLandlock = 80,
+    /// Sandbox step 10: the seccomp filter could not be installed.
+    JailSeccomp = 81,
 }
 
 impl ExitCode {
     /// All codes.
-    pub const ALL: [ExitCode; 10] = [
+    pub const ALL: [ExitCode; 18] = [
         ExitCode::Ok,
         ExitCode::Usage,
         ExitCode::Attach,
         ExitCode::Handshake,
         ExitCode::SupervisorGone,
         ExitCode::Protocol,
-        ExitCode::Sandbox,
         ExitCode::Internal,
         ExitCode::OutOfMemory,
         ExitCode::Runtime,
+        ExitCode::JailFds,
+        ExitCode::JailCgroup,
+        ExitCode::JailNamespaces,
+        ExitCode::JailFilesystem,
+        ExitCode::JailIdentity,
+        ExitCode::JailCapabilities,
+        ExitCode::JailRlimits,
+        ExitCode::JailLandlock,
+        ExitCode::JailSeccomp,
     ];
 
     /// The code for a raw exit status, if it is one of ours.
@@ -157,11 +212,24 @@ impl ExitCode {
             ExitCode::Handshake => "handshake failed",
             ExitCode::SupervisorGone => "lost the supervisor",
             ExitCode::Protocol => "received malformed commands",
-            ExitCode::Sandbox => "sandbox setup failed",
             ExitCode::Internal => "internal error (panic)",
             ExitCode::OutOfMemory => "out of memory",
             ExitCode::Runtime => "execution engine failed to start",
+            ExitCode::JailFds => "sandbox step `fds` failed (closing inherited descriptors)",
+            ExitCode::JailCgroup => "sandbox step `cgroup` failed (joining its cgroups)",
+            ExitCode::JailNamespaces => "sandbox step `namespaces` failed",
+            ExitCode::JailFilesystem => "sandbox step `filesystem` failed (empty root)",
+            ExitCode::JailIdentity => "sandbox step `identity` failed (dropping to its uid/gid)",
+            ExitCode::JailCapabilities => "sandbox step `capabilities` failed",
+            ExitCode::JailRlimits => "sandbox step `rlimits` failed",
+            ExitCode::JailLandlock => "sandbox step `landlock` failed",
+            ExitCode::JailSeccomp => "sandbox step `seccomp` failed",
         }
+    }
+
+    /// Whether the code reports a failed sandbox step.
+    pub fn is_sandbox_step(self) -> bool {
+        (ExitCode::JailFds as u8..=ExitCode::JailSeccomp as u8).contains(&(self as u8))
     }
 
     /// Exits the process with this code.

@@ -485,17 +485,22 @@ pub struct InferenceRequest {
 /// Supervisor → inference host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InferenceCommand {
-    /// Load a model file as `id@version`; the new version becomes the
-    /// model's current one (older versions stay loaded until unloaded).
+    /// Load a model as `id@version`; the new version becomes the model's
+    /// current one (older versions stay loaded until unloaded).  The model
+    /// travels over the ring: the host reads no file (its sandbox has
+    /// none).
     LoadModel {
         /// Model id (what agents name).
         id: String,
         /// Version label.
         version: String,
-        /// Path of the `.onnx` file, as the host sees it.
-        path: String,
-        /// Expected BLAKE3 of the file, 64 lowercase hex digits; the host
-        /// refuses a file that does not match.
+        /// Where the supervisor read it (for messages).
+        source: String,
+        /// The `.onnx` file's bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+        /// Expected BLAKE3 of the bytes, 64 lowercase hex digits; the host
+        /// refuses bytes that do not match.
         blake3_hex: String,
     },
     /// Unload one version of a model (`Some`) or all of them (`None`).

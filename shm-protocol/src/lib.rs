@@ -52,6 +52,7 @@ pub mod board;
 pub mod codec;
 pub mod control;
 pub mod inference;
+pub mod oom;
 pub mod ring;
 pub mod worker;
 

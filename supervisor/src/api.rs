@@ -296,6 +296,9 @@ impl Run {
                     self.stop_requested = true;
                     let _ = reply.send(format!("stopping after tick {}", self.sim.tick + 1));
                 }
+                CtlRequest::Children(reply) => {
+                    let _ = reply.send(crate::doctor::children_json(self));
+                }
                 CtlRequest::Status(reply) => {
                     let c = &self.sim.counters;
                     let _ = reply.send(format!(

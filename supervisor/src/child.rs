@@ -3,16 +3,21 @@
 //! Bring-up of one child, in order (ARCHITECTURE.md repeats this list):
 //!
 //! 1. create a memfd segment with one ring per direction;
-//! 2. spawn the child binary with the memfd as fd 3 (`--shm-fd 3 --name N`),
-//!    stdin closed, stdout/stderr inherited;
+//! 2. spawn the child binary with the memfd as fd 3 (`--shm-fd 3 --name N`)
+//!    and its sandbox arguments, stdin closed, stdout/stderr inherited, an
+//!    empty environment but for what [`ChildSpec::env`] lists (the child
+//!    then jails itself: `lockstep_sandbox`);
 //! 3. open a pidfd on the child (for the ring waits) and register a second
 //!    one with the [`Reaper`] (for death reports);
 //! 4. wait for the child's [`Up::Hello`], check protocol version, role and
 //!    pid, answer [`Down::Welcome`] (or [`Down::Reject`]);
-//! 5. the child is ready: pings and role commands flow over the rings.
+//! 5. wait for [`Up::Ready`]: the child's sandbox is complete (its report
+//!    says which layers are in force); a child whose sandbox step failed
+//!    says why ([`Up::Error`]) and exits with that step's code;
+//! 6. the child is ready: pings and role commands flow over the rings.
 
 use crate::reaper::Reaper;
-use shm_protocol::control::{Down, Hello, PROTOCOL_VERSION, Role, Up};
+use shm_protocol::control::{Down, Hello, PROTOCOL_VERSION, Role, SandboxReport, Up};
 use shm_protocol::segment::{Backing, Segment, SegmentConfig};
 use shm_protocol::{ChannelError, Endpoint, PidFd, SegmentError, WaitPolicy};
 use std::ffi::OsString;
@@ -34,8 +39,11 @@ pub struct ChildSpec {
     pub rings: SegmentConfig,
     /// How the supervisor's side of the rings waits.
     pub policy: WaitPolicy,
-    /// Extra environment variables for the child.
+    /// The child's whole environment (nothing else is inherited).
     pub env: Vec<(String, String)>,
+    /// The cgroup the child joins (named in its arguments); kept to read
+    /// its OOM kills and removed once the child is gone.
+    pub cgroup: Option<lockstep_sandbox::cgroup::Group>,
     /// Once the handshake is done, how long the child's heartbeat may
     /// stall while the supervisor waits for it before it counts as hung
     /// (`None`: only its death ends a wait).
@@ -106,8 +114,21 @@ pub struct Child {
     ep: Endpoint,
     hang_timeout: Option<Duration>,
     hello: Option<Hello>,
+    sandbox: Option<SandboxReport>,
+    cgroup: Option<lockstep_sandbox::cgroup::Group>,
     ping_seq: u64,
     started: Instant,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // A process that exited has left its cgroup (even unreaped).
+        if let Some(g) = &self.cgroup
+            && self.pidfd.has_exited()
+        {
+            g.remove();
+        }
+    }
 }
 
 /// Finds a sibling binary of the running executable (`lockstep-worker` next
@@ -168,6 +189,7 @@ impl Child {
             .arg(&spec.name)
             .args(&spec.args);
         cmd.stdin(std::process::Stdio::null());
+        cmd.env_clear();
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         cmd.fd_mappings(vec![FdMapping {
             parent_fd: fd,
@@ -194,12 +216,15 @@ impl Child {
             ep,
             hang_timeout: spec.hang_timeout,
             hello: None,
+            sandbox: None,
+            cgroup: spec.cgroup.clone(),
             ping_seq: 0,
             started: Instant::now(),
         })
     }
 
-    /// Step 4: wait for the hello and answer it.
+    /// Steps 4–5: wait for the hello, answer it, wait until the child is
+    /// ready.
     pub fn handshake(&mut self, timeout: Duration) -> Result<&Hello, ChildError> {
         let deadline = Some(Instant::now() + timeout);
         let up: Up = self
@@ -255,6 +280,29 @@ impl Child {
                 what: "sending welcome",
                 source,
             })?;
+        let ready: Up = self
+            .ep
+            .recv_msg(deadline)
+            .map_err(|e| ChildError::Channel {
+                name: self.name.clone(),
+                what: "waiting for the child to be ready (its sandbox)",
+                source: e,
+            })?;
+        match ready {
+            Up::Ready { sandbox } => self.sandbox = Some(sandbox),
+            Up::Error { message } => {
+                return Err(ChildError::Protocol {
+                    name: self.name.clone(),
+                    detail: message,
+                });
+            }
+            other => {
+                return Err(ChildError::Protocol {
+                    name: self.name.clone(),
+                    detail: format!("expected Ready, got {other:?}"),
+                });
+            }
+        }
         // From now on the child beats while it works: a stalled heartbeat
         // is a hang.
         self.ep.rx.monitor().set_hung_after(self.hang_timeout);
@@ -308,7 +356,7 @@ impl Child {
         if !self.pidfd.wait_exit(Some(timeout)) {
             let _ = self.pidfd.kill(rustix::process::Signal::KILL);
             return Err(ChildError::ShutdownTimeout {
-                name: self.name,
+                name: self.name.clone(),
                 waited: timeout,
             });
         }
@@ -333,6 +381,23 @@ impl Child {
     /// The child's hello, once the handshake is done.
     pub fn hello(&self) -> Option<&Hello> {
         self.hello.as_ref()
+    }
+
+    /// The child's account of its sandbox, once it is ready.
+    pub fn sandbox(&self) -> Option<&SandboxReport> {
+        self.sandbox.as_ref()
+    }
+
+    /// How many of the child's processes its cgroup's OOM killer killed
+    /// (0 without a cgroup): a death by SIGKILL with a count above zero is
+    /// an out-of-memory kill, not a guess from the signal.
+    pub fn oom_kills(&self) -> u64 {
+        self.cgroup.as_ref().map_or(0, |g| g.oom_kills())
+    }
+
+    /// The child's cgroup.
+    pub fn cgroup(&self) -> Option<&lockstep_sandbox::cgroup::Group> {
+        self.cgroup.as_ref()
     }
 
     /// When it was spawned.

@@ -111,7 +111,8 @@ impl Cluster {
                 args: Vec::new(),
                 rings: cfg.rings,
                 policy: cfg.policy,
-                env: Vec::new(),
+                env: crate::jail::passed_env(),
+                cgroup: None,
                 hang_timeout: None,
             })
             .collect();
@@ -123,7 +124,8 @@ impl Cluster {
                 args: Vec::new(),
                 rings: cfg.rings,
                 policy: cfg.policy,
-                env: Vec::new(),
+                env: crate::jail::passed_env(),
+                cgroup: None,
                 hang_timeout: None,
             });
         }

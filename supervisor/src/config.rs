@@ -1,9 +1,9 @@
 //! How a run is configured: [`RunConfig`] (validated from the command line
-//! or built by a program), the workers' process sandbox and the defaults
-//! that depend on the manifest.
+//! or built by a program) and the defaults that depend on the manifest.
 
 use crate::child::locate_binary;
 use crate::inference::InferenceConfig;
+use crate::jail::SandboxSettings;
 use crate::manifest::Manifest;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -73,8 +73,9 @@ pub struct RunConfig {
     /// Extra environment for the workers started with the run only, not for
     /// those started by recovery (one-shot fault injection in tests).
     pub first_worker_env: Vec<(String, String)>,
-    /// The workers' process sandbox.
-    pub worker_sandbox: WorkerSandbox,
+    /// The children's sandbox: layers, identity, cgroup limits (from the
+    /// manifest's `[sandbox]`, overridden on the command line).
+    pub sandbox: SandboxSettings,
 }
 
 impl RunConfig {
@@ -95,7 +96,6 @@ impl RunConfig {
                 std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/lockstep/modules"))
             });
         Ok(Self {
-            manifest,
             manifest_text,
             run_dir,
             workers,
@@ -116,23 +116,10 @@ impl RunConfig {
             target_ticks: 0,
             worker_env: Vec::new(),
             first_worker_env: Vec::new(),
-            worker_sandbox: WorkerSandbox::from_env(),
+            sandbox: SandboxSettings::from_manifest(&manifest),
+            manifest,
         })
     }
-}
-
-/// The workers' process sandbox (ARCHITECTURE.md, "Worker sandbox"): what
-/// the pool passes as `lockstep-worker --sandbox … --address-space-limit …`.
-/// Workers receive modules over their ring and read no file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WorkerSandbox {
-    /// How much of it (default: strict, or `LOCKSTEP_WORKER_SANDBOX`).
-    pub mode: lockstep_common::SandboxMode,
-    /// `RLIMIT_AS` of every worker in bytes; `None`: computed from the
-    /// manifest ([`default_address_space_limit`]); `Some(0)`: no limit.
-    pub address_space_limit: Option<u64>,
-    /// Directories workers may read (none are needed).
-    pub allow_read: Vec<PathBuf>,
 }
 
 /// The default `RLIMIT_AS` of a worker: 4 GiB for the process itself (code,
@@ -147,47 +134,4 @@ pub fn default_address_space_limit(manifest: &Manifest) -> u64 {
     (4u64 << 30)
         .saturating_add(agents.saturating_mul(2))
         .max(MIN_ADDRESS_SPACE)
-}
-
-impl WorkerSandbox {
-    /// Strict unless `LOCKSTEP_WORKER_SANDBOX` names another mode
-    /// (`best-effort`, `log`, `off`).
-    pub fn from_env() -> Self {
-        let mode = std::env::var("LOCKSTEP_WORKER_SANDBOX")
-            .ok()
-            .and_then(|v| lockstep_common::SandboxMode::parse(v.trim()))
-            .unwrap_or_default();
-        Self {
-            mode,
-            ..Self::default()
-        }
-    }
-
-    /// The worker's sandbox arguments, with the address-space limit
-    /// computed from `manifest` unless one is set.
-    pub fn args(&self, manifest: &Manifest) -> Vec<std::ffi::OsString> {
-        let mut a: Vec<std::ffi::OsString> = vec!["--sandbox".into(), self.mode.as_str().into()];
-        if self.mode == lockstep_common::SandboxMode::Off {
-            return a;
-        }
-        let limit = self
-            .address_space_limit
-            .unwrap_or_else(|| default_address_space_limit(manifest));
-        a.push("--address-space-limit".into());
-        a.push(limit.to_string().into());
-        for d in &self.allow_read {
-            a.push("--allow-read".into());
-            a.push(d.into());
-        }
-        a
-    }
-
-    /// The address-space limit workers get (0: none).
-    pub fn address_space(&self, manifest: &Manifest) -> u64 {
-        if self.mode == lockstep_common::SandboxMode::Off {
-            return 0;
-        }
-        self.address_space_limit
-            .unwrap_or_else(|| default_address_space_limit(manifest))
-    }
 }

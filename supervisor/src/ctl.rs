@@ -94,6 +94,9 @@ pub enum CtlCommand {
     Stop,
     /// One status line.
     Status,
+    /// The run's children: name, role, pid and sandbox report, as one JSON
+    /// line (what `lockstep doctor` reads).
+    Children,
 }
 
 fn default_tenant() -> String {
@@ -119,6 +122,8 @@ pub enum CtlRequest {
     Stop(mpsc::Sender<String>),
     /// Status line.
     Status(mpsc::Sender<String>),
+    /// The children, as JSON.
+    Children(mpsc::Sender<String>),
 }
 
 impl CtlCommand {
@@ -173,6 +178,7 @@ impl CtlCommand {
             CtlCommand::Snapshot => return CtlRequest::Snapshot(reply),
             CtlCommand::Stop => return CtlRequest::Stop(reply),
             CtlCommand::Status => return CtlRequest::Status(reply),
+            CtlCommand::Children => return CtlRequest::Children(reply),
         };
         CtlRequest::Input(input, reply)
     }

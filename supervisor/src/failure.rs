@@ -33,7 +33,8 @@ pub enum Cause {
         /// How it was detected.
         how: String,
     },
-    /// Its sandbox killed it (seccomp: SIGSYS) or could not be set up (69).
+    /// Its sandbox killed it (seccomp: SIGSYS) or one of its steps failed
+    /// (exit codes 73–81).
     Sandbox {
         /// What happened.
         how: String,
@@ -72,15 +73,38 @@ impl Cause {
         }
     }
 
+    /// The cause of a death the reaper reported, for a child whose cgroup
+    /// counted `oom_kills` OOM kills: a SIGKILL with kills counted is an
+    /// out-of-memory kill (the cgroup's own events say so; the signal
+    /// alone does not).
+    pub fn from_death(exit: &ChildExit, oom_kills: u64) -> Self {
+        match exit.kind {
+            ExitKind::Signaled { signal: 9, .. } if oom_kills > 0 => Cause::OutOfMemory {
+                how: format!(
+                    "killed by the OOM killer of its cgroup at its memory limit ({oom_kills} kill{} counted)",
+                    if oom_kills == 1 { "" } else { "s" }
+                ),
+            },
+            _ => Self::from_exit(exit),
+        }
+    }
+
     /// The cause of a death the reaper reported.
     pub fn from_exit(exit: &ChildExit) -> Self {
         match exit.kind {
             ExitKind::Exited(c) if c == ExitCode::OutOfMemory as i32 => Cause::OutOfMemory {
                 how: format!("exit code {c} ({})", ExitCode::OutOfMemory.describe()),
             },
-            ExitKind::Exited(c) if c == ExitCode::Sandbox as i32 => Cause::Sandbox {
-                how: format!("exit code {c} ({})", ExitCode::Sandbox.describe()),
-            },
+            ExitKind::Exited(c)
+                if ExitCode::from_code(c).is_some_and(ExitCode::is_sandbox_step) =>
+            {
+                Cause::Sandbox {
+                    how: format!(
+                        "exit code {c} ({})",
+                        ExitCode::from_code(c).map_or("", ExitCode::describe)
+                    ),
+                }
+            }
             ExitKind::Exited(code) => Cause::Exited { code },
             ExitKind::Signaled { signal: 31, .. } => Cause::Sandbox {
                 how: "killed by SIGSYS (a system call outside its seccomp allowlist)".into(),
@@ -197,10 +221,19 @@ mod tests {
     fn deaths_are_classified_by_code_and_signal() {
         let oom = Cause::from_exit(&exit(ExitKind::Exited(71)));
         assert!(oom.is_memory(), "{oom}");
-        assert_eq!(
-            Cause::from_exit(&exit(ExitKind::Exited(69))).class(),
-            "sandbox"
-        );
+        for code in 73..=81 {
+            assert_eq!(
+                Cause::from_exit(&exit(ExitKind::Exited(code))).class(),
+                "sandbox",
+                "{code}"
+            );
+        }
+        let killed = exit(ExitKind::Signaled {
+            signal: 9,
+            core: false,
+        });
+        assert!(Cause::from_death(&killed, 1).is_memory());
+        assert_eq!(Cause::from_death(&killed, 0), Cause::Killed { signal: 9 });
         let sys = Cause::from_exit(&exit(ExitKind::Signaled {
             signal: 31,
             core: false,

@@ -94,6 +94,9 @@ pub struct InferenceConfig {
     pub max_attempts: u32,
     /// Extra environment of the host (fault injection in tests).
     pub env: Vec<(String, String)>,
+    /// The run's jails (sandbox settings and cgroups); `None`: the host
+    /// is jailed with the default settings and no cgroup.
+    pub jails: Option<std::sync::Arc<std::sync::Mutex<crate::jail::Jails>>>,
 }
 
 impl Default for InferenceConfig {
@@ -107,6 +110,7 @@ impl Default for InferenceConfig {
             hang_timeout: crate::config::DEFAULT_HANG_TIMEOUT,
             max_attempts: 3,
             env: Vec::new(),
+            jails: None,
         }
     }
 }
@@ -139,6 +143,9 @@ pub enum InferenceStartError {
 struct ModelEntry {
     def: ModelDef,
     blake3_hex: String,
+    /// The file's bytes, read once (the host reads no file; a restarted
+    /// host gets the very bytes the run started with).
+    bytes: std::sync::Arc<Vec<u8>>,
 }
 
 /// The running host process.
@@ -215,6 +222,7 @@ impl InferenceService {
             entries.push(ModelEntry {
                 def: def.clone(),
                 blake3_hex: actual,
+                bytes: std::sync::Arc::new(bytes),
             });
         }
         let mut svc = Self {
@@ -411,7 +419,7 @@ impl InferenceService {
             if self.host.is_some()
                 && let Some(d) = self.host_died()
             {
-                let cause = Cause::from_exit(&d);
+                let cause = Cause::from_death(&d, self.host_oom_kills());
                 self.note(tick, &cause, "found dead before a batch: restarting it");
                 self.discard_host();
             }
@@ -572,11 +580,31 @@ impl InferenceService {
         let waited = self.cfg.batch_timeout;
         match Cause::from_channel(&e, waited) {
             Some(c) => c,
-            None => self
-                .host_died()
-                .or_else(|| self.wait_death(Duration::from_millis(500)))
-                .map_or_else(|| Cause::Exited { code: -1 }, |d| Cause::from_exit(&d)),
+            None => {
+                let death = self
+                    .host_died()
+                    .or_else(|| self.wait_death(Duration::from_millis(500)));
+                let oom = self.host_oom_kills();
+                death.map_or_else(
+                    || Cause::Exited { code: -1 },
+                    |d| Cause::from_death(&d, oom),
+                )
+            }
         }
+    }
+
+    /// The host process, for `lockstep doctor` (`None`: not running).
+    pub fn child(&self) -> Option<crate::doctor::ChildInfo> {
+        self.host.as_ref().map(|h| crate::doctor::ChildInfo {
+            name: h.child.name().to_owned(),
+            pid: h.child.pid(),
+            sandbox: h.child.sandbox().cloned(),
+        })
+    }
+
+    /// OOM kills counted in the host's cgroup.
+    fn host_oom_kills(&self) -> u64 {
+        self.host.as_ref().map_or(0, |h| h.child.oom_kills())
     }
 
     /// The host's death report, if the reaper has one.
@@ -632,16 +660,32 @@ impl InferenceService {
             })?;
             self.reaper = Some(r);
         }
+        let prepared = match &self.cfg.jails {
+            Some(j) => j
+                .lock()
+                .map_err(|_| InferenceStartError::Host("the jails' lock is poisoned".into()))?
+                .prepare(crate::jail::ChildClass::Inference, HOST_NAME, None),
+            None => crate::jail::Jails::without_cgroups().prepare(
+                crate::jail::ChildClass::Inference,
+                HOST_NAME,
+                None,
+            ),
+        }
+        .map_err(InferenceStartError::Host)?;
+        let mut args = vec![
+            OsString::from("--device"),
+            OsString::from(&self.cfg.device),
+            OsString::from("--intra-threads"),
+            OsString::from(self.cfg.intra_threads.max(1).to_string()),
+        ];
+        args.extend(prepared.args);
+        let mut env = prepared.env;
+        env.extend(self.cfg.env.iter().cloned());
         let spec = ChildSpec {
             role: Role::InferenceHost,
             name: HOST_NAME.into(),
             program: bin,
-            args: vec![
-                OsString::from("--device"),
-                OsString::from(&self.cfg.device),
-                OsString::from("--intra-threads"),
-                OsString::from(self.cfg.intra_threads.max(1).to_string()),
-            ],
+            args,
             rings: SegmentConfig {
                 to_attacher: HOST_RING,
                 to_creator: HOST_RING,
@@ -651,7 +695,8 @@ impl InferenceService {
                 park_slice: Duration::from_millis(10),
                 yielding: false,
             },
-            env: self.cfg.env.clone(),
+            env,
+            cgroup: prepared.cgroup,
             hang_timeout: Some(self.cfg.hang_timeout),
         };
         let Some((reaper, _)) = &self.reaper else {
@@ -701,7 +746,8 @@ impl InferenceService {
             let cmd = InferenceCommand::LoadModel {
                 id: m.def.id.clone(),
                 version: m.def.version.clone(),
-                path: m.def.path.display().to_string(),
+                source: m.def.path.display().to_string(),
+                bytes: m.bytes.to_vec(),
                 blake3_hex: m.blake3_hex.clone(),
             };
             let deadline = Some(Instant::now() + timeout);
@@ -791,6 +837,7 @@ enum Resolved {
 fn describe(up: &Up) -> String {
     match up {
         Up::Hello(_) => "Hello".into(),
+        Up::Ready { .. } => "Ready".into(),
         Up::Pong { .. } => "Pong".into(),
         Up::ShutdownAck => "ShutdownAck".into(),
         Up::Error { message } => format!("Error({message})"),

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 /// Magic bytes at the start of a journal.
 pub const MAGIC: &[u8; 8] = b"LSJOURN\0";
 /// Format version.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Largest frame accepted when reading.
 pub const MAX_FRAME: u32 = 64 << 20;
 
@@ -46,6 +46,9 @@ pub enum Entry {
         seed: u64,
         /// The manifest text.
         manifest: String,
+        /// Sandbox layers the run's children ran without, one line each
+        /// (empty: every layer).
+        sandbox_off: Vec<String>,
     },
     /// An external input applied at `tick`, with its outcome.
     Input {
@@ -493,6 +496,7 @@ mod tests {
                 manifest_hash: [1; 32],
                 seed: 7,
                 manifest: "x".into(),
+                sandbox_off: vec!["seccomp (manifest [sandbox] disable)".into()],
             },
             Entry::Tick {
                 tick: 1,

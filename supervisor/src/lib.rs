@@ -44,6 +44,8 @@
 //! * [`modules::ModuleStore`] — agent modules read, checked, compiled once
 //!   by a fresh process, cached under a MAC, kept with the run.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod checkpoint;
 pub mod child;
@@ -51,9 +53,11 @@ pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod diff;
+pub mod doctor;
 pub mod failure;
 pub mod inference;
 pub mod inject;
+pub mod jail;
 pub mod journal;
 pub mod manifest;
 pub mod modules;

@@ -3,6 +3,8 @@
 //! Raw arguments ([`Cli`]) are parsed with clap, then validated into the
 //! library's configurations (`RunConfig`, …) before anything starts.
 
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 use lockstep_supervisor::cluster::{Cluster, ClusterConfig, PingReport};
 use lockstep_supervisor::ctl::{self, CtlCommand};
@@ -42,6 +44,16 @@ enum Command {
     Inspect {
         /// The run directory.
         run_dir: PathBuf,
+    },
+    /// Check a running run's children: uid, capabilities, namespaces,
+    /// seccomp, Landlock, cgroup limits, and the run directory's
+    /// permissions (exit code 1 when something is missing).
+    Doctor {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a run's journal.
     Log(LogArgs),
@@ -135,10 +147,18 @@ struct RunArgs {
     /// Checkpoint every N ticks (default: the manifest's `run.checkpoint_every`).
     #[arg(long)]
     checkpoint_every: Option<u64>,
-    /// Run the workers without their process sandbox (seccomp, Landlock,
-    /// rlimits); wasmtime still confines the agents.
-    #[arg(long)]
+    /// Run the children (workers, inference host) without their process
+    /// sandbox (same as `--sandbox off`); wasmtime still confines the agents.
+    #[arg(long, conflicts_with = "sandbox")]
     no_sandbox: bool,
+    /// The children's sandbox mode: strict, best-effort, log or off
+    /// (default: the manifest's `[sandbox] mode`, else strict).
+    #[arg(long, value_enum)]
+    sandbox: Option<lockstep_common::SandboxMode>,
+    /// Turn one sandbox layer off (repeatable): cgroup, namespaces,
+    /// filesystem, identity, capabilities, rlimits, landlock, seccomp.
+    #[arg(long = "sandbox-disable", value_enum, value_name = "LAYER")]
+    sandbox_disable: Vec<lockstep_sandbox::Layer>,
     /// Address-space limit of each worker (RLIMIT_AS), e.g. `16GiB`
     /// (default: 4 GiB plus twice the memory limits of all the manifest's
     /// agents, at least 8 GiB).
@@ -301,6 +321,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Ctl(args) => ctl_cmd(args),
         Command::Inspect { run_dir } => inspect(&run_dir),
+        Command::Doctor { run_dir, json } => doctor(&run_dir, json),
         Command::Log(args) => log(args),
         Command::Ping(args) => ping(args),
         Command::Replay {
@@ -381,13 +402,19 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     cfg.board = !args.no_board;
     cfg.metrics = !args.no_metrics;
     if args.no_sandbox {
-        eprintln!(
-            "lockstep: WARNING: --no-sandbox: workers run without their process sandbox (seccomp, Landlock, rlimits); only wasmtime confines the agents"
-        );
-        cfg.worker_sandbox.mode = lockstep_common::SandboxMode::Off;
+        cfg.sandbox.mode = lockstep_common::SandboxMode::Off;
+    }
+    if let Some(mode) = args.sandbox {
+        cfg.sandbox.mode = mode;
+    }
+    for layer in &args.sandbox_disable {
+        if *layer == lockstep_sandbox::Layer::Fds {
+            return Err("--sandbox-disable fds: the fds step cannot be turned off".into());
+        }
+        cfg.sandbox.disable(*layer, "--sandbox-disable");
     }
     if let Some(limit) = args.worker_address_space {
-        cfg.worker_sandbox.address_space_limit = Some(limit);
+        cfg.sandbox.worker_address_space = limit;
     }
     cfg.hang_timeout = Duration::from_millis(args.hang_timeout_ms.max(10));
     cfg.inference.hang_timeout = cfg.hang_timeout;
@@ -546,6 +573,20 @@ fn resume_cmd(
         sum.tick, sum.hash
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn doctor(run_dir: &Path, json: bool) -> Result<ExitCode, BoxError> {
+    let report = lockstep_supervisor::doctor::Report::collect(run_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(if report.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, BoxError> {

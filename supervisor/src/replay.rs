@@ -518,7 +518,7 @@ pub fn fork(
             checkpoint_every: cfg.checkpoint_every,
             retain_checkpoints: cfg.retain_checkpoints,
             forever: false,
-            sandbox_off: cfg.worker_sandbox.mode == lockstep_common::SandboxMode::Off,
+            sandbox_off: cfg.sandbox.mode == lockstep_common::SandboxMode::Off,
             forked: Some((&rec.dir, at)),
         },
     )
@@ -528,6 +528,7 @@ pub fn fork(
         manifest_hash: *blake3::hash(rec.manifest_text.as_bytes()).as_bytes(),
         seed: rec.seed,
         manifest: rec.manifest_text.clone(),
+        sandbox_off: cfg.sandbox.layers_off(),
     })?;
     j.sync()?;
     cfg.control_socket = false;

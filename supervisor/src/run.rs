@@ -36,7 +36,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use crate::config::{RunConfig, WorkerSandbox, default_address_space_limit};
+pub use crate::config::{RunConfig, default_address_space_limit};
+pub use crate::jail::SandboxSettings;
 pub use crate::timeline::Script;
 
 /// Every this many ticks, every called agent reports its fuel and wall time
@@ -163,6 +164,8 @@ pub struct Run {
     in_tick: Option<u64>,
     /// Test-only kill points (`fault-injection` feature).
     inject: Inject,
+    /// The children's jails (settings, cgroups).
+    pub(crate) jails: Arc<std::sync::Mutex<crate::jail::Jails>>,
 }
 
 impl std::fmt::Debug for Run {
@@ -196,7 +199,7 @@ impl Run {
                 checkpoint_every: cfg.checkpoint_every,
                 retain_checkpoints: cfg.retain_checkpoints,
                 forever: false,
-                sandbox_off: cfg.worker_sandbox.mode == lockstep_common::SandboxMode::Off,
+                sandbox_off: cfg.sandbox.mode == lockstep_common::SandboxMode::Off,
                 forked: None,
             },
         )?;
@@ -206,6 +209,7 @@ impl Run {
             manifest_hash: *blake3::hash(cfg.manifest_text.as_bytes()).as_bytes(),
             seed: cfg.seed,
             manifest: cfg.manifest_text.clone(),
+            sandbox_off: cfg.sandbox.layers_off(),
         })?;
         journal.sync()?;
         let mut run = Self::boot(cfg, sim, Some(journal), None, Timeline::Live)?;
@@ -232,18 +236,47 @@ impl Run {
         };
         let checkpointer =
             Checkpointer::open(&dir, cfg.origin.as_deref(), cfg.retain_checkpoints, kept)?;
+        let jails = Arc::new(std::sync::Mutex::new(
+            crate::jail::Jails::new(cfg.sandbox.clone()).map_err(RunError::Setup)?,
+        ));
+        let address_space = if cfg.sandbox.mode == lockstep_common::SandboxMode::Off
+            || cfg
+                .sandbox
+                .disabled
+                .iter()
+                .any(|(l, _)| *l == lockstep_sandbox::Layer::Rlimits)
+        {
+            0
+        } else {
+            cfg.sandbox.worker_address_space
+        };
+        let isolated = cfg
+            .manifest
+            .tenants
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.isolation == crate::manifest::Isolation::Process)
+            .map(|(i, t)| crate::pool::IsolatedTenant {
+                index: i as u32,
+                name: t.name.clone(),
+                workers: t.workers.max(1) as usize,
+                limits: t.process,
+            })
+            .collect();
         let pool = WorkerPool::start(PoolConfig {
+            isolated,
             bin: cfg.worker_bin.clone(),
             workers: cfg.workers.max(1),
             seed: cfg.seed,
             watchdog: cfg.watchdog,
             tick_timeout: cfg.tick_timeout,
             hang_timeout: cfg.hang_timeout,
-            args: cfg.worker_sandbox.args(&cfg.manifest),
+            args: Vec::new(),
+            jails: jails.clone(),
             env: cfg.worker_env.clone(),
             first_env: cfg.first_worker_env.clone(),
             log_path: dir.join("recovery.log"),
-            address_space: cfg.worker_sandbox.address_space(&cfg.manifest),
+            address_space,
         })?;
         let modules = ModuleStore::new(
             Some(&dir),
@@ -261,7 +294,9 @@ impl Run {
         } else {
             None
         };
-        let inference = InferenceService::start(&cfg.manifest.models, cfg.inference.clone())?;
+        let mut inference_cfg = cfg.inference.clone();
+        inference_cfg.jails = Some(jails.clone());
+        let inference = InferenceService::start(&cfg.manifest.models, inference_cfg)?;
         let manifest_hash = *blake3::hash(cfg.manifest_text.as_bytes()).as_bytes();
         let mut run = Self {
             cfg,
@@ -282,6 +317,7 @@ impl Run {
             manifest_hash,
             in_tick: None,
             inject: Inject::from_env(),
+            jails,
         };
         run.load_modules()?;
         if let Some(body) = snapshot {
@@ -668,6 +704,11 @@ impl Run {
     /// Worker recoveries so far.
     pub fn recoveries(&self) -> u64 {
         self.pool.stats().recoveries
+    }
+
+    /// The worker pool's recovery statistics (failures by class, …).
+    pub fn pool_stats(&self) -> &crate::pool::PoolStats {
+        self.pool.stats()
     }
 
     /// Pid of the inference host, while one runs.

@@ -54,8 +54,12 @@ pub fn prepare(dir: &Path) -> Result<(), RunDirError> {
     create(dir)
 }
 
-/// Creates `dir` if needed, private to its owner.
+/// Creates `dir` if needed, private to its owner, and sets the process's
+/// umask to 0077 so that everything the run creates in it afterwards —
+/// journal, snapshots, pages, board, control socket, directories — is
+/// private too (0600 files, 0700 directories), whoever creates it.
 pub fn create(dir: &Path) -> Result<(), RunDirError> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create: {e}")))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| err(dir, format!("cannot make it private: {e}")))

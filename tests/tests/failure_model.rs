@@ -475,7 +475,7 @@ fn aggregate_memory_exhaustion_names_the_limit() {
     .unwrap();
     let attempt = |name: &str| {
         let mut cfg = config(&manifest, tmp.path().join(name), 1);
-        cfg.worker_sandbox.address_space_limit = Some(1 << 30);
+        cfg.sandbox.worker_address_space = 1 << 30;
         cfg.worker_env.push(("RUST_BACKTRACE".into(), "1".into()));
         let mut run = Run::start(cfg).unwrap();
         let err = loop {

@@ -14,6 +14,8 @@
 //! lockstep-ui --once run/demo     # print the current state and exit
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod tui;
 
 use clap::Parser;

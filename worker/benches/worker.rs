@@ -52,17 +52,9 @@ const POPULATIONS: [usize; 4] = [1, 100, 1_000, 10_000];
 const SEED: u64 = 42;
 
 /// The minimal agent: the ABI's exports, `agent_step` increments a global.
-const NOOP_WAT: &str = r#"(module
-  (memory (export "memory") 1)
-  (global $n (mut i64) (i64.const 0))
-  (func (export "agent_abi_version") (result i32) (i32.const 0x10000))
-  (func (export "agent_buffer") (param i32) (result i32) (i32.const 1024))
-  (func (export "agent_init") (result i32) (i32.const 0))
-  (func (export "agent_step") (param i32) (result i32)
-    (global.set $n (i64.add (global.get $n) (i64.const 1)))
-    (i32.const 0))
-  (func (export "agent_receive") (param i32) (result i32) (i32.const 0))
-  (func (export "agent_shutdown") (result i32) (i32.const 0)))"#;
+#[path = "../../tests/bench_support/noop.rs"]
+mod noop;
+use noop::NOOP_WAT;
 
 /// An agent with `pages` pages of memory, all filled with 0xA5 by
 /// `agent_init` (section 3).
@@ -486,7 +478,8 @@ impl RingWorker {
                 to_creator: WORKER_RING,
             },
             policy,
-            env: Vec::new(),
+            env: lockstep_supervisor::jail::passed_env(),
+            cgroup: None,
             hang_timeout: None,
         };
         let mut child = Child::spawn(&spec, reaper).expect("spawn lockstep-worker");

@@ -457,6 +457,10 @@ pub fn engine_key(engine: &Engine) -> String {
 /// `compiled` (the supervisor's copy of what [`compile`] produced for these
 /// bytes), loads that instead of compiling.  `memory_limit` bounds the
 /// memory's declared minimum.
+#[allow(
+    unsafe_code,
+    reason = "wasmtime's Module::deserialize; see the SAFETY comment"
+)]
 pub fn load_module(
     engine: &Engine,
     name: &str,

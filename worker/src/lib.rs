@@ -38,15 +38,23 @@
 //!   execution of the supervisor's per-tick work.
 //! * [`oom`] — running out of memory ends the process with its own exit
 //!   code, never as an agent's fault.
-//! * [`sandbox`] — the worker process's own sandbox (rlimits, Landlock,
-//!   seccomp-bpf), defence in depth behind wasmtime.
+//! * `inject` — test-only fault injection (cargo feature
+//!   `fault-injection`; absent from release builds).
+//!
+//! The worker process's own sandbox (defence in depth behind wasmtime) is
+//! `lockstep_sandbox`'s, applied by `lockstep-worker`'s `main`.
+
+// The one `unsafe` of the runtime outside the transport crate is
+// wasmtime's `Module::deserialize` (`engine.rs`), on bytes only the
+// supervisor's compile step produced.
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod engine;
 pub mod error;
 pub mod host;
+#[cfg(feature = "fault-injection")]
 pub mod inject;
 pub mod oom;
-pub mod sandbox;
 pub mod service;
 pub mod snapshot;

@@ -8,26 +8,29 @@
 //! one of [`shm_protocol::control::ExitCode`]'s codes so the supervisor can
 //! tell a setup failure from a crash.
 //!
-//! Between the handshake and the first command it sandboxes itself
-//! ([`lockstep_worker::sandbox`]): rlimits, `no_new_privs`, Landlock (only
-//! the `--allow-read`/`--allow-write` directories), then the epoch thread is
-//! started and a seccomp-bpf allowlist installed on every thread.
+//! It jails itself as it comes up (`lockstep_sandbox`, ARCHITECTURE.md
+//! "Bring-up"): inherited descriptors closed, its cgroup joined, new
+//! namespaces, an empty read-only root, capabilities and root dropped —
+//! before the engine is built; then, after the handshake, rlimits,
+//! Landlock, the epoch thread, and the seccomp-bpf allowlist.  Only then
+//! does it say it is ready.
+
+#![forbid(unsafe_code)]
 
 use clap::Parser;
-use lockstep_common::{ChildArgs, SandboxMode};
-use lockstep_worker::oom::OomExit;
-use lockstep_worker::sandbox;
+use lockstep_common::ChildArgs;
+use lockstep_sandbox::{Class, Jail, JailArgs};
 use lockstep_worker::service::Worker;
 use lockstep_worker::snapshot::Imager;
 use shm_protocol::bootstrap::{self, Reply};
 use shm_protocol::control::{Down, ExitCode, Role, Up};
 use shm_protocol::worker::{WorkerCommand, WorkerReply};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+#[cfg(feature = "fault-injection")]
+use std::time::Duration;
 
 /// Running out of heap memory exits with the out-of-memory code.
 #[global_allocator]
-static ALLOC: OomExit = OomExit;
+static ALLOC: shm_protocol::oom::OomExit = shm_protocol::oom::OomExit;
 
 /// Command line of a worker (normally written by the supervisor).
 #[derive(Debug, Parser)]
@@ -35,32 +38,17 @@ static ALLOC: OomExit = OomExit;
 struct Args {
     #[command(flatten)]
     child: ChildArgs,
-    /// Process sandbox: strict (every layer or exit 69), best-effort (skip
-    /// layers the kernel lacks, with a warning), log (seccomp violations are
-    /// logged, not fatal: for auditing the allowlist) or off.
-    #[arg(long, value_enum, default_value_t = SandboxMode::Strict)]
-    sandbox: SandboxMode,
-    /// Same as `--sandbox off`.
-    #[arg(long, conflicts_with = "sandbox")]
-    no_sandbox: bool,
-    /// RLIMIT_AS in bytes (0: no limit).
-    #[arg(long, default_value_t = 0, value_name = "BYTES")]
-    address_space_limit: u64,
-    /// A directory whose files may be read; repeatable.  Workers receive
-    /// modules over their ring and need none.
-    #[arg(long = "allow-read", value_name = "DIR")]
-    allow_read: Vec<PathBuf>,
-    /// A directory that may be read and written (created if missing);
-    /// repeatable.
-    #[arg(long = "allow-write", value_name = "DIR")]
-    allow_write: Vec<PathBuf>,
+    #[command(flatten)]
+    jail: JailArgs,
 }
 
 fn main() {
     bootstrap::install_panic_exit("lockstep-worker");
     let args: Args = lockstep_common::parse_or_exit();
     lockstep_common::init_logging("warn");
-    // The epoch thread starts inside the sandbox (see `sandbox::apply`).
+    let keep: Vec<i32> = args.child.shm_fd.into_iter().collect();
+    let mut jail = Jail::enter(Class::Worker, args.jail.config(&keep)).unwrap_or_else(|e| e.exit());
+    // The epoch thread starts inside the sandbox (see `Jail::lock`).
     let mut worker = match Worker::without_ticker() {
         Ok(w) => w,
         Err(e) => {
@@ -68,17 +56,9 @@ fn main() {
             ExitCode::Runtime.exit();
         }
     };
-    let (mut ep, name) = lockstep_common::connect_or_exit(&args.child, Role::Worker);
-    let cfg = sandbox::Config {
-        mode: if args.no_sandbox {
-            SandboxMode::Off
-        } else {
-            args.sandbox
-        },
-        address_space_limit: args.address_space_limit,
-        allow_read: args.allow_read,
-        allow_write: args.allow_write,
-    };
+    let source = args.child.open_source();
+    jail.confine().unwrap_or_else(|e| e.exit());
+    let (mut ep, name) = lockstep_common::connect_or_exit(&args.child, &source, Role::Worker);
     // The epoch thread is also the heartbeat: it beats while agents run, so
     // the supervisor tells a busy worker from a stopped or hung one.
     let status = ep.segment().status();
@@ -89,23 +69,20 @@ fn main() {
             status.beat();
         }
     };
-    if let Err(e) = sandbox::apply(&cfg, || worker.start_epoch_ticker(beat)) {
-        tracing::error!(%name, error = %e, "cannot set up the worker sandbox");
-        // Tell the supervisor why before going (it is waiting to configure us).
-        let _ = ep.send_msg(
-            &Up::Error {
-                message: format!("{name}: worker sandbox setup failed: {e}"),
-            },
-            Some(Instant::now() + Duration::from_secs(1)),
-        );
-        ExitCode::Sandbox.exit();
-    }
+    let report = jail
+        .lock(|| worker.start_epoch_ticker(beat))
+        .unwrap_or_else(|e| {
+            lockstep_common::refuse_and_exit(&mut ep, &name, &e.to_string(), e.layer.exit_code())
+        });
+    lockstep_common::ready_or_exit(&mut ep, report.to_wire());
     let mut imager = Imager::default();
+    #[cfg(feature = "fault-injection")]
     let own = shm_protocol::rogue::Target::of(ep.segment());
     tracing::debug!(%name, "worker ready");
     let code = bootstrap::serve(&mut ep, |cmd| match cmd {
         Down::Worker(WorkerCommand::Tick(work)) => {
             let done = worker.tick(&work);
+            #[cfg(feature = "fault-injection")]
             if let Some(attack) = worker.corruption_at(work.tick) {
                 // Test-only fault injection: a rogue worker.
                 tracing::error!(tick = work.tick, ?attack, "injected ring corruption");

@@ -76,6 +76,7 @@ pub struct Worker {
     /// Wall time of the current tick's parts so far.
     tick_wall_ns: u64,
     /// Test-only fault injection (`LOCKSTEP_INJECT`).
+    #[cfg(feature = "fault-injection")]
     inject: Option<crate::inject::Inject>,
     /// What the heartbeat sees of this worker's main thread.
     activity: Arc<lockstep_common::Activity>,
@@ -105,6 +106,7 @@ impl Worker {
             slots: Vec::new(),
             gone: Vec::new(),
             tick_wall_ns: 0,
+            #[cfg(feature = "fault-injection")]
             inject: crate::inject::Inject::from_env(),
             activity: Arc::default(),
         })
@@ -351,6 +353,7 @@ impl Worker {
     }
 
     /// Applies test-only fault injection at the start of `tick`.
+    #[cfg(feature = "fault-injection")]
     fn inject(&mut self, tick: u64) {
         let Some(inj) = self.inject.clone() else {
             return;
@@ -369,14 +372,9 @@ impl Worker {
                 std::process::abort();
             }
         }
-        for (agent, at) in inj.syscall {
+        for (agent, at, attempt) in inj.escape {
             if at == tick && hosted(self, agent) {
-                crate::inject::forbidden_syscall();
-            }
-        }
-        for (agent, at) in inj.read {
-            if at == tick && hosted(self, agent) {
-                crate::inject::read_outside();
+                lockstep_sandbox::escape::attempt(attempt);
             }
         }
         for (agent, at) in inj.kill {
@@ -398,6 +396,7 @@ impl Worker {
 
     /// The ring attack fault injection asks for at the end of `tick`, if
     /// any (see [`crate::inject`]).
+    #[cfg(feature = "fault-injection")]
     pub fn corruption_at(&self, tick: u64) -> Option<shm_protocol::rogue::Attack> {
         let inj = self.inject.as_ref()?;
         inj.corrupt
@@ -462,6 +461,7 @@ impl Worker {
         if !work.evict.is_empty() {
             self.evict(&work.evict);
         }
+        #[cfg(feature = "fault-injection")]
         if self.inject.is_some() {
             self.inject(tick);
         }

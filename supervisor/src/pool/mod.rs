@@ -47,8 +47,11 @@ pub const WORKER_RING: usize = crate::config::WORKER_RING;
 pub struct PoolConfig {
     /// The worker binary.
     pub bin: PathBuf,
-    /// Number of workers.
+    /// Number of shared workers.
     pub workers: usize,
+    /// Tenants whose agents run in workers of their own (after the shared
+    /// ones), in their own cgroup.
+    pub isolated: Vec<IsolatedTenant>,
     /// Run seed.
     pub seed: u64,
     /// Wall-clock watchdog per agent call.
@@ -57,8 +60,10 @@ pub struct PoolConfig {
     pub tick_timeout: Duration,
     /// Longest heartbeat silence while a worker owes an answer.
     pub hang_timeout: Duration,
-    /// Extra arguments (sandbox, wait policy).
+    /// Extra arguments.
     pub args: Vec<OsString>,
+    /// The run's jails: each worker's sandbox arguments and cgroup.
+    pub jails: Arc<std::sync::Mutex<crate::jail::Jails>>,
     /// Environment of every worker.
     pub env: Vec<(String, String)>,
     /// Environment of the workers started with the pool only.
@@ -68,6 +73,79 @@ pub struct PoolConfig {
     /// The workers' address-space limit (0: none), named when memory runs
     /// out.
     pub address_space: u64,
+}
+
+/// A tenant with process isolation.
+#[derive(Debug, Clone)]
+pub struct IsolatedTenant {
+    /// Its index in the manifest.
+    pub index: u32,
+    /// Its name (names its cgroup).
+    pub name: String,
+    /// Its worker processes.
+    pub workers: usize,
+    /// The cgroup limits of those workers together.
+    pub limits: crate::manifest::ProcessLimits,
+}
+
+/// Which worker hosts which agent.  Shared workers `0..shared` host the
+/// agents of every tenant without process isolation, agent `a` on worker
+/// `(a − 1) mod shared`; each tenant with process isolation has workers of
+/// its own after them, hosting its agents the same way among themselves.
+/// Placement never changes results, only which process computes them.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    shared: usize,
+    /// Tenant → (first worker, workers).
+    isolated: BTreeMap<u32, (usize, usize)>,
+    /// The tenant of every agent of an isolated tenant.
+    tenant: BTreeMap<u64, u32>,
+}
+
+impl Placement {
+    /// `shared` shared workers, then `(tenant, workers)` for each isolated
+    /// tenant.
+    pub fn new(shared: usize, isolated: &[(u32, usize)]) -> Self {
+        let mut next = shared.max(1);
+        let mut map = BTreeMap::new();
+        for &(t, n) in isolated {
+            map.insert(t, (next, n.max(1)));
+            next += n.max(1);
+        }
+        Self {
+            shared: shared.max(1),
+            isolated: map,
+            tenant: BTreeMap::new(),
+        }
+    }
+
+    /// Workers in all.
+    pub fn workers(&self) -> usize {
+        self.shared + self.isolated.values().map(|(_, n)| n).sum::<usize>()
+    }
+
+    /// Records that `agent` belongs to `tenant`.
+    pub fn note(&mut self, agent: u64, tenant: u32) {
+        if self.isolated.contains_key(&tenant) {
+            self.tenant.insert(agent, tenant);
+        }
+    }
+
+    /// The worker hosting `agent`.
+    pub fn worker_of(&self, agent: u64) -> usize {
+        match self.tenant.get(&agent).and_then(|t| self.isolated.get(t)) {
+            Some(&(first, n)) => first + worker_of(agent, n),
+            None => worker_of(agent, self.shared),
+        }
+    }
+
+    /// The tenant whose agents worker `wi` hosts alone, if any.
+    pub fn tenant_of_worker(&self, wi: usize) -> Option<u32> {
+        self.isolated
+            .iter()
+            .find(|(_, (first, n))| (*first..first + n).contains(&wi))
+            .map(|(t, _)| *t)
+    }
 }
 
 /// A module as loaded into workers: its bytes and compiled form.
@@ -190,6 +268,8 @@ pub struct WorkerPool {
     notes: Vec<String>,
     /// Workers started so far (names compile steps and probes apart).
     spawned: u64,
+    /// Which worker hosts which agent.
+    placement: Placement,
 }
 
 impl WorkerPool {
@@ -198,6 +278,9 @@ impl WorkerPool {
         let (reaper, deaths) = Reaper::start()
             .map_err(|e| PoolError::Start(format!("cannot start the reaper: {e}")))?;
         let log = WorkLog::new(&cfg.log_path);
+        let isolated: Vec<(u32, usize)> =
+            cfg.isolated.iter().map(|t| (t.index, t.workers)).collect();
+        let placement = Placement::new(cfg.workers.max(1), &isolated);
         let mut pool = Self {
             workers: Vec::new(),
             reaper,
@@ -213,11 +296,12 @@ impl WorkerPool {
             stats: PoolStats::default(),
             notes: Vec::new(),
             spawned: 0,
+            placement,
             cfg,
         };
-        for i in 0..pool.cfg.workers.max(1) {
+        for i in 0..pool.placement.workers() {
             let p = pool
-                .spawn(&format!("worker-{i}"), true)
+                .spawn(&format!("worker-{i}"), true, Some(i))
                 .map_err(|f| PoolError::Start(f.to_string()))?;
             pool.workers.push(p);
         }
@@ -236,12 +320,30 @@ impl WorkerPool {
 
     /// The worker hosting `agent`.
     pub fn worker_of(&self, agent: u64) -> usize {
-        worker_of(agent, self.workers.len())
+        self.placement.worker_of(agent)
+    }
+
+    /// The isolated tenant worker `wi` serves, if any.
+    fn isolated_tenant(&self, wi: usize) -> Option<&IsolatedTenant> {
+        let t = self.placement.tenant_of_worker(wi)?;
+        self.cfg.isolated.iter().find(|x| x.index == t)
     }
 
     /// Pid of each worker.
     pub fn pids(&self) -> Vec<u32> {
         self.workers.iter().map(|w| w.child.pid()).collect()
+    }
+
+    /// Each worker, for `lockstep doctor`.
+    pub fn children(&self) -> Vec<crate::doctor::ChildInfo> {
+        self.workers
+            .iter()
+            .map(|w| crate::doctor::ChildInfo {
+                name: w.child.name().to_owned(),
+                pid: w.child.pid(),
+                sandbox: w.child.sandbox().cloned(),
+            })
+            .collect()
     }
 
     /// Name of each worker.
@@ -268,17 +370,30 @@ impl WorkerPool {
         std::mem::take(&mut self.notes)
     }
 
-    fn spec(&self, name: &str, first: bool) -> ChildSpec {
-        let spare = spare_core(self.cfg.workers.max(1));
+    /// The process for worker slot `slot` (`None`: a compile step), named
+    /// `name`: a worker of an isolated tenant goes in the tenant's cgroup.
+    fn spec(&self, name: &str, first: bool, slot: Option<usize>) -> Result<ChildSpec, String> {
+        let spare = spare_core(self.placement.workers());
+        let tenant = slot
+            .and_then(|wi| self.isolated_tenant(wi))
+            .map(|t| (t.name.as_str(), &t.limits));
+        let prepared = self
+            .cfg
+            .jails
+            .lock()
+            .map_err(|_| "the jails' lock is poisoned".to_owned())?
+            .prepare(crate::jail::ChildClass::Worker, name, tenant)?;
         let mut args = self.cfg.args.clone();
+        args.extend(prepared.args);
         if !spare {
             args.push("--wait-yield".into());
         }
-        let mut env = self.cfg.env.clone();
+        let mut env = prepared.env;
+        env.extend(self.cfg.env.iter().cloned());
         if first {
             env.extend(self.cfg.first_env.iter().cloned());
         }
-        ChildSpec {
+        Ok(ChildSpec {
             role: Role::Worker,
             name: name.to_owned(),
             program: self.cfg.bin.clone(),
@@ -289,14 +404,19 @@ impl WorkerPool {
             },
             policy: supervisor_policy(spare),
             env,
+            cgroup: prepared.cgroup,
             hang_timeout: Some(self.cfg.hang_timeout),
-        }
+        })
     }
 
-    /// Starts and configures one worker process.
-    fn spawn(&mut self, name: &str, first: bool) -> Result<Proc, ChildFailure> {
+    /// Starts and configures one worker process (for worker slot `slot`).
+    fn spawn(
+        &mut self,
+        name: &str,
+        first: bool,
+        slot: Option<usize>,
+    ) -> Result<Proc, ChildFailure> {
         self.spawned += 1;
-        let spec = self.spec(name, first);
         let tick = self.tick;
         let fail = |cause: Cause, pid: u32| ChildFailure {
             child: name.to_owned(),
@@ -304,14 +424,18 @@ impl WorkerPool {
             tick,
             cause,
         };
+        let spec = self
+            .spec(name, first, slot)
+            .map_err(|e| fail(Cause::Start(e), 0))?;
         let mut child =
             Child::spawn(&spec, &self.reaper).map_err(|e| fail(Cause::Start(chain(&e)), 0))?;
         let pid = child.pid();
         if let Err(e) = child.handshake(Duration::from_secs(30)) {
             child.kill_and_wait(Duration::from_secs(5));
+            let oom = child.oom_kills();
             let cause = self
                 .death_of(pid, Duration::from_millis(500))
-                .map_or_else(|| Cause::Start(chain(&e)), |d| Cause::from_exit(&d));
+                .map_or_else(|| Cause::Start(chain(&e)), |d| Cause::from_death(&d, oom));
             return Err(fail(cause, pid));
         }
         let mut p = Proc { child };
@@ -331,9 +455,10 @@ impl WorkerPool {
                 // A worker whose sandbox cannot be set up says why, then
                 // exits (code 69).
                 p.child.kill_and_wait(Duration::from_secs(5));
+                let oom = p.child.oom_kills();
                 let cause = self
                     .death_of(pid, Duration::from_millis(500))
-                    .map_or_else(|| Cause::Start(e.clone()), |d| Cause::from_exit(&d));
+                    .map_or_else(|| Cause::Start(e.clone()), |d| Cause::from_death(&d, oom));
                 Err(fail(cause, pid))
             }
             Ok(other) => {
@@ -356,17 +481,18 @@ impl WorkerPool {
         let pid = p.child.pid();
         let cause = Cause::from_channel(e, waited);
         p.child.kill_and_wait(Duration::from_secs(5));
-        self.settle(pid, cause)
+        self.settle(pid, cause, p.child.oom_kills())
     }
 
     /// The cause, or — for a process that is simply gone — how the reaper
     /// saw it die.
-    fn settle(&mut self, pid: u32, cause: Option<Cause>) -> Cause {
+    fn settle(&mut self, pid: u32, cause: Option<Cause>, oom_kills: u64) -> Cause {
         match cause {
             Some(c) => c,
-            None => self
-                .death_of(pid, Duration::from_secs(1))
-                .map_or_else(|| Cause::Exited { code: -1 }, |d| Cause::from_exit(&d)),
+            None => self.death_of(pid, Duration::from_secs(1)).map_or_else(
+                || Cause::Exited { code: -1 },
+                |d| Cause::from_death(&d, oom_kills),
+            ),
         }
     }
 
@@ -397,7 +523,9 @@ impl WorkerPool {
         wasm: &[u8],
     ) -> Result<(ModuleFacts, Vec<u8>, String), String> {
         let compiler = format!("compiler-{}", self.spawned);
-        let mut p = self.spawn(&compiler, false).map_err(|f| f.to_string())?;
+        let mut p = self
+            .spawn(&compiler, false, None)
+            .map_err(|f| f.to_string())?;
         let reply = p.request(
             WorkerCommand::Compile {
                 name: name.to_owned(),
@@ -449,7 +577,8 @@ impl WorkerPool {
         let pid = self.workers[wi].child.pid();
         let cause = Cause::from_channel(e, waited);
         self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
-        self.settle(pid, cause)
+        let oom = self.workers[wi].child.oom_kills();
+        self.settle(pid, cause, oom)
     }
 
     /// From now on recovery restores `base` (a checkpoint just taken or
@@ -494,10 +623,12 @@ impl WorkerPool {
         subset: Option<&[u64]>,
     ) -> Result<(), RestoreFailure> {
         let zero = zero_chunk_hash();
-        let k = self.workers.len();
         let timeout = Duration::from_secs(600);
+        for (id, rec) in &body.scheduler.agents {
+            self.placement.note(*id, rec.tenant);
+        }
         for (id, img) in &body.agents {
-            if worker_of(*id, k) != wi || subset.is_some_and(|s| !s.contains(id)) {
+            if self.placement.worker_of(*id) != wi || subset.is_some_and(|s| !s.contains(id)) {
                 continue;
             }
             let Some(rec) = body.scheduler.agents.get(id) else {
@@ -562,7 +693,10 @@ impl WorkerPool {
     ) -> Result<TickOutcome, PoolError> {
         let tick = plan.tick;
         let k = self.workers.len();
-        let mut works = partition(plan, ctx, k);
+        for s in plan.spawns.iter().chain(&plan.restarts) {
+            self.placement.note(s.agent_id, s.tenant);
+        }
+        let mut works = partition(plan, ctx, &self.placement, k);
         let timeout = self.cfg.tick_timeout;
         let mut failed: Vec<Option<Cause>> = vec![None; k];
         for (wi, w) in works.iter_mut().enumerate() {
@@ -626,7 +760,7 @@ impl WorkerPool {
         for r in &out.results {
             if r.fault == Some(Fault::Watchdog) {
                 out.decisions.push(Decision::Watchdog { agent: r.agent_id });
-                let w = &mut works[worker_of(r.agent_id, k)];
+                let w = &mut works[self.placement.worker_of(r.agent_id)];
                 if !w.preempt.contains(&r.agent_id) {
                     w.preempt.push(r.agent_id);
                 }
@@ -653,7 +787,6 @@ impl WorkerPool {
         known: &dyn Fn(u64) -> bool,
     ) -> Result<TickDone, Cause> {
         let timeout = self.cfg.tick_timeout;
-        let k = self.workers.len();
         let reply = match self.workers[wi].recv(timeout) {
             Ok(r) => r,
             Err(e) => return Err(self.cause_of_worker(wi, &e, timeout)),
@@ -666,7 +799,7 @@ impl WorkerPool {
                 match done
                     .results
                     .iter()
-                    .find(|r| !known(r.agent_id) || worker_of(r.agent_id, k) != wi)
+                    .find(|r| !known(r.agent_id) || self.placement.worker_of(r.agent_id) != wi)
                 {
                     Some(r) => format!("reported agent {} which it does not host", r.agent_id),
                     None => match done
@@ -706,7 +839,7 @@ impl WorkerPool {
         let k = self.workers.len();
         let mut by_worker: Vec<Vec<u64>> = vec![Vec::new(); k];
         for &id in agents {
-            by_worker[worker_of(id, k)].push(id);
+            by_worker[self.placement.worker_of(id)].push(id);
         }
         let mut images = Vec::with_capacity(agents.len());
         for (wi, ids) in by_worker.iter().enumerate() {
@@ -919,7 +1052,8 @@ fn decision_order(d: &Decision) -> (u8, u64) {
 
 /// Splits a tick's plan by worker (deliveries are moved, not copied);
 /// quarantined agents are left out and evicted, preempted ones marked.
-fn partition(plan: &mut TickPlan, ctx: &TickCtx, k: usize) -> Vec<TickWork> {
+fn partition(plan: &mut TickPlan, ctx: &TickCtx, at: &Placement, k: usize) -> Vec<TickWork> {
+    let worker_of = |a: u64, _k: usize| at.worker_of(a);
     let mut works: Vec<TickWork> = (0..k)
         .map(|_| TickWork {
             tick: plan.tick,

@@ -16,7 +16,10 @@
 //! journaled decision — and the tick re-run without it.  If the whole set
 //! fails but neither half does alone (an aggregate limit such as the
 //! worker's memory), no agent is blamed: the run gives up with an error
-//! naming the limit.  If the whole set does not fail in a scratch process,
+//! naming the limit — unless the worker serves one tenant with process
+//! isolation alone, in which case that tenant exceeded its own limits and
+//! its agents on the worker are quarantined (journaled decisions), while
+//! every other tenant goes on untouched.  If the whole set does not fail in a scratch process,
 //! the failures were not caused by the tick (an operator, the machine) and
 //! recovery simply goes on.
 
@@ -101,10 +104,28 @@ impl WorkerPool {
                         self.notes.push(line);
                     }
                     Bisect::Aggregate { agents, of, cause } => {
-                        return Err(PoolError::GiveUp {
-                            tick,
-                            reason: self.aggregate_reason(wi, tick, agents, of, &cause),
-                        });
+                        let Some(tenant) = self.isolated_tenant(wi).map(|t| t.name.clone()) else {
+                            return Err(PoolError::GiveUp {
+                                tick,
+                                reason: self.aggregate_reason(wi, tick, agents, of, &cause),
+                            });
+                        };
+                        // The worker holds one tenant's agents alone: the
+                        // tenant exceeded its own limits, and only its
+                        // agents on this worker are stopped.
+                        let hosted = self.suspects(wi, work)?;
+                        *work = filter_work(work, |a| !hosted.contains(&a));
+                        for &agent in &hosted {
+                            work.evict.push(agent);
+                            decisions.push(Decision::Quarantine { agent });
+                            self.stats.quarantined.push(agent);
+                        }
+                        let line = format!(
+                            "[QUARANTINE] tenant {tenant} exceeded the limits of its processes at tick {tick} ({cause}): its {} agents on worker-{wi} are stopped",
+                            hosted.len()
+                        );
+                        tracing::error!(tenant, tick, "{line}");
+                        self.notes.push(line);
                     }
                     Bisect::NotReproduced => {
                         tracing::warn!(
@@ -184,7 +205,7 @@ impl WorkerPool {
         let name = format!("worker-{wi}");
         self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
         let fresh = self
-            .spawn(&name, false)
+            .spawn(&name, false, Some(wi))
             .map_err(|f| ReplaceError::Failed(f.cause))?;
         self.workers[wi] = fresh;
         self.prepare(wi, pages, None, true)
@@ -261,14 +282,13 @@ impl WorkerPool {
 
     /// The agents worker `wi` hosts or started since the checkpoint.
     fn suspects(&mut self, wi: usize, work: &TickWork) -> Result<Vec<u64>, PoolError> {
-        let k = self.workers.len();
         let mut s: BTreeSet<u64> = BTreeSet::new();
         if let Some(base) = &self.base {
             s.extend(
                 base.agents
                     .iter()
                     .map(|(id, _)| *id)
-                    .filter(|id| super::worker_of(*id, k) == wi),
+                    .filter(|id| self.placement.worker_of(*id) == wi),
             );
         }
         let log = self
@@ -338,7 +358,7 @@ impl WorkerPool {
         subset: &[u64],
     ) -> Result<Option<Cause>, PoolError> {
         let name = format!("probe-{}", self.spawned);
-        let mut scratch = match self.spawn(&name, false) {
+        let mut scratch = match self.spawn(&name, false, Some(wi)) {
             Ok(p) => p,
             Err(f) => {
                 return Err(PoolError::Start(format!(

@@ -25,6 +25,7 @@
 //! max_fuel_per_tick = 1000000000
 //! max_memory = "1GiB"
 //! max_inference_per_tick = 1000
+//! isolation = "shared"        # or "process": workers of its own ([sandbox])
 //!
 //! [[agents]]
 //! name = "sensor"
@@ -54,9 +55,15 @@
 //! max_batch = 32               # optional: rows per model run (default 32)
 //! ```
 //!
+//! The `[sandbox]` table and the tenants' process limits are described in
+//! [`sandbox`].
+//!
 //! The first declared version of a model id is its *current* version (what
 //! `infer("mlp")` without `@version` uses) until an `Input::SwapModel`.
 
+pub mod sandbox;
+
+pub use sandbox::{Isolation, ProcessLimits, SandboxDef};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -161,6 +168,12 @@ struct RawTenant {
     max_fuel_per_tick: Option<u64>,
     max_memory: Option<Spanned<RawSize>>,
     max_inference_per_tick: Option<u64>,
+    isolation: Option<Isolation>,
+    workers: Option<Spanned<u32>>,
+    process_memory: Option<Spanned<RawSize>>,
+    process_pids: Option<Spanned<u64>>,
+    process_cpu: Option<Spanned<f64>>,
+    process_cpu_weight: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +233,7 @@ struct RawManifest {
     tasks: Vec<RawTask>,
     #[serde(default)]
     models: Vec<RawModel>,
+    sandbox: Option<sandbox::RawSandbox>,
 }
 
 /// Per-tenant limits (`None` = unlimited).
@@ -237,6 +251,16 @@ pub struct Tenant {
     pub max_memory: Option<u64>,
     /// Most inference requests per tick.
     pub max_inference_per_tick: Option<u64>,
+    /// Whether its agents share worker processes with other tenants.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// With [`Isolation::Process`]: its worker processes.
+    #[serde(default)]
+    pub workers: u32,
+    /// With [`Isolation::Process`]: the cgroup limits of its workers
+    /// together.
+    #[serde(default)]
+    pub process: ProcessLimits,
 }
 
 /// OTP-style restart intensity: at most `max` restarts within `within` ticks.
@@ -344,6 +368,9 @@ pub struct Manifest {
     pub tasks: Vec<TaskDef>,
     /// Models.
     pub models: Vec<ModelDef>,
+    /// The children's sandbox.
+    #[serde(default)]
+    pub sandbox: SandboxDef,
 }
 
 /// Most agents one run may declare.
@@ -552,6 +579,43 @@ impl Manifest {
                     })?),
                     None => None,
                 };
+            let isolation = t.isolation.unwrap_or_default();
+            let process = sandbox::RawTenantLimits {
+                memory: t.process_memory.as_ref(),
+                pids: t.process_pids.as_ref(),
+                cpu: t.process_cpu.as_ref(),
+                cpu_weight: t.process_cpu_weight.as_ref(),
+            };
+            let has_process = t.workers.is_some()
+                || t.process_memory.is_some()
+                || t.process_pids.is_some()
+                || t.process_cpu.is_some()
+                || t.process_cpu_weight.is_some();
+            if has_process && isolation != Isolation::Process {
+                return cx.err(
+                    Some(t.name.span()),
+                    format!("tenants[{i}].isolation"),
+                    "`workers` and `process_*` limits need isolation = \"process\"",
+                );
+            }
+            let workers = match &t.workers {
+                Some(w) if *w.get_ref() == 0 || *w.get_ref() > 64 => {
+                    return cx.err(
+                        Some(w.span()),
+                        format!("tenants[{i}].workers"),
+                        "must be between 1 and 64",
+                    );
+                }
+                Some(w) => *w.get_ref(),
+                None if isolation == Isolation::Process => 1,
+                None => 0,
+            };
+            let process = sandbox::limits(
+                &cx,
+                &format!("tenants[{i}].process_"),
+                &process,
+                ProcessLimits::default(),
+            )?;
             tenants.push(Tenant {
                 name: name.clone(),
                 max_agents: t.max_agents,
@@ -559,6 +623,9 @@ impl Manifest {
                 max_fuel_per_tick: t.max_fuel_per_tick,
                 max_memory,
                 max_inference_per_tick: t.max_inference_per_tick,
+                isolation,
+                workers,
+                process,
             });
         }
         if tenants.is_empty() {
@@ -570,6 +637,9 @@ impl Manifest {
                 max_fuel_per_tick: None,
                 max_memory: None,
                 max_inference_per_tick: None,
+                isolation: Isolation::Shared,
+                workers: 0,
+                process: ProcessLimits::default(),
             });
         }
 
@@ -881,6 +951,7 @@ impl Manifest {
             agents,
             tasks,
             models,
+            sandbox: sandbox::validate(&cx, raw.sandbox.as_ref())?,
         })
     }
 }

@@ -1,0 +1,242 @@
+//! What the children's sandbox costs (no Criterion): `cargo build --release
+//! --workspace --bins && cargo bench -p lockstep-supervisor --bench
+//! sandbox`.  Results: docs/benchmarks.md.
+//!
+//! Measured in the same run, every configuration interleaved round by
+//! round so that each sees the same machine:
+//!
+//! 1. **spawn to ready** — from `fork`/`exec` of a worker and of the
+//!    inference host to its `Ready` (handshake done, every layer in force;
+//!    for the host also ONNX Runtime loaded and self-tested), with every
+//!    layer on (its own cgroup included) and with `--sandbox off`;
+//! 2. **tick latency** — p50 and p99 of `Run::tick()` for 10, 1,000 and
+//!    10,000 no-op agents on 2 workers, sandbox on vs off.
+//!
+//! Knobs: `LOCKSTEP_BENCH_RUNS` (rounds, default 5), `LOCKSTEP_BENCH_QUICK=1`
+//! (1 round, fewer ticks), `LOCKSTEP_BENCH_AGENTS=10,1000,10000`,
+//! `LOCKSTEP_BENCH_SPAWNS` (spawns per round and configuration, default 10).
+//! Every figure is the median over rounds, with the min–max across rounds.
+
+use lockstep_common::SandboxMode;
+use lockstep_supervisor::child::{Child, ChildSpec};
+use lockstep_supervisor::jail::{ChildClass, Jails, SandboxSettings};
+use lockstep_supervisor::manifest::Manifest;
+use lockstep_supervisor::reaper::Reaper;
+use lockstep_supervisor::run::{Run, RunConfig};
+use shm_protocol::WaitPolicy;
+use shm_protocol::control::Role;
+use shm_protocol::segment::SegmentConfig;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[path = "../../tests/bench_support/stat.rs"]
+mod stat;
+use stat::Stat;
+
+#[path = "../../tests/bench_support/noop.rs"]
+mod noop;
+use noop::NOOP_WAT;
+
+fn env_list(var: &str, default: &[u64]) -> Vec<u64> {
+    std::env::var(var).ok().map_or_else(
+        || default.to_vec(),
+        |v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+    )
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_nanos() as f64 / 1e3
+}
+
+fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join(name)
+}
+
+fn settings(on: bool) -> SandboxSettings {
+    let mut s = SandboxSettings::default();
+    if !on {
+        s.mode = SandboxMode::Off;
+    }
+    s
+}
+
+/// Milliseconds from spawn to `Ready` of one child of `class`.
+fn spawn_to_ready(jails: &mut Jails, reaper: &Reaper, class: ChildClass, n: u64) -> f64 {
+    let (role, program, name, extra): (Role, PathBuf, String, Vec<String>) = match class {
+        ChildClass::Worker => (
+            Role::Worker,
+            bin("lockstep-worker"),
+            format!("worker-{n}"),
+            Vec::new(),
+        ),
+        ChildClass::Inference => (
+            Role::InferenceHost,
+            bin("lockstep-inference-host"),
+            "inference-host".into(),
+            vec!["--device".into(), "cpu".into()],
+        ),
+    };
+    let prepared = jails.prepare(class, &name, None).expect("prepare");
+    let mut args: Vec<std::ffi::OsString> = extra.iter().map(Into::into).collect();
+    args.extend(prepared.args);
+    let spec = ChildSpec {
+        role,
+        name,
+        program,
+        args,
+        rings: SegmentConfig::default(),
+        policy: WaitPolicy::ADAPTIVE,
+        env: prepared.env,
+        cgroup: prepared.cgroup,
+        hang_timeout: None,
+    };
+    let t = Instant::now();
+    let mut child = Child::spawn(&spec, reaper).expect("spawn");
+    child.handshake(Duration::from_secs(60)).expect("ready");
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    child.shutdown(Duration::from_secs(10)).expect("shutdown");
+    ms
+}
+
+/// (p50, p99) µs of `Run::tick()` for `n` no-op agents on 2 workers.
+fn tick_latency(dir: &Path, n: u64, on: bool, quick: bool) -> (f64, f64) {
+    let text = format!(
+        "[run]\nseed = 42\nworkers = 2\ncheckpoint_every = 0\n\n\
+         [[agents]]\nname = \"a\"\nmodule = \"noop.wat\"\ncount = {n}\nmemory = \"1MiB\"\n"
+    );
+    let manifest = Manifest::parse(&text, "bench.toml", dir).expect("manifest");
+    let run_dir = dir.join(format!("run-{n}-{on}"));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let mut cfg = RunConfig::new(manifest, text, run_dir.clone()).expect("config");
+    cfg.board = false;
+    cfg.metrics = false;
+    cfg.control_socket = false;
+    cfg.module_cache = None;
+    cfg.sandbox = SandboxSettings {
+        worker_address_space: cfg.sandbox.worker_address_space,
+        ..settings(on)
+    };
+    let mut run = Run::start(cfg).expect("start");
+    let (warm, timed) = match (n, quick) {
+        (_, true) => (20, 100),
+        (n, _) if n >= 10_000 => (20, 200),
+        _ => (100, 2_000),
+    };
+    for _ in 0..warm {
+        run.tick().expect("tick");
+    }
+    let mut lat = Vec::with_capacity(timed);
+    for _ in 0..timed {
+        let t = Instant::now();
+        run.tick().expect("tick");
+        lat.push(us(t.elapsed()));
+    }
+    run.finish_without_end().expect("finish");
+    let _ = std::fs::remove_dir_all(run_dir);
+    (quantile(lat.clone(), 0.5), quantile(lat, 0.99))
+}
+
+fn main() {
+    let quick = std::env::var("LOCKSTEP_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let rounds = std::env::var("LOCKSTEP_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 1 } else { 5 });
+    let spawns = env_list("LOCKSTEP_BENCH_SPAWNS", &[if quick { 3 } else { 10 }])[0];
+    let sizes = env_list("LOCKSTEP_BENCH_AGENTS", &[10, 1_000, 10_000]);
+    let dir = std::env::temp_dir().join(format!("lockstep-bench-sandbox-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch");
+    std::fs::write(dir.join("noop.wat"), NOOP_WAT).expect("noop.wat");
+    let (reaper, _deaths) = Reaper::start().expect("reaper");
+    let mut on = Jails::new(settings(true)).expect("jails (cgroups)");
+    let mut off = Jails::new(settings(false)).expect("jails");
+    println!("# Sandbox cost benchmark");
+    println!(
+        "machine: nproc {} | {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned())
+            )
+            .unwrap_or_default()
+    );
+    println!("rounds {rounds}, {spawns} spawns per configuration and round, sizes {sizes:?}");
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut push = |k: String, v: f64| samples.entry(k).or_default().push(v);
+    let t0 = Instant::now();
+    for r in 0..rounds {
+        for class in [ChildClass::Worker, ChildClass::Inference] {
+            for (label, jails) in [("on", &mut on), ("off", &mut off)] {
+                let v: Vec<f64> = (0..spawns)
+                    .map(|i| spawn_to_ready(jails, &reaper, class, i))
+                    .collect();
+                let med = quantile(v, 0.5);
+                println!("round {r} spawn {class:?} sandbox {label}: {med:.1} ms");
+                push(format!("spawn {class:?} {label}"), med);
+            }
+        }
+        for &n in &sizes {
+            for on in [true, false] {
+                let (p50, p99) = tick_latency(&dir, n, on, quick);
+                let label = if on { "on" } else { "off" };
+                println!("round {r} tick N={n} sandbox {label}: p50 {p50:.1} µs p99 {p99:.1} µs");
+                push(format!("tick {n} {label} p50"), p50);
+                push(format!("tick {n} {label} p99"), p99);
+            }
+        }
+    }
+    let s = |k: &str| Stat::of(samples.get(k).map_or(&[][..], Vec::as_slice));
+    println!("\n## Spawn to ready (ms; median over rounds (min–max))");
+    println!("| child | every layer on | sandbox off | cost |");
+    println!("|---|---:|---:|---:|");
+    for class in [ChildClass::Worker, ChildClass::Inference] {
+        let (a, b) = (
+            s(&format!("spawn {class:?} on")),
+            s(&format!("spawn {class:?} off")),
+        );
+        println!(
+            "| {class:?} | {} | {} | {:+.1} ms |",
+            a.show(1),
+            b.show(1),
+            a.med - b.med
+        );
+    }
+    println!("\n## Tick latency, no-op agents, 2 workers (µs; median over rounds (min–max))");
+    println!("| agents | p50 on | p50 off | p50 cost | p99 on | p99 off |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for &n in &sizes {
+        let (a, b) = (
+            s(&format!("tick {n} on p50")),
+            s(&format!("tick {n} off p50")),
+        );
+        let (c, d) = (
+            s(&format!("tick {n} on p99")),
+            s(&format!("tick {n} off p99")),
+        );
+        println!(
+            "| {n} | {} | {} | {:+.1} % | {} | {} |",
+            a.show(1),
+            b.show(1),
+            (a.med / b.med - 1.0) * 100.0,
+            c.show(1),
+            d.show(1)
+        );
+    }
+    println!("\ntotal bench time: {:.1} s", t0.elapsed().as_secs_f64());
+    let _ = std::fs::remove_dir_all(&dir);
+}
