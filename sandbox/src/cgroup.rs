@@ -95,6 +95,11 @@ impl Limits {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// Whether a CPU quota or weight is set.
+    pub fn has_cpu(&self) -> bool {
+        self.cpu_millis.is_some() || self.cpu_weight.is_some()
+    }
 }
 
 /// Why the cgroup layer cannot be set up.
@@ -568,7 +573,11 @@ impl Tree {
         if let Some(g) = self.tenants.get(name) {
             return Ok(g.clone());
         }
-        let g = self.sub(&self.root.clone(), &format!("tenant-{}", sanitize(name)))?;
+        let g = self.sub(
+            &self.root.clone(),
+            &format!("tenant-{}", sanitize(name)),
+            limits.has_cpu(),
+        )?;
         g.apply(limits)?;
         self.tenants.insert(name.to_owned(), g.clone());
         Ok(g)
@@ -583,13 +592,24 @@ impl Tree {
         limits: &Limits,
     ) -> Result<Group, CgroupError> {
         self.seq += 1;
-        let parent = parent.cloned().unwrap_or_else(|| self.root.clone());
-        let g = self.sub(&parent, &format!("{}.{}", sanitize(name), self.seq))?;
+        let (parent, cpu) = match parent {
+            Some(p) => (
+                p.clone(),
+                limits.has_cpu() || p.dir(Controller::Cpu).is_some(),
+            ),
+            None => (self.root.clone(), limits.has_cpu()),
+        };
+        let g = self.sub(&parent, &format!("{}.{}", sanitize(name), self.seq), cpu)?;
         g.apply(limits)?;
         Ok(g)
     }
 
-    fn sub(&mut self, parent: &Group, name: &str) -> Result<Group, CgroupError> {
+    /// A group below `parent`, in the `cpu` controller too only when `cpu`
+    /// (a process in a CPU group of its own is scheduled as a group: on a
+    /// machine with fewer cores than processes that costs the ring
+    /// hand-offs their wake-up preemption, so it is paid only where CPU
+    /// limits are asked for).
+    fn sub(&mut self, parent: &Group, name: &str, cpu: bool) -> Result<Group, CgroupError> {
         // On v2, a group's children get the controllers it delegates.
         for (_, v, dir) in &parent.dirs {
             if *v == Version::V2 {
@@ -612,6 +632,7 @@ impl Tree {
             dirs: parent
                 .dirs
                 .iter()
+                .filter(|(c, _, _)| cpu || *c != Controller::Cpu)
                 .map(|(c, v, d)| (*c, *v, d.join(name)))
                 .collect(),
         };

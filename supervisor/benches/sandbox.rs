@@ -10,7 +10,10 @@
 //!    for the host also ONNX Runtime loaded and self-tested), with every
 //!    layer on (its own cgroup included) and with `--sandbox off`;
 //! 2. **tick latency** — p50 and p99 of `Run::tick()` for 10, 1,000 and
-//!    10,000 no-op agents on 2 workers, sandbox on vs off.
+//!    10,000 no-op agents on 2 workers: every layer on (the default: no
+//!    CPU limit, so workers stay in the supervisor's CPU group), every
+//!    layer on with a CPU weight per worker (each worker its own CPU
+//!    group), and `--sandbox off`.
 //!
 //! Knobs: `LOCKSTEP_BENCH_RUNS` (rounds, default 5), `LOCKSTEP_BENCH_QUICK=1`
 //! (1 round, fewer ticks), `LOCKSTEP_BENCH_AGENTS=10,1000,10000`,
@@ -106,14 +109,19 @@ fn spawn_to_ready(jails: &mut Jails, reaper: &Reaper, class: ChildClass, n: u64)
     ms
 }
 
-/// (p50, p99) µs of `Run::tick()` for `n` no-op agents on 2 workers.
-fn tick_latency(dir: &Path, n: u64, on: bool, quick: bool) -> (f64, f64) {
+/// The tick section's configurations.
+const TICK_MODES: [&str; 3] = ["on", "on+cpu", "off"];
+
+/// (p50, p99) µs of `Run::tick()` for `n` no-op agents on 2 workers, in
+/// configuration `mode` (one of [`TICK_MODES`]).
+fn tick_latency(dir: &Path, n: u64, mode: &str, quick: bool) -> (f64, f64) {
+    let on = mode != "off";
     let text = format!(
         "[run]\nseed = 42\nworkers = 2\ncheckpoint_every = 0\n\n\
          [[agents]]\nname = \"a\"\nmodule = \"noop.wat\"\ncount = {n}\nmemory = \"1MiB\"\n"
     );
     let manifest = Manifest::parse(&text, "bench.toml", dir).expect("manifest");
-    let run_dir = dir.join(format!("run-{n}-{on}"));
+    let run_dir = dir.join(format!("run-{n}-{mode}"));
     let _ = std::fs::remove_dir_all(&run_dir);
     let mut cfg = RunConfig::new(manifest, text, run_dir.clone()).expect("config");
     cfg.board = false;
@@ -124,6 +132,9 @@ fn tick_latency(dir: &Path, n: u64, on: bool, quick: bool) -> (f64, f64) {
         worker_address_space: cfg.sandbox.worker_address_space,
         ..settings(on)
     };
+    if mode == "on+cpu" {
+        cfg.sandbox.worker.cpu_weight = Some(100);
+    }
     let mut run = Run::start(cfg).expect("start");
     let (warm, timed) = match (n, quick) {
         (_, true) => (20, 100),
@@ -191,12 +202,11 @@ fn main() {
             }
         }
         for &n in &sizes {
-            for on in [true, false] {
-                let (p50, p99) = tick_latency(&dir, n, on, quick);
-                let label = if on { "on" } else { "off" };
-                println!("round {r} tick N={n} sandbox {label}: p50 {p50:.1} µs p99 {p99:.1} µs");
-                push(format!("tick {n} {label} p50"), p50);
-                push(format!("tick {n} {label} p99"), p99);
+            for mode in TICK_MODES {
+                let (p50, p99) = tick_latency(&dir, n, mode, quick);
+                println!("round {r} tick N={n} sandbox {mode}: p50 {p50:.1} µs p99 {p99:.1} µs");
+                push(format!("tick {n} {mode} p50"), p50);
+                push(format!("tick {n} {mode} p99"), p99);
             }
         }
     }
@@ -217,24 +227,23 @@ fn main() {
         );
     }
     println!("\n## Tick latency, no-op agents, 2 workers (µs; median over rounds (min–max))");
-    println!("| agents | p50 on | p50 off | p50 cost | p99 on | p99 off |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| agents | p50 on | p50 on + CPU group | p50 off | cost on | cost on + CPU group | p99 on | p99 on + CPU group | p99 off |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &sizes {
-        let (a, b) = (
-            s(&format!("tick {n} on p50")),
-            s(&format!("tick {n} off p50")),
-        );
-        let (c, d) = (
-            s(&format!("tick {n} on p99")),
-            s(&format!("tick {n} off p99")),
-        );
+        let p = |mode: &str, q: &str| s(&format!("tick {n} {mode} {q}"));
+        let (a, c, b) = (p("on", "p50"), p("on+cpu", "p50"), p("off", "p50"));
         println!(
-            "| {n} | {} | {} | {:+.1} % | {} | {} |",
+            "| {n} | {} | {} | {} | {:+.1} % | {:+.1} % | {} | {} | {} |",
             a.show(1),
+            c.show(1),
             b.show(1),
             (a.med / b.med - 1.0) * 100.0,
-            c.show(1),
-            d.show(1)
+            (c.med / b.med - 1.0) * 100.0,
+            p("on", "p99").show(1),
+            p("on+cpu", "p99").show(1),
+            p("off", "p99").show(1)
         );
     }
     println!("\ntotal bench time: {:.1} s", t0.elapsed().as_secs_f64());
