@@ -965,3 +965,133 @@ fn inherited_descriptors_are_closed() {
     assert!(!leaked(&jailed), "{jailed:?}");
     assert!(jailed.len() <= 5, "stdio, segment, pidfd: {jailed:?}");
 }
+
+/// A supervisor that is not root: its children create a user namespace
+/// (mapping their own uid), then the same network, IPC, mount, UTS and
+/// cgroup namespaces and empty root, and drop every capability they held
+/// inside it.  Runs the real `lockstep` binary as uid 65534 (`setpriv`);
+/// cgroups need a delegated tree, which an unprivileged user lacks here,
+/// so that layer is turned off — and without the switch the run refuses to
+/// start, naming it.
+#[test]
+fn an_unprivileged_supervisor_jails_its_children_in_a_user_namespace() {
+    let _w = Watchdog::new("rootless", Duration::from_secs(180));
+    let test = "an_unprivileged_supervisor_jails_its_children_in_a_user_namespace";
+    if let Some(why) = unsupported() {
+        return skip(test, &why);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return skip(test, "needs root to switch to another uid for the test");
+    }
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(setpriv) = setpriv else {
+        return skip(test, "no setpriv (util-linux) to run as another uid");
+    };
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if max == 0 {
+        return skip(
+            test,
+            "user namespaces are disabled (user.max_user_namespaces = 0)",
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("sbx-rootless");
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let module = shared.join("counter.wasm");
+    std::fs::copy(agent("counter"), &module).unwrap();
+    std::fs::set_permissions(&module, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let manifest = shared.join("m.toml");
+    std::fs::write(
+        &manifest,
+        "[run]\nseed = 2\nworkers = 2\n\n[[agents]]\nname = \"c\"\nmodule = \"counter.wasm\"\ncount = 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&manifest, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let lockstep = bin("lockstep");
+    // The binaries must be reachable by uid 65534.
+    let reachable = std::process::Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&lockstep)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !reachable {
+        return skip(
+            test,
+            "uid 65534 cannot execute the built binaries (their directories are private)",
+        );
+    }
+    let run = |dir: &str, extra: &[&str]| {
+        std::process::Command::new(setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&lockstep)
+            .args([
+                "run",
+                "--forever",
+                "--no-board",
+                "--no-metrics",
+                "--run-dir",
+            ])
+            .arg(shared.join(dir))
+            .args(extra)
+            .arg(&manifest)
+            .env("HOME", &shared)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Without a delegated cgroup tree, strict mode refuses and says why.
+    let refused = run("refused", &[]).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains("not writable") && err.contains("disable"),
+        "{err}"
+    );
+
+    let child = run("r", &["--sandbox-disable", "cgroup"]);
+    let mut guard = lockstep_tests::ChildGuard(Some(child));
+    let dir = shared.join("r");
+    let t0 = Instant::now();
+    while !dir.join("control.sock").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the run did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let report = lockstep_supervisor::doctor::Report::collect(&dir).unwrap();
+    assert_eq!(report.children.len(), 2);
+    for c in &report.children {
+        let p = c.process.as_ref().unwrap();
+        assert!(p.unprivileged(), "{p:?}");
+        assert!(p.cap_bounding.chars().all(|c| c == '0'), "{p:?}");
+        for ns in ["user", "net", "ipc", "mnt", "uts", "cgroup"] {
+            assert!(p.own_namespaces.iter().any(|n| n == ns), "{ns}: {p:?}");
+        }
+        assert_eq!(p.uid[0], 65534);
+        assert_eq!(p.seccomp, 2);
+        assert_eq!(p.mounts, Some(1), "the empty root only");
+    }
+    let out = std::process::Command::new(&lockstep)
+        .arg("ctl")
+        .arg(&dir)
+        .arg("stop")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(guard.0.take().unwrap().wait().unwrap().success());
+}
