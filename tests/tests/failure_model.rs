@@ -195,6 +195,14 @@ fn invalid_control_commands_are_refused_before_the_journal() {
     let _w = Watchdog::new("invalid_ctl", Duration::from_secs(300));
     let tmp = TempDir::new("badctl");
     let manifest = society(tmp.path(), 1, 20);
+    // Keep every checkpoint: `--forever` retention would otherwise compact
+    // the accepted input out of the journal before a slow machine reads it.
+    let text = std::fs::read_to_string(&manifest).unwrap().replacen(
+        "[run]\n",
+        "[run]\nretain_checkpoints = 1000000\n",
+        1,
+    );
+    std::fs::write(&manifest, text).unwrap();
     let not_wasm = tmp.path().join("garbage.wasm");
     std::fs::write(&not_wasm, b"this is not WebAssembly").unwrap();
     let big_memory = tmp.path().join("big.wat");
@@ -283,17 +291,25 @@ fn invalid_control_commands_are_refused_before_the_journal() {
     }
     let ok = spawn("late", &counter, 1 << 20, 1_000_000, "default");
     assert!(ok.starts_with("applied"), "{ok}");
-    std::thread::sleep(Duration::from_millis(300));
-    // Nothing refused reached the journal.
-    let inputs: Vec<String> = journal::read_journal(&dir.join("journal.lsj"))
-        .unwrap()
-        .entries
-        .iter()
-        .filter_map(|e| match e {
-            Entry::Input { input, .. } => Some(format!("{input:?}")),
-            _ => None,
-        })
-        .collect();
+    // Nothing refused reached the journal; the accepted spawn does once
+    // its tick is written (the run keeps ticking).
+    let journaled = || -> Vec<String> {
+        journal::read_journal(&dir.join("journal.lsj"))
+            .unwrap()
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Input { input, .. } => Some(format!("{input:?}")),
+                _ => None,
+            })
+            .collect()
+    };
+    let t0 = Instant::now();
+    let mut inputs = journaled();
+    while inputs.is_empty() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+        inputs = journaled();
+    }
     assert_eq!(inputs.len(), 1, "{inputs:#?}");
     assert!(inputs[0].contains("late"));
     // A crash, then resume: the accepted spawn replays, the run goes on.
