@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of [`LiveState`]'s encoding.
-pub const LIVE_STATE_VERSION: u32 = 2;
+pub const LIVE_STATE_VERSION: u32 = 3;
 
 /// Status of one child process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +77,16 @@ pub struct RunStats {
     pub tick_p99_us: u64,
     /// Worker processes recovered after a crash so far.
     pub recoveries: u64,
+    /// Inference requests asked and not answered yet (in flight).
+    pub infer_pending: u64,
+    /// Of the recent ticks (up to 1,024), how many waited for inference
+    /// answers due at them…
+    pub infer_waited_ticks: u64,
+    /// … and how long in all, µs (0: the pipeline hid the models' latency).
+    pub infer_wait_us: u64,
+    /// The inference host's utilisation over the recent ticks, in
+    /// thousandths (its model time over their wall time).
+    pub infer_busy_permille: u64,
 }
 
 /// One agent.

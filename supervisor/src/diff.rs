@@ -179,7 +179,7 @@ pub fn diff(recorded: &SnapshotBody, replayed: &SnapshotBody) -> Divergence {
         ("tick hash chain", rs.hash != ps.hash),
         (
             "pending inference requests",
-            rs.infer_queue != ps.infer_queue,
+            rs.infer_queue != ps.infer_queue || rs.infer_pending != ps.infer_pending,
         ),
     ];
     for (what, differs) in checks {

@@ -255,6 +255,10 @@ impl Observers {
                 tick_p50_us: self.agg.quantile(0.5),
                 tick_p99_us: self.agg.quantile(0.99),
                 recoveries: children.recoveries,
+                infer_pending: self.agg.infer_pending,
+                infer_waited_ticks: self.agg.infer_wait().1,
+                infer_wait_us: self.agg.infer_wait().0,
+                infer_busy_permille: self.agg.infer_busy_permille(),
             },
             agents,
         }

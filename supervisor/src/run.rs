@@ -103,6 +103,19 @@ impl From<CheckpointError> for RunError {
     }
 }
 
+/// What the inference pipeline did after one tick.
+#[derive(Debug, Default)]
+struct InferStep {
+    /// Answers delivered.
+    answered: usize,
+    /// Time waiting for them.
+    waited: Duration,
+    /// Batches still on the host.
+    in_flight: usize,
+    /// The host's model time of the batches answered.
+    busy_us: u64,
+}
+
 /// Where the supervisor's wall time went in one tick (observation only:
 /// nothing here feeds back into the run).
 #[derive(Debug, Clone, Copy, Default)]
@@ -320,6 +333,7 @@ impl Run {
             jails,
         };
         run.load_modules()?;
+        run.resubmit_inference();
         if let Some(body) = snapshot {
             let body = Arc::new(body);
             run.pool.restore(body.clone(), run.checkpointer.pages())?;
@@ -528,8 +542,8 @@ impl Run {
             })?;
         }
         self.inject.at(next, Phase::Record);
-        if !self.sim.infer_queue.is_empty() {
-            self.answer_inference(plan.tick)?;
+        let infer = self.pipeline_inference(plan.tick)?;
+        if infer.answered > 0 {
             self.inject.at(next, Phase::Inference);
         }
         self.record(&Entry::Tick {
@@ -570,6 +584,10 @@ impl Run {
                 0
             },
             worker_us: outcome.worker_us.clone(),
+            infer_wait_us: infer.waited.as_micros() as u64,
+            infer_pending: self.sim.inference_in_flight() as u64,
+            infer_batches_in_flight: infer.in_flight as u64,
+            infer_busy_us: infer.busy_us,
         };
         let agents: Vec<AgentTelemetry> = if measure {
             outcome
@@ -597,20 +615,36 @@ impl Run {
         Ok(summary)
     }
 
-    /// Answers the tick's inference requests (the built-in `echo` model in
-    /// process, declared models on the inference host, at the state's
-    /// current versions) and delivers them for the next tick.
-    fn answer_inference(&mut self, tick: u64) -> Result<(), RunError> {
-        let queue = self.sim.infer_queue.clone();
-        let (answers, telemetry) = self.inference.infer(tick, &queue, &self.sim.model_versions);
-        for t in &telemetry {
+    /// The inference pipeline after `tick`'s barrier: the requests the tick
+    /// asked go to the host at once; those due at this tick (asked
+    /// `latency_ticks − 1` ticks ago) are waited for, delivered for the
+    /// next tick and journaled.
+    fn pipeline_inference(&mut self, tick: u64) -> Result<InferStep, RunError> {
+        let fresh = self.sim.take_new_inference();
+        if !fresh.is_empty() {
+            self.inference.submit(tick, &fresh);
+        }
+        let due = self.sim.take_due_inference(tick);
+        let mut step = InferStep {
+            in_flight: self.inference.in_flight(),
+            ..InferStep::default()
+        };
+        if due.is_empty() {
+            return Ok(step);
+        }
+        let c = self.inference.collect(tick, &due);
+        for t in &c.telemetry {
+            step.busy_us += t.run_us;
             self.observers.inference(t);
         }
         for line in self.inference.take_notes() {
             self.observers.failure(tick, line);
         }
-        let hashes = self.sim.deliver_answers(&answers);
-        let entry = queue
+        step.waited = c.waited;
+        step.in_flight = c.in_flight;
+        step.answered = c.answers.len();
+        let hashes = self.sim.deliver_answers(&due, &c.answers);
+        let entry = due
             .iter()
             .zip(hashes)
             .map(|(q, h)| (q.agent, q.request_id, q.model.clone(), h))
@@ -618,7 +652,24 @@ impl Run {
         self.record(&Entry::Inference {
             tick,
             answers: entry,
-        })
+        })?;
+        Ok(step)
+    }
+
+    /// Sends the requests a restored state has outstanding to the inference
+    /// host again (in the order they were asked).
+    fn resubmit_inference(&mut self) {
+        let pending = self.sim.pending_inference();
+        let mut start = 0;
+        while start < pending.len() {
+            let asked = pending[start].asked;
+            let end = pending[start..]
+                .iter()
+                .position(|r| r.asked != asked)
+                .map_or(pending.len(), |n| start + n);
+            self.inference.submit(asked, &pending[start..end]);
+            start = end;
+        }
     }
 
     /// Models at this point of the run (for snapshots).

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 /// Magic of snapshot files.
 pub const MAGIC: &[u8; 8] = b"LSSNAP\0\0";
 /// Snapshot format version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const HEADER: usize = 56;
 
 /// A model loaded at snapshot time.

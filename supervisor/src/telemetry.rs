@@ -38,6 +38,16 @@ pub struct TickTelemetry {
     pub queued: u64,
     /// Per-worker wall time of its share, µs.
     pub worker_us: Vec<u64>,
+    /// How long the tick waited for inference answers due at it, µs (0
+    /// when the pipeline hid the model's latency).
+    pub infer_wait_us: u64,
+    /// Inference requests asked and not answered after the tick.
+    pub infer_pending: u64,
+    /// Inference batches on the host after the tick.
+    pub infer_batches_in_flight: u64,
+    /// The host's model time of the batches answered during the tick, µs
+    /// (over the tick's wall time: the host's utilisation).
+    pub infer_busy_us: u64,
 }
 
 /// One agent in a sampled tick (every [`crate::run::SAMPLE_EVERY`]
@@ -225,6 +235,11 @@ pub struct Aggregates {
     pub wall_us: u64,
     /// Recent tick wall times (µs), newest last, at most 1024.
     pub recent: std::collections::VecDeque<u64>,
+    /// Recent (wait for inference µs, host model time µs, tick wall µs),
+    /// newest last, at most 1024.
+    pub recent_infer: std::collections::VecDeque<(u64, u64, u64)>,
+    /// Inference requests outstanding after the last tick.
+    pub infer_pending: u64,
 }
 
 impl Aggregates {
@@ -236,6 +251,28 @@ impl Aggregates {
             self.recent.pop_front();
         }
         self.recent.push_back(t.wall_us);
+        if self.recent_infer.len() == 1024 {
+            self.recent_infer.pop_front();
+        }
+        self.recent_infer
+            .push_back((t.infer_wait_us, t.infer_busy_us, t.wall_us));
+        self.infer_pending = t.infer_pending;
+    }
+
+    /// Recent ticks' wait for inference answers: (total µs, ticks that
+    /// waited at all).
+    pub fn infer_wait(&self) -> (u64, u64) {
+        let total = self.recent_infer.iter().map(|r| r.0).sum();
+        let waited = self.recent_infer.iter().filter(|r| r.0 > 0).count() as u64;
+        (total, waited)
+    }
+
+    /// The host's utilisation over the recent ticks: its model time over
+    /// their wall time, in thousandths.
+    pub fn infer_busy_permille(&self) -> u64 {
+        let busy: u64 = self.recent_infer.iter().map(|r| r.1).sum();
+        let wall: u64 = self.recent_infer.iter().map(|r| r.2).sum();
+        (busy * 1000).checked_div(wall).unwrap_or(0)
     }
 
     /// The `q` quantile of recent tick times, µs.

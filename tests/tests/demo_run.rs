@@ -259,7 +259,15 @@ fn demo_classifies_files_reproducibly() {
     }
 
     // One answer per request: classifier `id` asks at ticks t ≡ id (mod
-    // EVERY), its n-th request (from 1) about snippet (id + n - 1) mod len.
+    // EVERY), its n-th request (from 1) about snippet (id + n - 1) mod len;
+    // the answer is journaled after the barrier of tick t + latency − 1
+    // (the model's `latency_ticks`).
+    let latency = Manifest::load(&demo_manifest())
+        .unwrap()
+        .models
+        .iter()
+        .find(|m| m.id == "magika")
+        .map_or(1, |m| u64::from(m.latency_ticks));
     let corpus = corpus();
     let ids: Vec<u64> = (0..CLASSIFIERS)
         .map(|i| a.names[&format!("classifier-{i}")])
@@ -268,7 +276,10 @@ fn demo_classifies_files_reproducibly() {
     let mut reference = Reference::new();
     let mut results: Vec<(u64, String, bool)> = Vec::new();
     for &id in &ids {
-        let ticks: Vec<u64> = (1..=TICKS).filter(|t| t % EVERY == id % EVERY).collect();
+        let ticks: Vec<u64> = (1..=TICKS)
+            .filter(|t| t % EVERY == id % EVERY && t + latency - 1 <= TICKS)
+            .map(|t| t + latency - 1)
+            .collect();
         let mine: Vec<_> = got.iter().filter(|(_, agent, _, _)| *agent == id).collect();
         assert_eq!(
             mine.iter().map(|(t, _, r, _)| (*t, *r)).collect::<Vec<_>>(),
@@ -314,7 +325,7 @@ fn demo_classifies_files_reproducibly() {
         }
     }
     // The archivist's summary at tick T counts the verdicts published up to
-    // T - 1, i.e. the answers to requests of ticks ≤ T - 2.
+    // T - 1, i.e. the answers journaled at ticks ≤ T - 2.
     let last = TICKS / ARCHIVE_EVERY * ARCHIVE_EVERY;
     let published = results.iter().filter(|r| r.0 + 2 <= last).count();
     let want =

@@ -389,12 +389,8 @@ fn service_resolves_versions_and_reports_bad_requests() {
     assert!(svc.host_pid().is_some());
     assert_eq!(svc.device(), "cpu");
     let x = inferrer_input(1, 5).encode_abi();
-    let req = |agent: u64, model: &str, input: &[u8]| InferRequest {
-        agent,
-        request_id: 1,
-        model: model.into(),
-        input: input.to_vec(),
-    };
+    let req =
+        |agent: u64, model: &str, input: &[u8]| InferRequest::new(agent, 1, model, input.to_vec());
     let queue = vec![
         req(1, "mlp", &x),
         req(2, "mlp@v1", &x),
@@ -493,12 +489,7 @@ fn host_that_cannot_restart_gives_error_answers() {
     };
     let mut svc = InferenceService::start(&manifest.models, cfg).unwrap();
     let x = inferrer_input(1, 5).encode_abi();
-    let queue = vec![InferRequest {
-        agent: 1,
-        request_id: 1,
-        model: "mlp".into(),
-        input: x,
-    }];
+    let queue = vec![InferRequest::new(1, 1, "mlp", x)];
     let (ok, _) = svc.infer(1, &queue, &BTreeMap::new());
     assert!(ok[0].result.is_ok());
     let pid = svc.host_pid().unwrap();
@@ -642,4 +633,162 @@ fn swap_model_over_the_control_socket() {
     );
     assert_eq!(run.state().model_versions["mlp"], "v2");
     run.finish().unwrap();
+}
+
+/// A manifest like [`manifest_text`] whose models answer `latency` ticks
+/// after they are asked.
+fn pipelined_text(inferrers: u64, latency: u32, checkpoint_every: u64) -> String {
+    manifest_text(inferrers, MLP, 8)
+        .replace(
+            "max_batch = 8\n",
+            &format!("max_batch = 8\nlatency_ticks = {latency}\n"),
+        )
+        .replace(
+            "workers = 2\n",
+            &format!("workers = 2\ncheckpoint_every = {checkpoint_every}\n"),
+        )
+}
+
+/// `(asked, answered)` from the inferrer's logs ("request R asked at tick
+/// A answered at tick B"), deduplicated.
+fn ask_answer_ticks(logs: &[String]) -> Vec<(u64, u64, u64)> {
+    let mut out: Vec<(u64, u64, u64)> = logs
+        .iter()
+        .filter_map(|l| {
+            let rest = &l[l.find("inferrer: request ")? + "inferrer: request ".len()..];
+            let mut w = rest.split_whitespace();
+            let r = w.next()?.parse().ok()?;
+            let (_, _, _, a, _, _, _, b) = (
+                w.next()?,
+                w.next()?,
+                w.next()?,
+                w.next()?.parse().ok()?,
+                w.next()?,
+                w.next()?,
+                w.next()?,
+                w.next()?.parse().ok()?,
+            );
+            Some((r, a, b))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Answers arrive exactly `latency_ticks` after the request, as the agent
+/// itself sees it (it logs the tick it asked in and the tick it received
+/// the answer in), and the journal records each answer after the barrier
+/// of the tick before; every answer equals the in-process computation for
+/// the tick it was asked in.
+#[test]
+fn answers_arrive_exactly_latency_ticks_later() {
+    let _w = Watchdog::new("inference_latency", Duration::from_secs(300));
+    let tmp = TempDir::new("infer-latency");
+    let mut reference = Reference::new();
+    for d in [1u32, 2, 4] {
+        let text = pipelined_text(3, d, 1000);
+        let out = run_plain(tmp.path(), &format!("d{d}"), &text, 2, 30);
+        let pairs = ask_answer_ticks(&out.logs);
+        assert!(pairs.len() >= 3, "d={d}: {:?}", out.logs);
+        for (r, asked, answered) in &pairs {
+            assert_eq!(answered - asked, u64::from(d), "d={d}: request {r}");
+            assert_eq!(asked % EVERY, 0, "d={d}: request {r}");
+        }
+        let got = answers(&out.entries);
+        // Asked at 5, 10, …, 30; journaled after the barrier of tick
+        // asked + d − 1, so within 30 ticks when that is at most 30.
+        let asked_ticks = (1..=30u64).filter(|t| t % EVERY == 0 && t + u64::from(d) - 1 <= 30);
+        assert_eq!(got.len(), 3 * asked_ticks.count(), "d={d}");
+        for (tick, agent, request, _, hash) in &got {
+            let asked = tick + 1 - u64::from(d);
+            assert_eq!(asked % EVERY, 0, "d={d}: journaled at tick {tick}");
+            let expect = reference.answer_hash(
+                *agent,
+                *request,
+                "mlp",
+                "v1",
+                &inferrer_input(*agent, asked),
+            );
+            assert_eq!(hash, &expect, "d={d} tick {tick} agent {agent}");
+        }
+    }
+}
+
+/// With answers due `d` ticks later the run is still byte-identical across
+/// 1, 2 and 4 workers, and across SIGKILLs of the inference host while
+/// batches are in flight (they are sent again, once, to the new host).
+#[test]
+fn pipelined_runs_are_identical_across_workers_and_host_kills() {
+    let _w = Watchdog::new("inference_pipeline_identical", Duration::from_secs(600));
+    let tmp = TempDir::new("infer-pipeline");
+    for d in [1u32, 2, 4] {
+        let text = pipelined_text(3, d, 1000);
+        let base = run_plain(tmp.path(), &format!("d{d}-w2"), &text, 2, 26);
+        for workers in [1, 4] {
+            let other = run_plain(tmp.path(), &format!("d{d}-w{workers}"), &text, workers, 26);
+            assert_eq!(other.hash, base.hash, "d={d} workers={workers}");
+            assert!(
+                other.journal == base.journal,
+                "d={d} workers={workers}: journal differs"
+            );
+        }
+        // Kill the host right after the ticks that asked (5, 15): with d > 1
+        // their batches are in flight then.
+        let mut kills = 0;
+        let killed = run_with(tmp.path(), &format!("d{d}-kill"), &text, 2, 26, |run, t| {
+            if t == 5 || t == 15 {
+                let pid = run.inference_host_pid().expect("a host is running") as i32;
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+                kills += 1;
+            }
+        });
+        assert_eq!(kills, 2);
+        assert_eq!(killed.restarts, 2, "d={d}: one restart per kill");
+        assert_eq!(killed.hash, base.hash, "d={d}");
+        assert!(
+            killed.journal == base.journal,
+            "d={d}: journal differs after kills"
+        );
+    }
+}
+
+/// A checkpoint taken while batches are in flight (asked at tick 5,
+/// answered at tick 9 with d = 4; checkpoint after tick 6): `verify`
+/// re-executes the run from it, and a fork at tick 6 resumed to the end
+/// reaches the original's final hash — the outstanding requests are part
+/// of the state and sent again.
+#[test]
+fn replay_and_fork_with_batches_in_flight() {
+    use lockstep_supervisor::replay;
+    let _w = Watchdog::new("inference_pipeline_fork", Duration::from_secs(600));
+    let tmp = TempDir::new("infer-pipeline-fork");
+    let text = pipelined_text(3, 4, 6);
+    let original = run_plain(tmp.path(), "orig", &text, 2, 30);
+    let dir = tmp.path().join("orig");
+    match replay::verify(&dir, Some(2)).unwrap() {
+        replay::Verdict::Identical { ticks, checkpoints } => {
+            assert_eq!(ticks, 30);
+            assert!(checkpoints >= 5, "{checkpoints}");
+        }
+        replay::Verdict::Diverged(d) => panic!("{d:?}"),
+    }
+    let fork = tmp.path().join("fork");
+    replay::fork(&dir, 6, &fork, Some(1)).unwrap();
+    let (mut run, from) = replay::resume(&fork, Some(2)).unwrap();
+    assert_eq!(from, 6);
+    assert_eq!(
+        run.state().inference_in_flight(),
+        3,
+        "asked at 5, due after 8"
+    );
+    while run.state().tick < 30 {
+        run.tick().unwrap();
+    }
+    let sum = run.finish().unwrap();
+    assert_eq!(sum.hash, original.hash);
 }

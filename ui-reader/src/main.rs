@@ -65,7 +65,7 @@ fn render(state: &LiveState, generation: u64) -> String {
     let s = &state.stats;
     if s.total > 0 {
         out.push_str(&format!(
-            "agents {} live / {} total · steps {} · messages {} (dropped {}, queued {}) · faults {} · restarts {} · tasks open {} · recoveries {} · tick p50 {} µs p99 {} µs\n",
+            "agents {} live / {} total · steps {} · messages {} (dropped {}, queued {}) · faults {} · restarts {} · tasks open {} · recoveries {} · tick p50 {} µs p99 {} µs · inference in flight {}, waited {} µs in {} recent ticks, host busy {:.1} %\n",
             s.live,
             s.total,
             s.steps,
@@ -77,7 +77,11 @@ fn render(state: &LiveState, generation: u64) -> String {
             s.tasks_open,
             s.recoveries,
             s.tick_p50_us,
-            s.tick_p99_us
+            s.tick_p99_us,
+            s.infer_pending,
+            s.infer_wait_us,
+            s.infer_waited_ticks,
+            s.infer_busy_permille as f64 / 10.0
         ));
     }
     if !state.children.is_empty() {

@@ -74,7 +74,7 @@ impl View {
 pub(crate) fn draw(frame: &mut Frame, view: &View) {
     let [head, stats, children, agents, logs] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Length(4),
+        Constraint::Length(5),
         Constraint::Length(
             view.state
                 .as_ref()
@@ -118,6 +118,13 @@ pub(crate) fn draw(frame: &mut Frame, view: &View) {
         Line::from(format!(
             "steps {}   fuel {}   messages {} (dropped {}, queued {})   tasks open {}",
             st.steps, st.fuel, st.messages, st.dropped, st.queued, st.tasks_open
+        )),
+        Line::from(format!(
+            "inference: {} in flight   waited {} µs in {} recent ticks   host busy {:.1} %",
+            st.infer_pending,
+            st.infer_wait_us,
+            st.infer_waited_ticks,
+            st.infer_busy_permille as f64 / 10.0
         )),
     ];
     frame.render_widget(

@@ -1,6 +1,7 @@
 // Every 5 ticks asks `infer("mlp", f32[1,16])` with inputs from `randomF32()`,
-// records the kind-3 answers and logs their argmax.  The TypeScript twin of
-// agents/examples/inferrer (same requests, same log lines).
+// records the kind-3 answers and logs their argmax, and — in the step of the
+// tick an answer arrived in — the tick it was asked in and that tick.  The
+// TypeScript twin of agents/examples/inferrer (same requests, same log lines).
 
 import {
   Agent,
@@ -40,9 +41,14 @@ class Inferrer extends Agent {
   input: StaticArray<f32> = new StaticArray<f32>(16);
   request: Bytes = new Bytes(8 + 16 + 64);
   result: TensorView = new TensorView();
-  /** Request ids not answered yet (`pendingLen` of them). */
+  /** Request ids not answered yet (`pendingLen` of them), and their ask ticks. */
   pending: StaticArray<u64> = new StaticArray<u64>(MAX_PENDING);
+  pendingAsked: StaticArray<u64> = new StaticArray<u64>(MAX_PENDING);
   pendingLen: i32 = 0;
+  /** Answered request ids and their ask ticks, not logged yet. */
+  arrived: StaticArray<u64> = new StaticArray<u64>(MAX_PENDING);
+  arrivedAsked: StaticArray<u64> = new StaticArray<u64>(MAX_PENDING);
+  arrivedLen: i32 = 0;
   /** The last answers: request ids and argmaxes. */
   answerIds: StaticArray<u64> = new StaticArray<u64>(KEEP_ANSWERS);
   answerArgmax: StaticArray<u32> = new StaticArray<u32>(KEEP_ANSWERS);
@@ -55,13 +61,26 @@ class Inferrer extends Agent {
   }
 
   step(ctx: StepContext): i32 {
+    for (let i = 0; i < this.arrivedLen; i++) {
+      line()
+        .s("inferrer: request ")
+        .u64(this.arrived[i])
+        .s(" asked at tick ")
+        .u64(this.arrivedAsked[i])
+        .s(" answered at tick ")
+        .u64(ctx.tick)
+        .info();
+    }
+    this.arrivedLen = 0;
     if (ctx.tick % EVERY != 0) return 0;
     for (let i = 0; i < this.input.length; i++) this.input[i] = randomF32();
     if (encodeTensor(this.request, DIMS, this.input) != 0) return 2;
     const id = infer(this.model, this.request);
     if (id > 0) {
       if (this.pendingLen == MAX_PENDING) this.forget(0);
-      this.pending[this.pendingLen++] = <u64>id;
+      this.pending[this.pendingLen] = <u64>id;
+      this.pendingAsked[this.pendingLen] = ctx.tick;
+      this.pendingLen++;
     } else {
       line().s("inferrer: request refused: ").s(refusalText(id)).warn();
     }
@@ -69,7 +88,10 @@ class Inferrer extends Agent {
   }
 
   forget(i: i32): void {
-    for (let k = i + 1; k < this.pendingLen; k++) this.pending[k - 1] = this.pending[k];
+    for (let k = i + 1; k < this.pendingLen; k++) {
+      this.pending[k - 1] = this.pending[k];
+      this.pendingAsked[k - 1] = this.pendingAsked[k];
+    }
     this.pendingLen--;
   }
 
@@ -79,6 +101,11 @@ class Inferrer extends Agent {
     if (isAnswer) {
       for (let i = 0; i < this.pendingLen; i++) {
         if (this.pending[i] == msg.seq) {
+          if (this.arrivedLen < MAX_PENDING) {
+            this.arrived[this.arrivedLen] = msg.seq;
+            this.arrivedAsked[this.arrivedLen] = this.pendingAsked[i];
+            this.arrivedLen++;
+          }
           this.forget(i);
           known = true;
           break;

@@ -2,20 +2,26 @@
 //!
 //! [`InferenceService`] owns the inference host process (started only when
 //! the manifest declares `[[models]]`), loads every declared model version
-//! into it with its BLAKE3 check, and answers a tick's inference queue:
+//! into it with its BLAKE3 check, and answers the agents' requests:
 //!
-//! 1. every request is resolved: `id` → the model's *current* version (the
+//! 1. every request arrives with the version that answers it, pinned when
+//!    it was asked (`id` → the model's *current* version, from the
 //!    [`SimState::model_versions`](crate::sim::SimState::model_versions)
-//!    table, changed only by the journaled
-//!    [`Input::SwapModel`](crate::sim::Input::SwapModel)), `id@version` →
-//!    that version; the built-in `echo` model (unless the manifest declares
-//!    an `echo`) answers with its input, without the host;
-//! 2. requests are grouped by `(model, version)` (groups in that order; inside
-//!    a group the queue's canonical order — agent id, then request id — is
-//!    kept) and each group goes to the host as one
+//!    table changed only by the journaled
+//!    [`Input::SwapModel`](crate::sim::Input::SwapModel); `id@version` →
+//!    that version); the built-in `echo` model (unless the manifest
+//!    declares an `echo`) answers with its input, without the host;
+//! 2. a tick's requests are grouped by `(model, version)` (groups in that
+//!    order; inside a group the queue's canonical order — agent id, then
+//!    request id — is kept) and each group goes to the host as one
 //!    [`InferenceCommand::Infer`] with the model's `max_batch` (however
-//!    large: the endpoint carries it in as many frames as it needs);
-//! 3. the host's outputs come back as ABI tensors ([`Tensor::encode_abi`]).
+//!    large: the endpoint carries it in as many frames as it needs), sent
+//!    as soon as the tick that asked is over ([`InferenceService::submit`]);
+//!    batches of different ticks are never merged;
+//! 3. the run waits for the answers only when they are due — after tick
+//!    `asked + latency_ticks − 1` ([`InferenceService::collect`],
+//!    [`pipeline`]) — and the host's outputs come back as ABI tensors
+//!    ([`shm_protocol::inference::Tensor::encode_abi`]).
 //!
 //! Everything that goes wrong *for a request* — an unknown model or version,
 //! a malformed input tensor, an input the model refuses, an output too large
@@ -30,8 +36,9 @@
 //! at the batch deadline), its ring is corrupt, it breaks the protocol, or
 //! it is found dead before a command.  Whatever the cause, the service
 //! kills what is left of it, starts a new one, reloads every model, and
-//! sends the same command again: inference is deterministic on the CPU, so
-//! the agents see exactly the answers a failure-free run gives.  After
+//! sends every command still in flight again, once, in order: inference is
+//! deterministic on the CPU, so the agents see exactly the answers a
+//! failure-free run gives.  After
 //! [`InferenceConfig::max_attempts`] failed attempts at one command its
 //! requests are answered with errors (a host that cannot run them is
 //! reported, the run goes on).  Every restart is logged once, with its
@@ -46,12 +53,9 @@ use crate::child::{Child, ChildError, ChildSpec, locate_binary};
 use crate::failure::{Cause, chain};
 use crate::manifest::ModelDef;
 use crate::reaper::{ChildExit, Reaper};
-use crate::sim::{InferAnswer, InferRequest};
 use crate::telemetry::InferenceTelemetry;
 use shm_protocol::control::{Down, Role, Up};
-use shm_protocol::inference::{
-    BatchTelemetry, InferenceCommand, InferenceReply, InferenceRequest, Tensor,
-};
+use shm_protocol::inference::{InferenceCommand, InferenceReply};
 use shm_protocol::segment::SegmentConfig;
 use shm_protocol::{ChannelError, PidFd, WaitPolicy};
 use std::collections::BTreeMap;
@@ -59,6 +63,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+mod pipeline;
+pub use pipeline::Collected;
 
 /// Name of the built-in model that answers with its input (no host needed).
 pub const ECHO_MODEL: &str = "echo";
@@ -158,18 +165,6 @@ struct Host {
     device: String,
 }
 
-/// What one command came back with.
-enum Answered {
-    /// One result per request, in order.
-    Results(Vec<Result<Vec<u8>, String>>, BatchTelemetry),
-    /// The host refused the whole command (deterministically, e.g. a reply
-    /// that cannot fit a frame): every request gets this error.
-    Refused(String),
-}
-
-/// The requests of one `(model, version)` group, by queue index.
-type Group = Vec<(usize, Tensor)>;
-
 /// The supervisor's inference service (see the module docs).
 #[derive(Debug)]
 pub struct InferenceService {
@@ -187,6 +182,12 @@ pub struct InferenceService {
     restarts: u64,
     /// Restart lines for the live view since the last call.
     notes: Vec<String>,
+    /// Batches sent and not answered, in the order they were sent.
+    inflight: std::collections::VecDeque<pipeline::Batch>,
+    /// Answers not collected yet, by (agent, request id).
+    ready: BTreeMap<(u64, u64), Result<Vec<u8>, String>>,
+    /// Telemetry not collected yet.
+    telemetry: Vec<InferenceTelemetry>,
 }
 
 impl InferenceService {
@@ -236,6 +237,9 @@ impl InferenceService {
             next_batch: 1,
             restarts: 0,
             notes: Vec::new(),
+            inflight: std::collections::VecDeque::new(),
+            ready: BTreeMap::new(),
+            telemetry: Vec::new(),
         };
         if !svc.models.is_empty() {
             let bin = match &svc.cfg.host_bin {
@@ -281,84 +285,10 @@ impl InferenceService {
         !self.models.is_empty()
     }
 
-    /// Answers a tick's queue (canonical order), one answer per request in
-    /// the same order, and one telemetry record per command sent (plus one
-    /// for the built-in model, if used).  `current` is the deterministic
-    /// current-version table (model id → version).
-    pub fn infer(
-        &mut self,
-        tick: u64,
-        queue: &[InferRequest],
-        current: &BTreeMap<String, String>,
-    ) -> (Vec<InferAnswer>, Vec<InferenceTelemetry>) {
-        let mut results: Vec<Option<Result<Vec<u8>, String>>> = vec![None; queue.len()];
-        let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
-        let mut telemetry = Vec::new();
-        let t0 = Instant::now();
-        let mut echoed = 0u64;
-        for (i, q) in queue.iter().enumerate() {
-            match self.resolve(&q.model, current) {
-                Resolved::Echo => {
-                    echoed += 1;
-                    results[i] = Some(Ok(q.input.clone()));
-                }
-                Resolved::Error(e) => results[i] = Some(Err(e)),
-                Resolved::Model(id, version) => match Tensor::decode_abi(&q.input) {
-                    Err(e) => {
-                        results[i] =
-                            Some(Err(format!("malformed input tensor for model `{id}`: {e}")));
-                    }
-                    Ok(t) if t.data().len() > MAX_INPUT_BYTES => {
-                        results[i] = Some(Err(format!(
-                            "input tensor of {} bytes exceeds the inference limit of {MAX_INPUT_BYTES} bytes",
-                            t.data().len()
-                        )));
-                    }
-                    Ok(t) => groups.entry((id, version)).or_default().push((i, t)),
-                },
-            }
-        }
-        if echoed > 0 {
-            let us = t0.elapsed().as_micros() as u64;
-            telemetry.push(InferenceTelemetry {
-                tick,
-                model: ECHO_MODEL.into(),
-                requests: echoed,
-                batches: 1,
-                max_batch: echoed,
-                latency_us: us,
-                run_us: us,
-                device: "builtin".into(),
-                ..InferenceTelemetry::default()
-            });
-        }
-        for ((id, version), group) in groups {
-            let max_batch = self
-                .index
-                .get(&(id.clone(), version.clone()))
-                .and_then(|&k| self.models.get(k))
-                .map_or(1, |m| m.def.max_batch);
-            let (answers, tel) = self.run_command(tick, &id, &version, max_batch, &group);
-            for ((i, _), a) in group.iter().zip(answers) {
-                if let Some(slot) = results.get_mut(*i) {
-                    *slot = Some(a);
-                }
-            }
-            telemetry.push(tel);
-        }
-        let answers = queue
-            .iter()
-            .zip(results)
-            .map(|(q, r)| InferAnswer {
-                agent: q.agent,
-                request_id: q.request_id,
-                result: r.unwrap_or_else(|| Err("no answer".into())),
-            })
-            .collect();
-        (answers, telemetry)
-    }
-
-    fn resolve(&self, model: &str, current: &BTreeMap<String, String>) -> Resolved {
+    /// `model` (`id` or `id@version`) resolved against the declared
+    /// models, `current` giving the version of a bare `id` (else its first
+    /// declared version).
+    pub(crate) fn resolve(&self, model: &str, current: &BTreeMap<String, String>) -> Resolved {
         let (id, version) = match model.split_once('@') {
             Some((id, v)) => (id, Some(v)),
             None => (model, None),
@@ -390,189 +320,6 @@ impl InferenceService {
                 "model `{id}` has no version `{version}` (declared: {})",
                 declared.join(", ")
             ))
-        }
-    }
-
-    /// Sends one command, restarting the host and re-sending after a crash,
-    /// up to `max_attempts` times.
-    fn run_command(
-        &mut self,
-        tick: u64,
-        id: &str,
-        version: &str,
-        max_batch: u32,
-        part: &[(usize, Tensor)],
-    ) -> (Vec<Result<Vec<u8>, String>>, InferenceTelemetry) {
-        let t0 = Instant::now();
-        let requests: Vec<InferenceRequest> = part
-            .iter()
-            .map(|(i, t)| InferenceRequest {
-                request_key: *i as u64,
-                input_name: None,
-                tensor: t.clone(),
-            })
-            .collect();
-        let mut restarts = 0u64;
-        let mut last_failure = String::new();
-        let mut answered = None;
-        for attempt in 1..=self.cfg.max_attempts.max(1) {
-            if self.host.is_some()
-                && let Some(d) = self.host_died()
-            {
-                let cause = Cause::from_death(&d, self.host_oom_kills());
-                self.note(tick, &cause, "found dead before a batch: restarting it");
-                self.discard_host();
-            }
-            if self.host.is_none() {
-                if let Err(e) = self.spawn_host() {
-                    last_failure = format!("could not restart it: {e}");
-                    tracing::warn!(tick, attempt, "{last_failure}");
-                    continue;
-                }
-                self.restarts += 1;
-                restarts += 1;
-            }
-            let batch_id = self.next_batch;
-            self.next_batch += 1;
-            let cmd = InferenceCommand::Infer {
-                batch_id,
-                model_id: id.to_owned(),
-                version: Some(version.to_owned()),
-                requests: requests.clone(),
-                max_batch,
-            };
-            let keys: Vec<u64> = requests.iter().map(|r| r.request_key).collect();
-            match self.exchange(batch_id, cmd, &keys) {
-                Ok(a) => {
-                    answered = Some(a);
-                    break;
-                }
-                Err(cause) => {
-                    last_failure = format!("inference host {cause}");
-                    self.note(
-                        tick,
-                        &cause,
-                        &format!(
-                            "restarting it and re-sending the batch of model {id}@{version} (attempt {attempt})"
-                        ),
-                    );
-                    self.discard_host();
-                }
-            }
-        }
-        let latency_us = t0.elapsed().as_micros() as u64;
-        let mut tel = InferenceTelemetry {
-            tick,
-            model: id.to_owned(),
-            version: version.to_owned(),
-            requests: part.len() as u64,
-            latency_us,
-            host_restarts: restarts,
-            device: self.device().to_owned(),
-            ..InferenceTelemetry::default()
-        };
-        let answers = match answered {
-            Some(Answered::Results(r, bt)) => {
-                tel.batches = u64::from(bt.batches);
-                tel.max_batch = u64::from(bt.max_batch_size);
-                tel.run_us = bt.run_ns / 1000;
-                tel.queue_us = bt.queue_ns / 1000;
-                tel.rss_bytes = bt.rss_bytes;
-                tel.device = bt.device;
-                r
-            }
-            Some(Answered::Refused(e)) => vec![Err(e); part.len()],
-            None => {
-                tracing::error!(
-                    tick,
-                    model = %id,
-                    version = %version,
-                    attempts = self.cfg.max_attempts,
-                    "giving up on an inference batch: {last_failure}"
-                );
-                let e = format!(
-                    "inference failed: the inference host failed {} times in a row ({last_failure})",
-                    self.cfg.max_attempts.max(1)
-                );
-                vec![Err(e); part.len()]
-            }
-        };
-        tel.errors = answers.iter().filter(|a| a.is_err()).count() as u64;
-        (answers, tel)
-    }
-
-    /// One command, one reply, checked.
-    fn exchange(
-        &mut self,
-        batch_id: u64,
-        cmd: InferenceCommand,
-        keys: &[u64],
-    ) -> Result<Answered, Cause> {
-        let n = keys.len();
-        let deadline = Some(Instant::now() + self.cfg.batch_timeout);
-        let Some(host) = self.host.as_mut() else {
-            return Err(Cause::Start("not running".into()));
-        };
-        let ep = host.child.endpoint();
-        if let Err(e) = ep.send_msg(&Down::Inference(cmd), deadline) {
-            return Err(self.channel_failure(e));
-        }
-        let up = match ep.recv_msg::<Up>(deadline) {
-            Ok(up) => up,
-            Err(e) => return Err(self.channel_failure(e)),
-        };
-        match up {
-            Up::Inference(InferenceReply::Results {
-                batch_id: got,
-                results,
-                telemetry,
-            }) => {
-                if got != batch_id {
-                    return Err(Cause::Protocol(format!(
-                        "answered batch {got} while batch {batch_id} was asked"
-                    )));
-                }
-                if results.len() != n {
-                    return Err(Cause::Protocol(format!(
-                        "{} results for {n} requests",
-                        results.len()
-                    )));
-                }
-                let mut out = Vec::with_capacity(n);
-                for (r, &key) in results.into_iter().zip(keys) {
-                    if r.request_key != key {
-                        return Err(Cause::Protocol(format!(
-                            "result for key {} where key {key} was expected",
-                            r.request_key
-                        )));
-                    }
-                    let bytes = match r.output {
-                        Ok(t) => {
-                            let abi = t.encode_abi();
-                            if *blake3::hash(&abi).as_bytes() != r.output_blake3 {
-                                return Err(Cause::Protocol(format!(
-                                    "output hash mismatch for request key {}",
-                                    r.request_key
-                                )));
-                            }
-                            Ok(abi)
-                        }
-                        Err(e) => Err(e),
-                    };
-                    out.push(bytes);
-                }
-                Ok(Answered::Results(out, telemetry))
-            }
-            Up::Inference(InferenceReply::Refused {
-                batch_id: got,
-                error,
-            }) if got == batch_id => Ok(Answered::Refused(error)),
-            // An error not tied to this batch (e.g. about an earlier,
-            // undecodable command): the host is out of step.
-            other => Err(Cause::Protocol(format!(
-                "unexpected reply {}",
-                describe(&other)
-            ))),
         }
     }
 
@@ -827,14 +574,14 @@ impl Drop for InferenceService {
     }
 }
 
-enum Resolved {
+pub(crate) enum Resolved {
     Echo,
     Model(String, String),
     Error(String),
 }
 
 /// A short description of a message (never its whole payload).
-fn describe(up: &Up) -> String {
+pub(crate) fn describe(up: &Up) -> String {
     match up {
         Up::Hello(_) => "Hello".into(),
         Up::Ready { .. } => "Ready".into(),

@@ -53,6 +53,9 @@
 //! path = "../.deps/models/mlp-v1.onnx"
 //! blake3 = "…"                 # optional pin of the file's hash
 //! max_batch = 32               # optional: rows per model run (default 32)
+//! latency_ticks = 1            # answers to tick t's requests arrive at tick
+//!                              # t + latency_ticks (default 1); the ticks
+//!                              # in between run while the model computes
 //! ```
 //!
 //! The `[sandbox]` table and the tenants' process limits are described in
@@ -218,6 +221,7 @@ struct RawModel {
     path: Spanned<String>,
     blake3: Option<Spanned<String>>,
     max_batch: Option<Spanned<i64>>,
+    latency_ticks: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -329,7 +333,19 @@ pub struct ModelDef {
     /// Largest batch (rows along dimension 0) of one model run
     /// ([`DEFAULT_MAX_BATCH`] unless set; 1 runs every request alone).
     pub max_batch: u32,
+    /// Answers to a request made in tick `t` are delivered at tick
+    /// `t + latency_ticks` (1, the default: the next tick); the ticks in
+    /// between run while the inference host computes.
+    #[serde(default = "one")]
+    pub latency_ticks: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// Largest `latency_ticks` a model may declare.
+pub const MAX_LATENCY_TICKS: u32 = 1024;
 
 /// `max_batch` of a model that does not set it.
 pub const DEFAULT_MAX_BATCH: u32 = 32;
@@ -919,12 +935,26 @@ impl Manifest {
                     }
                 },
             };
+            let latency_ticks = match &m.latency_ticks {
+                None => 1,
+                Some(d) => match u32::try_from(*d.get_ref()) {
+                    Ok(n) if (1..=MAX_LATENCY_TICKS).contains(&n) => n,
+                    _ => {
+                        return cx.err(
+                            Some(d.span()),
+                            format!("models[{i}].latency_ticks"),
+                            format!("must be between 1 and {MAX_LATENCY_TICKS}"),
+                        );
+                    }
+                },
+            };
             models.push(ModelDef {
                 id: id.clone(),
                 version: m.version.get_ref().clone(),
                 path,
                 blake3,
                 max_batch,
+                latency_ticks,
             });
         }
 
@@ -1003,6 +1033,37 @@ pub fn fuzz_parse(bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_ticks_default_to_one_and_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("lockstep-latency-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("m.onnx"), b"x").unwrap();
+        let with = |extra: &str| {
+            Manifest::parse(
+                &format!(
+                    "[run]\nseed = 1\n\n[[models]]\nid = \"m\"\nversion = \"1\"\npath = \"m.onnx\"\n{extra}"
+                ),
+                "m.toml",
+                &dir,
+            )
+        };
+        assert_eq!(with("").unwrap().models[0].latency_ticks, 1);
+        assert_eq!(
+            with("latency_ticks = 32\n").unwrap().models[0].latency_ticks,
+            32
+        );
+        for bad in [
+            "latency_ticks = 0\n",
+            "latency_ticks = 1025\n",
+            "latency_ticks = -3\n",
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.field, "models[0].latency_ticks", "{bad}: {e}");
+            assert!(e.message.contains("between 1 and 1024"), "{bad}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         let dir = std::env::temp_dir().join(format!("lockstep-manifest-{}", std::process::id()));

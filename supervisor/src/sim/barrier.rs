@@ -277,10 +277,15 @@ impl SimState {
                         } else {
                             *n += 1;
                             self.counters.inferences += 1;
+                            let pinned = self.pin_model(model);
+                            let latency = self.model_latency.get(&pinned).copied().unwrap_or(1);
                             self.infer_queue.push(InferRequest {
                                 agent: from,
                                 request_id: *request_id,
                                 model: model.clone(),
+                                pinned,
+                                asked: tick,
+                                due: tick + u64::from(latency) - 1,
                                 input: input.clone(),
                             });
                         }

@@ -13,6 +13,7 @@
 //! stops, quotas, the tick hash, in [`barrier`]).
 
 mod barrier;
+mod inference;
 mod inputs;
 mod plan;
 #[cfg(test)]
@@ -332,8 +333,16 @@ pub struct InferRequest {
     pub agent: u64,
     /// Its request id.
     pub request_id: u64,
-    /// Model (`id` or `id@version`).
+    /// Model (`id` or `id@version`), as the agent named it.
     pub model: String,
+    /// The model version that answers it, fixed when it was asked
+    /// (`id@version` for a declared model; else `model` as named).
+    pub pinned: String,
+    /// The tick it was asked in.
+    pub asked: u64,
+    /// The tick after whose barrier its answer is delivered (the agent
+    /// receives it at `due + 1` = `asked + latency_ticks`).
+    pub due: u64,
     /// Input tensor (ABI layout).
     #[serde(with = "serde_bytes")]
     pub input: Vec<u8>,
@@ -488,8 +497,15 @@ pub struct SimState {
     pub pending_stops: BTreeSet<u64>,
     /// Agents to move to another module in the next tick.
     pub pending_upgrades: BTreeMap<u64, u32>,
-    /// Inference requests of the last tick (answered before the next).
+    /// Inference requests collected at the current barrier (moved to
+    /// [`SimState::infer_pending`] right after it).
     pub infer_queue: Vec<InferRequest>,
+    /// Inference requests asked and not answered yet, by the tick after
+    /// whose barrier their answers are delivered; in the order they were
+    /// asked.
+    pub infer_pending: BTreeMap<u64, Vec<InferRequest>>,
+    /// `id@version` → its `latency_ticks` (1 when not listed).
+    pub model_latency: BTreeMap<String, u32>,
     /// Counters.
     pub counters: Counters,
     // --- inference (issue 5) ---
@@ -587,6 +603,8 @@ impl SimState {
             pending_stops: BTreeSet::new(),
             pending_upgrades: BTreeMap::new(),
             infer_queue: Vec::new(),
+            infer_pending: BTreeMap::new(),
+            model_latency: BTreeMap::new(),
             counters: Counters::default(),
             model_versions: BTreeMap::new(),
             model_catalog: BTreeMap::new(),
@@ -601,6 +619,8 @@ impl SimState {
                 .entry(m.id.clone())
                 .or_default()
                 .insert(m.version.clone());
+            s.model_latency
+                .insert(format!("{}@{}", m.id, m.version), m.latency_ticks.max(1));
         }
         let mut g = blake3::Hasher::new();
         g.update(b"lockstep-genesis-v1");
@@ -963,46 +983,6 @@ impl SimState {
             self.stop_agent(id, tick, &why);
             why
         }
-    }
-
-    /// Delivers inference answers (in request order) for the next tick and
-    /// folds their hashes into the chain; returns each answer's hash.
-    pub fn deliver_answers(&mut self, answers: &[InferAnswer]) -> Vec<[u8; 32]> {
-        let tick = self.tick;
-        let mut drops = 0;
-        let mut hashes = Vec::with_capacity(answers.len());
-        let mut h = blake3::Hasher::new();
-        h.update(b"lockstep-answers-v1");
-        h.update(&self.hash);
-        for a in answers {
-            let ah = *blake3::hash(&shm_protocol::codec::encode(a).unwrap_or_default()).as_bytes();
-            h.update(&ah);
-            hashes.push(ah);
-            let (k, payload) = match &a.result {
-                Ok(t) => (kind::INFER_OK, t.clone()),
-                Err(e) => (kind::INFER_ERR, e.clone().into_bytes()),
-            };
-            let model = self
-                .infer_queue
-                .iter()
-                .find(|r| r.agent == a.agent && r.request_id == a.request_id)
-                .map(|r| r.model.clone())
-                .unwrap_or_default();
-            let msg = WireMessage {
-                kind: k,
-                sender: RUNTIME_SENDER,
-                sent_tick: tick,
-                seq: a.request_id,
-                topic: model,
-                payload,
-            };
-            self.push_message(a.agent, msg, &mut drops);
-        }
-        self.infer_queue.clear();
-        if !answers.is_empty() {
-            self.hash = *h.finalize().as_bytes();
-        }
-        hashes
     }
 
     /// BLAKE3 of the whole supervisor state (for snapshots and `verify`).

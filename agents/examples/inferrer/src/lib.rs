@@ -1,4 +1,6 @@
-//! Every 5 ticks calls `infer("mlp", f32[1,16])`, records the kind-3 answers and logs their argmax.
+//! Every 5 ticks calls `infer("mlp", f32[1,16])`, records the kind-3 answers and logs their argmax,
+//! and — in the step of the tick an answer arrived in (deliveries come before the step) — the tick
+//! it was asked in and that tick: `inferrer: request R asked at tick A answered at tick B`.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
@@ -25,8 +27,10 @@ static LAST_ARGMAX: AtomicU64 = AtomicU64::new(u64::MAX);
 /// The inferrer agent.
 #[derive(Debug)]
 pub struct Inferrer {
-    /// Request ids not answered yet.
-    pending: Vec<u64>,
+    /// Request ids not answered yet, with the tick each was asked in.
+    pending: Vec<(u64, u64)>,
+    /// Answered request ids (with their ask tick) not logged yet.
+    arrived: Vec<(u64, u64)>,
     /// `(request id, argmax)` of the answers, in arrival order.
     answers: Vec<(u64, u32)>,
     errors: u64,
@@ -38,12 +42,21 @@ impl Agent for Inferrer {
         LAST_ARGMAX.store(u64::MAX, Ordering::Relaxed);
         Inferrer {
             pending: Vec::new(),
+            arrived: Vec::new(),
             answers: Vec::new(),
             errors: 0,
         }
     }
 
     fn step(&mut self, ctx: &StepContext<'_>) -> Result<(), i32> {
+        for (id, asked) in self.arrived.drain(..) {
+            let _ = info!(
+                "inferrer: request {} asked at tick {} answered at tick {}",
+                id,
+                asked,
+                ctx.tick
+            );
+        }
         if ctx.tick % EVERY != 0 {
             return Ok(());
         }
@@ -55,7 +68,7 @@ impl Agent for Inferrer {
             return Err(2);
         };
         match host::infer(MODEL, &bytes) {
-            Ok(id) => self.pending.push(id),
+            Ok(id) => self.pending.push((id, ctx.tick)),
             Err(e) => {
                 let _ = warn!("inferrer: request refused: {}", e);
             }
@@ -64,14 +77,15 @@ impl Agent for Inferrer {
     }
 
     fn receive(&mut self, msg: &Message<'_>) -> Result<(), i32> {
-        let known = match self.pending.iter().position(|&id| id == msg.seq) {
+        let known = match self.pending.iter().position(|&(id, _)| id == msg.seq) {
             Some(i)
                 if matches!(
                     msg.kind,
                     MessageKind::InferenceResult | MessageKind::InferenceError
                 ) =>
             {
-                self.pending.remove(i);
+                let asked = self.pending.remove(i);
+                self.arrived.push(asked);
                 true
             }
             _ => false,
