@@ -3,13 +3,15 @@
 //! the tick a failed one reached.
 //!
 //! The log is bounded in memory: once it holds more than
-//! [`WorkLog::MEMORY`] bytes of work, everything logged so far is written
-//! to a scratch file in the run directory and read back only by a
-//! recovery.  A checkpoint clears it (and truncates the file), so the
+//! [`WorkLog::MEMORY`] bytes of work, its oldest ticks move to a scratch
+//! file in the run directory, a few at each new tick (never the whole log
+//! at once: that would stall the tick that crosses the bound), and are read
+//! back only by a recovery.  A checkpoint clears it (and truncates the file), so the
 //! supervisor's memory does not grow with the length of the run whatever
 //! the checkpoint interval.
 
 use shm_protocol::worker::TickWork;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -29,7 +31,8 @@ pub struct LoggedTick {
 /// The log (see the module docs).
 #[derive(Debug)]
 pub struct WorkLog {
-    mem: Vec<LoggedTick>,
+    /// Ticks in memory, oldest first, with the bytes each counts for.
+    mem: VecDeque<(LoggedTick, usize)>,
     mem_bytes: usize,
     path: PathBuf,
     file: Option<BufWriter<File>>,
@@ -72,7 +75,7 @@ impl WorkLog {
     /// An empty log whose scratch file (created when needed) is `path`.
     pub fn new(path: &Path) -> Self {
         Self {
-            mem: Vec::new(),
+            mem: VecDeque::new(),
             mem_bytes: 0,
             path: path.to_path_buf(),
             file: None,
@@ -80,20 +83,23 @@ impl WorkLog {
         }
     }
 
-    /// Appends a tick.
+    /// Appends a tick; if the log is over its memory bound, moves its
+    /// oldest ticks to the file until it is not.
     pub fn push(&mut self, t: LoggedTick) -> std::io::Result<()> {
-        self.mem_bytes += std::mem::size_of::<LoggedTick>()
+        let size = std::mem::size_of::<LoggedTick>()
             + t.digests.capacity() * 32
             + t.works.capacity() * std::mem::size_of::<TickWork>()
             + t.works.iter().map(work_size).sum::<usize>();
-        self.mem.push(t);
-        if self.mem_bytes > Self::MEMORY {
-            self.spill()?;
+        self.mem_bytes += size;
+        self.mem.push_back((t, size));
+        while self.mem_bytes > Self::MEMORY && self.mem.len() > 1 {
+            self.spill_oldest()?;
         }
         Ok(())
     }
 
-    fn spill(&mut self) -> std::io::Result<()> {
+    /// Moves the oldest tick in memory to the file.
+    fn spill_oldest(&mut self) -> std::io::Result<()> {
         if self.file.is_none() {
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -101,18 +107,16 @@ impl WorkLog {
                 .write(true)
                 .truncate(true)
                 .open(&self.path)?;
-            self.file = Some(BufWriter::new(f));
+            self.file = Some(BufWriter::with_capacity(1 << 20, f));
         }
-        let Some(w) = self.file.as_mut() else {
+        let (Some(w), Some((t, size))) = (self.file.as_mut(), self.mem.pop_front()) else {
             return Ok(());
         };
-        for t in self.mem.drain(..) {
-            let bytes = shm_protocol::codec::encode(&t).map_err(std::io::Error::other)?;
-            w.write_all(&(bytes.len() as u64).to_le_bytes())?;
-            w.write_all(&bytes)?;
-            self.spilled += 1;
-        }
-        self.mem_bytes = 0;
+        let bytes = shm_protocol::codec::encode(&t).map_err(std::io::Error::other)?;
+        w.write_all(&(bytes.len() as u64).to_le_bytes())?;
+        w.write_all(&bytes)?;
+        self.spilled += 1;
+        self.mem_bytes -= size;
         Ok(())
     }
 
@@ -135,7 +139,7 @@ impl WorkLog {
             // Writes continue at the end.
             w.get_mut().seek(SeekFrom::End(0))?;
         }
-        out.extend(self.mem.iter().cloned());
+        out.extend(self.mem.iter().map(|(t, _)| t.clone()));
         Ok(out)
     }
 
