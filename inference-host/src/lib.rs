@@ -24,7 +24,9 @@
 //!   executed are those of the graph as written;
 //! * sequential execution, `intra_threads` intra-op threads (default 1 —
 //!   more threads split reductions differently and may change float
-//!   results), one inter-op thread;
+//!   results), one inter-op thread; the host process runs each model id on
+//!   a lane (thread) of its own, which changes when an answer is ready,
+//!   never what it is;
 //! * deterministic compute on (ORT picks deterministic kernels where it has a
 //!   choice, e.g. cuDNN algorithms);
 //! * CUDA (when used): device 0, TF32 off, heuristic convolution algorithm
@@ -686,6 +688,17 @@ impl ModelRegistry {
             env: env.clone(),
             options,
             cuda_ok: None,
+            models: BTreeMap::new(),
+        }
+    }
+
+    /// An empty registry sharing this one's runtime, options and what is
+    /// known of CUDA (one per model lane of the host process).
+    pub fn sibling(&self) -> Self {
+        Self {
+            env: self.env.clone(),
+            options: self.options,
+            cuda_ok: self.cuda_ok,
             models: BTreeMap::new(),
         }
     }

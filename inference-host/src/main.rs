@@ -24,6 +24,9 @@
 
 #![forbid(unsafe_code)]
 
+mod answer;
+mod lanes;
+
 use clap::Parser;
 use lockstep_common::ChildArgs;
 use lockstep_inference_host::{
@@ -33,8 +36,10 @@ use lockstep_inference_host::{
 use lockstep_sandbox::{Class, Jail, JailArgs};
 use shm_protocol::bootstrap::{self, Reply};
 use shm_protocol::control::{Down, ExitCode, Role, Up};
-use shm_protocol::inference::{InferenceCommand, InferenceReply, InferenceResult, Tensor};
+#[cfg(feature = "fault-injection")]
+use shm_protocol::inference::InferenceCommand;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Command line of the inference host (normally written by the supervisor).
@@ -96,164 +101,6 @@ fn start_runtime(args: &Args, lib: &Path) -> Result<ModelRegistry, InferenceErro
     }
     tracing::debug!(lib = %lib.display(), ?options, "ONNX Runtime ready");
     Ok(registry)
-}
-
-/// Serves one inference command.
-fn handle(
-    registry: &mut ModelRegistry,
-    rss: &mut RssSampler,
-    cmd: InferenceCommand,
-) -> InferenceReply {
-    match cmd {
-        InferenceCommand::LoadModel {
-            id,
-            version,
-            source,
-            bytes,
-            blake3_hex,
-        } => {
-            match registry.load_model_bytes(&id, &version, Path::new(&source), &bytes, &blake3_hex)
-            {
-                Ok(m) => InferenceReply::Loaded {
-                    device: m.device().to_string(),
-                    inputs: m.inputs().to_vec(),
-                    outputs: m.outputs().to_vec(),
-                    id,
-                    version,
-                },
-                Err(e) => InferenceReply::LoadFailed {
-                    id,
-                    version,
-                    error: e.to_string(),
-                },
-            }
-        }
-        InferenceCommand::UnloadModel { id, version } => {
-            let versions = registry.unload_model(&id, version.as_deref());
-            InferenceReply::Unloaded { id, versions }
-        }
-        InferenceCommand::Infer {
-            batch_id,
-            model_id,
-            version,
-            requests,
-            max_batch,
-        } => {
-            let outcome = registry.batch_infer(&model_id, version.as_deref(), &requests, max_batch);
-            let results: Vec<InferenceResult> = requests
-                .iter()
-                .zip(outcome.results)
-                .map(|(r, out)| result(r.request_key, out.map_err(|e| e.to_string())))
-                .collect();
-            let mut telemetry = outcome.telemetry;
-            telemetry.rss_bytes = rss.rss_bytes();
-            InferenceReply::Results {
-                batch_id,
-                results,
-                telemetry,
-            }
-        }
-        InferenceCommand::Status => InferenceReply::Status {
-            models: registry.status(),
-            rss_bytes: rss.rss_bytes(),
-            gpu_mem_bytes: None,
-        },
-    }
-}
-
-fn result(request_key: u64, output: Result<Tensor, String>) -> InferenceResult {
-    let output_blake3 = match &output {
-        Ok(t) => *blake3::hash(&t.encode_abi()).as_bytes(),
-        Err(e) => *blake3::hash(e.as_bytes()).as_bytes(),
-    };
-    InferenceResult {
-        request_key,
-        output,
-        output_blake3,
-    }
-}
-
-/// Encoded size of a value (0 if it cannot be encoded, which the real send
-/// would report anyway).
-fn encoded_len<T: serde::Serialize>(v: &T) -> usize {
-    shm_protocol::codec::encode(v).map_or(0, |b| b.len())
-}
-
-/// Keeps an `Infer` reply within [`shm_protocol::inference::MAX_REPLY`]
-/// bytes (a fixed bound, so that which outputs are refused never depends on
-/// a ring's size): outputs are replaced by errors, largest first; if even
-/// that is not enough the whole batch is answered with [`Up::Error`].
-fn fit_reply(reply: InferenceReply, max_reply: usize) -> Up {
-    let InferenceReply::Results {
-        batch_id,
-        mut results,
-        telemetry,
-    } = reply
-    else {
-        return Up::Inference(reply);
-    };
-    // Fast path: a generous upper bound (hash, key, shape, tags, lengths,
-    // error text) that fits.
-    let bound: usize = 512
-        + telemetry.device.len()
-        + results
-            .iter()
-            .map(|r| {
-                160 + r
-                    .output
-                    .as_ref()
-                    .map_or_else(String::len, |t| t.data().len())
-            })
-            .sum::<usize>();
-    if bound <= max_reply {
-        return Up::Inference(InferenceReply::Results {
-            batch_id,
-            results,
-            telemetry,
-        });
-    }
-    let mut sizes: Vec<usize> = results.iter().map(encoded_len).collect();
-    // postcard is concatenative: header + length varint + the results.
-    let empty = Up::Inference(InferenceReply::Results {
-        batch_id,
-        results: Vec::new(),
-        telemetry: telemetry.clone(),
-    });
-    let base = encoded_len(&empty) + 10;
-    let total = |sizes: &[usize]| base + sizes.iter().sum::<usize>();
-    while total(&sizes) > max_reply {
-        let Some((i, _)) = results
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.output.is_ok())
-            .max_by_key(|(i, _)| sizes[*i])
-        else {
-            tracing::warn!(
-                batch_id,
-                "reply does not fit the reply limit even without outputs"
-            );
-            return Up::Inference(InferenceReply::Refused {
-                batch_id,
-                error: format!(
-                    "inference batch {batch_id}: {} results do not fit one reply of {max_reply} bytes; send fewer requests per batch",
-                    results.len()
-                ),
-            });
-        };
-        let bytes = sizes[i];
-        results[i] = result(
-            results[i].request_key,
-            Err(format!(
-                "output of {bytes} bytes does not fit the reply ({max_reply} bytes)"
-            )),
-        );
-        sizes[i] = encoded_len(&results[i]);
-    }
-    Up::Inference(InferenceReply::Results {
-        batch_id,
-        results,
-        telemetry,
-    })
 }
 
 /// Test-only fault injection (cargo feature `fault-injection`; absent from
@@ -326,7 +173,7 @@ fn main() {
         // ONNX Runtime and its providers are the only files read later.
         jail.allow_read(dir.to_path_buf());
     }
-    let mut rss = RssSampler::new(Duration::from_millis(100));
+    let rss = RssSampler::new(Duration::from_millis(100));
     let source = args.child.open_source();
     jail.confine().unwrap_or_else(|e| e.exit());
     let (mut ep, name) =
@@ -335,23 +182,31 @@ fn main() {
         lockstep_common::refuse_and_exit(&mut ep, &name, &e.to_string(), e.layer.exit_code())
     });
     // ONNX Runtime starts its own thread: inside Landlock, before seccomp.
-    let mut registry = start_runtime(&args, &lib).unwrap_or_else(|e| {
+    let registry = start_runtime(&args, &lib).unwrap_or_else(|e| {
         lockstep_common::refuse_and_exit(&mut ep, &name, &e.to_string(), ExitCode::Runtime)
     });
     // Beat while a model runs: the supervisor declares a silent host hung.
-    let activity = std::sync::Arc::new(lockstep_common::Activity::default());
+    let activity = Arc::new(lockstep_common::Activity::default());
     lockstep_common::start_heartbeat(&ep, Duration::from_millis(10), activity.clone());
     let report = jail.seal().unwrap_or_else(|e| {
         lockstep_common::refuse_and_exit(&mut ep, &name, &e.to_string(), e.layer.exit_code())
     });
     lockstep_common::ready_or_exit(&mut ep, report.to_wire());
     tracing::debug!(%name, sandbox = %report.summary(), "inference host ready");
-    let max_reply = args.max_reply;
     #[cfg(feature = "fault-injection")]
     let inject = inject::from_env();
     #[cfg(feature = "fault-injection")]
     let own = shm_protocol::rogue::Target::of(ep.segment());
-    let code = bootstrap::serve(&mut ep, |cmd| match cmd {
+    let (tx, mut rx, segment) = ep.split();
+    let tx = Arc::new(Mutex::new(tx));
+    let mut lanes = lanes::Lanes::new(
+        registry,
+        tx.clone(),
+        Arc::new(Mutex::new(rss)),
+        activity.clone(),
+        args.max_reply,
+    );
+    let code = bootstrap::serve_shared(&mut rx, &tx, &segment, |cmd| match cmd {
         Down::Inference(c) => {
             #[cfg(feature = "fault-injection")]
             if let InferenceCommand::Infer { batch_id, .. } = &c {
@@ -368,8 +223,7 @@ fn main() {
                 }
             }
             activity.step();
-            let _busy = activity.busy();
-            Reply::Send(fit_reply(handle(&mut registry, &mut rss, c), max_reply))
+            lanes.dispatch(c)
         }
         other => Reply::Send(Up::Error {
             message: format!("inference host does not handle {other:?}"),

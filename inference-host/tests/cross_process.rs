@@ -427,3 +427,63 @@ fn missing_library_or_cuda_exit_with_runtime_code() {
     let (code, _) = run(&["--device", "tpu"]);
     assert_eq!(code, Some(ExitCode::Usage as i32));
 }
+
+/// Each model runs on a lane of its own: a fast model's batches are
+/// answered while a slow model's batch, sent before them, still runs; a
+/// model's own answers keep the order of its batches.
+#[test]
+fn a_fast_model_is_answered_while_a_slow_one_runs() {
+    let (reaper, _deaths) = Reaper::start().unwrap();
+    let mut child = spawn(&reaper, &["--device", "cpu"]);
+    assert!(matches!(
+        load(&mut child, "magika", "v3", "magika.onnx"),
+        InferenceReply::Loaded { .. }
+    ));
+    assert!(matches!(
+        load(&mut child, "mlp", "v1", "mlp.onnx"),
+        InferenceReply::Loaded { .. }
+    ));
+    // Eight Magika runs of about 10 ms each, one at a time.
+    let features = Tensor::new(DType::I32, vec![1, 2048], vec![0; 2048 * 4]).unwrap();
+    let slow = InferenceCommand::Infer {
+        batch_id: 1,
+        model_id: "magika".into(),
+        version: None,
+        requests: (0..8)
+            .map(|i| InferenceRequest {
+                request_key: i,
+                input_name: None,
+                tensor: features.clone(),
+            })
+            .collect(),
+        max_batch: 1,
+    };
+    let fast = |batch_id: u64| InferenceCommand::Infer {
+        batch_id,
+        model_id: "mlp".into(),
+        version: None,
+        requests: vec![InferenceRequest {
+            request_key: 0,
+            input_name: Some("input".into()),
+            tensor: mlp_input(1, batch_id),
+        }],
+        max_batch: 1,
+    };
+    let ep = child.endpoint();
+    for cmd in [slow, fast(2), fast(3)] {
+        ep.send_msg(&Down::Inference(cmd), soon()).unwrap();
+    }
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        match ep.recv_msg::<Up>(soon()).unwrap() {
+            Up::Inference(InferenceReply::Results {
+                batch_id, results, ..
+            }) => {
+                assert!(results.iter().all(|r| r.output.is_ok()), "{results:?}");
+                order.push(batch_id);
+            }
+            other => panic!("expected results, got {other:?}"),
+        }
+    }
+    assert_eq!(order, [2, 3, 1], "answers in the order they were ready");
+}

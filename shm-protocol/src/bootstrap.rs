@@ -10,11 +10,12 @@
 //! 4. sends [`Up::Hello`] and waits for [`Down::Welcome`].
 
 use crate::control::{Down, ExitCode, Hello, PROTOCOL_VERSION, Role, Up};
-use crate::endpoint::{ChannelError, Endpoint, WaitPolicy};
+use crate::endpoint::{ChannelError, Endpoint, Receiver, Sender, WaitPolicy};
 use crate::peer::PidFd;
 use crate::segment::{Segment, SegmentError};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Where the child finds its segment.
@@ -218,15 +219,75 @@ pub enum Reply {
 /// that does not decode is answered with [`Up::Error`] (the loop goes on); a
 /// corrupt ring ends the loop with [`ExitCode::Protocol`]; a dead, hung or
 /// closed supervisor with [`ExitCode::SupervisorGone`].
-pub fn serve(ep: &mut Endpoint, mut handle: impl FnMut(Down) -> Reply) -> ExitCode {
+pub fn serve(ep: &mut Endpoint, handle: impl FnMut(Down) -> Reply) -> ExitCode {
+    let status = ep.segment().status();
+    let Endpoint { tx, rx, .. } = ep;
+    serve_loop(rx, handle, |ups, close| {
+        let r = send_all(tx, ups);
+        if close {
+            tx.close();
+            status.mark_closed();
+        }
+        r
+    })
+}
+
+/// [`serve`] over the halves of a split [`Endpoint`] whose sending half is
+/// shared with threads that answer commands later (a handler returns
+/// [`Reply::None`] for those and the thread sends the answer through
+/// `tx`).  `segment` is the endpoint's segment (marked closed at
+/// shutdown).
+pub fn serve_shared(
+    rx: &mut Receiver,
+    tx: &Mutex<Sender>,
+    segment: &Segment,
+    handle: impl FnMut(Down) -> Reply,
+) -> ExitCode {
+    let status = segment.status();
+    serve_loop(rx, handle, |ups, close| {
+        let mut tx = tx.lock().map_err(|_| ChannelError::Timeout)?;
+        let r = send_all(&mut tx, ups);
+        if close {
+            tx.close();
+            status.mark_closed();
+        }
+        r
+    })
+}
+
+/// Sends `ups` in order, published together.
+pub fn send_all(tx: &mut Sender, ups: &[Up]) -> Result<(), ChannelError> {
+    if let [up] = ups {
+        return tx.send_msg(up, None);
+    }
+    let r = ups.iter().try_for_each(|up| tx.push_msg(up, None));
+    tx.publish();
+    r
+}
+
+/// The exit code for a failed send.
+pub fn send_failure(e: &ChannelError) -> ExitCode {
+    match e {
+        ChannelError::Ring(_) | ChannelError::TooLarge(_) => ExitCode::Protocol,
+        _ => ExitCode::SupervisorGone,
+    }
+}
+
+/// The loop of [`serve`]: `send(ups, close)` sends replies (and, with
+/// `close`, closes the sending direction afterwards).
+fn serve_loop(
+    rx: &mut Receiver,
+    mut handle: impl FnMut(Down) -> Reply,
+    mut send: impl FnMut(&[Up], bool) -> Result<(), ChannelError>,
+) -> ExitCode {
     loop {
-        let msg = match ep.recv_msg::<Down>(None) {
+        let msg = match rx.recv_msg::<Down>(None) {
             Ok(m) => m,
             Err(ChannelError::Codec(e)) => {
                 let msg = Up::Error {
                     message: format!("undecodable command: {e}"),
                 };
-                if ep.send_msg(&msg, None).is_err() {
+                if send(&[msg], false).is_err() {
                     return ExitCode::SupervisorGone;
                 }
                 continue;
@@ -235,7 +296,7 @@ pub fn serve(ep: &mut Endpoint, mut handle: impl FnMut(Down) -> Reply) -> ExitCo
                 let msg = Up::Error {
                     message: format!("unexpected frame kind {k}"),
                 };
-                if ep.send_msg(&msg, None).is_err() {
+                if send(&[msg], false).is_err() {
                     return ExitCode::SupervisorGone;
                 }
                 continue;
@@ -248,26 +309,19 @@ pub fn serve(ep: &mut Endpoint, mut handle: impl FnMut(Down) -> Reply) -> ExitCo
         let reply = match msg {
             Down::Ping { seq } => Reply::Send(Up::Pong { seq }),
             Down::Shutdown => {
-                let _ = ep.send_msg(&Up::ShutdownAck, None);
-                ep.close();
+                let _ = send(&[Up::ShutdownAck], true);
+                rx.close();
                 return ExitCode::Ok;
             }
             other => handle(other),
         };
         let sent = match reply {
-            Reply::Send(up) => ep.send_msg(&up, None),
-            Reply::Many(ups) => {
-                let r = ups.iter().try_for_each(|up| ep.tx.push_msg(up, None));
-                ep.tx.publish();
-                r
-            }
+            Reply::Send(up) => send(&[up], false),
+            Reply::Many(ups) => send(&ups, false),
             Reply::None => Ok(()),
         };
         if let Err(e) = sent {
-            return match e {
-                ChannelError::Ring(_) | ChannelError::TooLarge(_) => ExitCode::Protocol,
-                _ => ExitCode::SupervisorGone,
-            };
+            return send_failure(&e);
         }
     }
 }

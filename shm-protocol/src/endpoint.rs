@@ -325,6 +325,11 @@ impl Receiver {
         Ok(self.cons.frame_at(kind, off, len))
     }
 
+    /// Marks this direction closed (the peer sees it after draining).
+    pub fn close(&mut self) {
+        self.cons.close();
+    }
+
     /// Returns a frame if one is already there.
     pub fn try_recv(&mut self) -> Result<Option<Frame<'_>>, ChannelError> {
         self.maybe_release();
@@ -527,7 +532,7 @@ impl Endpoint {
     /// after draining).
     pub fn close(&mut self) {
         self.tx.close();
-        self.rx.cons.close();
+        self.rx.close();
         self.segment.status().mark_closed();
     }
 }

@@ -3,9 +3,10 @@
 //! when they are due ([`InferenceService::collect`]), so that the ticks in
 //! between run while the host computes.
 //!
-//! The host serves commands in the order it receives them, and answers each
-//! with one reply tied to its batch id; the service keeps the batches sent
-//! and not answered in that order and takes replies from the front.  When
+//! The host runs each model on a lane of its own and answers each command
+//! with one reply tied to its batch id, a model's in the order sent, those
+//! of different models in any order; the service keeps the batches sent and
+//! not answered and files each reply under its batch.  When
 //! the host fails (any [`Cause`]), every batch still in flight is sent
 //! again, once, in the same order, to a fresh host (after the failure limit
 //! of a batch, its requests are answered with errors instead).  Answers
@@ -153,8 +154,7 @@ impl InferenceService {
     }
 
     /// Waits until every request of `requests` is answered (receiving the
-    /// replies of the batches in flight in the order they were sent, and
-    /// recovering from any host failure on the way) and returns their
+    /// replies of the batches in flight as they come, and recovering from any host failure on the way) and returns their
     /// answers in the same order, with the telemetry gathered since the
     /// last call.  `tick` names the tick in logs.
     pub fn collect(&mut self, tick: u64, requests: &[InferRequest]) -> Collected {
@@ -166,7 +166,7 @@ impl InferenceService {
             if !missing || self.inflight.is_empty() {
                 break;
             }
-            if let Err(cause) = self.receive_front() {
+            if let Err(cause) = self.receive_one() {
                 self.recover(
                     tick,
                     cause,
@@ -264,14 +264,13 @@ impl InferenceService {
             .map_err(|e| self.channel_failure(e))
     }
 
-    /// Receives the reply to the oldest batch in flight and files its
-    /// answers.
-    fn receive_front(&mut self) -> Result<(), Cause> {
-        let Some(front) = self.inflight.front() else {
+    /// Receives the reply to one batch in flight and files its answers
+    /// (the deadline is the oldest send's).
+    fn receive_one(&mut self) -> Result<(), Cause> {
+        let Some(oldest) = self.inflight.iter().map(|b| b.last_sent).min() else {
             return Ok(());
         };
-        let (batch_id, n) = (front.id, front.members.len());
-        let deadline = Some(front.last_sent + self.cfg.batch_timeout);
+        let deadline = Some(oldest + self.cfg.batch_timeout);
         let Some(host) = self.host.as_mut() else {
             return Err(Cause::Start("not running".into()));
         };
@@ -279,17 +278,25 @@ impl InferenceService {
             Ok(up) => up,
             Err(e) => return Err(self.channel_failure(e)),
         };
+        let got = match &up {
+            Up::Inference(
+                InferenceReply::Results { batch_id, .. } | InferenceReply::Refused { batch_id, .. },
+            ) => Some(*batch_id),
+            _ => None,
+        };
+        let Some(at) = got.and_then(|g| self.inflight.iter().position(|b| b.id == g)) else {
+            // A reply to no batch in flight, or an error not tied to one
+            // (e.g. about an undecodable command): the host is out of step.
+            return Err(Cause::Protocol(match got {
+                Some(g) => format!("answered batch {g}, which is not in flight"),
+                None => format!("unexpected reply {}", super::describe(&up)),
+            }));
+        };
+        let (batch_id, n) = (self.inflight[at].id, self.inflight[at].members.len());
         let (results, bt) = match up {
             Up::Inference(InferenceReply::Results {
-                batch_id: got,
-                results,
-                telemetry,
+                results, telemetry, ..
             }) => {
-                if got != batch_id {
-                    return Err(Cause::Protocol(format!(
-                        "answered batch {got} while batch {batch_id} was the oldest in flight"
-                    )));
-                }
                 if results.len() != n {
                     return Err(Cause::Protocol(format!(
                         "{} results for {n} requests",
@@ -319,20 +326,15 @@ impl InferenceService {
                 }
                 (out, Some(telemetry))
             }
-            Up::Inference(InferenceReply::Refused {
-                batch_id: got,
-                error,
-            }) if got == batch_id => (vec![Err(error); n], None),
-            // An error not tied to this batch (e.g. about an earlier,
-            // undecodable command): the host is out of step.
+            Up::Inference(InferenceReply::Refused { error, .. }) => (vec![Err(error); n], None),
             other => {
                 return Err(Cause::Protocol(format!(
-                    "unexpected reply {}",
+                    "unexpected reply {} to batch {batch_id}",
                     super::describe(&other)
                 )));
             }
         };
-        let Some(b) = self.inflight.pop_front() else {
+        let Some(b) = self.inflight.remove(at) else {
             return Ok(());
         };
         self.answered(&b, results, bt);
