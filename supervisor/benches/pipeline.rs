@@ -6,11 +6,11 @@
 //! model (about 10 ms per request on a CPU, `max_batch = 1`), in the same
 //! run, configurations interleaved round by round:
 //!
-//! * **demo** — `examples/demo.toml` as shipped (Magika answers 32 ticks
+//! * **demo** — `examples/demo.toml` as shipped (Magika answers 64 ticks
 //!   after the question) and with `latency_ticks = 1` (the next tick);
-//! * **synthetic** — 1,000 counters and 4 classifiers asking Magika (one
-//!   question every 8 ticks on average), with `latency_ticks` 1, 4 and 64,
-//!   and the same manifest with counters instead of the classifiers (no
+//! * **synthetic** — 1,000 counters and a classifier asking Magika every
+//!   256 ticks, with `latency_ticks` 1, 4 and 128 (about 10 ms of ticks),
+//!   and the same manifest with a counter instead of the classifier (no
 //!   inference at all) as the baseline.
 //!
 //! Per configuration: tick p50, p99 and max, ticks per second, ticks above
@@ -69,13 +69,13 @@ fn synthetic(latency: Option<u32>) -> String {
     );
     match latency {
         Some(d) => s.push_str(&format!(
-            "[[agents]]\nname = \"classifier\"\nmodule = \"{}\"\ncount = 4\nmemory = \"1MiB\"\nfuel = 1000000\n\n\
+            "[[agents]]\nname = \"classifier\"\nmodule = \"{}\"\nmemory = \"1MiB\"\nfuel = 1000000\n\n\
              [[models]]\nid = \"magika\"\nversion = \"standard_v3_3\"\npath = \"{}\"\nmax_batch = 1\nlatency_ticks = {d}\n",
             agents.join("classifier.wasm").display(),
             magika.display()
         )),
         None => s.push_str(&format!(
-            "[[agents]]\nname = \"classifier\"\nmodule = \"{}\"\ncount = 4\nmemory = \"1MiB\"\n",
+            "[[agents]]\nname = \"classifier\"\nmodule = \"{}\"\nmemory = \"1MiB\"\n",
             agents.join("counter.wasm").display()
         )),
     }
@@ -84,7 +84,7 @@ fn synthetic(latency: Option<u32>) -> String {
 
 fn demo(latency: u32) -> String {
     let text = std::fs::read_to_string(repo().join("examples/demo.toml")).expect("demo.toml");
-    text.replace("latency_ticks = 32", &format!("latency_ticks = {latency}"))
+    text.replace("latency_ticks = 64", &format!("latency_ticks = {latency}"))
 }
 
 fn run_one(scratch: &Path, name: &str, text: &str, base: &Path, ticks: u64) -> Round {
@@ -152,7 +152,7 @@ fn main() {
     let configs: Vec<(String, String, PathBuf)> = vec![
         ("demo, latency_ticks = 1".into(), demo(1), examples.clone()),
         (
-            "demo, latency_ticks = 32 (as shipped)".into(),
+            "demo, latency_ticks = 64 (as shipped)".into(),
             demo(32),
             examples,
         ),
@@ -172,8 +172,8 @@ fn main() {
             scratch.clone(),
         ),
         (
-            "synthetic, latency_ticks = 64".into(),
-            synthetic(Some(64)),
+            "synthetic, latency_ticks = 128".into(),
+            synthetic(Some(128)),
             scratch.clone(),
         ),
     ];

@@ -27,10 +27,13 @@ use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-/// Ticks run (the manifest's 2000 would be slow in a debug build).
-const TICKS: u64 = 300;
+/// Ticks run (enough for every classifier to ask and be answered several
+/// times; the manifest runs 2000).
+const TICKS: u64 = 1200;
 /// The classifier asks every this many ticks (agents/examples/classifier).
-const EVERY: u64 = 32;
+const EVERY: u64 = 256;
+/// Ticks between consecutive classifiers' requests (the agent's `SPACING`).
+const SPACING: u64 = 64;
 /// The demo's classifier instances.
 const CLASSIFIERS: u64 = 4;
 /// The archivist summarises every this many ticks (agents/examples/archivist).
@@ -258,8 +261,8 @@ fn demo_classifies_files_reproducibly() {
         }
     }
 
-    // One answer per request: classifier `id` asks at ticks t ≡ id (mod
-    // EVERY), its n-th request (from 1) about snippet (id + n - 1) mod len;
+    // One answer per request: classifier `id` asks at ticks
+    // t ≡ id · SPACING (mod EVERY), its n-th request (from 1) about snippet (id + n - 1) mod len;
     // the answer is journaled after the barrier of tick t + latency − 1
     // (the model's `latency_ticks`).
     let latency = Manifest::load(&demo_manifest())
@@ -277,7 +280,7 @@ fn demo_classifies_files_reproducibly() {
     let mut results: Vec<(u64, String, bool)> = Vec::new();
     for &id in &ids {
         let ticks: Vec<u64> = (1..=TICKS)
-            .filter(|t| t % EVERY == id % EVERY && t + latency - 1 <= TICKS)
+            .filter(|t| t % EVERY == id * SPACING % EVERY && t + latency - 1 <= TICKS)
             .map(|t| t + latency - 1)
             .collect();
         let mine: Vec<_> = got.iter().filter(|(_, agent, _, _)| *agent == id).collect();

@@ -2,8 +2,8 @@
 //! model (`infer("magika", i32[1,2048])`, the `magika` wheel from PyPI, see
 //! `scripts/gen-models.sh`) and publishes each verdict.
 //!
-//! Every [`EVERY`] ticks — at ticks `t` with `t % EVERY == agent_id % EVERY`,
-//! so agents with consecutive ids ask in different ticks — it takes the next
+//! Every [`EVERY`] ticks — at ticks `t` with `t % EVERY == phase(agent_id)`,
+//! so agents with consecutive ids ask [`SPACING`] ticks apart — it takes the next
 //! snippet of [`CORPUS`] (round-robin, starting at `agent_id % CORPUS.len()`,
 //! so agents classify different files), builds Magika's input features
 //! ([`features`]) and asks the model.  On the answer (kind 3) it takes the
@@ -31,8 +31,12 @@ use lockstep_agent_sdk::{error, info, warn};
 
 pub use labels::LABELS;
 
-/// Ticks between requests.
-pub const EVERY: u64 = 32;
+/// Ticks between one agent's requests.
+pub const EVERY: u64 = 256;
+/// Ticks between the requests of agents with consecutive ids: four
+/// classifiers ask one question every 64 ticks between them, so a model
+/// run of about 10 ms on a CPU fits in the ticks that follow it.
+pub const SPACING: u64 = 64;
 /// Model asked.
 pub const MODEL: &str = "magika";
 /// Bytes taken from the start of the (stripped) content.
@@ -112,6 +116,11 @@ pub fn features(content: &[u8]) -> [i32; FEATURES] {
         *x = i32::from(b);
     }
     f
+}
+
+/// The tick (modulo [`EVERY`]) at which agent `agent_id` asks.
+pub fn phase(agent_id: u64) -> u64 {
+    agent_id.wrapping_mul(SPACING) % EVERY
 }
 
 /// The snippet an agent asks about in its `n`-th request (from 0).
@@ -207,7 +216,7 @@ impl Agent for Classifier {
     }
 
     fn step(&mut self, ctx: &StepContext<'_>) -> Result<(), i32> {
-        if ctx.tick % EVERY != ctx.agent_id % EVERY {
+        if ctx.tick % EVERY != phase(ctx.agent_id) {
             return Ok(());
         }
         let index = snippet_index(ctx.agent_id, self.requests);
