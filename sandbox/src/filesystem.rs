@@ -112,6 +112,10 @@ struct Bind {
     link: Option<PathBuf>,
     /// The canonical path.
     real: PathBuf,
+    /// Whether it is a directory (known from the descriptor: once the
+    /// staging tmpfs is mounted, a path below the staging directory no
+    /// longer names it).
+    dir: bool,
     file: std::fs::File,
 }
 
@@ -123,10 +127,15 @@ impl Bind {
         let link = std::fs::read_link(src).ok();
         let file = std::fs::File::open(&real)
             .map_err(|e| format!("cannot open {}: {e}", real.display()))?;
+        let dir = file
+            .metadata()
+            .map_err(|e| format!("cannot stat {}: {e}", real.display()))?
+            .is_dir();
         Ok(Self {
             named: src.to_path_buf(),
             link,
             real,
+            dir,
             file,
         })
     }
@@ -152,7 +161,7 @@ impl Bind {
             // Already bound (two names of one directory).
             return Ok(());
         }
-        if self.real.is_dir() {
+        if self.dir {
             std::fs::create_dir_all(&target)
         } else {
             if let Some(parent) = target.parent() {

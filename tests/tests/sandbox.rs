@@ -1095,3 +1095,50 @@ fn an_unprivileged_supervisor_jails_its_children_in_a_user_namespace() {
     );
     assert!(guard.0.take().unwrap().wait().unwrap().success());
 }
+
+/// The CPU inference host binds its ONNX Runtime directory into its new
+/// root wherever the directory lives, also below `/tmp`, where the new
+/// root is staged (a checkout in `/tmp` must work).
+#[test]
+fn an_onnx_runtime_below_the_staging_directory_is_bound() {
+    let _w = Watchdog::new("ort_in_tmp", Duration::from_secs(120));
+    if let Some(why) = unsupported() {
+        return skip("an_onnx_runtime_below_the_staging_directory_is_bound", &why);
+    }
+    let tmp = TempDir::new("sbx-ort");
+    assert!(
+        tmp.path().starts_with("/tmp"),
+        "the test needs a directory below /tmp, got {}",
+        tmp.path().display()
+    );
+    let ort = lockstep_tests::root().join(".deps/onnxruntime");
+    let copy = tmp.path().join("onnxruntime");
+    std::fs::create_dir_all(&copy).unwrap();
+    let mut lib = None;
+    for e in std::fs::read_dir(&ort).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("libonnxruntime.so.") {
+                lib = Some(copy.join(&name));
+            }
+        }
+    }
+    let lib = lib.expect("the pinned ONNX Runtime library");
+    // Readable by the unprivileged uid the host drops to.
+    let open = |p: &std::path::Path, mode| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    open(tmp.path(), 0o755);
+    open(&copy, 0o755);
+    open(&lib, 0o644);
+    let mut host = spawn(
+        Role::InferenceHost,
+        &["--ort-lib".into(), lib.display().to_string()],
+        &[],
+        None,
+    );
+    assert!(host.child.ping(Duration::from_secs(10)).is_ok());
+}
