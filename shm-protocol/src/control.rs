@@ -232,8 +232,17 @@ impl ExitCode {
         (ExitCode::JailFds as u8..=ExitCode::JailSeccomp as u8).contains(&(self as u8))
     }
 
-    /// Exits the process with this code.
+    /// Exits the process with this code at once: standard output is
+    /// flushed, then `_exit` ends every thread without running exit
+    /// handlers.  A child never returns through `exit(3)`: the static
+    /// destructors of a native library (ONNX Runtime's) would run while
+    /// another thread of the child still computes with it, and could make
+    /// that thread send a corrupt answer before the process is gone.
     pub fn exit(self) -> ! {
-        std::process::exit(self as i32)
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // SAFETY: `_exit` takes no pointers and never returns; skipping the
+        // exit handlers is the point (see above).
+        unsafe { libc::_exit(self as i32) }
     }
 }
