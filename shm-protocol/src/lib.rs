@@ -53,6 +53,7 @@ pub mod codec;
 pub mod control;
 pub mod inference;
 pub mod oom;
+pub mod prefetch;
 pub mod ring;
 pub mod worker;
 

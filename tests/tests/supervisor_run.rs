@@ -14,6 +14,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "../bench_support/noop.rs"]
+mod noop;
+
 fn tick_hashes(dir: &Path) -> Vec<(u64, [u8; 32])> {
     journal::read_journal(&dir.join("journal.lsj"))
         .unwrap()
@@ -405,4 +408,40 @@ fn tick_hashes_or_empty(dir: &Path) -> Vec<(u64, [u8; 32])> {
     } else {
         Vec::new()
     }
+}
+
+/// One worker holds more agents than the kernel would allow if each agent's
+/// linear memory took two memory mappings (vm.max_map_count is 65,530 by
+/// default): 40,000 agents in one worker run, and every one of them steps.
+#[test]
+fn a_worker_holds_tens_of_thousands_of_agents() {
+    let _w = Watchdog::new("many_agents", Duration::from_secs(300));
+    const N: u64 = 40_000;
+    let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if maps.is_some_and(|m| m > 4 * N) {
+        eprintln!(
+            "SKIPPED a_worker_holds_tens_of_thousands_of_agents: vm.max_map_count is {maps:?}, high enough that the test proves nothing"
+        );
+        return;
+    }
+    let tmp = TempDir::new("many");
+    let manifest = tmp.path().join("many.toml");
+    std::fs::write(tmp.path().join("noop.wat"), noop::NOOP_WAT).unwrap();
+    std::fs::write(
+        &manifest,
+        format!(
+            "[run]\nseed = 3\nworkers = 1\ncheckpoint_every = 0\n\n[[agents]]\nname = \"a\"\nmodule = \"noop.wat\"\ncount = {N}\nmemory = \"64KiB\"\n"
+        ),
+    )
+    .unwrap();
+    let mut run = Run::start(config(&manifest, tmp.path().join("run"), 1)).unwrap();
+    for _ in 0..3 {
+        run.tick().unwrap();
+    }
+    assert_eq!(run.state().live_agents().count() as u64, N);
+    let sum = run.finish().unwrap();
+    assert_eq!(sum.steps, 3 * N, "every agent stepped every tick");
+    assert_eq!(sum.faults, 0);
 }

@@ -62,6 +62,9 @@ struct Slot {
     acc: Acc,
 }
 
+/// How many agents ahead of the one stepping the worker prefetches.
+const PREFETCH_AHEAD: usize = 8;
+
 /// A worker's agents and modules.
 #[derive(Debug)]
 pub struct Worker {
@@ -553,7 +556,11 @@ impl Worker {
             }
         }
         if work.step_all {
-            for slot in &mut self.slots {
+            for i in 0..self.slots.len() {
+                if let Some(ahead) = self.slots.get(i + PREFETCH_AHEAD) {
+                    ahead.agent.prefetch();
+                }
+                let slot = &mut self.slots[i];
                 if slot.agent.is_live() {
                     let mailbox = slot.acc.mailbox;
                     Self::run(slot, timed, |a| a.step(tick, None, mailbox));

@@ -412,8 +412,14 @@ impl WorkerPool {
             } else {
                 "the machine's memory".to_owned()
             };
+            let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or_else(String::new, |n| {
+                    format!(", or the kernel's limit of {n} memory mappings per process (vm.max_map_count)")
+                });
             r.push_str(&format!(
-                ". The limit is the worker's memory, {limit}: spread the agents over more workers (`--workers`), lower their memory limits, or raise the limit (`--worker-address-space`)"
+                ". The limit is the worker's memory, {limit}{maps}: spread the agents over more workers (`--workers`), lower their memory limits, or raise the limit (`--worker-address-space`)"
             ));
         }
         r
