@@ -49,9 +49,6 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-/// Peer results: (variant, N) → (p50, p99) µs.
-type PeerResults = BTreeMap<(String, u64), (f64, f64)>;
-
 /// The minimal agent: the ABI's exports, `agent_step` increments a global.
 #[path = "../../tests/bench_support/noop.rs"]
 mod noop;
@@ -492,117 +489,9 @@ fn in_process(cfg: &Cfg, rt: &Runtime, module: &Arc<AgentModule>, n: u64) -> (f6
 
 // --------------------------------------------------------- Node.js peer ---
 
-struct NodePeer {
-    dir: PathBuf,
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let name = e.file_name();
-        if name == "node_modules" {
-            continue;
-        }
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &to.join(&name))?;
-        } else {
-            std::fs::copy(e.path(), to.join(&name))?;
-        }
-    }
-    Ok(())
-}
-
-impl NodePeer {
-    /// Copies the peer to `scratch/node-peer` and installs its dependencies.
-    fn prepare(scratch: &Path) -> Result<Self, String> {
-        let src = std::env::var_os("LOCKSTEP_NODE_PEER").map_or_else(
-            || {
-                let local =
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/node-seed-tick");
-                if local.is_dir() {
-                    local
-                } else {
-                    PathBuf::from("/work/shared/peers/node-seed-tick")
-                }
-            },
-            PathBuf::from,
-        );
-        if !src.join("bench.mjs").is_file() {
-            return Err(format!(
-                "no Node.js peer at {} (set LOCKSTEP_NODE_PEER)",
-                src.display()
-            ));
-        }
-        for tool in ["node", "npm"] {
-            let ok = Command::new(tool)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !ok {
-                return Err(format!("`{tool}` is not installed"));
-            }
-        }
-        let dir = scratch.join("node-peer");
-        copy_dir(&src, &dir).map_err(|e| format!("copying the peer: {e}"))?;
-        let out = Command::new("npm")
-            .args(["install", "--silent"])
-            .current_dir(&dir)
-            .output()
-            .map_err(|e| format!("npm install: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "npm install failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Self { dir })
-    }
-
-    /// One run of the peer: (variant, N) → (p50, p99) µs.
-    fn run(&self, sizes: &[u64]) -> Result<PeerResults, String> {
-        let sizes: Vec<String> = sizes.iter().map(u64::to_string).collect();
-        let out = Command::new("node")
-            .arg("bench.mjs")
-            .arg(sizes.join(","))
-            .current_dir(&self.dir)
-            .output()
-            .map_err(|e| format!("node: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "node bench.mjs failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let mut res = BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some(rest) = line.strip_prefix("RESULT ") else {
-                continue;
-            };
-            let kv: BTreeMap<&str, &str> = rest
-                .split_whitespace()
-                .filter_map(|f| f.split_once('='))
-                .collect();
-            let (Some(peer), Some(n), Some(p50), Some(p99)) = (
-                kv.get("peer"),
-                kv.get("N"),
-                kv.get("p50_us"),
-                kv.get("p99_us"),
-            ) else {
-                continue;
-            };
-            let (Ok(n), Ok(p50), Ok(p99)) = (n.parse(), p50.parse(), p99.parse()) else {
-                continue;
-            };
-            let variant = peer.trim_start_matches("node-2workers-").to_owned();
-            res.insert((variant, n), (p50, p99));
-        }
-        if res.is_empty() {
-            return Err("the peer printed no RESULT line".into());
-        }
-        Ok(res)
-    }
-}
+#[path = "../../tests/bench_support/node_peer.rs"]
+mod node_peer;
+use node_peer::NodePeer;
 
 // ----------------------------------------------------------------- main ---
 

@@ -471,7 +471,8 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         println!(
             "{}",
             serde_json::json!({"ticks": sum.tick, "steps": sum.steps, "messages": sum.messages, "dropped": sum.dropped,
-                "faults": sum.faults, "agents": sum.agents, "hash": sum.hash, "run_dir": sum.run_dir.display().to_string()})
+                "faults": sum.faults, "agents": sum.agents, "hash": sum.hash, "run_dir": sum.run_dir.display().to_string(),
+                "wall_ms": sum.wall.as_secs_f64() * 1e3, "tick_p50_us": p50, "tick_p99_us": p99})
         );
     } else {
         println!(
