@@ -77,6 +77,12 @@ impl Observers {
         }
     }
 
+    /// Whether anything consumes per-agent samples (a hook, the metrics
+    /// file or the board): without a consumer, no tick pays for them.
+    pub fn wants_agent_samples(&self) -> bool {
+        !self.hooks.is_empty() || self.metrics.is_some() || self.board.is_some()
+    }
+
     /// Registers a hook.
     pub fn add_hook(&mut self, hook: Box<dyn TelemetryHook>) {
         self.hooks.push(hook);

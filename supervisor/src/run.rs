@@ -41,7 +41,9 @@ pub use crate::jail::SandboxSettings;
 pub use crate::timeline::Script;
 
 /// Every this many ticks, every called agent reports its fuel and wall time
-/// (per-agent telemetry is sampled to keep ticks cheap).
+/// (per-agent telemetry is sampled to keep ticks cheap), when something
+/// consumes the samples (metrics, the board or a hook); the samples never
+/// reach the tick hash, so a replay without observers agrees.
 pub const SAMPLE_EVERY: u64 = 64;
 
 /// Failures of a run.
@@ -455,7 +457,8 @@ impl Run {
         // 2. Plan.
         let tp = Instant::now();
         let mut plan = self.sim.begin_tick();
-        let measure = plan.tick.is_multiple_of(SAMPLE_EVERY);
+        let measure =
+            plan.tick.is_multiple_of(SAMPLE_EVERY) && self.observers.wants_agent_samples();
         let mailbox: BTreeMap<u64, u64> = if measure {
             plan.deliveries
                 .iter()

@@ -4,6 +4,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+#[cfg(not(target_arch = "wasm32"))]
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 

@@ -67,7 +67,15 @@ impl Seal {
             buf.extend_from_slice(&d.to_le_bytes());
         }
         let mut seal = Self { hasher, buf };
-        for r in report.results.iter() {
+        // A result with no output, fault or suppressed log says nothing the
+        // workers' digests do not (agent, fuel and calls are in them): it
+        // is there only because the tick sampled telemetry, which a replay
+        // need not do, so it stays out of the hash.
+        for r in report
+            .results
+            .iter()
+            .filter(|r| !r.outputs.is_empty() || r.fault.is_some() || r.logs_suppressed > 0)
+        {
             let _ = shm_protocol::codec::encode_into(
                 &(
                     r.agent_id,
