@@ -134,7 +134,19 @@ impl Entry {
         }
     }
 
-    /// A short kind name (`header`, `input`, `event`, …).
+    /// Every kind [`Entry::kind`] names.
+    pub const KINDS: [&'static str; 8] = [
+        "header",
+        "input",
+        "decision",
+        "event",
+        "inference",
+        "tick",
+        "checkpoint",
+        "end",
+    ];
+
+    /// The entry's kind, one of [`Entry::KINDS`].
     pub fn kind(&self) -> &'static str {
         match self {
             Entry::Header { .. } => "header",

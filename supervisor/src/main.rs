@@ -289,8 +289,8 @@ struct LogArgs {
     /// Only entries about this agent id.
     #[arg(long)]
     agent: Option<u64>,
-    /// Only entries of this kind (header, input, event, inference, tick, checkpoint, end).
-    #[arg(long)]
+    /// Only entries of this kind.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(lockstep_supervisor::journal::Entry::KINDS))]
     kind: Option<String>,
 }
 

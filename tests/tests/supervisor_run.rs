@@ -445,3 +445,19 @@ fn a_worker_holds_tens_of_thousands_of_agents() {
     assert_eq!(sum.steps, 3 * N, "every agent stepped every tick");
     assert_eq!(sum.faults, 0);
 }
+
+/// `lockstep log --kind` takes only the journal's entry kinds: anything
+/// else is a usage error naming them (exit code 2), not an empty listing.
+#[test]
+fn log_refuses_an_unknown_entry_kind() {
+    let out = Command::new(bin("lockstep"))
+        .args(["log", "/nonexistent-run-dir", "--kind", "bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bogus") && err.contains("checkpoint") && err.contains("decision"),
+        "{err}"
+    );
+}
