@@ -937,12 +937,14 @@ fn inherited_descriptors_are_closed() {
     let tmp = TempDir::new("sbx-fds");
     let secret = tmp.path().join("secret");
     std::fs::write(&secret, b"s").unwrap();
-    let file = std::fs::File::open(&secret).unwrap();
-    nix::fcntl::fcntl(
-        &file,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .unwrap();
+    // An inheritable descriptor at a high number: the spawn maps the
+    // child's own descriptors (segment, pidfd) onto low numbers, which
+    // would replace a low-numbered one in the child whatever its sandbox
+    // does.
+    let opened = std::fs::File::open(&secret).unwrap();
+    let file = rustix::io::fcntl_dupfd_cloexec(&opened, 200).unwrap();
+    rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty()).unwrap();
+    drop(opened);
     let fds_of = |args: &[String]| {
         let w = spawn(Role::Worker, args, &[], None);
         let pid = w.child.pid();
