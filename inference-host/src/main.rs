@@ -6,7 +6,8 @@
 //! `ORT_DYLIB_PATH`, else `.deps/onnxruntime/` above the executable) and
 //! checks it works, then attaches, says hello and serves
 //! [`Down::Inference`] commands over its ring pair, answering each with one
-//! [`Up::Inference`].  Keeping inference in its own process isolates the
+//! [`Up::Inference`] from the lane (thread) of the command's model
+//! ([`lanes`]).  Keeping inference in its own process isolates the
 //! runtime from native-library crashes (an abort inside ONNX Runtime takes
 //! down this process only; the supervisor restarts it).
 //!
