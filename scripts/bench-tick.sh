@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 4's tick benchmarks (supervisor/benches/tick.rs): Lockstep's tick
+# The tick benchmarks (supervisor/benches/tick.rs): Lockstep's tick
 # latency over 1 and 2 worker processes, the in-process wasmtime bound, the
 # Node.js peer (run by the bench itself when node/npm exist) and message
 # routing throughput, in one run.  Results and analysis: docs/bench-tick.md.

@@ -1,4 +1,4 @@
-//! Issue 6 benchmarks: checkpoint time and size for 1,000 agents × 1 MiB of
+//! Checkpoint and recovery benchmarks: checkpoint time and size for 1,000 agents × 1 MiB of
 //! memory (full and incremental), restore time, and recovery time from a
 //! worker SIGKILL to the next completed tick.
 //!

@@ -1,4 +1,4 @@
-//! Tick benchmarks (issue 4; no Criterion): `scripts/bench-tick.sh`, or
+//! Tick benchmarks (no Criterion): `scripts/bench-tick.sh`, or
 //! `cargo build --release -p lockstep-worker && cargo bench -p
 //! lockstep-supervisor --bench tick`.  Results and analysis:
 //! docs/bench-tick.md.
@@ -513,7 +513,7 @@ fn main() {
     let scratch = Scratch::new();
     std::fs::write(scratch.0.join("noop.wat"), NOOP_WAT).expect("write noop.wat");
     let started = Instant::now();
-    println!("# Lockstep tick benchmark (issue 4)");
+    println!("# Lockstep tick benchmark");
     println!();
     println!("machine: {}", machine());
     println!(

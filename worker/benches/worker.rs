@@ -1,4 +1,4 @@
-//! Worker benchmarks (issue 3; no Criterion: `cargo bench -p lockstep-worker
+//! Worker benchmarks (no Criterion: `cargo bench -p lockstep-worker
 //! --bench worker`).  Results and analysis: docs/bench-worker.md.
 //!
 //! 1. Per-step overhead, amortized ns per step with every agent stepped once

@@ -170,12 +170,12 @@ impl SimState {
                 globals,
                 migrates,
             } => self.upgrade(agent, module, blake3, *abi_version, globals, *migrates),
-            // --- inference (issue 5) ---
+            // --- inference ---
             Input::SwapModel { id, version } => self.swap_model(id, version),
         }
     }
 
-    // --- inference (issue 5) ---
+    // --- inference ---
     /// Applies [`Input::Upgrade`]: checks ABI compatibility and the state
     /// layout against the agent's current module, then schedules the swap
     /// for the coming tick.

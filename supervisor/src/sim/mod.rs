@@ -256,7 +256,7 @@ pub enum Input {
         /// Agent name or `#id`.
         agent: String,
     },
-    // --- inference (issue 5): versioned model swap ---
+    // --- inference: versioned model swap ---
     /// Make `version` the current version of model `id` (what `infer("id")`
     /// without `@version` uses) from this tick's requests on.
     SwapModel {
@@ -508,7 +508,7 @@ pub struct SimState {
     pub model_latency: BTreeMap<String, u32>,
     /// Counters.
     pub counters: Counters,
-    // --- inference (issue 5) ---
+    // --- inference ---
     /// Model id → its current version (the first declared one until an
     /// [`Input::SwapModel`]).
     pub model_versions: BTreeMap<String, String>,
@@ -610,7 +610,7 @@ impl SimState {
             model_catalog: BTreeMap::new(),
             derived: Derived::default(),
         };
-        // --- inference (issue 5): the first declared version is current ---
+        // --- inference: the first declared version is current ---
         for m in &manifest.models {
             s.model_versions
                 .entry(m.id.clone())
