@@ -29,6 +29,10 @@ use noop::NOOP_WAT;
 mod stat;
 use stat::Stat;
 
+#[path = "../../tests/bench_support/table.rs"]
+mod table;
+use table::thousands;
+
 #[path = "../../tests/bench_support/node_peer.rs"]
 mod node_peer;
 use node_peer::NodePeer;
@@ -150,18 +154,6 @@ fn run_cli(scratch: &Path, n: u64) -> Result<CliRun, String> {
     })
 }
 
-fn fmt_n(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn main() {
     let rounds: usize = std::env::var("LOCKSTEP_BENCH_RUNS")
         .ok()
@@ -262,7 +254,7 @@ fn main() {
         };
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {ratio} |",
-            fmt_n(n),
+            thousands(n),
             cell("p50", "lockstep", 0),
             cell("p99", "lockstep", 0),
             cell("start", "lockstep", 0),

@@ -489,23 +489,15 @@ fn in_process(cfg: &Cfg, rt: &Runtime, module: &Arc<AgentModule>, n: u64) -> (f6
 
 // --------------------------------------------------------- Node.js peer ---
 
+#[path = "../../tests/bench_support/table.rs"]
+mod table;
+use table::thousands;
+
 #[path = "../../tests/bench_support/node_peer.rs"]
 mod node_peer;
 use node_peer::NodePeer;
 
 // ----------------------------------------------------------------- main ---
-
-fn fmt_n(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
@@ -665,7 +657,7 @@ fn main() {
         }
         println!();
         for &n in &cfg.sizes {
-            print!("| {} |", fmt_n(n));
+            print!("| {} |", thousands(n));
             for (_, key) in &cols {
                 let k = format!("{}/{q}", key.replace("{n}", &n.to_string()));
                 print!(" {} |", s.stat(&k).show(1));
@@ -686,7 +678,7 @@ fn main() {
                 let k = |f: &str| s.stat(&format!("run/{n}/{w}/{f}")).show(1);
                 println!(
                     "| {} | {w} | {} | {} | {} | {} |",
-                    fmt_n(n),
+                    thousands(n),
                     k("plan"),
                     k("workers"),
                     k("finish"),
@@ -754,7 +746,7 @@ fn main() {
                         .fold(f64::NAN, f64::min);
                     println!(
                         "* beat Node.js, N={}, {w} worker(s), {q}: {:.1} vs {:.1} µs (best Node variant) → {}",
-                        fmt_n(n),
+                        thousands(n),
                         ours,
                         best,
                         if ours < best { "met" } else { "MISSED" }
@@ -771,7 +763,7 @@ fn main() {
                     let bound = s.stat(&format!("inproc/{n}/{q}")).med;
                     println!(
                         "* within 1.5× of the in-process bound, N={}, {w} worker(s), {q}: {:.2}× → {}",
-                        fmt_n(n),
+                        thousands(n),
                         ours / bound,
                         if ours <= 1.5 * bound { "met" } else { "MISSED" }
                     );

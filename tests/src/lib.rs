@@ -305,6 +305,21 @@ mod runs {
 }
 pub use runs::{agent, config, root, run_to, society};
 
+/// An agent that does nothing, as WAT: every export of the ABI, a memory of
+/// `pages` 64 KiB pages, and `abi` as its `agent_abi_version`
+/// (`0x10000` is ABI 1.0).
+pub fn idle_wat(pages: u32, abi: u32) -> String {
+    format!(
+        r#"(module (memory (export "memory") {pages})
+  (func (export "agent_abi_version") (result i32) (i32.const {abi:#x}))
+  (func (export "agent_buffer") (param i32) (result i32) (i32.const 1024))
+  (func (export "agent_init") (result i32) (i32.const 0))
+  (func (export "agent_step") (param i32) (result i32) (i32.const 0))
+  (func (export "agent_receive") (param i32) (result i32) (i32.const 0))
+  (func (export "agent_shutdown") (result i32) (i32.const 0)))"#
+    )
+}
+
 /// The in-process reference for the inference tests: this process's single
 /// ONNX Runtime environment (ORT allows one per process, ever) and a CPU
 /// [`ModelRegistry`](lockstep_inference_host::ModelRegistry) with the host's

@@ -11,7 +11,8 @@ use lockstep_supervisor::replay::{self, Verdict};
 use lockstep_supervisor::run::{Run, RunError};
 use lockstep_supervisor::sim::{Decision, InputOutcome};
 use lockstep_tests::{
-    ChildGuard, TempDir, Watchdog, agent, bin, config, journal_diff, root, run_to, society,
+    ChildGuard, TempDir, Watchdog, agent, bin, config, idle_wat, journal_diff, root, run_to,
+    society,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -206,17 +207,7 @@ fn invalid_control_commands_are_refused_before_the_journal() {
     let not_wasm = tmp.path().join("garbage.wasm");
     std::fs::write(&not_wasm, b"this is not WebAssembly").unwrap();
     let big_memory = tmp.path().join("big.wat");
-    std::fs::write(
-        &big_memory,
-        r#"(module (memory (export "memory") 64)
-  (func (export "agent_abi_version") (result i32) (i32.const 0x10000))
-  (func (export "agent_buffer") (param i32) (result i32) (i32.const 1024))
-  (func (export "agent_init") (result i32) (i32.const 0))
-  (func (export "agent_step") (param i32) (result i32) (i32.const 0))
-  (func (export "agent_receive") (param i32) (result i32) (i32.const 0))
-  (func (export "agent_shutdown") (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
+    std::fs::write(&big_memory, idle_wat(64, 0x10000)).unwrap();
     let dir = tmp.path().join("run");
     let mut child = ChildGuard::new(
         Command::new(bin("lockstep"))
@@ -469,17 +460,7 @@ fn aggregate_memory_exhaustion_names_the_limit() {
     let _w = Watchdog::new("oom", Duration::from_secs(600));
     let tmp = TempDir::new("oom");
     let big = tmp.path().join("big.wat");
-    std::fs::write(
-        &big,
-        r#"(module (memory (export "memory") 512)
-  (func (export "agent_abi_version") (result i32) (i32.const 0x10000))
-  (func (export "agent_buffer") (param i32) (result i32) (i32.const 1024))
-  (func (export "agent_init") (result i32) (i32.const 0))
-  (func (export "agent_step") (param i32) (result i32) (i32.const 0))
-  (func (export "agent_receive") (param i32) (result i32) (i32.const 0))
-  (func (export "agent_shutdown") (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
+    std::fs::write(&big, idle_wat(512, 0x10000)).unwrap();
     let manifest = tmp.path().join("m.toml");
     std::fs::write(
         &manifest,

@@ -4,7 +4,7 @@
 //! `LOCKSTEP_SOAK_SECS` seconds (default 60); `scripts/soak.sh` runs it for
 //! longer.
 
-use lockstep_tests::{ChildGuard, TempDir, Watchdog, bin};
+use lockstep_tests::{ChildGuard, TempDir, Watchdog, bin, idle_wat};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -69,17 +69,7 @@ fn a_forever_run_stays_within_its_bounds() {
         .unwrap_or(60);
     let _w = Watchdog::new("soak", Duration::from_secs(secs + 300));
     let tmp = TempDir::new("soak");
-    std::fs::write(
-        tmp.path().join("noop.wat"),
-        r#"(module (memory (export "memory") 1)
-  (func (export "agent_abi_version") (result i32) (i32.const 0x10000))
-  (func (export "agent_buffer") (param i32) (result i32) (i32.const 1024))
-  (func (export "agent_init") (result i32) (i32.const 0))
-  (func (export "agent_step") (param i32) (result i32) (i32.const 0))
-  (func (export "agent_receive") (param i32) (result i32) (i32.const 0))
-  (func (export "agent_shutdown") (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
+    std::fs::write(tmp.path().join("noop.wat"), idle_wat(1, 0x10000)).unwrap();
     let manifest = tmp.path().join("m.toml");
     std::fs::write(
         &manifest,

@@ -7,15 +7,12 @@ use lockstep_supervisor::replay;
 use lockstep_supervisor::run::Run;
 use lockstep_supervisor::sim::{Event, InputOutcome};
 use lockstep_tests::{
-    ChildGuard, TempDir, Watchdog, agent, bin, config, journal_diff, run_to, society,
+    ChildGuard, TempDir, Watchdog, agent, bin, config, idle_wat, journal_diff, run_to, society,
 };
 use shm_protocol::worker::Fault;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-#[path = "../bench_support/noop.rs"]
-mod noop;
 
 fn tick_hashes(dir: &Path) -> Vec<(u64, [u8; 32])> {
     journal::read_journal(&dir.join("journal.lsj"))
@@ -289,17 +286,7 @@ fn hot_swap_upgrade() {
     );
     // A module with another ABI major is refused.
     let v2 = tmp.path().join("abi2.wat");
-    std::fs::write(
-        &v2,
-        r#"(module (memory (export "memory") 1)
-  (func (export "agent_abi_version") (result i32) (i32.const 0x20000))
-  (func (export "agent_buffer") (param i32) (result i32) (i32.const 1024))
-  (func (export "agent_init") (result i32) (i32.const 0))
-  (func (export "agent_step") (param i32) (result i32) (i32.const 0))
-  (func (export "agent_receive") (param i32) (result i32) (i32.const 0))
-  (func (export "agent_shutdown") (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
+    std::fs::write(&v2, idle_wat(1, 0x20000)).unwrap();
     let out = run.upgrade("counter-2", &v2).unwrap();
     assert!(
         matches!(&out, InputOutcome::Refused(s) if s.contains("ABI version 2.0")),
@@ -428,7 +415,7 @@ fn a_worker_holds_tens_of_thousands_of_agents() {
     }
     let tmp = TempDir::new("many");
     let manifest = tmp.path().join("many.toml");
-    std::fs::write(tmp.path().join("noop.wat"), noop::NOOP_WAT).unwrap();
+    std::fs::write(tmp.path().join("noop.wat"), idle_wat(1, 0x10000)).unwrap();
     std::fs::write(
         &manifest,
         format!(
