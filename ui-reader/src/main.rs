@@ -9,13 +9,33 @@
 //! control socket — so attaching, detaching or crashing it cannot affect the
 //! runtime.
 //!
+//! With `--serve [ADDR]` it serves the same state as a web dashboard
+//! instead (`serve`: HTTP; `feed`: the state as JSON events and bounded
+//! histories; `timeline`: the run directory's plain JSON files; the page in
+//! `assets/`, compiled in): run header and counters, plots over time, the
+//! agent table with a detail per agent (`#agent=ID` in the URL), the
+//! mailboxes, the recent logs and a timeline of checkpoints, faults,
+//! restarts, recoveries and model swaps with the `lockstep fork` command to
+//! branch off at any tick.  The first line on stdout is the address:
+//! `serving http://127.0.0.1:PORT/`.  The server answers `GET` and `HEAD`
+//! only, writes nothing, and binds loopback unless given an address; a
+//! non-loopback address needs `--token` or `--token-file`, and every request
+//! must then carry the token (the page keeps the `?token=` it was opened
+//! with).
+//!
 //! ```text
-//! lockstep-ui run/demo            # full-screen view (q quits)
-//! lockstep-ui --once run/demo     # print the current state and exit
+//! lockstep-ui run/demo                        # full-screen view (q quits)
+//! lockstep-ui --once run/demo                 # print the current state and exit
+//! lockstep-ui --serve run/demo                # dashboard on a free loopback port
+//! lockstep-ui --serve 127.0.0.1:8080 run/demo # … on a chosen one
+//! lockstep-ui --serve 0.0.0.0:8080 --token-file ~/.lockstep-token run/demo
 //! ```
 
 #![forbid(unsafe_code)]
 
+mod feed;
+mod serve;
+mod timeline;
 mod tui;
 
 use clap::Parser;
@@ -35,16 +55,32 @@ use std::time::Duration;
 )]
 struct Args {
     /// A run directory or a state board file.
-    target: PathBuf,
+    target: Option<PathBuf>,
     /// Print the current state once and exit.
     #[arg(long)]
     once: bool,
     /// Print text on every change even on a terminal (no full-screen view).
     #[arg(long)]
     plain: bool,
-    /// Refresh interval in milliseconds.
-    #[arg(long, default_value_t = 200)]
-    interval_ms: u64,
+    /// Refresh interval in milliseconds (default 200; with --serve, the
+    /// least time between two events sent to the page, default 100).
+    #[arg(long)]
+    interval_ms: Option<u64>,
+    /// Serve a read-only web dashboard on ADDR (default 127.0.0.1:0: a free
+    /// loopback port); prints `serving http://ADDR/` first.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = serve::DEFAULT_ADDR)]
+    serve: Option<String>,
+    /// Token the dashboard's clients must send (`?token=`, `Authorization:
+    /// Bearer`); required off loopback.  Visible to other local users in the
+    /// process list: prefer --token-file.
+    #[arg(long, requires = "serve", conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File holding the token (surrounding whitespace ignored).
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    token_file: Option<PathBuf>,
+    /// Most dashboard connections at once (half of them event streams).
+    #[arg(long, default_value_t = 64)]
+    max_clients: usize,
 }
 
 fn board_path(target: &std::path::Path) -> PathBuf {
@@ -139,9 +175,70 @@ pub(crate) fn read_state(reader: &BoardReader) -> Result<(LiveState, u64), Strin
     Ok((state, snap.generation))
 }
 
+/// `--serve`: the dashboard (never returns on success).
+fn serve_main(args: &Args, addr: &str, target: &std::path::Path) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("lockstep-ui: {e}");
+        ExitCode::from(2)
+    };
+    let addr: std::net::SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            return fail(format!(
+                "--serve {addr}: not an address like 127.0.0.1:8080"
+            ));
+        }
+    };
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => match std::fs::read(f) {
+            Ok(b) if b.len() <= 4096 => Some(String::from_utf8_lossy(&b).trim().to_owned()),
+            Ok(_) => return fail(format!("{}: too long for a token", f.display())),
+            Err(e) => return fail(format!("{}: {e}", f.display())),
+        },
+        (None, None) => None,
+    };
+    if let Some(t) = &token
+        && let Err(e) = serve::check_token(t)
+    {
+        return fail(e);
+    }
+    let feed = feed::start(feed::SamplerConfig {
+        board: board_path(target),
+        run_dir: target.is_dir().then(|| target.to_path_buf()),
+        min_gap: Duration::from_millis(args.interval_ms.unwrap_or(100)),
+    });
+    match serve::run(
+        serve::Config {
+            addr,
+            token,
+            max_clients: args.max_clients,
+        },
+        feed,
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let path = board_path(&args.target);
+    let mut args = Args::parse();
+    // `--serve RUN_DIR`: the optional address took the run directory.
+    if args.target.is_none()
+        && let Some(v) = &args.serve
+        && v.parse::<std::net::SocketAddr>().is_err()
+    {
+        args.target = Some(PathBuf::from(v));
+        args.serve = Some(serve::DEFAULT_ADDR.into());
+    }
+    let Some(target) = args.target.clone() else {
+        eprintln!("lockstep-ui: name a run directory or a state board file (see --help)");
+        return ExitCode::from(2);
+    };
+    if let Some(addr) = args.serve.clone() {
+        return serve_main(&args, &addr, &target);
+    }
+    let path = board_path(&target);
     let reader = match BoardReader::open(&path) {
         Ok(r) => r,
         Err(e) => {
@@ -149,7 +246,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let interval = Duration::from_millis(args.interval_ms.max(10));
+    let interval = Duration::from_millis(args.interval_ms.unwrap_or(200).max(10));
     if args.once {
         return match read_state(&reader) {
             Ok((s, g)) => {
