@@ -9,6 +9,15 @@ cd "$root"
 
 scripts/setup.sh
 
+# Headless Chromium for the web dashboard's browser test
+# (tests/tests/dashboard.rs; without it that test says it skipped).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== setup: chromium (the dashboard's browser test)"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } ||
+        echo "setup: chromium could not be installed; the dashboard's browser test will skip" >&2
+fi
+
 echo "== build (all binaries: the integration tests spawn them)"
 cargo build --workspace --bins --locked
 
