@@ -18,7 +18,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     fi
 fi
 
-for step in fetch-onnxruntime.sh build-agents.sh gen-models.sh; do
+for step in fetch-onnxruntime.sh fetch-nats-server.sh build-agents.sh gen-models.sh; do
     if [ -x "scripts/$step" ]; then
         echo "== setup: $step"
         "scripts/$step"

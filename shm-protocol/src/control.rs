@@ -173,11 +173,14 @@ pub enum ExitCode {
     JailLandlock = 80,
     /// Sandbox step 10: the seccomp filter could not be installed.
     JailSeccomp = 81,
+    /// A remote worker's bridge lost its node (the NATS link went silent,
+    /// broke its sequence, or no node would host the worker).
+    NodeLost = 82,
 }
 
 impl ExitCode {
     /// All codes.
-    pub const ALL: [ExitCode; 18] = [
+    pub const ALL: [ExitCode; 19] = [
         ExitCode::Ok,
         ExitCode::Usage,
         ExitCode::Attach,
@@ -196,6 +199,7 @@ impl ExitCode {
         ExitCode::JailRlimits,
         ExitCode::JailLandlock,
         ExitCode::JailSeccomp,
+        ExitCode::NodeLost,
     ];
 
     /// The code for a raw exit status, if it is one of ours.
@@ -224,6 +228,7 @@ impl ExitCode {
             ExitCode::JailRlimits => "sandbox step `rlimits` failed",
             ExitCode::JailLandlock => "sandbox step `landlock` failed",
             ExitCode::JailSeccomp => "sandbox step `seccomp` failed",
+            ExitCode::NodeLost => "lost the link to its remote node",
         }
     }
 
@@ -239,10 +244,17 @@ impl ExitCode {
     /// another thread of the child still computes with it, and could make
     /// that thread send a corrupt answer before the process is gone.
     pub fn exit(self) -> ! {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        // SAFETY: `_exit` takes no pointers and never returns; skipping the
-        // exit handlers is the point (see above).
-        unsafe { libc::_exit(self as i32) }
+        exit_with(self as i32)
     }
+}
+
+/// Exits the process with status `code` the way [`ExitCode::exit`] does
+/// (standard output flushed, no exit handlers): for a process that repeats
+/// another's status, such as a remote worker's bridge.
+pub fn exit_with(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: `_exit` takes no pointers and never returns; skipping the
+    // exit handlers is the point (see `ExitCode::exit`).
+    unsafe { libc::_exit(code) }
 }

@@ -76,6 +76,8 @@ pub struct RunConfig {
     /// The children's sandbox: layers, identity, cgroup limits (from the
     /// manifest's `[sandbox]`, overridden on the command line).
     pub sandbox: SandboxSettings,
+    /// Shared worker slots placed on other machines (`--nats`, `--nodes`).
+    pub remote: Option<crate::remote::RemoteWorkers>,
 }
 
 impl RunConfig {
@@ -117,6 +119,7 @@ impl RunConfig {
             worker_env: Vec::new(),
             first_worker_env: Vec::new(),
             sandbox: SandboxSettings::from_manifest(&manifest),
+            remote: None,
             manifest,
         })
     }

@@ -64,6 +64,7 @@ pub mod modules;
 pub mod observe;
 pub mod pool;
 pub mod reaper;
+pub mod remote;
 pub mod replay;
 pub mod run;
 pub mod rundir;

@@ -168,6 +168,14 @@ struct RunArgs {
     /// before it counts as hung and is replaced.
     #[arg(long, default_value_t = 1000)]
     hang_timeout_ms: u64,
+    /// The NATS server through which workers run on other machines
+    /// (`nats://HOST:PORT`; with `--nodes`).
+    #[arg(long, requires = "nodes")]
+    nats: Option<String>,
+    /// Nodes (`lockstep-node serve --name N`) that host the shared worker
+    /// slots in turn, comma-separated; `local` keeps a slot here.
+    #[arg(long, value_delimiter = ',', requires = "nats")]
+    nodes: Vec<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -418,6 +426,12 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     }
     cfg.hang_timeout = Duration::from_millis(args.hang_timeout_ms.max(10));
     cfg.inference.hang_timeout = cfg.hang_timeout;
+    if let Some(nats) = &args.nats {
+        cfg.remote = Some(lockstep_supervisor::remote::RemoteWorkers::new(
+            nats,
+            &args.nodes,
+        )?);
+    }
     if args.forever && cfg.retain_checkpoints.is_none() {
         // A run of unbounded length keeps a bounded history.
         cfg.retain_checkpoints = Some(lockstep_supervisor::config::FOREVER_RETAIN_CHECKPOINTS);

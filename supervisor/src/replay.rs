@@ -520,6 +520,7 @@ pub fn fork(
             forever: false,
             sandbox_off: cfg.sandbox.mode == lockstep_common::SandboxMode::Off,
             forked: Some((&rec.dir, at)),
+            nodes: None,
         },
     )
     .map_err(|e| ReplayError::Usage(e.to_string()))?;

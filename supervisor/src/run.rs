@@ -216,6 +216,10 @@ impl Run {
                 forever: false,
                 sandbox_off: cfg.sandbox.mode == lockstep_common::SandboxMode::Off,
                 forked: None,
+                nodes: cfg
+                    .remote
+                    .as_ref()
+                    .map(|r| (r.nats.as_str(), r.placement(cfg.workers.max(1)))),
             },
         )?;
         let sim = SimState::new(&cfg.manifest, cfg.seed).map_err(RunError::Setup)?;
@@ -292,6 +296,7 @@ impl Run {
             first_env: cfg.first_worker_env.clone(),
             log_path: dir.join("recovery.log"),
             address_space,
+            remote: cfg.remote.clone(),
         })?;
         let modules = ModuleStore::new(
             Some(&dir),

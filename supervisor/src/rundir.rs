@@ -104,6 +104,9 @@ pub struct Meta<'a> {
     pub sandbox_off: bool,
     /// The run this one was forked from, and where.
     pub forked: Option<(&'a Path, u64)>,
+    /// The NATS server and the node of each shared worker slot, when
+    /// some run on other machines.
+    pub nodes: Option<(&'a str, Vec<String>)>,
 }
 
 /// Writes `meta.json` (non-deterministic facts: versions, pid, wall time).
@@ -130,6 +133,10 @@ pub fn write_meta(dir: &Path, m: &Meta<'_>) -> Result<(), RunDirError> {
     if let Some((from, at)) = m.forked {
         meta["forked_from"] = from.display().to_string().into();
         meta["forked_at"] = at.into();
+    }
+    if let Some((nats, slots)) = &m.nodes {
+        meta["nats"] = (*nats).into();
+        meta["worker_nodes"] = slots.clone().into();
     }
     write_private(&dir.join("meta.json"), format!("{meta:#}\n").as_bytes())
 }

@@ -73,6 +73,8 @@ pub struct PoolConfig {
     /// The workers' address-space limit (0: none), named when memory runs
     /// out.
     pub address_space: u64,
+    /// Shared worker slots placed on other machines (`None`: all here).
+    pub remote: Option<crate::remote::RemoteWorkers>,
 }
 
 /// A tenant with process isolation.
@@ -374,6 +376,9 @@ impl WorkerPool {
     /// `name`: a worker of an isolated tenant goes in the tenant's cgroup.
     fn spec(&self, name: &str, first: bool, slot: Option<usize>) -> Result<ChildSpec, String> {
         let spare = spare_core(self.placement.workers());
+        if let Some(spec) = self.remote_spec(name, slot, spare) {
+            return Ok(spec);
+        }
         let tenant = slot
             .and_then(|wi| self.isolated_tenant(wi))
             .map(|t| (t.name.as_str(), &t.limits));
@@ -409,6 +414,36 @@ impl WorkerPool {
         })
     }
 
+    /// For a shared slot placed on a node, the bridge that stands in for
+    /// its worker (`crate::remote`): our own code, unjailed, because it
+    /// talks to the network; the worker it asks for is jailed on the node.
+    fn remote_spec(&self, name: &str, slot: Option<usize>, spare: bool) -> Option<ChildSpec> {
+        let remote = self.cfg.remote.as_ref()?;
+        let wi = slot.filter(|&wi| self.isolated_tenant(wi).is_none())?;
+        remote.node_of(wi)?;
+        let mut args = remote.bridge_args(wi, self.cfg.hang_timeout);
+        if !spare {
+            args.push("--wait-yield".into());
+        }
+        let mut env = crate::jail::passed_env();
+        env.extend(self.cfg.env.iter().cloned());
+        Some(ChildSpec {
+            role: Role::Worker,
+            name: name.to_owned(),
+            program: remote.node_bin.clone(),
+            args,
+            rings: SegmentConfig {
+                to_attacher: WORKER_RING,
+                to_creator: WORKER_RING,
+            },
+            policy: supervisor_policy(spare),
+            env,
+            cgroup: None,
+            // The bridge beats while its node says the worker is healthy.
+            hang_timeout: Some(self.cfg.hang_timeout),
+        })
+    }
+
     /// Starts and configures one worker process (for worker slot `slot`).
     fn spawn(
         &mut self,
@@ -433,9 +468,16 @@ impl WorkerPool {
         if let Err(e) = child.handshake(Duration::from_secs(30)) {
             child.kill_and_wait(Duration::from_secs(5));
             let oom = child.oom_kills();
-            let cause = self
-                .death_of(pid, Duration::from_millis(500))
-                .map_or_else(|| Cause::Start(chain(&e)), |d| Cause::from_death(&d, oom));
+            let cause = match (self.death_of(pid, Duration::from_millis(500)), &e) {
+                // A bridge that found no node says which nodes and why.
+                (Some(d), crate::child::ChildError::Protocol { detail, .. })
+                    if d.kind.code() == Some(shm_protocol::control::ExitCode::NodeLost) =>
+                {
+                    Cause::Start(detail.clone())
+                }
+                (Some(d), _) => Cause::from_death(&d, oom),
+                (None, _) => Cause::Start(chain(&e)),
+            };
             return Err(fail(cause, pid));
         }
         let mut p = Proc { child };
