@@ -181,8 +181,10 @@ pub fn run(args: BridgeArgs) -> ! {
                 if let Err(e) = down.send(Body::Beat) {
                     lost(e.to_string());
                 }
+                // A node that reported its worker hung has said its last
+                // word: the supervisor's hang detection takes over.
                 let silent = t0.elapsed().as_millis() as u64 - heard.load(Ordering::Relaxed);
-                if silent > link_timeout.as_millis() as u64 {
+                if silent > link_timeout.as_millis() as u64 && !hung.load(Ordering::Relaxed) {
                     lost(format!("no word from it for {silent} ms"));
                 }
             }

@@ -135,6 +135,8 @@ impl Drop for TempDir {
     }
 }
 
+pub mod nats;
+
 /// The frame format of the cross-process stream tests: `seq: u64`,
 /// `checksum: u64` (first 8 bytes of BLAKE3 over the rest), then the body.
 pub mod stream {

@@ -1,0 +1,186 @@
+//! Workers on other machines: real `nats-server`, real `lockstep-node`
+//! processes (each standing in for a machine), real sandboxed workers.
+//! Where the workers run — and which machines are lost on the way — never
+//! changes a byte of the journal.
+
+use lockstep_supervisor::remote::RemoteWorkers;
+use lockstep_supervisor::run::Run;
+use lockstep_tests::nats::{NatsServer, Node};
+use lockstep_tests::{TempDir, Watchdog, bin, config, journal_diff, run_to, society};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const TICKS: u64 = 150;
+
+/// A NATS server, or `None` after printing why the test is skipped.
+fn nats_or_skip(test: &str) -> Option<NatsServer> {
+    match NatsServer::start() {
+        Ok(n) => Some(n),
+        Err(why) => {
+            eprintln!("SKIP {test}: {why}");
+            None
+        }
+    }
+}
+
+fn nodes(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The reference: the society on one local worker.
+fn reference(manifest: &Path, dir: PathBuf) -> (String, Vec<u8>) {
+    run_to(config(manifest, dir, 1), TICKS)
+}
+
+/// `lockstep run` through the CLI with workers on `list`; returns what the
+/// supervisor printed (summary and log).
+fn cli_run(manifest: &Path, dir: &Path, nats: &str, list: &str, workers: usize) -> String {
+    let out = Command::new(bin("lockstep"))
+        .arg("run")
+        .arg(manifest)
+        .args([
+            "--ticks",
+            &TICKS.to_string(),
+            "--workers",
+            &workers.to_string(),
+        ])
+        .arg("--run-dir")
+        .arg(dir)
+        .args([
+            "--no-board",
+            "--no-metrics",
+            "--nats",
+            nats,
+            "--nodes",
+            list,
+        ])
+        .output()
+        .expect("run lockstep");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "lockstep run failed:\n{text}");
+    text
+}
+
+#[test]
+fn workers_on_other_nodes_give_the_journal_of_one_local_worker() {
+    let _w = Watchdog::new("scale_out_same_journal", Duration::from_secs(300));
+    let Some(nats) = nats_or_skip("workers_on_other_nodes_give_the_journal_of_one_local_worker")
+    else {
+        return;
+    };
+    let tmp = TempDir::new("scale-out-same");
+    let manifest = society(tmp.path(), 6, 50);
+    let (hash, journal) = reference(&manifest, tmp.path().join("ref"));
+    let _a = Node::start(&nats.url, "a", &[]);
+    let _b = Node::start(&nats.url, "b", &[]);
+    let dir = tmp.path().join("spread");
+    let mut cfg = config(&manifest, dir.clone(), 4);
+    cfg.remote = Some(RemoteWorkers::new(&nats.url, &nodes(&["a", "b", "local"])).unwrap());
+    let (h2, j2) = run_to(cfg, TICKS);
+    assert_eq!(h2, hash, "final hash differs with workers on nodes");
+    if j2 != journal {
+        std::fs::write(tmp.path().join("ref.lsj"), &journal).unwrap();
+        panic!(
+            "journals differ: {}",
+            journal_diff(&tmp.path().join("ref.lsj"), &dir.join("journal.lsj")).unwrap_or_default()
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["worker_nodes"],
+        serde_json::json!(["a", "b", "local", "a"]),
+        "{meta}"
+    );
+    assert_eq!(meta["nats"], serde_json::json!(nats.url));
+}
+
+#[test]
+fn a_machine_lost_at_a_tick_is_recovered_on_another_node() {
+    let _w = Watchdog::new("scale_out_machine_lost", Duration::from_secs(300));
+    let Some(nats) = nats_or_skip("a_machine_lost_at_a_tick_is_recovered_on_another_node") else {
+        return;
+    };
+    let tmp = TempDir::new("scale-out-lost");
+    let manifest = society(tmp.path(), 6, 50);
+    let (hash, journal) = reference(&manifest, tmp.path().join("ref"));
+    let mut a = Node::start(&nats.url, "a", &["--fault", "die@70"]);
+    let _b = Node::start(&nats.url, "b", &[]);
+    let dir = tmp.path().join("lost");
+    let stderr = cli_run(&manifest, &dir, &nats.url, "a,b", 2);
+    let status = a.proc.child().wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "node a should have died by SIGKILL"
+    );
+    assert!(
+        stderr.contains(
+            "[RECOVERY] worker-0 exited with code 82 (lost the link to its remote node) at tick 70"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("a: no responders"),
+        "the new bridge should have moved past the lost node: {stderr}"
+    );
+    let j2 = std::fs::read(dir.join("journal.lsj")).unwrap();
+    assert!(j2 == journal, "journal differs after losing a node");
+    assert!(stderr.contains(&hash), "final hash differs: {stderr}");
+}
+
+#[test]
+fn killed_and_hung_remote_workers_are_recovered_like_local_ones() {
+    let _w = Watchdog::new("scale_out_killed_hung", Duration::from_secs(300));
+    let Some(nats) = nats_or_skip("killed_and_hung_remote_workers_are_recovered_like_local_ones")
+    else {
+        return;
+    };
+    let tmp = TempDir::new("scale-out-faults");
+    let manifest = society(tmp.path(), 6, 50);
+    let (hash, journal) = reference(&manifest, tmp.path().join("ref"));
+    let _a = Node::start(&nats.url, "a", &["--fault", "kill-worker@40"]);
+    let _b = Node::start(&nats.url, "b", &["--fault", "stop-worker@90"]);
+    let dir = tmp.path().join("faults");
+    let stderr = cli_run(&manifest, &dir, &nats.url, "a,b,local", 3);
+    assert!(
+        stderr.contains("[RECOVERY] worker-0 was killed by SIGKILL")
+            && stderr.contains("at tick 40"),
+        "the remote SIGKILL should be classified as one: {stderr}"
+    );
+    assert!(
+        stderr.contains("[RECOVERY] worker-1 hung (no heartbeat") && stderr.contains("at tick 90"),
+        "the stopped remote worker should be classified as hung: {stderr}"
+    );
+    let j2 = std::fs::read(dir.join("journal.lsj")).unwrap();
+    assert!(j2 == journal, "journal differs after remote faults");
+    assert!(stderr.contains(&hash), "final hash differs: {stderr}");
+}
+
+#[test]
+fn a_node_list_nobody_answers_is_a_clear_start_error() {
+    let _w = Watchdog::new("scale_out_nobody", Duration::from_secs(120));
+    let Some(nats) = nats_or_skip("a_node_list_nobody_answers_is_a_clear_start_error") else {
+        return;
+    };
+    let tmp = TempDir::new("scale-out-nobody");
+    let manifest = society(tmp.path(), 1, 50);
+    let mut cfg = config(&manifest, tmp.path().join("r"), 2);
+    cfg.remote = Some(RemoteWorkers::new(&nats.url, &nodes(&["nowhere", "local"])).unwrap());
+    let err = Run::start(cfg)
+        .err()
+        .expect("the run must not start")
+        .to_string();
+    assert!(
+        err.contains("worker-0")
+            && err.contains("no node would host it")
+            && err.contains("nowhere: no responders"),
+        "{err}"
+    );
+}
