@@ -35,9 +35,12 @@
 
 #![forbid(unsafe_code)]
 
+mod archive;
 mod bridge;
+mod fetch;
 mod link;
 mod serve;
+mod store;
 mod wire;
 
 use clap::{Parser, Subcommand};
@@ -97,6 +100,11 @@ enum Cmd {
     /// arguments begin with `--shm-fd`, which selects this mode).
     #[command(hide = true)]
     Bridge(bridge::BridgeArgs),
+    /// Mirror a live run directory into JetStream (`lockstep run
+    /// --archive` starts it).
+    Archive(archive::ArchiveArgs),
+    /// Rebuild a run directory from its JetStream archive.
+    Fetch(fetch::FetchArgs),
 }
 
 fn main() {
@@ -125,9 +133,19 @@ fn main() {
             lockstep_common::init_logging("warn");
             bridge::run(args)
         }
-        Cmd::Serve(args) => {
-            lockstep_common::init_logging("info");
-            if let Err(e) = serve::run(args) {
+        cmd => {
+            lockstep_common::init_logging(if matches!(cmd, Cmd::Serve(_)) {
+                "info"
+            } else {
+                "warn"
+            });
+            let r = match cmd {
+                Cmd::Serve(a) => serve::run(a),
+                Cmd::Archive(a) => archive::run(a),
+                Cmd::Fetch(a) => fetch::run(a),
+                Cmd::Bridge(_) => unreachable!("handled above"),
+            };
+            if let Err(e) = r {
                 eprintln!("lockstep-node: {e}");
                 let code = if matches!(e, NodeError::Usage(_)) {
                     ExitCode::Usage as i32

@@ -84,7 +84,9 @@ enum Command {
     },
     /// Start a new run directory from the state after tick `--at`.
     Fork {
-        /// The recorded run.
+        /// The recorded run, or an archived one (`nats://HOST:PORT/NAME`:
+        /// its checkpoint at `--at` arrives through JetStream, checked by
+        /// its BLAKE3).
         run_dir: PathBuf,
         /// The tick to fork at.
         #[arg(long)]
@@ -96,10 +98,23 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
-    /// Continue an interrupted (or forked) run from its last checkpoint.
-    Resume {
+    /// Archive a run directory into JetStream once (its journal,
+    /// checkpoints, page store and modules), for `resume` or `fork` on
+    /// another machine.
+    Push {
         /// The run directory.
         run_dir: PathBuf,
+        /// Where: `nats://HOST:PORT/NAME`.
+        to: String,
+    },
+    /// Continue an interrupted (or forked) run from its last checkpoint.
+    Resume {
+        /// The run directory, or an archived run (`nats://HOST:PORT/NAME`,
+        /// fetched into `--into` first).
+        run_dir: PathBuf,
+        /// Where to rebuild an archived run (with `nats://…`).
+        #[arg(long)]
+        into: Option<PathBuf>,
         /// Run until this tick (default: the run's target).
         #[arg(long)]
         until: Option<u64>,
@@ -169,13 +184,19 @@ struct RunArgs {
     #[arg(long, default_value_t = 1000)]
     hang_timeout_ms: u64,
     /// The NATS server through which workers run on other machines
-    /// (`nats://HOST:PORT`; with `--nodes`).
-    #[arg(long, requires = "nodes")]
+    /// (`--nodes`) and the run is archived (`--archive`): `nats://HOST:PORT`.
+    #[arg(long)]
     nats: Option<String>,
     /// Nodes (`lockstep-node serve --name N`) that host the shared worker
     /// slots in turn, comma-separated; `local` keeps a slot here.
-    #[arg(long, value_delimiter = ',', requires = "nats")]
+    #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
+    /// Mirror the run directory (journal, checkpoints, page store,
+    /// modules) into JetStream on the `--nats` server, under this name
+    /// (default: the run directory's name), so that it can be resumed on
+    /// another machine: `lockstep resume nats://HOST:PORT/NAME --into DIR`.
+    #[arg(long, requires = "nats", num_args = 0..=1, default_missing_value = "")]
+    archive: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -344,13 +365,16 @@ fn main() -> ExitCode {
             at,
             into,
             workers,
-        } => fork_cmd(&run_dir, at, &into, workers),
+        } => fork_from(&run_dir, at, &into, workers),
+        Command::Push { run_dir, to } => push_cmd(&run_dir, &to),
         Command::Resume {
             run_dir,
+            into,
             until,
             ticks,
             workers,
-        } => resume_cmd(&run_dir, until, ticks, workers),
+        } => fetch_then(&run_dir, into.as_deref())
+            .and_then(|dir| resume_cmd(&dir, until, ticks, workers)),
     };
     match result {
         Ok(code) => code,
@@ -426,12 +450,22 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     }
     cfg.hang_timeout = Duration::from_millis(args.hang_timeout_ms.max(10));
     cfg.inference.hang_timeout = cfg.hang_timeout;
-    if let Some(nats) = &args.nats {
+    if let Some(nats) = args.nats.as_ref().filter(|_| !args.nodes.is_empty()) {
         cfg.remote = Some(lockstep_supervisor::remote::RemoteWorkers::new(
             nats,
             &args.nodes,
         )?);
     }
+    if args.nats.is_some() && args.nodes.is_empty() && args.archive.is_none() {
+        return Err("--nats: give --nodes (workers on other machines) or --archive".into());
+    }
+    let archive_name = args.archive.as_ref().map(|n| {
+        if n.is_empty() {
+            lockstep_supervisor::remote::archive_name(&cfg.run_dir)
+        } else {
+            n.clone()
+        }
+    });
     if args.forever && cfg.retain_checkpoints.is_none() {
         // A run of unbounded length keeps a bounded history.
         cfg.retain_checkpoints = Some(lockstep_supervisor::config::FOREVER_RETAIN_CHECKPOINTS);
@@ -439,7 +473,14 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     let interrupted = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;
+    let run_dir = cfg.run_dir.clone();
     let mut run = Run::start(cfg)?;
+    let archiver = match (&args.nats, &archive_name) {
+        (Some(nats), Some(name)) => Some(lockstep_supervisor::remote::Archiver::start(
+            nats, &run_dir, name, false,
+        )?),
+        _ => None,
+    };
     let tty = std::io::stderr().is_terminal();
     let mut last_draw = Instant::now();
     let mut last_tick = 0u64;
@@ -481,6 +522,11 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     let p50 = run.tick_quantile(0.5);
     let p99 = run.tick_quantile(0.99);
     let sum = run.finish()?;
+    if let Some(a) = archiver {
+        let (nats, name) = (a.nats.clone(), a.name.clone());
+        a.finish(Duration::from_secs(120))?;
+        eprintln!("lockstep: archived to {nats}/{name}");
+    }
     if args.json {
         println!(
             "{}",
@@ -560,6 +606,53 @@ fn fork_cmd(
         into.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `fork` of a run directory, or of an archived run (fetched into a
+/// scratch directory next to `into`, removed afterwards).
+fn fork_from(
+    src: &Path,
+    at: u64,
+    into: &Path,
+    workers: Option<usize>,
+) -> Result<ExitCode, BoxError> {
+    if !src.to_string_lossy().starts_with("nats://") {
+        return fork_cmd(src, at, into, workers);
+    }
+    let mut scratch = into.as_os_str().to_owned();
+    scratch.push(".fetching");
+    let scratch = PathBuf::from(scratch);
+    let fetched = fetch_then(src, Some(&scratch));
+    let r = fetched.and_then(|dir| fork_cmd(&dir, at, into, workers));
+    let _ = std::fs::remove_dir_all(&scratch);
+    r
+}
+
+fn push_cmd(dir: &Path, to: &str) -> Result<ExitCode, BoxError> {
+    let (server, name) = lockstep_supervisor::remote::parse_archive_url(to)
+        .ok_or_else(|| format!("{to:?}: expected nats://HOST:PORT/NAME"))?;
+    if !dir.join("journal.lsj").is_file() {
+        return Err(format!("{}: not a run directory (no journal.lsj)", dir.display()).into());
+    }
+    let a = lockstep_supervisor::remote::Archiver::start(&server, dir, &name, true)?;
+    a.wait(Duration::from_secs(600))?;
+    println!("lockstep: pushed {} to {to}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The run directory `arg` names: itself, or — for an archived run
+/// (`nats://HOST:PORT/NAME`) — `into`, rebuilt from the archive.
+fn fetch_then(arg: &Path, into: Option<&Path>) -> Result<PathBuf, BoxError> {
+    let s = arg.to_string_lossy();
+    if !s.starts_with("nats://") {
+        if into.is_some() {
+            return Err("--into is for an archived run (nats://HOST:PORT/NAME)".into());
+        }
+        return Ok(arg.to_path_buf());
+    }
+    let into = into.ok_or("an archived run needs --into DIR (where to rebuild it)")?;
+    lockstep_supervisor::remote::fetch_archive(&s, into)?;
+    Ok(into.to_path_buf())
 }
 
 fn resume_cmd(

@@ -108,6 +108,139 @@ impl RemoteWorkers {
     }
 }
 
+/// `lockstep-node archive` mirroring a live run directory into JetStream
+/// (`lockstep run --archive`): started after the run directory exists,
+/// stopped (one last pass, then exit) when the run ends.  It also stops by
+/// itself, after a last pass, when the supervisor dies.
+#[derive(Debug)]
+pub struct Archiver {
+    child: std::process::Child,
+    /// The NATS server.
+    pub nats: String,
+    /// The archive's name.
+    pub name: String,
+}
+
+impl Archiver {
+    /// Starts mirroring `run_dir` to `nats` under `name` (`once`: one pass,
+    /// for a finished run), and waits until the archiver is connected.
+    pub fn start(
+        nats: &str,
+        run_dir: &std::path::Path,
+        name: &str,
+        once: bool,
+    ) -> Result<Self, String> {
+        if !is_node_name(name) {
+            return Err(format!(
+                "archive name {name:?}: one word of letters, digits, `-` and `_` (at most 64)"
+            ));
+        }
+        let bin = locate_binary("lockstep-node", "LOCKSTEP_NODE_BIN")?;
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["archive", "--nats", nats, "--name", name, "--run-dir"])
+            .arg(run_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped());
+        if once {
+            cmd.arg("--once");
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            use std::io::BufRead;
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        if !line.contains("ready") {
+            let st = child.wait().map_err(|e| e.to_string())?;
+            return Err(format!(
+                "the archiver for {nats}/{name} did not start ({st})"
+            ));
+        }
+        Ok(Self {
+            child,
+            nats: nats.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Asks for a last pass and waits for it (up to `wait`); an archiver
+    /// that failed or did not finish is an error.
+    pub fn finish(self, wait: Duration) -> Result<(), String> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.wait(wait)
+    }
+
+    /// Waits (up to `wait`) for the archiver to exit.
+    pub fn wait(mut self, wait: Duration) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) if st.success() => return Ok(()),
+                Ok(Some(st)) => return Err(format!("the archiver failed ({st})")),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(format!("the archiver did not finish within {wait:?}"));
+                }
+            }
+        }
+    }
+}
+
+/// The default archive name of a run directory: its file name, with
+/// anything that cannot be a subject word replaced by `-`.
+pub fn archive_name(dir: &std::path::Path) -> String {
+    let base = dir
+        .file_name()
+        .map_or_else(|| "run".to_owned(), |n| n.to_string_lossy().into_owned());
+    let s: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    if s.is_empty() { "run".to_owned() } else { s }
+}
+
+/// Splits `nats://HOST:PORT/NAME` (an archived run) into the server and
+/// the name.
+pub fn parse_archive_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("nats://")?;
+    let (server, name) = rest.split_once('/')?;
+    (!server.is_empty() && is_node_name(name))
+        .then(|| (format!("nats://{server}"), name.to_owned()))
+}
+
+/// Rebuilds the run directory `into` from the archive at `url`
+/// (`nats://HOST:PORT/NAME`) with `lockstep-node fetch`.
+pub fn fetch_archive(url: &str, into: &std::path::Path) -> Result<(), String> {
+    let (server, name) =
+        parse_archive_url(url).ok_or_else(|| format!("{url:?}: expected nats://HOST:PORT/NAME"))?;
+    let bin = locate_binary("lockstep-node", "LOCKSTEP_NODE_BIN")?;
+    let st = std::process::Command::new(&bin)
+        .args(["fetch", "--nats", &server, "--name", &name, "--into"])
+        .arg(into)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("fetching {url} failed ({st})"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +275,23 @@ mod tests {
                 "1000"
             ]
         );
+    }
+
+    #[test]
+    fn archive_urls_name_a_server_and_a_run() {
+        assert_eq!(
+            parse_archive_url("nats://127.0.0.1:4222/demo-1"),
+            Some(("nats://127.0.0.1:4222".into(), "demo-1".into()))
+        );
+        for bad in [
+            "nats://h:1",
+            "nats://h:1/",
+            "nats:///x",
+            "http://h:1/x",
+            "nats://h:1/a.b",
+        ] {
+            assert_eq!(parse_archive_url(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -184,3 +184,101 @@ fn a_node_list_nobody_answers_is_a_clear_start_error() {
         "{err}"
     );
 }
+
+/// The supervisor's machine dies (SIGKILL at tick 230, by tick); the run,
+/// archived live into JetStream, is rebuilt and resumed elsewhere, and its
+/// journal is byte for byte the uninterrupted run's.  A checkpoint of the
+/// archive also forks.
+#[test]
+fn a_run_archived_in_jetstream_resumes_elsewhere_byte_identical() {
+    let _w = Watchdog::new("scale_out_archive", Duration::from_secs(300));
+    let Some(nats) = nats_or_skip("a_run_archived_in_jetstream_resumes_elsewhere_byte_identical")
+    else {
+        return;
+    };
+    let tmp = TempDir::new("scale-out-archive");
+    let manifest = society(tmp.path(), 4, 50);
+    let ticks = "300";
+    let run = |dir: &Path, extra: &[&str], env: Option<(&str, &str)>| {
+        let mut c = Command::new(bin("lockstep"));
+        c.arg("run")
+            .arg(&manifest)
+            .args(["--ticks", ticks, "--no-board", "--no-metrics", "--run-dir"])
+            .arg(dir)
+            .args(extra);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        c.output().expect("run lockstep")
+    };
+    let reference = tmp.path().join("ref");
+    assert!(run(&reference, &[], None).status.success());
+    let dir = tmp.path().join("origin");
+    let out = run(
+        &dir,
+        &["--nats", &nats.url, "--archive", "origin-1"],
+        Some(("LOCKSTEP_SUPERVISOR_INJECT", "kill@230:tick")),
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the supervisor should have been killed at tick 230: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let elsewhere = tmp.path().join("elsewhere");
+    let url = format!("{}/origin-1", nats.url);
+    let out = Command::new(bin("lockstep"))
+        .args(["resume", &url, "--into"])
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("resumed") && text.contains("at tick 230"),
+        "{text}"
+    );
+    let a = std::fs::read(reference.join("journal.lsj")).unwrap();
+    let b = std::fs::read(elsewhere.join("journal.lsj")).unwrap();
+    if a != b {
+        panic!(
+            "the resumed journal differs: {}",
+            journal_diff(
+                &reference.join("journal.lsj"),
+                &elsewhere.join("journal.lsj")
+            )
+            .unwrap_or_default()
+        );
+    }
+    // Federation: fork the archived run at a checkpoint into a new run.
+    let forked = tmp.path().join("forked");
+    let out = Command::new(bin("lockstep"))
+        .args(["fork", &url, "--at", "100", "--into"])
+        .arg(&forked)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(forked.join("journal.lsj").is_file());
+    assert!(!tmp.path().join("forked.fetching").exists());
+    // An archive that is not there: a clear error, nothing left behind.
+    let nowhere = tmp.path().join("nowhere");
+    let out = Command::new(bin("lockstep"))
+        .args(["resume", &format!("{}/no-such-run", nats.url), "--into"])
+        .arg(&nowhere)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no archived run \"no-such-run\""),
+        "{err}"
+    );
+    assert!(!nowhere.exists());
+}
