@@ -28,7 +28,7 @@ use crate::wire::{
 use lockstep_common::ChildArgs;
 use shm_protocol::control::{Down, ExitCode, Role, Up, exit_with};
 use shm_protocol::{ChannelError, Endpoint};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// `lockstep-node --shm-fd …`: bridge one worker slot to a node.
@@ -137,8 +137,8 @@ pub fn run(args: BridgeArgs) -> ! {
     sandbox.class = format!("{} on node {node}", sandbox.class);
     lockstep_common::ready_or_exit(&mut ep, sandbox);
 
-    let t0 = Instant::now();
-    let heard = AtomicU64::new(0);
+    // When the peer was last heard from.
+    let heard = std::sync::Mutex::new(Instant::now());
     let hung = AtomicBool::new(false);
     let link_timeout = Duration::from_millis(args.link_timeout_ms.unwrap_or(args.hang_ms).max(300));
     let down = LinkTx::new(rt.handle().clone(), client.clone(), down_subject(&session));
@@ -183,9 +183,9 @@ pub fn run(args: BridgeArgs) -> ! {
                 }
                 // A node that reported its worker hung has said its last
                 // word: the supervisor's hang detection takes over.
-                let silent = t0.elapsed().as_millis() as u64 - heard.load(Ordering::Relaxed);
-                if silent > link_timeout.as_millis() as u64 && !hung.load(Ordering::Relaxed) {
-                    lost(format!("no word from it for {silent} ms"));
+                let silent = heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+                if silent > link_timeout && !hung.load(Ordering::Relaxed) {
+                    lost(format!("no word from it for {} ms", silent.as_millis()));
                 }
             }
         });
@@ -197,7 +197,7 @@ pub fn run(args: BridgeArgs) -> ! {
                 Ok(Received::Event(ev)) => ev,
                 Err(e) => lost(e.to_string()),
             };
-            heard.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+            *heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             match ev {
                 Event::Beat => {
                     if !hung.load(Ordering::Relaxed) {

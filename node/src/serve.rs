@@ -34,7 +34,7 @@ use shm_protocol::worker::WorkerCommand;
 use shm_protocol::{ChannelError, Endpoint, PeerGone, PidFd, WaitPolicy};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -334,8 +334,8 @@ fn session(node: &Node, req: &OpenRequest, reply: String) {
     let mut down = LinkRx::new(node.rt.clone(), sub);
     let failed = AtomicBool::new(false);
     let done = AtomicBool::new(false);
-    let t0 = Instant::now();
-    let heard = AtomicU64::new(0);
+    // When the peer was last heard from.
+    let heard = std::sync::Mutex::new(Instant::now());
     let Endpoint { tx, rx, .. } = child.endpoint();
     std::thread::scope(|s| {
         // Beats while the worker is healthy.
@@ -376,9 +376,7 @@ fn session(node: &Node, req: &OpenRequest, reply: String) {
             let ev = match down.next(BEAT_EVERY) {
                 Ok(Received::Event(ev)) => ev,
                 Ok(Received::Nothing) => {
-                    let silent = t0
-                        .elapsed()
-                        .saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
+                    let silent = heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
                     if silent > node.link_timeout {
                         break format!("no word from the bridge for {} ms", silent.as_millis());
                     }
@@ -387,7 +385,7 @@ fn session(node: &Node, req: &OpenRequest, reply: String) {
                 Ok(Received::Ended) => break "the NATS connection closed".to_owned(),
                 Err(e) => break e.to_string(),
             };
-            heard.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+            *heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             match ev {
                 Event::Message(bytes) => {
                     let msg: Down = match postcard::from_bytes(&bytes) {

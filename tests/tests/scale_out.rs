@@ -173,10 +173,10 @@ fn a_node_list_nobody_answers_is_a_clear_start_error() {
     let manifest = society(tmp.path(), 1, 50);
     let mut cfg = config(&manifest, tmp.path().join("r"), 2);
     cfg.remote = Some(RemoteWorkers::new(&nats.url, &nodes(&["nowhere", "local"])).unwrap());
-    let err = Run::start(cfg)
-        .err()
-        .expect("the run must not start")
-        .to_string();
+    let err = match Run::start(cfg) {
+        Ok(_) => panic!("the run must not start"),
+        Err(e) => e.to_string(),
+    };
     assert!(
         err.contains("worker-0")
             && err.contains("no node would host it")
