@@ -22,8 +22,8 @@
 
 use crate::link::{LinkRx, LinkTx, Received, connect, runtime};
 use crate::wire::{
-    BEAT_EVERY, Body, Event, Failure, OpenReply, OpenRequest, down_subject, is_token, open_subject,
-    up_subject,
+    BEAT_EVERY, Body, Event, Failure, Hosted, OpenReply, OpenRequest, down_subject, is_token,
+    open_subject, up_subject,
 };
 use lockstep_common::ChildArgs;
 use shm_protocol::control::{Down, ExitCode, Role, Up, exit_with};
@@ -47,6 +47,13 @@ pub struct BridgeArgs {
     /// answer (the run's hang timeout).
     #[arg(long, default_value_t = 1000)]
     pub hang_ms: u64,
+    /// Stand in for the inference host on this device (`cpu`, `auto`,
+    /// `cuda`, `cuda:N`) instead of a worker.
+    #[arg(long)]
+    pub inference_device: Option<String>,
+    /// The inference host's intra-op threads per model session.
+    #[arg(long, default_value_t = 1)]
+    pub intra_threads: u16,
     /// Longest silence of the node before the link counts as lost, ms
     /// (default: the hang timeout).
     #[arg(long)]
@@ -71,7 +78,17 @@ fn session_id() -> String {
 /// Runs the bridge; never returns.
 pub fn run(args: BridgeArgs) -> ! {
     let source = args.child.open_source();
-    let (mut ep, name) = lockstep_common::connect_or_exit(&args.child, &source, Role::Worker);
+    let (role, hosted) = match &args.inference_device {
+        Some(device) => (
+            Role::InferenceHost,
+            Hosted::Inference {
+                device: device.clone(),
+                intra_threads: args.intra_threads,
+            },
+        ),
+        None => (Role::Worker, Hosted::Worker),
+    };
+    let (mut ep, name) = lockstep_common::connect_or_exit(&args.child, &source, role);
     let refuse = |ep: &mut Endpoint, msg: String| -> ! {
         tracing::error!(%name, error = %msg, "cannot bring up the remote worker");
         let _ = ep.send_msg(
@@ -107,6 +124,7 @@ pub fn run(args: BridgeArgs) -> ! {
         build: env!("CARGO_PKG_VERSION").to_owned(),
         hang_ms: args.hang_ms,
         wait_yield: args.child.wait_yield,
+        role: hosted,
     };
     let payload = postcard::to_allocvec(&req).expect("an open request always encodes");
     let mut refusals = Vec::new();

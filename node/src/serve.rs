@@ -19,13 +19,14 @@
 use crate::NodeError;
 use crate::link::{LinkRx, LinkTx, Received, connect, runtime};
 use crate::wire::{
-    BEAT_EVERY, Body, Event, Failure, OpenReply, OpenRequest, down_subject, is_token, open_subject,
-    up_subject,
+    BEAT_EVERY, Body, Event, Failure, Hosted, OpenReply, OpenRequest, down_subject, is_token,
+    open_subject, up_subject,
 };
 use futures_util::StreamExt;
 use lockstep_common::SandboxMode;
 use lockstep_supervisor::child::{Child, ChildSpec, locate_binary};
 use lockstep_supervisor::config::WORKER_RING;
+use lockstep_supervisor::inference::HOST_RING;
 use lockstep_supervisor::jail::{ChildClass, Jails, SandboxSettings};
 use lockstep_supervisor::reaper::{ChildExit, ExitKind, Reaper};
 use shm_protocol::control::{Down, Role, Up};
@@ -176,6 +177,8 @@ struct Node {
     deaths: Arc<Deaths>,
     jails: Mutex<Jails>,
     worker_bin: PathBuf,
+    /// The inference host binary, if this node has one.
+    host_bin: Option<PathBuf>,
     live: AtomicUsize,
     max_workers: usize,
     link_timeout: Duration,
@@ -219,6 +222,7 @@ pub fn run(args: ServeArgs) -> Result<(), NodeError> {
         deaths: Deaths::start(deaths),
         jails: Mutex::new(jails),
         worker_bin,
+        host_bin: locate_binary("lockstep-inference-host", "LOCKSTEP_INFERENCE_HOST_BIN").ok(),
         live: AtomicUsize::new(0),
         max_workers: args.max_workers,
         link_timeout: Duration::from_millis(args.link_timeout_ms.max(300)),
@@ -280,6 +284,7 @@ fn admit(node: &Node, req: &OpenRequest) -> Result<(), String> {
             req.build
         ));
     }
+    req.role.validate()?;
     if node.live.load(Ordering::SeqCst) >= node.max_workers {
         return Err(format!(
             "already hosting {} workers (--max-workers)",
@@ -421,23 +426,49 @@ fn session(node: &Node, req: &OpenRequest, reply: String) {
 /// Starts and handshakes one sandboxed worker; returns it and a pidfd to
 /// kill it with while its endpoint is in use.
 fn start(node: &Node, req: &OpenRequest, local: &str) -> Result<(Child, PidFd), String> {
+    let (class, role, program, mut args, ring) = match &req.role {
+        Hosted::Worker => (
+            ChildClass::Worker,
+            Role::Worker,
+            node.worker_bin.clone(),
+            Vec::new(),
+            WORKER_RING,
+        ),
+        Hosted::Inference {
+            device,
+            intra_threads,
+        } => (
+            ChildClass::Inference,
+            Role::InferenceHost,
+            node.host_bin
+                .clone()
+                .ok_or_else(|| "this node has no lockstep-inference-host next to it".to_owned())?,
+            vec![
+                "--device".into(),
+                device.into(),
+                "--intra-threads".into(),
+                intra_threads.to_string().into(),
+            ],
+            HOST_RING,
+        ),
+    };
     let prepared = node
         .jails
         .lock()
         .map_err(|_| "the jails' lock is poisoned".to_owned())?
-        .prepare(ChildClass::Worker, local, None)?;
-    let mut args = prepared.args;
-    if req.wait_yield {
+        .prepare(class, local, None)?;
+    args.extend(prepared.args);
+    if req.wait_yield && role == Role::Worker {
         args.push("--wait-yield".into());
     }
     let spec = ChildSpec {
-        role: Role::Worker,
+        role,
         name: local.to_owned(),
-        program: node.worker_bin.clone(),
+        program,
         args,
         rings: SegmentConfig {
-            to_attacher: WORKER_RING,
-            to_creator: WORKER_RING,
+            to_attacher: ring,
+            to_creator: ring,
         },
         policy: WaitPolicy::ADAPTIVE,
         env: prepared.env,

@@ -63,6 +63,48 @@ pub struct OpenRequest {
     /// Whether the worker should yield rather than spin while it waits
     /// (fewer cores than processes).
     pub wait_yield: bool,
+    /// What to host.
+    pub role: Hosted,
+}
+
+/// What a bridge asks a node to host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hosted {
+    /// A worker.
+    Worker,
+    /// The inference host, on `device` (`cpu`, `auto`, `cuda`, `cuda:N`)
+    /// with `intra_threads` per model session.
+    Inference {
+        /// The device.
+        device: String,
+        /// Intra-op threads.
+        intra_threads: u16,
+    },
+}
+
+impl Hosted {
+    /// Checks the values a node passes on to the process it starts.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Hosted::Worker => Ok(()),
+            Hosted::Inference {
+                device,
+                intra_threads,
+            } => {
+                let ok = matches!(device.as_str(), "cpu" | "auto" | "cuda")
+                    || device.strip_prefix("cuda:").is_some_and(|n| {
+                        !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit())
+                    });
+                if !ok {
+                    return Err(format!("device {device:?} (cpu, auto, cuda or cuda:N)"));
+                }
+                if *intra_threads == 0 || *intra_threads > 256 {
+                    return Err(format!("{intra_threads} intra-op threads (1 to 256)"));
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A node's answer to an [`OpenRequest`].

@@ -197,6 +197,11 @@ struct RunArgs {
     /// another machine: `lockstep resume nats://HOST:PORT/NAME --into DIR`.
     #[arg(long, requires = "nats", num_args = 0..=1, default_missing_value = "")]
     archive: Option<String>,
+    /// Run the inference host on this node (e.g. the machine with the
+    /// GPU), or the first of these that answers, comma-separated; with
+    /// `--nats`.
+    #[arg(long, value_delimiter = ',', requires = "nats")]
+    inference_node: Vec<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -456,8 +461,25 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
             &args.nodes,
         )?);
     }
-    if args.nats.is_some() && args.nodes.is_empty() && args.archive.is_none() {
-        return Err("--nats: give --nodes (workers on other machines) or --archive".into());
+    if let Some(nats) = args
+        .nats
+        .as_ref()
+        .filter(|_| !args.inference_node.is_empty())
+    {
+        cfg.inference.remote = Some(lockstep_supervisor::remote::RemoteHost::new(
+            nats,
+            &args.inference_node,
+        )?);
+    }
+    if args.nats.is_some()
+        && args.nodes.is_empty()
+        && args.inference_node.is_empty()
+        && args.archive.is_none()
+    {
+        return Err(
+            "--nats: give --nodes or --inference-node (children on other machines) or --archive"
+                .into(),
+        );
     }
     let archive_name = args.archive.as_ref().map(|n| {
         if n.is_empty() {

@@ -44,29 +44,40 @@ fn is_node_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// `nats://HOST:PORT` from `--nats`.
+fn parse_nats(nats: &str) -> Result<String, String> {
+    let addr = nats.strip_prefix("nats://").unwrap_or(nats);
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(format!("nats://{addr}"))
+        }
+        _ => Err(format!("--nats {nats:?}: expected nats://HOST:PORT")),
+    }
+}
+
+/// Checks a node list given with `flag`.
+fn check_nodes(flag: &str, nodes: &[String]) -> Result<(), String> {
+    if nodes.is_empty() {
+        return Err(format!("{flag}: name at least one node"));
+    }
+    if let Some(bad) = nodes.iter().find(|n| !is_node_name(n)) {
+        return Err(format!(
+            "{flag}: {bad:?} is not a node name (one word of letters, digits, `-` and `_`)"
+        ));
+    }
+    if nodes.iter().all(|n| n == LOCAL) {
+        return Err(format!("{flag}: every entry is `local`; name a node"));
+    }
+    Ok(())
+}
+
 impl RemoteWorkers {
     /// Validates a NATS address and a node list (`--nats`, `--nodes`).
     pub fn new(nats: &str, nodes: &[String]) -> Result<Self, String> {
-        let addr = nats.strip_prefix("nats://").unwrap_or(nats);
-        let (host, port) = addr
-            .rsplit_once(':')
-            .ok_or_else(|| format!("--nats {nats:?}: expected nats://HOST:PORT"))?;
-        if host.is_empty() || port.parse::<u16>().is_err() {
-            return Err(format!("--nats {nats:?}: expected nats://HOST:PORT"));
-        }
-        if nodes.is_empty() {
-            return Err("--nodes: name at least one node".to_owned());
-        }
-        if let Some(bad) = nodes.iter().find(|n| !is_node_name(n)) {
-            return Err(format!(
-                "--nodes: {bad:?} is not a node name (one word of letters, digits, `-` and `_`)"
-            ));
-        }
-        if nodes.iter().all(|n| n == LOCAL) {
-            return Err("--nodes: every slot is `local`; name a node".to_owned());
-        }
+        let nats = parse_nats(nats)?;
+        check_nodes("--nodes", nodes)?;
         Ok(Self {
-            nats: format!("nats://{addr}"),
+            nats,
             nodes: nodes.to_vec(),
             node_bin: locate_binary("lockstep-node", "LOCKSTEP_NODE_BIN")?,
         })
@@ -105,6 +116,53 @@ impl RemoteWorkers {
         (0..slots)
             .map(|i| self.node_of(i).unwrap_or(LOCAL).to_owned())
             .collect()
+    }
+}
+
+/// The inference host on another machine (`--inference-node`), typically
+/// the one with the GPU: the supervisor starts a bridge in its place, which
+/// asks the listed nodes in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteHost {
+    /// The NATS server.
+    pub nats: String,
+    /// Nodes to ask, in order.
+    pub nodes: Vec<String>,
+    /// The bridge binary (`lockstep-node`).
+    pub node_bin: PathBuf,
+}
+
+impl RemoteHost {
+    /// Validates `--nats` and `--inference-node`.
+    pub fn new(nats: &str, nodes: &[String]) -> Result<Self, String> {
+        let nats = parse_nats(nats)?;
+        check_nodes("--inference-node", nodes)?;
+        if nodes.iter().any(|n| n == LOCAL) {
+            return Err("--inference-node: `local` is where the host runs without it".to_owned());
+        }
+        Ok(Self {
+            nats,
+            nodes: nodes.to_vec(),
+            node_bin: locate_binary("lockstep-node", "LOCKSTEP_NODE_BIN")?,
+        })
+    }
+
+    /// The bridge's arguments for a host on `device`.
+    pub fn bridge_args(&self, hang: Duration, device: &str, intra: u16) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--nats".into(), self.nats.clone().into()];
+        for n in &self.nodes {
+            args.push("--node".into());
+            args.push(n.into());
+        }
+        args.extend([
+            "--hang-ms".into(),
+            hang.as_millis().max(1).to_string().into(),
+            "--inference-device".into(),
+            device.into(),
+            "--intra-threads".into(),
+            intra.max(1).to_string().into(),
+        ]);
+        args
     }
 }
 
@@ -303,7 +361,7 @@ mod tests {
             ("nats://h:99999", n(&["a"]), "--nats"),
             ("nats://h:4222", n(&[]), "at least one"),
             ("nats://h:4222", n(&["a.b"]), "\"a.b\""),
-            ("nats://h:4222", n(&["local"]), "every slot"),
+            ("nats://h:4222", n(&["local"]), "every entry"),
         ] {
             let e = RemoteWorkers::new(nats, &nodes).unwrap_err();
             assert!(e.contains(needle), "{nats} {nodes:?}: {e}");

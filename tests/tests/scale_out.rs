@@ -3,10 +3,10 @@
 //! Where the workers run — and which machines are lost on the way — never
 //! changes a byte of the journal.
 
-use lockstep_supervisor::remote::RemoteWorkers;
+use lockstep_supervisor::remote::{RemoteHost, RemoteWorkers};
 use lockstep_supervisor::run::Run;
 use lockstep_tests::nats::{NatsServer, Node};
-use lockstep_tests::{TempDir, Watchdog, bin, config, journal_diff, run_to, society};
+use lockstep_tests::{TempDir, Watchdog, agent, bin, config, journal_diff, root, run_to, society};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -281,4 +281,55 @@ fn a_run_archived_in_jetstream_resumes_elsewhere_byte_identical() {
         "{err}"
     );
     assert!(!nowhere.exists());
+}
+
+/// The inference host on a node (the machine with the GPU, typically) and
+/// the workers on two others: model answers, and so the journal, are those
+/// of the all-local run.
+#[test]
+fn the_inference_host_on_a_node_answers_as_it_does_here() {
+    let _w = Watchdog::new("scale_out_inference", Duration::from_secs(300));
+    let Some(nats) = nats_or_skip("the_inference_host_on_a_node_answers_as_it_does_here") else {
+        return;
+    };
+    let tmp = TempDir::new("scale-out-inference");
+    let manifest = society(tmp.path(), 2, 50);
+    let mlp = root().join(".deps/models/mlp.onnx");
+    assert!(
+        mlp.is_file(),
+        "{} missing: run scripts/gen-models.sh",
+        mlp.display()
+    );
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str(&format!(
+        "[[agents]]\nname = \"inferrer\"\nmodule = \"{}\"\ncount = 4\n\n\
+         [[models]]\nid = \"mlp\"\nversion = \"v1\"\npath = \"{}\"\n",
+        agent("inferrer"),
+        mlp.display()
+    ));
+    std::fs::write(&manifest, text).unwrap();
+    let (hash, journal) = reference(&manifest, tmp.path().join("ref"));
+    let _gpu = Node::start(&nats.url, "gpu", &[]);
+    let _a = Node::start(&nats.url, "a", &[]);
+    let _b = Node::start(&nats.url, "b", &[]);
+    let dir = tmp.path().join("spread");
+    let mut cfg = config(&manifest, dir.clone(), 2);
+    cfg.remote = Some(RemoteWorkers::new(&nats.url, &nodes(&["a", "b"])).unwrap());
+    cfg.inference.remote = Some(RemoteHost::new(&nats.url, &nodes(&["gpu"])).unwrap());
+    let (h2, j2) = run_to(cfg, TICKS);
+    assert_eq!(h2, hash);
+    assert!(
+        j2 == journal,
+        "journal differs with the inference host on a node"
+    );
+    let answers = lockstep_supervisor::journal::read_journal(&dir.join("journal.lsj"))
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| match e {
+            lockstep_supervisor::journal::Entry::Inference { answers, .. } => answers.len(),
+            _ => 0,
+        })
+        .sum::<usize>();
+    assert!(answers > 0, "the run asked the model nothing");
 }

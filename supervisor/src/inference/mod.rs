@@ -104,6 +104,8 @@ pub struct InferenceConfig {
     /// The run's jails (sandbox settings and cgroups); `None`: the host
     /// is jailed with the default settings and no cgroup.
     pub jails: Option<std::sync::Arc<std::sync::Mutex<crate::jail::Jails>>>,
+    /// The host runs on another machine (`None`: here).
+    pub remote: Option<crate::remote::RemoteHost>,
 }
 
 impl Default for InferenceConfig {
@@ -118,6 +120,7 @@ impl Default for InferenceConfig {
             max_attempts: 3,
             env: Vec::new(),
             jails: None,
+            remote: None,
         }
     }
 }
@@ -407,6 +410,40 @@ impl InferenceService {
             })?;
             self.reaper = Some(r);
         }
+        let spec = match self.remote_spec() {
+            Some(spec) => spec,
+            None => self.local_spec(bin)?,
+        };
+        self.start_child(spec)
+    }
+
+    /// The bridge that stands in for a host on another machine.
+    fn remote_spec(&self) -> Option<ChildSpec> {
+        let r = self.cfg.remote.as_ref()?;
+        let mut env = crate::jail::passed_env();
+        env.extend(self.cfg.env.iter().cloned());
+        Some(ChildSpec {
+            role: Role::InferenceHost,
+            name: HOST_NAME.into(),
+            program: r.node_bin.clone(),
+            args: r.bridge_args(
+                self.cfg.hang_timeout,
+                &self.cfg.device,
+                self.cfg.intra_threads,
+            ),
+            rings: SegmentConfig {
+                to_attacher: HOST_RING,
+                to_creator: HOST_RING,
+            },
+            policy: host_policy(),
+            env,
+            cgroup: None,
+            hang_timeout: Some(self.cfg.hang_timeout),
+        })
+    }
+
+    /// The host here, jailed.
+    fn local_spec(&self, bin: PathBuf) -> Result<ChildSpec, InferenceStartError> {
         let prepared = match &self.cfg.jails {
             Some(j) => j
                 .lock()
@@ -428,7 +465,7 @@ impl InferenceService {
         args.extend(prepared.args);
         let mut env = prepared.env;
         env.extend(self.cfg.env.iter().cloned());
-        let spec = ChildSpec {
+        Ok(ChildSpec {
             role: Role::InferenceHost,
             name: HOST_NAME.into(),
             program: bin,
@@ -437,15 +474,15 @@ impl InferenceService {
                 to_attacher: HOST_RING,
                 to_creator: HOST_RING,
             },
-            policy: WaitPolicy {
-                spin: 2_000,
-                park_slice: Duration::from_millis(10),
-                yielding: false,
-            },
+            policy: host_policy(),
             env,
             cgroup: prepared.cgroup,
             hang_timeout: Some(self.cfg.hang_timeout),
-        };
+        })
+    }
+
+    /// Spawns the host (or its bridge) and brings it up.
+    fn start_child(&mut self, spec: ChildSpec) -> Result<(), InferenceStartError> {
         let Some((reaper, _)) = &self.reaper else {
             return Err(InferenceStartError::Host(
                 "no reaper for the inference host".into(),
@@ -597,5 +634,14 @@ pub(crate) fn describe(up: &Up) -> String {
             InferenceReply::Refused { batch_id, .. } => format!("Refused(batch {batch_id})"),
         },
         Up::Worker(_) => "a worker reply".into(),
+    }
+}
+
+/// How the supervisor's side of the host's rings waits.
+fn host_policy() -> WaitPolicy {
+    WaitPolicy {
+        spin: 2_000,
+        park_slice: Duration::from_millis(10),
+        yielding: false,
     }
 }
