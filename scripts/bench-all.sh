@@ -7,7 +7,7 @@
 #   scripts/bench-all.sh transport tick   # some of them
 #   LOCKSTEP_BENCH_QUICK=1 scripts/bench-all.sh   # smoke run of each
 #
-# Names: transport worker tick board dashboard inference recovery sandbox pipeline scale.  The tick bench runs
+# Names: transport worker tick board dashboard inference recovery sandbox pipeline scale scale-out.  The tick bench runs
 # the Node.js peer (../shared/peers/node-seed-tick, or LOCKSTEP_NODE_PEER)
 # when node and npm exist; the transport bench includes iceoryx2.
 set -euo pipefail
@@ -17,7 +17,7 @@ scripts/setup.sh
 out="$root/target/bench-results"
 mkdir -p "$out"
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(transport worker tick board dashboard inference recovery sandbox pipeline scale)
+[ ${#names[@]} -gt 0 ] || names=(transport worker tick board dashboard inference recovery sandbox pipeline scale scale-out)
 # The benches start the release binaries that sit next to them.
 cargo build --release --workspace --bins --locked
 for n in "${names[@]}"; do
@@ -33,7 +33,8 @@ for n in "${names[@]}"; do
         sandbox) cmd=(cargo bench --locked -p lockstep-supervisor --bench sandbox) ;;
         pipeline) cmd=(cargo bench --locked -p lockstep-supervisor --bench pipeline) ;;
         scale) cmd=(cargo bench --locked -p lockstep-supervisor --bench scale) ;;
-        *) echo "unknown benchmark: $n (transport worker tick board dashboard inference recovery sandbox pipeline scale)" >&2; exit 2 ;;
+        scale-out) cmd=(cargo bench --locked -p lockstep-supervisor --bench scale_out) ;;
+        *) echo "unknown benchmark: $n (transport worker tick board dashboard inference recovery sandbox pipeline scale scale-out)" >&2; exit 2 ;;
     esac
     "${cmd[@]}" 2>&1 | tee "$out/$n.txt"
 done
