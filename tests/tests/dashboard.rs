@@ -10,7 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `lockstep run <manifest> --run-dir <dir>` with extra arguments.
+/// Where `start_run` keeps the run's stderr.
+fn stderr_log(dir: &Path) -> PathBuf {
+    dir.with_extension("stderr.log")
+}
+
+/// `lockstep run <manifest> --run-dir <dir>` with extra arguments (stderr
+/// in [`stderr_log`]).
 fn start_run(manifest: &Path, dir: &Path, extra: &[&str]) -> ChildGuard {
     ChildGuard::new(
         Command::new(bin("lockstep"))
@@ -21,10 +27,17 @@ fn start_run(manifest: &Path, dir: &Path, extra: &[&str]) -> ChildGuard {
             .args(extra)
             .env("LOCKSTEP_WORKER_BIN", bin("lockstep-worker"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(stderr_log(dir)).unwrap())
             .spawn()
             .unwrap(),
     )
+}
+
+/// The end of a run's stderr, for a failure message.
+fn stderr_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(stderr_log(dir)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// `lockstep-ui --serve 127.0.0.1:0 <target> [extra]`: the process and the
@@ -113,9 +126,21 @@ fn wait_tick(addr: SocketAddr, min: u64) -> u64 {
 fn running_dashboard(tmp: &TempDir) -> (ChildGuard, ChildGuard, SocketAddr, PathBuf) {
     let manifest = society(tmp.path(), 4, 200);
     let dir = tmp.path().join("run");
-    let run = start_run(&manifest, &dir, &["--forever"]);
+    let mut run = start_run(&manifest, &dir, &["--forever"]);
     let (ui, addr) = start_ui(&dir, &[]);
-    wait_tick(addr, 1);
+    let t0 = Instant::now();
+    while state_tick(addr).is_none_or(|t| t < 1) {
+        if let Some(status) = run.child().try_wait().unwrap() {
+            panic!("the run ended ({status}):\n{}", stderr_tail(&dir));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "the dashboard showed no tick in 90 s ({:?}); the run's stderr:\n{}",
+            String::from_utf8_lossy(&get(addr, "/api/state").2),
+            stderr_tail(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     (run, ui, addr, dir)
 }
 
@@ -394,7 +419,8 @@ fn event_stream_clients_do_not_change_the_run() {
             .unwrap();
         let status = run.child().wait().unwrap();
         assert!(status.success(), "{out}");
-        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+        serde_json::from_str(out.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("no JSON summary ({e}): {out}"))
     };
 
     let watched = tmp.path().join("watched");
@@ -407,7 +433,11 @@ fn event_stream_clients_do_not_change_the_run() {
     let a = summary(run);
     for c in clients {
         let (events, running_ticks) = c.join().unwrap();
-        assert!(events >= 2, "a client saw {events} events");
+        assert!(
+            events >= 2,
+            "a client saw {events} events; the run's stderr:\n{}",
+            stderr_tail(&watched)
+        );
         assert!(
             !running_ticks.is_empty(),
             "a client attached only after the run ended"
@@ -501,7 +531,8 @@ fn dashboard_page_in_headless_chromium() {
     let profile = tmp.path().join("chromium-profile");
     // `poll=1`: the page polls /api/state instead of holding an event
     // stream open, which would keep the headless browser's virtual time
-    // from running out.
+    // from running out (the stream itself is loaded below with `events=5`,
+    // which closes it after five events).
     let base = format!("http://{addr}/?poll=1");
 
     let dom1 = headless(&browser, &profile, &base, "--dump-dom");
@@ -512,6 +543,21 @@ fn dashboard_page_in_headless_chromium() {
     assert!(t2 > t1, "the shown tick did not advance: {t1} then {t2}");
     assert!(dom2.contains("id=\"phase\">running<"), "phase not shown");
     assert!(dom2.contains("<td>coordinator</td>"), "agent table empty");
+
+    // The event stream in the browser: five events, then the page closes
+    // it (`events=5`), showing the tick of the last one.
+    let dom3 = headless(
+        &browser,
+        &profile,
+        &format!("http://{addr}/?events=5"),
+        "--dump-dom",
+    );
+    assert!(
+        dom3.contains("data-events=\"5\">stream closed after 5 events<"),
+        "the page did not read five events:\n{dom3}"
+    );
+    let t3 = dom_tick(&dom3).unwrap_or_else(|| panic!("no tick in the page:\n{dom3}"));
+    assert!(t3 > t2, "the streamed tick did not advance: {t2} then {t3}");
 
     let dom = headless(&browser, &profile, &format!("{base}#agent=3"), "--dump-dom");
     let detail = dom

@@ -371,9 +371,17 @@ function connect() {
     setInterval(tick, 500);
     return;
   }
+  // `?events=N`: close the stream after N events (a headless browser's
+  // virtual time runs out only once no request is open).
+  const limit = Number(params.get('events')) || 0;
+  let seen = 0;
   const es = new EventSource(withToken('/api/events'));
   es.onopen = () => { conn.textContent = 'live'; conn.className = 'badge live'; };
-  es.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (_) { /* a malformed event is skipped */ } };
+  es.onmessage = (m) => {
+    try { onEvent(JSON.parse(m.data)); } catch (_) { return; /* a malformed event is skipped */ }
+    conn.dataset.events = String(++seen);
+    if (limit && seen >= limit) { es.close(); conn.textContent = 'stream closed after ' + seen + ' events'; conn.className = 'badge'; }
+  };
   es.onerror = () => { conn.textContent = 'reconnecting'; conn.className = 'badge down'; };
 }
 

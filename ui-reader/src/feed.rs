@@ -207,12 +207,40 @@ impl Feed {
 /// What the sampler needs.
 #[derive(Debug, Clone)]
 pub struct SamplerConfig {
-    /// The state board file.
-    pub board: PathBuf,
-    /// The run directory, if one was given.
-    pub run_dir: Option<PathBuf>,
+    /// A run directory or a state board file.  A path that does not exist
+    /// yet (a run about to start) is looked at again until it does.
+    pub target: PathBuf,
     /// Least time between two events (publications in between are merged).
     pub min_gap: Duration,
+}
+
+/// The board file and the run directory (if any) that `target` names now.
+fn resolve(target: &Path) -> (PathBuf, Option<PathBuf>) {
+    if target.is_dir() {
+        (target.join("state.board"), Some(target.to_path_buf()))
+    } else {
+        (target.to_path_buf(), None)
+    }
+}
+
+/// Records what `target` resolves to (once it is a run directory, for good).
+fn settle(feed: &Feed, target: &Path, run_dir: &mut Option<PathBuf>) -> PathBuf {
+    let (board, dir) = resolve(target);
+    if run_dir.is_none()
+        && let Some(d) = dir
+    {
+        let mut g = feed.lock();
+        g.meta = Meta {
+            run_dir: Some(d.display().to_string()),
+            board: board.display().to_string(),
+            meta: read_meta(&d),
+        };
+        g.timeline = Timeline::new(&d);
+        *run_dir = Some(d);
+    } else if run_dir.is_none() {
+        feed.lock().meta.board = board.display().to_string();
+    }
+    board
 }
 
 /// Reads `meta.json` of `dir`, if any.
@@ -227,17 +255,6 @@ fn read_meta(dir: &Path) -> Option<serde_json::Value> {
 /// Starts the sampler thread.
 pub fn start(cfg: SamplerConfig) -> Arc<Feed> {
     let feed = Arc::new(Feed::default());
-    {
-        let mut g = feed.lock();
-        g.meta = Meta {
-            run_dir: cfg.run_dir.as_ref().map(|d| d.display().to_string()),
-            board: cfg.board.display().to_string(),
-            meta: cfg.run_dir.as_deref().and_then(read_meta),
-        };
-        if let Some(dir) = &cfg.run_dir {
-            g.timeline = Timeline::new(dir);
-        }
-    }
     let f = Arc::clone(&feed);
     std::thread::Builder::new()
         .name("board-sampler".into())
@@ -247,6 +264,8 @@ pub fn start(cfg: SamplerConfig) -> Arc<Feed> {
 }
 
 fn sampler(feed: &Feed, cfg: &SamplerConfig) {
+    let mut run_dir: Option<PathBuf> = None;
+    settle(feed, &cfg.target, &mut run_dir);
     let mut reader: Option<BoardReader> = None;
     let mut last_gen = 0u64;
     let mut last_emit: Option<Instant> = None;
@@ -255,18 +274,19 @@ fn sampler(feed: &Feed, cfg: &SamplerConfig) {
     let mut rate: Option<f64> = None;
     let mut last_scan = Instant::now() - Duration::from_secs(10);
     loop {
-        if cfg.run_dir.is_some() && last_scan.elapsed() >= Duration::from_secs(1) {
+        if run_dir.is_some() && last_scan.elapsed() >= Duration::from_secs(1) {
             last_scan = Instant::now();
             let mut timeline = std::mem::take(&mut feed.lock().timeline);
             timeline.scan();
             let mut g = feed.lock();
             g.timeline = timeline;
             if g.meta.meta.is_none() {
-                g.meta.meta = cfg.run_dir.as_deref().and_then(read_meta);
+                g.meta.meta = run_dir.as_deref().and_then(read_meta);
             }
         }
         if reader.is_none() {
-            match BoardReader::open(&cfg.board) {
+            let board = settle(feed, &cfg.target, &mut run_dir);
+            match BoardReader::open(&board) {
                 Ok(r) => reader = Some(r),
                 Err(e) => {
                     report_error(feed, &mut last_error, e.to_string());

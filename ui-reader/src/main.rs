@@ -204,8 +204,7 @@ fn serve_main(args: &Args, addr: &str, target: &std::path::Path) -> ExitCode {
         return fail(e);
     }
     let feed = feed::start(feed::SamplerConfig {
-        board: board_path(target),
-        run_dir: target.is_dir().then(|| target.to_path_buf()),
+        target: target.to_path_buf(),
         min_gap: Duration::from_millis(args.interval_ms.unwrap_or(100)),
     });
     match serve::run(
