@@ -19,13 +19,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Run-wide samples kept for the plots (at one per event: minutes).
 pub const HISTORY: usize = 1800;
 /// Samples kept per agent.
-pub const AGENT_HISTORY: usize = 600;
+pub const AGENT_HISTORY: usize = 300;
 /// Status changes kept per agent.
 pub const AGENT_STATUS_CHANGES: usize = 32;
 /// Log lines kept (the board carries only its newest 64).
 pub const LOG_LINES: usize = 2000;
-/// Agents with a history (ids beyond the first this many are not tracked).
-pub const MAX_TRACKED_AGENTS: usize = 4096;
+/// Agents with a history at most (when full, the histories of agents no
+/// longer on the board make room).
+pub const MAX_TRACKED_AGENTS: usize = 1024;
 /// How often the board is polled for a new generation.
 pub const POLL: Duration = Duration::from_millis(10);
 
@@ -380,6 +381,15 @@ pub fn absorb(g: &mut Inner, s: &LiveState) {
     g.history.push_back(Sample::of(s, t));
     g.children = s.children.iter().map(|c| c.name.clone()).collect();
     let prev = g.state.take();
+    let unseen = s
+        .agents
+        .iter()
+        .filter(|a| !g.agents.contains_key(&a.id))
+        .count();
+    if g.agents.len() + unseen > MAX_TRACKED_AGENTS {
+        let on_board: std::collections::HashSet<u64> = s.agents.iter().map(|a| a.id).collect();
+        g.agents.retain(|id, _| on_board.contains(id));
+    }
     for a in &s.agents {
         if g.agents.len() >= MAX_TRACKED_AGENTS && !g.agents.contains_key(&a.id) {
             continue;
@@ -504,5 +514,25 @@ mod tests {
                 .iter()
                 .any(|e| e.kind == "fault" && e.text.contains("faulted: trap"))
         );
+    }
+
+    #[test]
+    fn agent_histories_stay_bounded_as_agents_come_and_go() {
+        let mut g = Inner::default();
+        let mut s = crate::tui::tests::sample(3);
+        let row = s.agents[0].clone();
+        for round in 0..5u64 {
+            s.agents = (0..600)
+                .map(|i| AgentRow {
+                    id: round * 600 + i,
+                    ..row.clone()
+                })
+                .collect();
+            absorb(&mut g, &s);
+            g.state = Some(s.clone());
+            assert!(g.agents.len() <= MAX_TRACKED_AGENTS);
+            // Every agent on the board has its history.
+            assert!(s.agents.iter().all(|a| g.agents.contains_key(&a.id)));
+        }
     }
 }
