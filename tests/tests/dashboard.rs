@@ -587,3 +587,45 @@ fn dashboard_page_in_headless_chromium() {
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
     eprintln!("dashboard screenshot: {}", shot.display());
 }
+
+/// `--max-clients`: connections beyond it get `503` at once (half of them
+/// may be event streams), and the server serves again when they close.
+#[test]
+fn connection_limit_answers_503_and_recovers() {
+    let _w = Watchdog::new("dashboard_limit", Duration::from_secs(60));
+    let tmp = TempDir::new("dash-limit");
+    // A run directory without a board yet: the page is served all the same.
+    let (_ui, addr) = start_ui(tmp.path(), &["--max-clients", "4"]);
+    assert_eq!(get(addr, "/").0, 200);
+    let (status, _, body) = get(addr, "/api/state");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("error"));
+
+    let open_stream = || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (s, line)
+    };
+    let (s1, l1) = open_stream();
+    let (s2, l2) = open_stream();
+    assert!(l1.starts_with("HTTP/1.1 200") && l2.starts_with("HTTP/1.1 200"));
+    let (_s3, l3) = open_stream();
+    assert!(l3.starts_with("HTTP/1.1 503"), "third stream: {l3}");
+    // Two streams and two idle connections fill the four slots.
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, head, _) = get(addr, "/");
+    assert_eq!(status, 503, "{head}");
+    drop((s1, s2, idle));
+    let t0 = Instant::now();
+    while get(addr, "/").0 != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "never served again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
