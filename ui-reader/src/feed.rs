@@ -12,6 +12,7 @@ use lockstep_common::live::{AgentRow, LiveState};
 use serde::Serialize;
 use shm_protocol::board::BoardReader;
 use std::collections::{HashMap, VecDeque};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -273,22 +274,38 @@ fn sampler(feed: &Feed, cfg: &SamplerConfig) {
     let mut last_error: Option<String> = None;
     let mut rate_base: Option<(Instant, u64)> = None;
     let mut rate: Option<f64> = None;
-    let mut last_scan = Instant::now() - Duration::from_secs(10);
+    let mut last_scan: Option<Instant> = None;
+    // The board file opened (path, inode): a new run in the same directory
+    // writes a new file, which is opened afresh.
+    let mut opened: Option<(PathBuf, u64)> = None;
     loop {
-        if run_dir.is_some() && last_scan.elapsed() >= Duration::from_secs(1) {
-            last_scan = Instant::now();
-            let mut timeline = std::mem::take(&mut feed.lock().timeline);
-            timeline.scan();
-            let mut g = feed.lock();
-            g.timeline = timeline;
-            if g.meta.meta.is_none() {
-                g.meta.meta = run_dir.as_deref().and_then(read_meta);
+        if last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            last_scan = Some(Instant::now());
+            if let Some((path, ino)) = &opened
+                && std::fs::metadata(path).is_ok_and(|m| m.ino() != *ino)
+            {
+                reader = None;
+                last_gen = 0;
+                feed.lock().meta.meta = run_dir.as_deref().and_then(read_meta);
+            }
+            if run_dir.is_some() {
+                let mut timeline = std::mem::take(&mut feed.lock().timeline);
+                timeline.scan();
+                let mut g = feed.lock();
+                g.timeline = timeline;
+                if g.meta.meta.is_none() {
+                    g.meta.meta = run_dir.as_deref().and_then(read_meta);
+                }
             }
         }
         if reader.is_none() {
             let board = settle(feed, &cfg.target, &mut run_dir);
+            let ino = std::fs::metadata(&board).map(|m| m.ino());
             match BoardReader::open(&board) {
-                Ok(r) => reader = Some(r),
+                Ok(r) => {
+                    reader = Some(r);
+                    opened = ino.ok().map(|i| (board, i));
+                }
                 Err(e) => {
                     report_error(feed, &mut last_error, e.to_string());
                     std::thread::sleep(Duration::from_millis(250));
