@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 /// The tokio runtime that drives a process's NATS connection.
 pub fn runtime() -> Result<tokio::runtime::Runtime, NodeError> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("lockstep-nats")
         .enable_all()
         .build()

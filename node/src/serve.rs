@@ -470,7 +470,12 @@ fn start(node: &Node, req: &OpenRequest, local: &str) -> Result<(Child, PidFd), 
             to_attacher: ring,
             to_creator: ring,
         },
-        policy: WaitPolicy::ADAPTIVE,
+        // On a machine with no core to spare the node's side of the ring
+        // yields rather than spins, as the supervisor's does.
+        policy: WaitPolicy {
+            yielding: req.wait_yield,
+            ..WaitPolicy::ADAPTIVE
+        },
         env: prepared.env,
         cgroup: prepared.cgroup,
         hang_timeout: Some(Duration::from_millis(req.hang_ms.max(1))),

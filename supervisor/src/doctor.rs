@@ -102,9 +102,17 @@ impl Report {
             .children
             .into_iter()
             .map(|info| {
-                let process = ProcessView::read(info.pid).ok();
+                // A child on another machine is a local bridge (the
+                // supervisor's own code, unjailed) in front of a child its
+                // node jailed: what counts is the node's report.
+                let remote = info
+                    .sandbox
+                    .as_ref()
+                    .is_some_and(|r| r.class.contains(" on node "));
+                let process = ProcessView::read(info.pid).ok().filter(|_| !remote);
                 let mut problems = match &process {
                     Some(p) => p.problems(),
+                    None if remote => Vec::new(),
                     None => vec!["the process is gone".to_owned()],
                 };
                 if let Some(r) = &info.sandbox {
@@ -170,6 +178,12 @@ impl Report {
                     r.class,
                     r.mode,
                     layers.join(" ")
+                );
+            }
+            if c.process.is_none() && c.problems.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "  (a bridge to another machine: the layers above are the node's report)"
                 );
             }
             if let Some(p) = &c.process {
