@@ -295,10 +295,14 @@ impl Jails {
             args.push("--address-space-limit".into());
             args.push(s.worker_address_space.to_string().into());
         }
-        Ok(Prepared {
-            args,
-            cgroup,
-            env: passed_env(),
-        })
+        let mut env = passed_env();
+        if class == ChildClass::Inference {
+            // ONNX Runtime's own telemetry (its 1DS uploader, on by default
+            // in the official builds) opens sockets some seconds after
+            // start-up; `DisableTelemetryEvents` does not stop it, and the
+            // host's seccomp filter would kill the host for it.
+            env.push(("ORT_DISABLE_TELEMETRY".to_owned(), "1".to_owned()));
+        }
+        Ok(Prepared { args, cgroup, env })
     }
 }

@@ -792,3 +792,64 @@ fn replay_and_fork_with_batches_in_flight() {
     let sum = run.finish().unwrap();
     assert_eq!(sum.hash, original.hash);
 }
+
+/// The inference host, sandboxed as in production, stays up for longer
+/// than ONNX Runtime takes to start its telemetry uploader (about 9 s after
+/// start-up in the official 1.32 build): that uploader opens sockets, which
+/// the host's seccomp filter answers with SIGSYS, so a host that left it on
+/// would be killed and restarted every few seconds.
+#[test]
+fn the_sandboxed_inference_host_outlives_onnx_runtimes_telemetry() {
+    let _w = Watchdog::new("inference_host_telemetry", Duration::from_secs(180));
+    let tmp = TempDir::new("inference-telemetry");
+    let manifest = tmp.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        manifest_text(4, &[("mlp", "v1", "mlp.onnx")], 64),
+    )
+    .unwrap();
+    let dir = tmp.path().join("run");
+    let child = std::process::Command::new(bin("lockstep"))
+        .args([
+            "run",
+            "--forever",
+            "--no-board",
+            "--no-metrics",
+            "--run-dir",
+        ])
+        .arg(&dir)
+        .arg(&manifest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = lockstep_tests::ChildGuard(Some(child));
+    let t0 = std::time::Instant::now();
+    while !dir.join("control.sock").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the run did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(15));
+    let out = std::process::Command::new(bin("lockstep"))
+        .arg("ctl")
+        .arg(&dir)
+        .arg("stop")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child = guard.0.take().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("[RECOVERY] inference host"),
+        "the inference host was restarted:\n{stderr}"
+    );
+}
