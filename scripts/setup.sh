@@ -24,3 +24,10 @@ for step in fetch-onnxruntime.sh fetch-nats-server.sh build-agents.sh gen-models
         "scripts/$step"
     fi
 done
+
+# The metrics endpoint's test checks the exposition with the reference
+# parser (Python's prometheus_client), in the venv gen-models.sh made.
+if [ -x .deps/pyenv/bin/python ] && ! .deps/pyenv/bin/python -c 'import prometheus_client' 2>/dev/null; then
+    echo "== setup: prometheus_client (OpenMetrics reference parser)"
+    .deps/pyenv/bin/python -m pip install --quiet --only-binary=:all: prometheus_client==0.21.1
+fi

@@ -62,6 +62,7 @@ pub mod journal;
 pub mod manifest;
 pub mod modules;
 pub mod observe;
+pub mod openmetrics;
 pub mod pool;
 pub mod reaper;
 pub mod remote;

@@ -202,6 +202,15 @@ struct RunArgs {
     /// `--nats`.
     #[arg(long, value_delimiter = ',', requires = "nats")]
     inference_node: Vec<String>,
+    /// Serve OpenMetrics (Prometheus) at `http://ADDR/metrics` while the
+    /// run goes, e.g. `127.0.0.1:9464` (port 0 picks one; the address is
+    /// printed).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// With `--metrics`: also one series per agent (fuel, step time of its
+    /// sampled ticks) — as many series as agents.
+    #[arg(long, requires = "metrics")]
+    metrics_agents: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -497,6 +506,24 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;
     let run_dir = cfg.run_dir.clone();
     let mut run = Run::start(cfg)?;
+    let exporter = match args.metrics {
+        Some(addr) => {
+            let e = lockstep_supervisor::openmetrics::Exporter::new(args.metrics_agents);
+            run.register_telemetry_hook(e.hook());
+            let bound = e
+                .serve(addr)
+                .map_err(|err| format!("--metrics {addr}: cannot listen: {err}"))?;
+            if !bound.ip().is_loopback() {
+                eprintln!(
+                    "lockstep: warning: metrics served on {bound}, not loopback: whoever reaches it reads the run's counters"
+                );
+            }
+            eprintln!("lockstep: metrics at http://{bound}/metrics");
+            Some(e)
+        }
+        None => None,
+    };
+    let mut last_refresh: Option<Instant> = None;
     let archiver = match (&args.nats, &archive_name) {
         (Some(nats), Some(name)) => Some(lockstep_supervisor::remote::Archiver::start(
             nats, &run_dir, name, false,
@@ -517,6 +544,12 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         }
         run.tick()?;
         done += 1;
+        if let Some(e) = &exporter
+            && last_refresh.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+        {
+            e.refresh(run.state(), &run.children());
+            last_refresh = Some(Instant::now());
+        }
         if tty && last_draw.elapsed() >= Duration::from_millis(250) {
             let s = run.state();
             let rate = (s.tick - last_tick) as f64 / last_draw.elapsed().as_secs_f64();

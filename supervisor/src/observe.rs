@@ -83,6 +83,15 @@ impl Observers {
         !self.hooks.is_empty() || self.metrics.is_some() || self.board.is_some()
     }
 
+    /// Whether per-agent samples are taken at `tick`: every
+    /// [`crate::run::SAMPLE_EVERY`] ticks, or every tick while a hook asks
+    /// for it.
+    pub fn samples_agents_at(&self, tick: u64) -> bool {
+        self.wants_agent_samples()
+            && (tick.is_multiple_of(crate::run::SAMPLE_EVERY)
+                || self.hooks.iter().any(|h| h.agent_samples_every_tick()))
+    }
+
     /// Registers a hook.
     pub fn add_hook(&mut self, hook: Box<dyn TelemetryHook>) {
         self.hooks.push(hook);
@@ -103,12 +112,20 @@ impl Observers {
         let _span =
             tracing::trace_span!("tick", tick = t.tick, wall_us = t.wall_us, steps = t.steps)
                 .entered();
-        self.each(|h| {
+        // What goes to disk stays sampled every SAMPLE_EVERY ticks.
+        let on_disk = t.tick.is_multiple_of(crate::run::SAMPLE_EVERY);
+        for h in &mut self.hooks {
             h.on_tick(t);
             for a in agents {
                 h.on_agent(a);
             }
-        });
+        }
+        if let Some(m) = &mut self.metrics {
+            m.on_tick(t);
+            for a in agents.iter().filter(|_| on_disk) {
+                m.on_agent(a);
+            }
+        }
     }
 
     /// An inference batch.

@@ -462,8 +462,7 @@ impl Run {
         // 2. Plan.
         let tp = Instant::now();
         let mut plan = self.sim.begin_tick();
-        let measure =
-            plan.tick.is_multiple_of(SAMPLE_EVERY) && self.observers.wants_agent_samples();
+        let measure = self.observers.samples_agents_at(plan.tick);
         let mailbox: BTreeMap<u64, u64> = if measure {
             plan.deliveries
                 .iter()
@@ -780,7 +779,8 @@ impl Run {
         self.inference.restarts()
     }
 
-    fn children(&self) -> Children {
+    /// The run's child processes, as viewers see them.
+    pub fn children(&self) -> Children {
         let mut rows: Vec<(String, String, u32, String)> = self
             .pool
             .names()

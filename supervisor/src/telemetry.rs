@@ -130,6 +130,14 @@ pub struct FailureTelemetry {
 
 /// Receives telemetry (register with the supervisor's API).
 pub trait TelemetryHook: Send {
+    /// Whether this hook wants every called agent's sample every tick
+    /// (otherwise every [`crate::run::SAMPLE_EVERY`] ticks).  Costs the
+    /// workers a measurement per agent call on every tick while it is
+    /// registered; `metrics.jsonl` keeps sampling every `SAMPLE_EVERY`.
+    fn agent_samples_every_tick(&self) -> bool {
+        false
+    }
+
     /// After every tick.
     fn on_tick(&mut self, _t: &TickTelemetry) {}
     /// For sampled agents.
