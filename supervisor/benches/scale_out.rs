@@ -58,7 +58,10 @@ impl Drop for Guard {
 fn start_nats(scratch: &Path) -> Result<(Guard, String), String> {
     let bin = repo().join(".deps/nats/nats-server");
     if !bin.is_file() {
-        return Err(format!("{} missing (scripts/fetch-nats-server.sh)", bin.display()));
+        return Err(format!(
+            "{} missing (scripts/fetch-nats-server.sh)",
+            bin.display()
+        ));
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -129,9 +132,12 @@ fn run(scratch: &Path, n: u64, ticks: u64, extra: &[&str]) -> Result<(f64, f64, 
             err.lines().last().unwrap_or("")
         ));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let f = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(f64::NAN)
+    };
     Ok((f("tick_p50_us"), f("tick_p99_us"), f("wall_ms")))
 }
 
@@ -203,7 +209,11 @@ fn main() {
     println!("| agents | workers on | tick p50 µs | tick p99 µs | wall ms | p50 vs local |");
     println!("|---:|---|---:|---:|---:|---:|");
     for &n in &sizes {
-        let local = Stat::of(samples.get(&(n, "local", "p50")).map_or(&[][..], Vec::as_slice));
+        let local = Stat::of(
+            samples
+                .get(&(n, "local", "p50"))
+                .map_or(&[][..], Vec::as_slice),
+        );
         for (label, _) in &placements {
             let s = |k: &str| Stat::of(samples.get(&(n, *label, k)).map_or(&[][..], Vec::as_slice));
             let p50 = s("p50");
