@@ -69,6 +69,7 @@ pub mod remote;
 pub mod replay;
 pub mod run;
 pub mod rundir;
+pub mod scaffold;
 pub mod sim;
 pub mod snapshot;
 pub mod telemetry;

@@ -101,6 +101,26 @@ enum Command {
     /// Archive a run directory into JetStream once (its journal,
     /// checkpoints, page store and modules), for `resume` or `fork` on
     /// another machine.
+    /// Create a new agent in a directory of its own, ready to build
+    /// (`./build.sh`) and run (the lines of its `agent.toml`).
+    New {
+        /// The agent's name (a lowercase letter, then lowercase letters,
+        /// digits, `-`, `_`).
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: lockstep_supervisor::scaffold::Lang,
+        /// Where to create `<name>/` (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Build it right away.
+        #[arg(long)]
+        build: bool,
+        /// This checkout's `agents/` directory (default: found from the
+        /// `lockstep` binary or the current directory).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     Push {
         /// The run directory.
         run_dir: PathBuf,
@@ -239,6 +259,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 struct CtlArgs {
     /// The run directory of a running supervisor.
     run_dir: PathBuf,
+    /// Print the answer as one JSON line: `{"ok":true,"tick":N,"data":{…}}`
+    /// or `{"ok":false,"code":"…","message":"…"}`.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: CtlCmd,
 }
@@ -290,6 +314,13 @@ enum CtlCmd {
     StopAgent {
         /// Agent (name or #id).
         agent: String,
+    },
+    /// Make an agent (name or #id) a member of a channel.
+    JoinChannel {
+        /// Agent.
+        agent: String,
+        /// Channel.
+        channel: String,
     },
     /// Switch a model to another declared version at the next tick boundary
     /// (journaled: a replay switches at the same tick).
@@ -381,6 +412,13 @@ fn main() -> ExitCode {
             workers,
         } => fork_from(&run_dir, at, &into, workers),
         Command::Push { run_dir, to } => push_cmd(&run_dir, &to),
+        Command::New {
+            name,
+            lang,
+            dir,
+            build,
+            sdk,
+        } => new_cmd(&name, lang, &dir, build, sdk.as_deref()),
         Command::Resume {
             run_dir,
             into,
@@ -683,6 +721,31 @@ fn fork_from(
     r
 }
 
+fn new_cmd(
+    name: &str,
+    lang: lockstep_supervisor::scaffold::Lang,
+    dir: &Path,
+    build: bool,
+    sdk: Option<&Path>,
+) -> Result<ExitCode, BoxError> {
+    use lockstep_supervisor::scaffold;
+    let agents = scaffold::find_agents_dir(sdk)?;
+    let c = scaffold::create(name, lang, dir, &agents)?;
+    println!("lockstep: created {}", c.dir.display());
+    if build {
+        let module = scaffold::build(&c)?;
+        println!("lockstep: built {}", module.display());
+    } else {
+        println!("build it:  {}", c.build.display());
+    }
+    println!(
+        "run it: add to a manifest (also in {}):\n\n{}",
+        c.dir.join("agent.toml").display(),
+        c.manifest_lines
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn push_cmd(dir: &Path, to: &str) -> Result<ExitCode, BoxError> {
     let (server, name) = lockstep_supervisor::remote::parse_archive_url(to)
         .ok_or_else(|| format!("{to:?}: expected nats://HOST:PORT/NAME"))?;
@@ -784,6 +847,7 @@ fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, BoxError> {
         CtlCmd::Publish { topic, payload } => CtlCommand::Publish { topic, payload },
         CtlCmd::Send { agent, payload } => CtlCommand::Send { agent, payload },
         CtlCmd::StopAgent { agent } => CtlCommand::StopAgent { agent },
+        CtlCmd::JoinChannel { agent, channel } => CtlCommand::JoinChannel { agent, channel },
         CtlCmd::SwapModel { id, version } => CtlCommand::SwapModel { id, version },
         CtlCmd::Upgrade { agent, module } => CtlCommand::Upgrade {
             agent,
@@ -796,6 +860,17 @@ fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, BoxError> {
         CtlCmd::Stop => CtlCommand::Stop,
         CtlCmd::Status => CtlCommand::Status,
     };
+    if args.json {
+        let answer = ctl::request_json(&args.run_dir, &cmd)?;
+        println!("{answer}");
+        let ok = serde_json::from_str::<serde_json::Value>(&answer)
+            .is_ok_and(|v| v["ok"] == serde_json::Value::Bool(true));
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let answer = ctl::request(&args.run_dir, &cmd)?;
     println!("{answer}");
     Ok(
