@@ -23,18 +23,43 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, NodeError> {
         .map_err(NodeError::Runtime)
 }
 
-/// Connects to the NATS server at `url` as `name`.
+/// Connects as `name` to the NATS server at `url` — or to one of a
+/// cluster's servers, `url` then listing them separated by commas; each
+/// `nats://` (or `tls://`), with `user:password@` where the server wants
+/// it.  The client moves to another server of the list when its server
+/// goes away.
 pub fn connect(rt: &tokio::runtime::Runtime, url: &str, name: &str) -> Result<Client, NodeError> {
-    rt.block_on(
-        async_nats::ConnectOptions::new()
-            .name(name)
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(30)))
-            .connect(url),
-    )
-    .map_err(|e| NodeError::Connect {
+    let addrs: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| NodeError::Connect {
+            url: url.to_owned(),
+            reason: format!("not a NATS address: {e}"),
+        })?;
+    // The first connection goes to the first server of the list that
+    // answers; reconnects use the list and the servers the cluster
+    // announces.
+    let mut why = Vec::new();
+    for first in 0..addrs.len() {
+        let mut order = addrs.clone();
+        order.rotate_left(first);
+        order.truncate(1);
+        let r = rt.block_on(
+            async_nats::ConnectOptions::new()
+                .name(name)
+                .connection_timeout(Duration::from_secs(5))
+                .request_timeout(Some(Duration::from_secs(30)))
+                .connect(order),
+        );
+        match r {
+            Ok(c) => return Ok(c),
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    Err(NodeError::Connect {
         url: url.to_owned(),
-        reason: e.to_string(),
+        reason: why.join("; "),
     })
 }
 

@@ -44,15 +44,26 @@ fn is_node_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// `nats://HOST:PORT` from `--nats`.
+/// The server list of `--nats`: one `nats://HOST:PORT` (or `tls://…`,
+/// with `user:password@` before the host where the server wants it), or a
+/// cluster's servers separated by commas.
 fn parse_nats(nats: &str) -> Result<String, String> {
-    let addr = nats.strip_prefix("nats://").unwrap_or(nats);
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-            Ok(format!("nats://{addr}"))
+    let mut out = Vec::new();
+    for one in nats.split(',').map(str::trim) {
+        let (scheme, addr) = match one.split_once("://") {
+            Some((s @ ("nats" | "tls"), a)) => (s, a),
+            Some(_) => return Err(format!("--nats {one:?}: the scheme is nats:// or tls://")),
+            None => ("nats", one),
+        };
+        let hostport = addr.rsplit_once('@').map_or(addr, |(_, h)| h);
+        match hostport.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                out.push(format!("{scheme}://{addr}"));
+            }
+            _ => return Err(format!("--nats {one:?}: expected nats://HOST:PORT")),
         }
-        _ => Err(format!("--nats {nats:?}: expected nats://HOST:PORT")),
     }
+    Ok(out.join(","))
 }
 
 /// Checks a node list given with `flag`.
@@ -333,6 +344,16 @@ mod tests {
                 "1000"
             ]
         );
+    }
+
+    #[test]
+    fn server_lists_credentials_and_tls_are_kept() {
+        assert_eq!(
+            parse_nats("127.0.0.1:1, nats://u:p@h:2,tls://h:3").unwrap(),
+            "nats://127.0.0.1:1,nats://u:p@h:2,tls://h:3"
+        );
+        assert!(parse_nats("http://h:1").is_err());
+        assert!(parse_nats("nats://h:1,").is_err());
     }
 
     #[test]

@@ -106,3 +106,70 @@ impl Node {
         }
     }
 }
+
+/// A cluster of NATS servers on loopback (routes between all of them, no
+/// JetStream), each killable on its own.
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// Every server's client URL, comma-separated (what `--nats` takes).
+    pub url: String,
+    /// The servers.
+    pub servers: Vec<ChildGuard>,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers, or says why it cannot.
+    pub fn start(n: usize) -> Result<Self, String> {
+        let bin = server_binary().ok_or(
+            "no nats-server (run scripts/fetch-nats-server.sh, or set LOCKSTEP_NATS_SERVER)",
+        )?;
+        let free = || -> Result<u16, String> {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| format!("no free port: {e}"))
+        };
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            ports.push((free()?, free()?));
+        }
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, r)| format!("nats://127.0.0.1:{r}"))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, (client, route)) in ports.iter().enumerate() {
+            let child = Command::new(&bin)
+                .args(["-a", "127.0.0.1", "-p", &client.to_string()])
+                .args(["-n", &format!("s{i}"), "--cluster_name", "lockstep"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
+                .args(["--routes", &routes.join(",")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            servers.push(ChildGuard::new(child));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (client, _) in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *client)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server did not listen on {client}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // Give the routes a moment to form (a message to a server not yet
+        // routed is simply not seen by the others).
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Self {
+            url: ports
+                .iter()
+                .map(|(c, _)| format!("nats://127.0.0.1:{c}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            servers,
+        })
+    }
+}

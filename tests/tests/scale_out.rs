@@ -333,3 +333,106 @@ fn the_inference_host_on_a_node_answers_as_it_does_here() {
         .sum::<usize>();
     assert!(answers > 0, "the run asked the model nothing");
 }
+
+/// Three NATS servers in a cluster, three nodes: one server is SIGKILLed
+/// when the run reaches tick 150 (watched through the run's OpenMetrics
+/// endpoint).  Clients move to the other servers; a link that lost packets
+/// on the way is a recovered child failure; the journal is the one-worker
+/// run's, byte for byte.
+#[test]
+fn a_nats_server_lost_from_a_cluster_changes_nothing() {
+    use lockstep_tests::nats::NatsCluster;
+    let _w = Watchdog::new("scale_out_cluster", Duration::from_secs(300));
+    let mut cluster = match NatsCluster::start(3) {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("SKIP a_nats_server_lost_from_a_cluster_changes_nothing: {why}");
+            return;
+        }
+    };
+    let tmp = TempDir::new("scale-out-cluster");
+    let manifest = society(tmp.path(), 6, 50);
+    let ticks = 600u64;
+    let (hash, journal) = run_to(config(&manifest, tmp.path().join("ref"), 1), ticks);
+    let _nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::start(&cluster.url, n, &[]))
+        .collect();
+    let dir = tmp.path().join("cluster");
+    let mut child = Command::new(bin("lockstep"))
+        .arg("run")
+        .arg(&manifest)
+        .args([
+            "--ticks",
+            &ticks.to_string(),
+            "--workers",
+            "3",
+            "--no-board",
+        ])
+        .args([
+            "--nats",
+            &cluster.url,
+            "--nodes",
+            "a,b,c",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .arg("--run-dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(a) = line.strip_prefix("lockstep: metrics at http://") {
+                let _ = tx.send(a.trim_end_matches("/metrics").to_owned());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("no metrics address");
+    let tick = || -> Option<u64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("lockstep_tick "))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let mut killed = false;
+    while let Some(t) = tick() {
+        if t >= 150 {
+            let s = &mut cluster.servers[0];
+            s.child().kill().unwrap();
+            let _ = s.child().wait();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(killed, "the run ended before tick 150");
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        log.join().unwrap()
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&hash), "final hash differs:\n{text}");
+    let j2 = std::fs::read(dir.join("journal.lsj")).unwrap();
+    assert!(j2 == journal, "journal differs after losing a NATS server");
+}
