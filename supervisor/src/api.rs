@@ -8,7 +8,7 @@
 //! refused to the caller with the reason and the run goes on; so nothing in
 //! a journal can make `resume` fail.
 
-use crate::ctl::CtlRequest;
+use crate::ctl::{Applied, CtlRequest, ErrorCode, Refusal, Reply};
 use crate::journal::Entry;
 use crate::manifest::{self, check_agent_name, check_fuel, check_memory, check_topic};
 use crate::run::{Run, RunError, hex};
@@ -24,14 +24,18 @@ impl Run {
     /// `schedule_task`, `publish`, `send`, `join_channel`, `stop_agent`,
     /// `swap_model` path; a refusal changes nothing.
     pub fn input(&mut self, input: Input) -> Result<InputOutcome, RunError> {
+        Ok(outcome(self.input_coded(input)?))
+    }
+
+    /// [`Run::input`], with the refusal's code and the applied input's
+    /// structured facts (what the control socket's JSON answers carry).
+    pub fn input_coded(&mut self, input: Input) -> Result<Result<Applied, Refusal>, RunError> {
         let input = match self.validate(input) {
             Ok(i) => i,
-            Err(why) => return Ok(InputOutcome::Refused(why)),
+            Err(why) => return Ok(Err(why)),
         };
-        let outcome = self
-            .sim
-            .apply_inputs(std::slice::from_ref(&input))
-            .remove(0);
+        let coded = self.sim.apply_input(&input);
+        let outcome = outcome(coded.clone());
         self.record(&Entry::Input {
             tick: self.sim.tick + 1,
             input: input.clone(),
@@ -43,22 +47,27 @@ impl Run {
             j.sync()?;
         }
         self.pending.push(input);
-        Ok(outcome)
+        Ok(coded)
     }
 
     /// Checks an input and fills in what replays need (the module hash of
     /// a spawn); the reason names the field.
-    fn validate(&mut self, input: Input) -> Result<Input, String> {
+    fn validate(&mut self, input: Input) -> Result<Input, Refusal> {
         let payload = |what: &str, p: &[u8]| {
             if p.len() > MAX_EXTERNAL_PAYLOAD {
-                Err(format!(
-                    "{what}: payload of {} bytes exceeds {MAX_EXTERNAL_PAYLOAD}",
-                    p.len()
+                Err(Refusal::new(
+                    ErrorCode::Limit,
+                    format!(
+                        "{what}: payload of {} bytes exceeds {MAX_EXTERNAL_PAYLOAD}",
+                        p.len()
+                    ),
                 ))
             } else {
                 Ok(())
             }
         };
+        let bad = |m: String| Refusal::new(ErrorCode::BadRequest, m);
+        let module_refused = |m: String| Refusal::new(ErrorCode::ModuleRefused, m);
         match input {
             Input::Spawn {
                 name,
@@ -69,25 +78,28 @@ impl Run {
                 fuel,
                 blake3,
             } => {
-                check_agent_name(&name).map_err(|m| format!("spawn: name: {m}"))?;
-                check_memory(memory).map_err(|m| format!("spawn {name}: memory: {m}"))?;
-                check_fuel(fuel).map_err(|m| format!("spawn {name}: fuel: {m}"))?;
+                check_agent_name(&name).map_err(|m| bad(format!("spawn: name: {m}")))?;
+                check_memory(memory).map_err(|m| bad(format!("spawn {name}: memory: {m}")))?;
+                check_fuel(fuel).map_err(|m| bad(format!("spawn {name}: fuel: {m}")))?;
                 if !self.sim.tenants.iter().any(|t| t.name == tenant) {
-                    return Err(format!("spawn {name}: tenant: unknown tenant `{tenant}`"));
+                    return Err(Refusal::new(
+                        ErrorCode::UnknownTenant,
+                        format!("spawn {name}: tenant: unknown tenant `{tenant}`"),
+                    ));
                 }
                 let path = std::fs::canonicalize(&module)
-                    .map_err(|e| format!("spawn {name}: module {module}: {e}"))?
+                    .map_err(|e| module_refused(format!("spawn {name}: module {module}: {e}")))?
                     .display()
                     .to_string();
                 let prepared = self
                     .modules
                     .prepare(&name, &path, blake3.as_deref(), &mut self.pool)
-                    .map_err(|e| format!("spawn {name}: {e}"))?;
+                    .map_err(|e| module_refused(format!("spawn {name}: {e}")))?;
                 if prepared.facts.min_memory > memory {
-                    return Err(format!(
+                    return Err(module_refused(format!(
                         "spawn {name}: memory: the module's memory starts at {} bytes, above the limit of {memory}",
                         prepared.facts.min_memory
-                    ));
+                    )));
                 }
                 Ok(Input::Spawn {
                     name,
@@ -100,12 +112,12 @@ impl Run {
                 })
             }
             Input::Publish { topic, payload: p } => {
-                check_topic(&topic).map_err(|m| format!("publish: topic: {m}"))?;
+                check_topic(&topic).map_err(|m| bad(format!("publish: topic: {m}")))?;
                 payload("publish", &p)?;
                 Ok(Input::Publish { topic, payload: p })
             }
             Input::JoinChannel { agent, channel } => {
-                check_topic(&channel).map_err(|m| format!("join-channel: channel: {m}"))?;
+                check_topic(&channel).map_err(|m| bad(format!("join-channel: channel: {m}")))?;
                 Ok(Input::JoinChannel { agent, channel })
             }
             Input::Send { agent, payload: p } => {
@@ -120,7 +132,10 @@ impl Run {
             } => {
                 payload("task", &p)?;
                 if deps.len() > 64 {
-                    return Err(format!("task: {} dependencies (at most 64)", deps.len()));
+                    return Err(Refusal::new(
+                        ErrorCode::Limit,
+                        format!("task: {} dependencies (at most 64)", deps.len()),
+                    ));
                 }
                 Ok(Input::Task {
                     agent,
@@ -140,7 +155,7 @@ impl Run {
                 let prepared = self
                     .modules
                     .prepare(&agent, &module, Some(&blake3), &mut self.pool)
-                    .map_err(|e| format!("upgrade of {agent}: {e}"))?;
+                    .map_err(|e| module_refused(format!("upgrade of {agent}: {e}")))?;
                 let f = prepared.facts;
                 Ok(Input::Upgrade {
                     agent,
@@ -222,21 +237,31 @@ impl Run {
     /// its hash, ABI version and state layout are journaled with the input;
     /// an incompatible upgrade is refused with a clear reason.
     pub fn upgrade(&mut self, agent: &str, module: &Path) -> Result<InputOutcome, RunError> {
+        Ok(outcome(self.upgrade_coded(agent, module)?))
+    }
+
+    /// [`Run::upgrade`], with the refusal's code.
+    pub fn upgrade_coded(
+        &mut self,
+        agent: &str,
+        module: &Path,
+    ) -> Result<Result<Applied, Refusal>, RunError> {
+        let refused = |m: String| Ok(Err(Refusal::new(ErrorCode::ModuleRefused, m)));
         let path = match std::fs::canonicalize(module) {
             Ok(p) => p.display().to_string(),
             Err(e) => {
-                return Ok(InputOutcome::Refused(format!(
-                    "upgrade refused: module {}: {e}",
-                    module.display()
-                )));
+                return refused(format!("upgrade refused: module {}: {e}", module.display()));
             }
         };
         let Some(id) = self.sim.resolve(agent) else {
-            return Ok(InputOutcome::Refused(format!("no agent `{agent}`")));
+            return Ok(Err(Refusal::new(
+                ErrorCode::UnknownAgent,
+                format!("no agent `{agent}`"),
+            )));
         };
         let prepared = match self.modules.prepare(agent, &path, None, &mut self.pool) {
             Ok(p) => p,
-            Err(e) => return Ok(InputOutcome::Refused(format!("upgrade refused: {e}"))),
+            Err(e) => return refused(format!("upgrade refused: {e}")),
         };
         let limit = self
             .sim
@@ -245,12 +270,12 @@ impl Run {
             .map_or(0, |a| a.limits.memory_bytes);
         let f = prepared.facts;
         if f.min_memory > limit {
-            return Ok(InputOutcome::Refused(format!(
+            return refused(format!(
                 "upgrade refused: the module's memory starts at {} bytes, above agent {id}'s limit of {limit}",
                 f.min_memory
-            )));
+            ));
         }
-        self.input(Input::Upgrade {
+        self.input_coded(Input::Upgrade {
             agent: agent.to_owned(),
             module: path,
             blake3: hex(&f.blake3),
@@ -272,44 +297,62 @@ impl Run {
         let Some(ctl) = &self.ctl else { return Ok(()) };
         let reqs: Vec<CtlRequest> = ctl.drain();
         for r in reqs {
+            let next = self.sim.tick + 1;
             match r {
                 CtlRequest::Input(input, reply) => {
-                    let text = outcome_text(self.sim.tick + 1, &self.input(input)?);
-                    let _ = reply.send(text);
+                    let _ = reply.send(Reply::outcome(next, self.input_coded(input)?));
                 }
                 CtlRequest::Upgrade(agent, module, reply) => {
-                    let outcome = self.upgrade(&agent, Path::new(&module))?;
-                    let _ = reply.send(outcome_text(self.sim.tick + 1, &outcome));
+                    let outcome = self.upgrade_coded(&agent, Path::new(&module))?;
+                    let _ = reply.send(Reply::outcome(next, outcome));
                 }
                 CtlRequest::Snapshot(reply) => {
-                    let text = match self.snapshot_state() {
-                        Ok((file, h)) => format!(
-                            "snapshot after tick {}: {file} (state {})",
-                            self.sim.tick,
-                            hex(&h)
-                        ),
-                        Err(e) => format!("error: {e}"),
+                    let tick = self.sim.tick;
+                    let answer = match self.snapshot_state() {
+                        Ok((file, h)) => Reply::Ok {
+                            tick,
+                            text: format!("snapshot after tick {tick}: {file} (state {})", hex(&h)),
+                            data: serde_json::json!({"file": file, "state_hash": hex(&h)}),
+                        },
+                        Err(e) => Reply::Error(Refusal::new(ErrorCode::Internal, e.to_string())),
                     };
-                    let _ = reply.send(text);
+                    let _ = reply.send(answer);
                 }
                 CtlRequest::Stop(reply) => {
                     self.stop_requested = true;
-                    let _ = reply.send(format!("stopping after tick {}", self.sim.tick + 1));
+                    let _ = reply.send(Reply::Ok {
+                        tick: next,
+                        text: format!("stopping after tick {next}"),
+                        data: serde_json::json!({"stops_after_tick": next}),
+                    });
                 }
                 CtlRequest::Children(reply) => {
-                    let _ = reply.send(crate::doctor::children_json(self));
+                    let text = crate::doctor::children_json(self);
+                    let data = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+                    let _ = reply.send(Reply::Ok {
+                        tick: self.sim.tick,
+                        text,
+                        data,
+                    });
                 }
                 CtlRequest::Status(reply) => {
                     let c = &self.sim.counters;
-                    let _ = reply.send(format!(
-                        "tick {} hash {} agents {} steps {} messages {} faults {}",
-                        self.sim.tick,
-                        hex(&self.sim.hash),
-                        self.sim.live_agents().count(),
-                        c.steps,
-                        c.messages,
-                        c.faults
-                    ));
+                    let (tick, hash) = (self.sim.tick, hex(&self.sim.hash));
+                    let agents = self.sim.live_agents().count();
+                    let _ = reply.send(Reply::Ok {
+                        tick,
+                        text: format!(
+                            "tick {tick} hash {hash} agents {agents} steps {} messages {} faults {}",
+                            c.steps, c.messages, c.faults
+                        ),
+                        data: serde_json::json!({
+                            "hash": hash,
+                            "agents": agents,
+                            "steps": c.steps,
+                            "messages": c.messages,
+                            "faults": c.faults,
+                        }),
+                    });
                 }
             }
         }
@@ -317,9 +360,9 @@ impl Run {
     }
 }
 
-fn outcome_text(tick: u64, o: &InputOutcome) -> String {
+fn outcome(o: Result<Applied, Refusal>) -> InputOutcome {
     match o {
-        InputOutcome::Applied(s) => format!("applied at tick {tick}: {s}"),
-        InputOutcome::Refused(s) => format!("refused: {s}"),
+        Ok(a) => InputOutcome::Applied(a.text),
+        Err(r) => InputOutcome::Refused(r.message),
     }
 }

@@ -2,9 +2,20 @@
 //! `<run-dir>/control.sock`.
 //!
 //! One request per connection: a JSON line ([`CtlCommand`]), answered with
-//! one text line once the supervisor has applied it at a tick boundary.
-//! Inputs are journaled with the tick they apply at, so a replay reproduces
-//! them.
+//! one line once the supervisor has applied it at a tick boundary.  Inputs
+//! are journaled with the tick they apply at, so a replay reproduces them.
+//!
+//! The answer is a line of prose unless the request carries
+//! `"format": "json"`; then it is one JSON object:
+//!
+//! ```text
+//! {"ok":true,"tick":N,"data":{…}}
+//! {"ok":false,"code":"unknown-agent","message":"no agent `x`"}
+//! ```
+//!
+//! `tick` is the tick an input applies at (the next one), the tick a
+//! snapshot or status was taken after, or the last tick before a stop.
+//! `code` is one of [`ErrorCode`]'s stable names.
 
 use crate::sim::Input;
 use serde::{Deserialize, Serialize};
@@ -97,6 +108,183 @@ pub enum CtlCommand {
     /// The run's children: name, role, pid and sandbox report, as one JSON
     /// line (what `lockstep doctor` reads).
     Children,
+    /// Make an agent a member of a channel from the next tick on.
+    JoinChannel {
+        /// Agent name or `#id`.
+        agent: String,
+        /// Channel.
+        channel: String,
+    },
+}
+
+/// Why a request failed: stable names that scripts and clients may match
+/// on (the message is for people and may change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The request is not a valid command, or a field is out of its range
+    /// (agent name, memory, fuel, topic or channel name).
+    BadRequest,
+    /// No agent of that name or `#id`.
+    UnknownAgent,
+    /// No tenant of that name.
+    UnknownTenant,
+    /// The manifest declares no such model, or no such version of it.
+    UnknownModel,
+    /// An agent of that name (or a task of that id) already exists.
+    Conflict,
+    /// The agent is stopped or not yet started.
+    NotRunning,
+    /// The module cannot be read, fails its checks, does not match its
+    /// pinned hash or needs more memory than the agent's limit.
+    ModuleRefused,
+    /// An upgrade's module speaks another ABI major version or changes the
+    /// state layout without exporting `agent_migrate`.
+    IncompatibleUpgrade,
+    /// A task depends on itself, on a failed task or on an unknown task.
+    BadDependency,
+    /// A quota, size or count limit (tenant agents or memory, payload
+    /// size, number of dependencies, agent ids).
+    Limit,
+    /// The run is stopping or has stopped; nothing was applied.
+    Stopping,
+    /// The run did not answer in time (paused or stuck).
+    Timeout,
+    /// The supervisor failed to do it (for example a snapshot write).
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownAgent,
+        ErrorCode::UnknownTenant,
+        ErrorCode::UnknownModel,
+        ErrorCode::Conflict,
+        ErrorCode::NotRunning,
+        ErrorCode::ModuleRefused,
+        ErrorCode::IncompatibleUpgrade,
+        ErrorCode::BadDependency,
+        ErrorCode::Limit,
+        ErrorCode::Stopping,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+    ];
+
+    /// The stable kebab-case name.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad-request",
+            ErrorCode::UnknownAgent => "unknown-agent",
+            ErrorCode::UnknownTenant => "unknown-tenant",
+            ErrorCode::UnknownModel => "unknown-model",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::NotRunning => "not-running",
+            ErrorCode::ModuleRefused => "module-refused",
+            ErrorCode::IncompatibleUpgrade => "incompatible-upgrade",
+            ErrorCode::BadDependency => "bad-dependency",
+            ErrorCode::Limit => "limit",
+            ErrorCode::Stopping => "stopping",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A refused input: its code and the reason (the reason is what the
+/// journal records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// The reason, for people.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// An applied input: the prose the journal records and the same facts as
+/// JSON for structured answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// Prose.
+    pub text: String,
+    /// Structured facts (ids, counts).
+    pub data: serde_json::Value,
+}
+
+/// What the run answers to a request, rendered as prose or JSON by the
+/// connection that asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Done (or accepted for the next tick).
+    Ok {
+        /// See the module documentation.
+        tick: u64,
+        /// The prose answer.
+        text: String,
+        /// The structured answer.
+        data: serde_json::Value,
+    },
+    /// An input was refused; nothing changed.
+    Refused(Refusal),
+    /// Something failed.
+    Error(Refusal),
+}
+
+impl Reply {
+    /// The prose line (what `lockstep ctl` has always printed).
+    pub fn prose(&self) -> String {
+        match self {
+            Reply::Ok { text, .. } => text.clone(),
+            Reply::Refused(r) => format!("refused: {}", r.message),
+            Reply::Error(r) => format!("error: {}", r.message),
+        }
+    }
+
+    /// The JSON line (keys in the documented order).
+    pub fn json(&self) -> String {
+        match self {
+            Reply::Ok { tick, data, .. } => format!(r#"{{"ok":true,"tick":{tick},"data":{data}}}"#),
+            Reply::Refused(r) | Reply::Error(r) => format!(
+                r#"{{"ok":false,"code":"{}","message":{}}}"#,
+                r.code.code(),
+                serde_json::Value::from(r.message.as_str())
+            ),
+        }
+    }
+
+    /// Answer for an applied or refused input taking effect at `tick`.
+    pub fn outcome(tick: u64, outcome: Result<Applied, Refusal>) -> Self {
+        match outcome {
+            Ok(a) => Reply::Ok {
+                tick,
+                text: format!("applied at tick {tick}: {}", a.text),
+                data: a.data,
+            },
+            Err(r) => Reply::Refused(r),
+        }
+    }
 }
 
 fn default_tenant() -> String {
@@ -112,22 +300,22 @@ fn default_fuel() -> u64 {
 /// A request handed to the run loop.
 #[derive(Debug)]
 pub enum CtlRequest {
-    /// An input to apply; the outcome text goes back on the sender.
-    Input(Input, mpsc::Sender<String>),
+    /// An input to apply; the outcome goes back on the sender.
+    Input(Input, mpsc::Sender<Reply>),
     /// Hot-swap (agent, module path).
-    Upgrade(String, String, mpsc::Sender<String>),
+    Upgrade(String, String, mpsc::Sender<Reply>),
     /// Snapshot now.
-    Snapshot(mpsc::Sender<String>),
+    Snapshot(mpsc::Sender<Reply>),
     /// Stop the run.
-    Stop(mpsc::Sender<String>),
+    Stop(mpsc::Sender<Reply>),
     /// Status line.
-    Status(mpsc::Sender<String>),
+    Status(mpsc::Sender<Reply>),
     /// The children, as JSON.
-    Children(mpsc::Sender<String>),
+    Children(mpsc::Sender<Reply>),
 }
 
 impl CtlCommand {
-    fn into_request(self, reply: mpsc::Sender<String>) -> CtlRequest {
+    fn into_request(self, reply: mpsc::Sender<Reply>) -> CtlRequest {
         let input = match self {
             CtlCommand::Spawn {
                 name,
@@ -169,6 +357,7 @@ impl CtlCommand {
                 payload: payload.into_bytes(),
             },
             CtlCommand::StopAgent { agent } => Input::Stop { agent },
+            CtlCommand::JoinChannel { agent, channel } => Input::JoinChannel { agent, channel },
             CtlCommand::SwapModel { id, version } => Input::SwapModel { id, version },
             CtlCommand::Upgrade { agent, module } => {
                 let module =
@@ -243,6 +432,26 @@ impl CtlServer {
     }
 }
 
+/// Parses a request line: the command and whether the answer is JSON.
+fn parse_request(line: &str) -> Result<(CtlCommand, bool), Refusal> {
+    let bad =
+        |e: serde_json::Error| Refusal::new(ErrorCode::BadRequest, format!("bad request: {e}"));
+    let mut v: serde_json::Value = serde_json::from_str(line.trim()).map_err(bad)?;
+    let json = match v.as_object_mut().and_then(|o| o.remove("format")) {
+        None => false,
+        Some(serde_json::Value::String(f)) if f == "json" => true,
+        Some(serde_json::Value::String(f)) if f == "text" => false,
+        Some(other) => {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("bad request: format must be \"json\" or \"text\", not {other}"),
+            ));
+        }
+    };
+    let cmd = serde_json::from_value::<CtlCommand>(v).map_err(bad)?;
+    Ok((cmd, json))
+}
+
 fn serve(stream: UnixStream, tx: &mpsc::Sender<CtlRequest>) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
@@ -251,29 +460,60 @@ fn serve(stream: UnixStream, tx: &mpsc::Sender<CtlRequest>) {
     };
     let mut line = String::new();
     let mut reader = BufReader::new(stream.take(MAX_REQUEST));
-    let answer = match reader.read_line(&mut line) {
-        Ok(0) | Err(_) => "error: empty or unreadable request".to_owned(),
-        Ok(_) => match serde_json::from_str::<CtlCommand>(line.trim()) {
-            Err(e) => format!("error: bad request: {e}"),
-            Ok(cmd) => {
+    let (reply, json) = match reader.read_line(&mut line) {
+        Ok(0) | Err(_) => (
+            Reply::Error(Refusal::new(
+                ErrorCode::BadRequest,
+                "empty or unreadable request",
+            )),
+            // An unreadable request cannot say; answer JSON if it looks
+            // like it asked for it.
+            line.contains("\"json\""),
+        ),
+        Ok(_) => match parse_request(&line) {
+            Err(r) => (Reply::Error(r), line.contains("\"json\"")),
+            Ok((cmd, json)) => {
                 let (rtx, rrx) = mpsc::channel();
-                if tx.send(cmd.into_request(rtx)).is_err() {
-                    "error: the run is ending".to_owned()
+                let reply = if tx.send(cmd.into_request(rtx)).is_err() {
+                    Reply::Error(Refusal::new(ErrorCode::Stopping, "the run is ending"))
                 } else {
-                    rrx.recv_timeout(Duration::from_secs(120))
-                        .unwrap_or_else(|_| {
-                            "error: no answer from the run (is it stopped or paused?)".to_owned()
-                        })
-                }
+                    match rrx.recv_timeout(Duration::from_secs(120)) {
+                        Ok(r) => r,
+                        Err(mpsc::RecvTimeoutError::Timeout) => Reply::Error(Refusal::new(
+                            ErrorCode::Timeout,
+                            "no answer from the run (is it stopped or paused?)",
+                        )),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => Reply::Error(Refusal::new(
+                            ErrorCode::Stopping,
+                            "no answer from the run (is it stopped or paused?)",
+                        )),
+                    }
+                };
+                (reply, json)
             }
         },
     };
+    let answer = if json { reply.json() } else { reply.prose() };
     let _ = out.write_all(answer.as_bytes());
     let _ = out.write_all(b"\n");
 }
 
-/// Sends one command to the run in `run_dir` and returns its answer.
+/// Sends one command to the run in `run_dir` and returns its answer (prose).
 pub fn request(run_dir: &Path, cmd: &CtlCommand) -> Result<String, String> {
+    let body = serde_json::to_string(cmd).map_err(|e| e.to_string())?;
+    send_line(run_dir, &body)
+}
+
+/// Sends one command asking for the JSON answer and returns that line.
+pub fn request_json(run_dir: &Path, cmd: &CtlCommand) -> Result<String, String> {
+    let mut v = serde_json::to_value(cmd).map_err(|e| e.to_string())?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("format".into(), "json".into());
+    }
+    send_line(run_dir, &v.to_string())
+}
+
+fn send_line(run_dir: &Path, body: &str) -> Result<String, String> {
     let sock = run_dir.join("control.sock");
     let mut s = UnixStream::connect(&sock).map_err(|e| {
         format!(
@@ -281,7 +521,6 @@ pub fn request(run_dir: &Path, cmd: &CtlCommand) -> Result<String, String> {
             sock.display()
         )
     })?;
-    let body = serde_json::to_string(cmd).map_err(|e| e.to_string())?;
     s.write_all(body.as_bytes())
         .and_then(|()| s.write_all(b"\n"))
         .map_err(|e| e.to_string())?;
@@ -290,4 +529,66 @@ pub fn request(run_dir: &Path, cmd: &CtlCommand) -> Result<String, String> {
         .read_line(&mut answer)
         .map_err(|e| e.to_string())?;
     Ok(answer.trim_end().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_kebab_case() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            let s = c.code();
+            assert!(seen.insert(s), "{s} twice");
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn format_is_optional_and_checked() {
+        let (c, j) = parse_request(r#"{"cmd":"status"}"#).unwrap();
+        assert_eq!((c, j), (CtlCommand::Status, false));
+        let (c, j) = parse_request(r#"{"cmd":"status","format":"json"}"#).unwrap();
+        assert_eq!((c, j), (CtlCommand::Status, true));
+        let (c, _) =
+            parse_request(r#"{"cmd":"join-channel","agent":"a","channel":"c","format":"json"}"#)
+                .unwrap();
+        assert_eq!(
+            c,
+            CtlCommand::JoinChannel {
+                agent: "a".into(),
+                channel: "c".into()
+            }
+        );
+        let e = parse_request(r#"{"cmd":"status","format":"xml"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = parse_request(r#"{"cmd":"fly"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn replies_render_both_ways() {
+        let ok = Reply::outcome(
+            7,
+            Ok(Applied {
+                text: "sent to agent 2".into(),
+                data: serde_json::json!({"agent": 2}),
+            }),
+        );
+        assert_eq!(ok.prose(), "applied at tick 7: sent to agent 2");
+        assert_eq!(ok.json(), r#"{"ok":true,"tick":7,"data":{"agent":2}}"#);
+        let no = Reply::outcome(
+            7,
+            Err(Refusal::new(ErrorCode::UnknownAgent, "no agent `x`")),
+        );
+        assert_eq!(no.prose(), "refused: no agent `x`");
+        let v: serde_json::Value = serde_json::from_str(&no.json()).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["code"], "unknown-agent");
+        assert_eq!(v["message"], "no agent `x`");
+    }
 }

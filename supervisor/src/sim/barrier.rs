@@ -334,7 +334,7 @@ impl SimState {
             sum.events.push(Event::TaskRefused {
                 agent: from,
                 task: task_id,
-                reason,
+                reason: reason.message,
             });
         }
     }

@@ -2,18 +2,26 @@
 //! swap), applied at a tick boundary in the order they were accepted.
 
 use super::{AgentStatus, Input, InputOutcome, ModuleRec, RUNTIME_SENDER, SimState, Task, kind};
+use crate::ctl::{Applied, ErrorCode, Refusal};
 use crate::manifest::RestartPolicy;
+use serde_json::json;
 use shm_protocol::worker::{AgentLimits, WireMessage};
 
 impl SimState {
     /// Applies external inputs for the coming tick (`self.tick + 1`), in
     /// order; their effects are visible to that tick's plan.
     pub fn apply_inputs(&mut self, inputs: &[Input]) -> Vec<InputOutcome> {
-        inputs.iter().map(|i| self.apply_input(i)).collect()
+        inputs
+            .iter()
+            .map(|i| match self.apply_input(i) {
+                Ok(a) => InputOutcome::Applied(a.text),
+                Err(r) => InputOutcome::Refused(r.message),
+            })
+            .collect()
     }
 
-    /// Applies one external input.
-    fn apply_input(&mut self, input: &Input) -> InputOutcome {
+    /// Applies one external input; the refusal carries its code.
+    pub(crate) fn apply_input(&mut self, input: &Input) -> Result<Applied, Refusal> {
         let tick = self.tick + 1;
         match input {
             Input::Spawn {
@@ -26,10 +34,16 @@ impl SimState {
                 blake3,
             } => {
                 let Some(t) = self.tenants.iter().position(|x| &x.name == tenant) else {
-                    return InputOutcome::Refused(format!("unknown tenant `{tenant}`"));
+                    return Err(Refusal::new(
+                        ErrorCode::UnknownTenant,
+                        format!("unknown tenant `{tenant}`"),
+                    ));
                 };
                 if name.is_empty() || name.len() > 128 || name.starts_with('#') {
-                    return InputOutcome::Refused(format!("invalid agent name `{name}`"));
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        format!("invalid agent name `{name}`"),
+                    ));
                 }
                 let same = |m: &ModuleRec| {
                     &m.path == module
@@ -70,8 +84,11 @@ impl SimState {
                         within: 100,
                     },
                 ) {
-                    Ok(id) => InputOutcome::Applied(format!("spawned {name} as agent {id}")),
-                    Err(e) => InputOutcome::Refused(e),
+                    Ok(id) => Ok(applied(
+                        format!("spawned {name} as agent {id}"),
+                        json!({"agent": id, "name": name}),
+                    )),
+                    Err(e) => Err(e),
                 }
             }
             Input::Task {
@@ -81,7 +98,10 @@ impl SimState {
                 deps,
             } => {
                 let Some(id) = self.resolve(agent) else {
-                    return InputOutcome::Refused(format!("no agent `{agent}`"));
+                    return Err(Refusal::new(
+                        ErrorCode::UnknownAgent,
+                        format!("no agent `{agent}`"),
+                    ));
                 };
                 let task_id = self.runtime_task_id();
                 match self.add_task(Task {
@@ -93,8 +113,11 @@ impl SimState {
                     seq: 0,
                     submitted: tick,
                 }) {
-                    Ok(()) => InputOutcome::Applied(format!("task {task_id:#x} for agent {id}")),
-                    Err(e) => InputOutcome::Refused(e),
+                    Ok(()) => Ok(applied(
+                        format!("task {task_id:#x} for agent {id}"),
+                        json!({"task": format!("{task_id:#x}"), "agent": id}),
+                    )),
+                    Err(e) => Err(e),
                 }
             }
             Input::Publish { topic, payload } => {
@@ -117,14 +140,17 @@ impl SimState {
                     };
                     self.push_message(*s, msg, &mut drops);
                 }
-                InputOutcome::Applied(format!(
-                    "published on `{topic}` to {} subscribers",
-                    subs.len()
+                Ok(applied(
+                    format!("published on `{topic}` to {} subscribers", subs.len()),
+                    json!({"topic": topic, "subscribers": subs.len()}),
                 ))
             }
             Input::Send { agent, payload } => {
                 let Some(id) = self.resolve(agent) else {
-                    return InputOutcome::Refused(format!("no agent `{agent}`"));
+                    return Err(Refusal::new(
+                        ErrorCode::UnknownAgent,
+                        format!("no agent `{agent}`"),
+                    ));
                 };
                 self.notice_seq += 1;
                 let msg = WireMessage {
@@ -137,30 +163,48 @@ impl SimState {
                 };
                 let mut drops = 0;
                 self.push_message(id, msg, &mut drops);
-                InputOutcome::Applied(format!("sent to agent {id}"))
+                Ok(applied(format!("sent to agent {id}"), json!({"agent": id})))
             }
             Input::Stop { agent } => {
                 let Some(id) = self.resolve(agent) else {
-                    return InputOutcome::Refused(format!("no agent `{agent}`"));
+                    return Err(Refusal::new(
+                        ErrorCode::UnknownAgent,
+                        format!("no agent `{agent}`"),
+                    ));
                 };
                 if matches!(
                     self.agents.get(&id).map(|a| &a.status),
                     Some(AgentStatus::Stopped { .. })
                 ) {
-                    return InputOutcome::Refused(format!("agent {id} is already stopped"));
+                    return Err(Refusal::new(
+                        ErrorCode::NotRunning,
+                        format!("agent {id} is already stopped"),
+                    ));
                 }
                 self.pending_stops.insert(id);
-                InputOutcome::Applied(format!("stopping agent {id}"))
+                Ok(applied(
+                    format!("stopping agent {id}"),
+                    json!({"agent": id}),
+                ))
             }
             Input::JoinChannel { agent, channel } => {
                 let Some(id) = self.resolve(agent) else {
-                    return InputOutcome::Refused(format!("no agent `{agent}`"));
+                    return Err(Refusal::new(
+                        ErrorCode::UnknownAgent,
+                        format!("no agent `{agent}`"),
+                    ));
                 };
                 if channel.is_empty() || channel.len() > 256 {
-                    return InputOutcome::Refused("channel names are 1 to 256 bytes".into());
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        "channel names are 1 to 256 bytes",
+                    ));
                 }
                 self.channels.entry(channel.clone()).or_default().insert(id);
-                InputOutcome::Applied(format!("agent {id} joined `{channel}`"))
+                Ok(applied(
+                    format!("agent {id} joined `{channel}`"),
+                    json!({"agent": id, "channel": channel}),
+                ))
             }
             Input::Upgrade {
                 agent,
@@ -187,40 +231,58 @@ impl SimState {
         abi: u32,
         globals: &[String],
         migrates: bool,
-    ) -> InputOutcome {
+    ) -> Result<Applied, Refusal> {
         let Some(id) = self.resolve(agent) else {
-            return InputOutcome::Refused(format!("no agent `{agent}`"));
+            return Err(Refusal::new(
+                ErrorCode::UnknownAgent,
+                format!("no agent `{agent}`"),
+            ));
         };
         let Some(rec) = self.agents.get(&id) else {
-            return InputOutcome::Refused(format!("no agent `{agent}`"));
+            return Err(Refusal::new(
+                ErrorCode::UnknownAgent,
+                format!("no agent `{agent}`"),
+            ));
         };
         if matches!(
             rec.status,
             AgentStatus::Stopped { .. } | AgentStatus::Pending
         ) {
-            return InputOutcome::Refused(format!("agent {id} is not running"));
+            return Err(Refusal::new(
+                ErrorCode::NotRunning,
+                format!("agent {id} is not running"),
+            ));
         }
         let (limit, old) = (
             rec.limits.memory_bytes,
             self.modules.get(&rec.module).cloned(),
         );
         let Some(old) = old else {
-            return InputOutcome::Refused(format!("agent {id} has no module"));
+            return Err(Refusal::new(
+                ErrorCode::NotRunning,
+                format!("agent {id} has no module"),
+            ));
         };
         let old_abi = old.abi_version.unwrap_or(0x1_0000);
         if abi >> 16 != old_abi >> 16 {
-            return InputOutcome::Refused(format!(
-                "incompatible upgrade: {module} speaks ABI {}.{}, agent {id} runs ABI {}.{}",
-                abi >> 16,
-                abi & 0xFFFF,
-                old_abi >> 16,
-                old_abi & 0xFFFF
+            return Err(Refusal::new(
+                ErrorCode::IncompatibleUpgrade,
+                format!(
+                    "incompatible upgrade: {module} speaks ABI {}.{}, agent {id} runs ABI {}.{}",
+                    abi >> 16,
+                    abi & 0xFFFF,
+                    old_abi >> 16,
+                    old_abi & 0xFFFF
+                ),
             ));
         }
         if old.globals.as_deref().is_some_and(|g| g != globals) && !migrates {
-            return InputOutcome::Refused(format!(
-                "incompatible upgrade: {module} declares mutable globals {globals:?} instead of {:?} and exports no agent_migrate",
-                old.globals.unwrap_or_default()
+            return Err(Refusal::new(
+                ErrorCode::IncompatibleUpgrade,
+                format!(
+                    "incompatible upgrade: {module} declares mutable globals {globals:?} instead of {:?} and exports no agent_migrate",
+                    old.globals.unwrap_or_default()
+                ),
             ));
         }
         let module_id = match self.modules.iter().find(|(_, m)| {
@@ -251,47 +313,57 @@ impl SimState {
             a.module = module_id;
         }
         self.pending_upgrades.insert(id, module_id);
-        InputOutcome::Applied(format!(
-            "agent {id} upgrades to {module} at tick {}",
-            self.tick + 1
+        Ok(applied(
+            format!("agent {id} upgrades to {module} at tick {}", self.tick + 1),
+            json!({"agent": id, "module": module}),
         ))
     }
 
     /// Applies [`Input::SwapModel`]: refused unless the manifest declares
     /// `id` at `version`.
-    fn swap_model(&mut self, id: &str, version: &str) -> InputOutcome {
+    fn swap_model(&mut self, id: &str, version: &str) -> Result<Applied, Refusal> {
         let Some(versions) = self.model_catalog.get(id) else {
             let known: Vec<&str> = self.model_catalog.keys().map(String::as_str).collect();
-            return InputOutcome::Refused(if known.is_empty() {
-                format!("no model `{id}`: the manifest declares no models")
-            } else {
-                format!(
-                    "no model `{id}` (the manifest declares {})",
-                    known.join(", ")
-                )
-            });
+            return Err(Refusal::new(
+                ErrorCode::UnknownModel,
+                if known.is_empty() {
+                    format!("no model `{id}`: the manifest declares no models")
+                } else {
+                    format!(
+                        "no model `{id}` (the manifest declares {})",
+                        known.join(", ")
+                    )
+                },
+            ));
         };
         if !versions.contains(version) {
             let known: Vec<&str> = versions.iter().map(String::as_str).collect();
-            return InputOutcome::Refused(format!(
-                "model `{id}` has no version `{version}` (declared: {})",
-                known.join(", ")
+            return Err(Refusal::new(
+                ErrorCode::UnknownModel,
+                format!(
+                    "model `{id}` has no version `{version}` (declared: {})",
+                    known.join(", ")
+                ),
             ));
         }
         let tick = self.tick + 1;
-        match self
+        let previous = self
             .model_versions
-            .insert(id.to_owned(), version.to_owned())
-        {
+            .insert(id.to_owned(), version.to_owned());
+        let data = json!({"model": id, "version": version, "previous": previous});
+        let text = match previous {
             Some(old) if old == version => {
-                InputOutcome::Applied(format!("model `{id}` is already at version `{version}`"))
+                format!("model `{id}` is already at version `{version}`")
             }
-            Some(old) => InputOutcome::Applied(format!(
-                "model `{id}` swapped from version `{old}` to `{version}` at tick {tick}"
-            )),
-            None => InputOutcome::Applied(format!(
-                "model `{id}` set to version `{version}` at tick {tick}"
-            )),
-        }
+            Some(old) => {
+                format!("model `{id}` swapped from version `{old}` to `{version}` at tick {tick}")
+            }
+            None => format!("model `{id}` set to version `{version}` at tick {tick}"),
+        };
+        Ok(applied(text, data))
     }
+}
+
+fn applied(text: String, data: serde_json::Value) -> Applied {
+    Applied { text, data }
 }

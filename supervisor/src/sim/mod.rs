@@ -21,6 +21,7 @@ mod tests;
 
 pub use barrier::{Seal, WorkReport};
 
+use crate::ctl::{ErrorCode, Refusal};
 use crate::manifest::{Manifest, Mode, Overflow, RestartPolicy, Tenant};
 use serde::{Deserialize, Serialize};
 use shm_protocol::worker::{
@@ -679,7 +680,8 @@ impl SimState {
                 deps,
                 seq: 0,
                 submitted: 0,
-            })?;
+            })
+            .map_err(|e| e.message)?;
             ids.push(id);
         }
         Ok(s)
@@ -699,33 +701,41 @@ impl SimState {
         priority: i32,
         limits: AgentLimits,
         restart: RestartPolicy,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Refusal> {
         if self.names.contains_key(&name) {
-            return Err(format!("an agent named `{name}` already exists"));
+            return Err(Refusal::new(
+                ErrorCode::Conflict,
+                format!("an agent named `{name}` already exists"),
+            ));
         }
-        let t = self
-            .tenants
-            .get(tenant as usize)
-            .ok_or_else(|| format!("unknown tenant {tenant}"))?;
+        let t = self.tenants.get(tenant as usize).ok_or_else(|| {
+            Refusal::new(ErrorCode::UnknownTenant, format!("unknown tenant {tenant}"))
+        })?;
         let u = &self.usage[tenant as usize];
         if t.max_agents.is_some_and(|m| u.agents + 1 > m) {
-            return Err(format!(
-                "tenant `{}` is at its limit of {} agents",
-                t.name,
-                t.max_agents.unwrap_or(0)
+            return Err(Refusal::new(
+                ErrorCode::Limit,
+                format!(
+                    "tenant `{}` is at its limit of {} agents",
+                    t.name,
+                    t.max_agents.unwrap_or(0)
+                ),
             ));
         }
         if t.max_memory
             .is_some_and(|m| u.memory + limits.memory_bytes > m)
         {
-            return Err(format!(
-                "tenant `{}` would exceed its memory quota of {} bytes",
-                t.name,
-                t.max_memory.unwrap_or(0)
+            return Err(Refusal::new(
+                ErrorCode::Limit,
+                format!(
+                    "tenant `{}` would exceed its memory quota of {} bytes",
+                    t.name,
+                    t.max_memory.unwrap_or(0)
+                ),
             ));
         }
         if self.next_agent_id > MAX_AGENT_ID {
-            return Err("agent ids exhausted".into());
+            return Err(Refusal::new(ErrorCode::Limit, "agent ids exhausted"));
         }
         let id = self.next_agent_id;
         self.next_agent_id += 1;
@@ -759,28 +769,41 @@ impl SimState {
     }
 
     /// Submits a task, checking its target and dependencies.
-    fn add_task(&mut self, mut task: Task) -> Result<(), String> {
+    fn add_task(&mut self, mut task: Task) -> Result<(), Refusal> {
+        let dep = |m: String| Refusal::new(ErrorCode::BadDependency, m);
         if !self.agents.contains_key(&task.agent) {
-            return Err(format!("task {:#x}: no agent {}", task.id, task.agent));
+            return Err(Refusal::new(
+                ErrorCode::UnknownAgent,
+                format!("task {:#x}: no agent {}", task.id, task.agent),
+            ));
         }
         if self.tasks.open.contains_key(&task.id)
             || self.tasks.completed.contains(&task.id)
             || self.tasks.failed.contains(&task.id)
         {
-            return Err(format!("task {:#x} already exists", task.id));
+            return Err(Refusal::new(
+                ErrorCode::Conflict,
+                format!("task {:#x} already exists", task.id),
+            ));
         }
         for d in &task.deps {
             if *d == task.id {
-                return Err(format!("task {:#x} depends on itself (cycle)", task.id));
+                return Err(dep(format!(
+                    "task {:#x} depends on itself (cycle)",
+                    task.id
+                )));
             }
             if self.tasks.failed.contains(d) {
-                return Err(format!("task {:#x} depends on failed task {d:#x}", task.id));
+                return Err(dep(format!(
+                    "task {:#x} depends on failed task {d:#x}",
+                    task.id
+                )));
             }
             if !self.tasks.open.contains_key(d) && !self.tasks.completed.contains(d) {
-                return Err(format!(
+                return Err(dep(format!(
                     "task {:#x} depends on unknown task {d:#x} (missing dependency)",
                     task.id
-                ));
+                )));
             }
         }
         // Dependencies must already exist, so no cycle can form.
