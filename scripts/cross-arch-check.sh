@@ -15,8 +15,8 @@
 #
 # Environment: LOCKSTEP_QEMU_CPU picks the emulated CPU (default
 # neoverse-n1: Armv8.2 with dot-product, no SVE, like AWS Graviton2 or
-# Ampere Altra; also cortex-a76, cortex-a72, and any model qemu knows from
-# qemu 8.2 on).
+# Ampere Altra; also cortex-a76 and cortex-a72; other models only with a
+# qemu that emulates /proc/cpuinfo, see below).
 #
 # What it needs (installed with apt-get when run as root, idempotently):
 # gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user for the cross
@@ -46,9 +46,9 @@
 #   qemu-aarch64 on the aarch64 child: qemu-user hands the guest's execve to
 #   the host kernel, which cannot run an aarch64 ELF without a binfmt_misc
 #   registration (none here, none needed).
-# * qemu older than 8.2 shows an aarch64 guest the host's /proc/cpuinfo, and
-#   ONNX Runtime crashes on it; the aarch64 commands then run in a private
-#   mount namespace with the emulated CPU's /proc/cpuinfo (needs root).
+# * qemu 7.2 shows an aarch64 guest the host's /proc/cpuinfo, and ONNX
+#   Runtime crashes on it; the aarch64 commands run in a private mount
+#   namespace with the emulated CPU's /proc/cpuinfo (needs root).
 #
 # Result at the time of writing: DIFFERENT, from the first Magika answer
 # on (ONNX Runtime's aarch64 Reciprocal and ReduceSum kernels round
@@ -237,30 +237,29 @@ EOF
 done
 
 # ONNX Runtime reads the CPU's model (MIDR) from /proc/cpuinfo through
-# the cpuinfo library.  qemu-user emulates that file for aarch64 guests only
-# from qemu 8.2 on; older ones (Debian 12 ships 7.2) show the host's x86_64
-# file, in which cpuinfo finds no Arm core, and ORT crashes on a null
-# pointer while creating its CPU description (SIGSEGV at start-up of the
-# inference host).  There the aarch64 run happens in a private mount
-# namespace in which /proc/cpuinfo is the file the emulated CPU would have.
-qemu_version=$("$QEMU" --version | sed -n '1s/.*version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
-read -r qemu_major qemu_minor <<<"$qemu_version"
+# the cpuinfo library.  qemu-user 7.2 (Debian 12) shows an aarch64 guest the
+# host's x86_64 file, in which cpuinfo finds no Arm core, and ORT crashes on
+# a null pointer while creating its CPU description (SIGSEGV at start-up of
+# the inference host); later qemu versions emulate the file.  So the
+# aarch64 commands run in a private mount namespace in which /proc/cpuinfo
+# is the file the emulated CPU would have (harmless where qemu emulates it
+# anyway).  Without root or a known CPU model they run as they are.
 FAKE_CPUINFO=
-if ((qemu_major < 8 || (qemu_major == 8 && qemu_minor < 2))); then
-    # MIDR fields of qemu's CPU models (target/arm/cpu64.c).
-    case "$QEMU_CPU" in
-        neoverse-n1) midr=(0x41 0x4 0xd0c 1) feats="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs" ;;
-        cortex-a76) midr=(0x41 0x4 0xd0b 1) feats="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs" ;;
-        cortex-a72) midr=(0x41 0x0 0xd08 3) feats="fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid" ;;
-        *) die "qemu $qemu_major.$qemu_minor does not emulate /proc/cpuinfo; LOCKSTEP_QEMU_CPU=$QEMU_CPU needs qemu >= 8.2 (or use neoverse-n1, cortex-a76, cortex-a72)" ;;
-    esac
-    [[ $(id -u) == 0 ]] && command -v unshare >/dev/null 2>&1 ||
-        die "qemu $qemu_major.$qemu_minor: the aarch64 run needs root and unshare(1) to stand in for /proc/cpuinfo (or qemu >= 8.2)"
+# MIDR fields of qemu's CPU models (target/arm/cpu64.c).
+case "$QEMU_CPU" in
+    neoverse-n1) midr=(0x41 0x4 0xd0c 1) feats="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs" ;;
+    cortex-a76) midr=(0x41 0x4 0xd0b 1) feats="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs" ;;
+    cortex-a72) midr=(0x41 0x0 0xd08 3) feats="fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid" ;;
+    *) midr=() ;;
+esac
+if ((${#midr[@]})) && [[ $(id -u) == 0 ]] && command -v unshare >/dev/null 2>&1; then
     FAKE_CPUINFO="$WORK/cpuinfo"
     for i in $(seq 0 $(($(nproc) - 1))); do
         printf 'processor\t: %d\nBogoMIPS\t: 50.00\nFeatures\t: %s\nCPU implementer\t: %s\nCPU architecture: 8\nCPU variant\t: %s\nCPU part\t: %s\nCPU revision\t: %s\n\n' \
             "$i" "$feats" "${midr[@]}"
     done >"$FAKE_CPUINFO"
+else
+    log "warning: /proc/cpuinfo left as it is (needs root, unshare(1) and LOCKSTEP_QEMU_CPU neoverse-n1, cortex-a76 or cortex-a72); ONNX Runtime crashes under qemu versions that do not emulate it"
 fi
 
 # x86_64: the native binaries with the pinned x86_64 library.
