@@ -18,6 +18,14 @@ use shm_protocol::control::{ExitCode, Role};
 use shm_protocol::{Endpoint, WaitPolicy};
 use std::path::PathBuf;
 
+/// Whether `s` names an inference device: `cpu`, `auto`, `cuda` or
+/// `cuda:N` (the inference host's `--device`).
+pub fn is_device(s: &str) -> bool {
+    matches!(s, "cpu" | "auto" | "cuda")
+        || s.strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Installs the stderr `tracing` subscriber (idempotent).
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")

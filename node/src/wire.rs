@@ -91,10 +91,7 @@ impl Hosted {
                 device,
                 intra_threads,
             } => {
-                let ok = matches!(device.as_str(), "cpu" | "auto" | "cuda")
-                    || device.strip_prefix("cuda:").is_some_and(|n| {
-                        !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit())
-                    });
+                let ok = lockstep_common::is_device(device);
                 if !ok {
                     return Err(format!("device {device:?} (cpu, auto, cuda or cuda:N)"));
                 }

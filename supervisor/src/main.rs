@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a manifest.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Send a command to a running supervisor.
     Ctl(CtlArgs),
     /// Summarise a run directory.
@@ -227,10 +227,23 @@ struct RunArgs {
     /// printed).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// The inference host's device: `cpu` (default: bit-reproducible),
+    /// `auto` (CUDA when it loads, else CPU; the choice is logged) or
+    /// `cuda` / `cuda:N`.
+    #[arg(long, value_parser = parse_device)]
+    device: Option<String>,
     /// With `--metrics`: also one series per agent (fuel, step time of its
     /// sampled ticks) — as many series as agents.
     #[arg(long, requires = "metrics")]
     metrics_agents: bool,
+}
+
+fn parse_device(s: &str) -> Result<String, String> {
+    if lockstep_common::is_device(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("`{s}`: expected cpu, auto, cuda or cuda:N"))
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -360,9 +373,9 @@ struct LogArgs {
     /// Only ticks in this range (`5`, `10..20`, `100..`).
     #[arg(long)]
     tick: Option<String>,
-    /// Only entries about this agent id.
+    /// Only entries about this agent: its name (`counter-3`) or id.
     #[arg(long)]
-    agent: Option<u64>,
+    agent: Option<String>,
     /// Only entries of this kind.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(lockstep_supervisor::journal::Entry::KINDS))]
     kind: Option<String>,
@@ -392,7 +405,7 @@ fn main() -> ExitCode {
     lockstep_common::init_logging("warn");
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Ctl(args) => ctl_cmd(args),
         Command::Inspect { run_dir } => inspect(&run_dir),
         Command::Doctor { run_dir, json } => doctor(&run_dir, json),
@@ -502,6 +515,9 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     }
     cfg.hang_timeout = Duration::from_millis(args.hang_timeout_ms.max(10));
     cfg.inference.hang_timeout = cfg.hang_timeout;
+    if let Some(d) = &args.device {
+        cfg.inference.device = d.clone();
+    }
     if let Some(nats) = args.nats.as_ref().filter(|_| !args.nodes.is_empty()) {
         cfg.remote = Some(lockstep_supervisor::remote::RemoteWorkers::new(
             nats,
@@ -1009,8 +1025,31 @@ fn entry_agent(e: &Entry) -> Option<u64> {
     }
 }
 
+/// The id of agent `which` (a number, or a name the run knew at its
+/// newest checkpoint: the manifest's agents and those spawned before it).
+fn agent_id(run_dir: &Path, which: &str) -> Result<u64, BoxError> {
+    if let Ok(id) = parse_u64(which) {
+        return Ok(id);
+    }
+    let rec = replay::Recorded::open(run_dir)?;
+    let body = rec.checkpoint_at_or_before(rec.last_tick)?;
+    body.scheduler.names.get(which).copied().ok_or_else(|| {
+        format!(
+            "--agent {which:?}: no agent of that name in {} at tick {} (an agent spawned after that checkpoint is known by its id only)",
+            run_dir.display(),
+            body.tick
+        )
+        .into()
+    })
+}
+
 fn log(args: LogArgs) -> Result<ExitCode, BoxError> {
     let j = journal::read_journal(&args.run_dir.join("journal.lsj"))?;
+    let agent = args
+        .agent
+        .as_deref()
+        .map(|a| agent_id(&args.run_dir, a))
+        .transpose()?;
     let range = args.tick.as_deref().map(parse_range).transpose()?;
     for e in &j.entries {
         if let Some((a, b)) = range
@@ -1023,7 +1062,7 @@ fn log(args: LogArgs) -> Result<ExitCode, BoxError> {
         {
             continue;
         }
-        if let Some(agent) = args.agent {
+        if let Some(agent) = agent {
             let matches = entry_agent(e) == Some(agent)
                 || matches!(e, Entry::Inference { answers, .. } if answers.iter().any(|a| a.0 == agent));
             if !matches {

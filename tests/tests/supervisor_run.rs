@@ -448,3 +448,71 @@ fn log_refuses_an_unknown_entry_kind() {
         "{err}"
     );
 }
+
+#[test]
+fn log_takes_agent_names_as_well_as_ids() {
+    let _w = Watchdog::new("log_agent_names", Duration::from_secs(120));
+    let tmp = TempDir::new("log-agent-names");
+    let manifest = tmp.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[run]\nseed = 3\nticks = 20\nworkers = 1\n\n\
+             [[agents]]\nname = \"calm\"\nmodule = \"{}\"\n\n\
+             [[agents]]\nname = \"boom\"\nmodule = \"{}\"\n",
+            agent("counter"),
+            agent("trap")
+        ),
+    )
+    .unwrap();
+    let dir = tmp.path().join("run");
+    let out = Command::new(bin("lockstep"))
+        .arg("run")
+        .arg(&manifest)
+        .args(["--no-board", "--no-metrics", "--run-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = |who: &str| {
+        Command::new(bin("lockstep"))
+            .arg("log")
+            .arg(&dir)
+            .args(["--agent", who])
+            .output()
+            .unwrap()
+    };
+    // Agent ids count from 1 in manifest order: calm is 1, boom 2.
+    let (by_name, by_id) = (log("boom"), log("2"));
+    assert!(
+        by_name.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_name.stderr)
+    );
+    assert!(
+        !by_name.stdout.is_empty(),
+        "the trapping agent has journal entries"
+    );
+    assert_eq!(by_name.stdout, by_id.stdout);
+    assert_ne!(by_name.stdout, log("calm").stdout);
+    let nobody = log("nobody");
+    let err = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        !nobody.status.success() && err.contains("\"nobody\""),
+        "{err}"
+    );
+    let bad = Command::new(bin("lockstep"))
+        .arg("run")
+        .arg(&manifest)
+        .args(["--device", "tpu"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("`tpu`: expected cpu, auto, cuda or cuda:N")
+    );
+}
