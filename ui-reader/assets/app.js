@@ -155,7 +155,7 @@ function renderMeta() {
   $('workers').textContent = m.workers === undefined ? '–' : String(m.workers);
   $('rundir').textContent = meta.run_dir || meta.board;
   const run = meta.run_dir || 'RUN';
-  $('log-cmd').textContent = 'lockstep log ' + shq(run) + ' --json';
+  $('log-cmd').textContent = 'lockstep log ' + shq(run) + ' --kind input';
   if (!$('fork-into').value) $('fork-into').value = run.replace(/\/+$/, '') + '-fork';
   renderFork();
 }

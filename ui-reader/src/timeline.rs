@@ -17,7 +17,7 @@
 //! supervisor's own types, whose reader lives in the supervisor crate; so
 //! the external inputs it holds (`ctl` commands such as spawns, kills and
 //! module upgrades) are not on this timeline: `lockstep log <run-dir>
-//! --json` prints them, and the page says so.
+//! --kind input` prints them, and the page says so.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
