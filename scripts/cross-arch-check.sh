@@ -194,30 +194,12 @@ done
 # --- 3. ONNX Runtime for aarch64 ------------------------------------------------
 
 if [[ ! -f $ARM_ORT || $(sha "$ARM_ORT") != "$ARM_LIB_SHA256" ]]; then
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' EXIT
-    log "downloading $ARM_WHEEL from PyPI"
-    python3 -m pip download --quiet --no-deps --only-binary=:all: \
-        --platform manylinux_2_28_aarch64 --python-version 3.11 \
-        --implementation cp --abi cp311 \
-        "onnxruntime==${ORT_VERSION}" -d "$tmp" >&2
-    [[ -f $tmp/$ARM_WHEEL ]] || die "pip did not produce $ARM_WHEEL (got: $(ls "$tmp"))"
-    got=$(sha "$tmp/$ARM_WHEEL")
-    [[ $got == "$ARM_WHEEL_SHA256" ]] ||
-        die "SHA-256 mismatch for $ARM_WHEEL: expected $ARM_WHEEL_SHA256, got $got"
-    python3 - "$tmp/$ARM_WHEEL" "$ARM_LIB_MEMBER" "$tmp/lib" <<'EOF'
-import sys, zipfile
-wheel, member, out = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
-    while chunk := src.read(1 << 20):
-        dst.write(chunk)
-EOF
-    got=$(sha "$tmp/lib")
-    [[ $got == "$ARM_LIB_SHA256" ]] ||
-        die "SHA-256 mismatch for $ARM_LIB_MEMBER: expected $ARM_LIB_SHA256, got $got"
-    mkdir -p "$ARM_ORT_DIR"
-    chmod 0644 "$tmp/lib"
-    mv -f "$tmp/lib" "$ARM_ORT"
+    # shellcheck source=lib/pinned-wheel.sh
+    . "$ROOT/scripts/lib/pinned-wheel.sh"
+    pinned_wheel_member "$ARM_WHEEL" "$ARM_WHEEL_SHA256" "$ARM_LIB_MEMBER" "$ARM_LIB_SHA256" \
+        "$ARM_ORT" 0644 -- --platform manylinux_2_28_aarch64 --python-version 3.11 \
+        --implementation cp --abi cp311 "onnxruntime==${ORT_VERSION}" ||
+        die "could not install $ARM_ORT"
     log "installed $ARM_ORT"
 fi
 

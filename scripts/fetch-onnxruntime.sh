@@ -48,41 +48,11 @@ if [[ -f $lib && $(sha "$lib") == "$LIB_SHA256" ]]; then
     exit 0
 fi
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-log "downloading $WHEEL from PyPI"
-python3 -m pip download --quiet --no-deps --only-binary=:all: \
+# shellcheck source=lib/pinned-wheel.sh
+. "$repo/scripts/lib/pinned-wheel.sh"
+pinned_wheel_member "$WHEEL" "$WHEEL_SHA256" "$LIB_MEMBER" "$LIB_SHA256" "$lib" 0644 -- \
     --platform manylinux_2_28_x86_64 --python-version 3.11 \
-    --implementation cp --abi cp311 \
-    "onnxruntime==${ORT_VERSION}" -d "$tmp" >&2
-
-if [[ ! -f $tmp/$WHEEL ]]; then
-    log "pip did not produce $WHEEL (got: $(ls "$tmp"))"
-    exit 1
-fi
-got=$(sha "$tmp/$WHEEL")
-if [[ $got != "$WHEEL_SHA256" ]]; then
-    log "SHA-256 mismatch for $WHEEL: expected $WHEEL_SHA256, got $got"
-    exit 1
-fi
-
-python3 - "$tmp/$WHEEL" "$LIB_MEMBER" "$tmp/lib" <<'EOF'
-import sys, zipfile
-wheel, member, out = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
-    while chunk := src.read(1 << 20):
-        dst.write(chunk)
-EOF
-
-got=$(sha "$tmp/lib")
-if [[ $got != "$LIB_SHA256" ]]; then
-    log "SHA-256 mismatch for $LIB_MEMBER: expected $LIB_SHA256, got $got"
-    exit 1
-fi
-
-mkdir -p "$dest_dir"
-chmod 0644 "$tmp/lib"
-mv -f "$tmp/lib" "$lib"
+    --implementation cp --abi cp311 "onnxruntime==${ORT_VERSION}" ||
+    { log "could not install $lib"; exit 1; }
 log "installed $lib"
 echo "$lib"
