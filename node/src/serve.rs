@@ -26,6 +26,7 @@ use futures_util::StreamExt;
 use lockstep_common::SandboxMode;
 use lockstep_supervisor::child::{Child, ChildSpec, locate_binary};
 use lockstep_supervisor::config::WORKER_RING;
+use lockstep_supervisor::failure::chain;
 use lockstep_supervisor::inference::HOST_RING;
 use lockstep_supervisor::jail::{ChildClass, Jails, SandboxSettings};
 use lockstep_supervisor::reaper::{ChildExit, ExitKind, Reaper};
@@ -492,15 +493,4 @@ fn start(node: &Node, req: &OpenRequest, local: &str) -> Result<(Child, PidFd), 
         return Err(format!("{}{how}", chain(&e)));
     }
     Ok((child, killer))
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

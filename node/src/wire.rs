@@ -39,14 +39,9 @@ pub fn up_subject(session: &str) -> String {
     format!("lockstep.link.{session}.up")
 }
 
-/// Whether `s` may be a node name or a session id: one NATS subject token
-/// of letters, digits, `-` and `_` (at most 64).
-pub fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+/// Whether `s` may be a node name or a session id: the supervisor's rule
+/// for one NATS subject word.
+pub use lockstep_supervisor::remote::is_subject_word as is_token;
 
 /// A bridge asks a node to host one worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

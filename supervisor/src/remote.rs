@@ -36,8 +36,9 @@ pub struct RemoteWorkers {
     pub node_bin: PathBuf,
 }
 
-/// Whether `s` is a valid node name: one NATS subject word.
-fn is_node_name(s: &str) -> bool {
+/// Whether `s` can be a node name, an archive name or a link id: one NATS
+/// subject word of letters, digits, `-` and `_` (at most 64).
+pub fn is_subject_word(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -71,7 +72,7 @@ fn check_nodes(flag: &str, nodes: &[String]) -> Result<(), String> {
     if nodes.is_empty() {
         return Err(format!("{flag}: name at least one node"));
     }
-    if let Some(bad) = nodes.iter().find(|n| !is_node_name(n)) {
+    if let Some(bad) = nodes.iter().find(|n| !is_subject_word(n)) {
         return Err(format!(
             "{flag}: {bad:?} is not a node name (one word of letters, digits, `-` and `_`)"
         ));
@@ -199,7 +200,7 @@ impl Archiver {
         name: &str,
         once: bool,
     ) -> Result<Self, String> {
-        if !is_node_name(name) {
+        if !is_subject_word(name) {
             return Err(format!(
                 "archive name {name:?}: one word of letters, digits, `-` and `_` (at most 64)"
             ));
@@ -287,7 +288,7 @@ pub fn archive_name(dir: &std::path::Path) -> String {
 pub fn parse_archive_url(url: &str) -> Option<(String, String)> {
     let rest = url.strip_prefix("nats://")?;
     let (server, name) = rest.split_once('/')?;
-    (!server.is_empty() && is_node_name(name))
+    (!server.is_empty() && is_subject_word(name))
         .then(|| (format!("nats://{server}"), name.to_owned()))
 }
 
