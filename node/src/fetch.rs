@@ -138,7 +138,9 @@ async fn fetch(
             .get(&info.name)
             .await
             .map_err(|e| NodeError::Nats(format!("{}: {e}", info.name)))?;
-        let mut bytes = Vec::with_capacity(info.size);
+        // The size is the archive's claim: a hint, never an allocation of
+        // whatever it says.
+        let mut bytes = Vec::with_capacity(info.size.min(64 << 20));
         obj.read_to_end(&mut bytes)
             .await
             .map_err(|e| NodeError::Nats(format!("{}: {e}", info.name)))?;
