@@ -10,8 +10,9 @@
 //!    `Run::tick()`) of the real supervisor (`lockstep_supervisor::run::Run`)
 //!    driving real `lockstep-worker` processes over their rings, for 10, 100,
 //!    1,000 and 10,000 no-op agents (a minimal WAT agent whose step
-//!    increments a global) over 1 and 2 workers.  Board, metrics and control
-//!    socket off, `checkpoint_every = 0`; warm-up ticks, then N timed ticks.
+//!    increments a global) over 1 and 2 workers.  Board (see the knobs),
+//!    metrics and control socket off, `checkpoint_every = 0`; warm-up
+//!    ticks, then N timed ticks.
 //! 2. **in-process bound** — 2 threads, each owning half of the agents as
 //!    separate wasmtime `Store`s on `lockstep_worker::engine::
 //!    deterministic_engine()` (same module instrumentation), fuel set per
@@ -33,6 +34,9 @@
 //! `LOCKSTEP_BENCH_ONLY=run,inproc,node,msg` (sections),
 //! `LOCKSTEP_BENCH_AGENTS=10,100,1000,10000`, `LOCKSTEP_BENCH_WORKERS=1,2`,
 //! `LOCKSTEP_BENCH_MSGS=10,50` (messages per agent per step),
+//! `LOCKSTEP_BENCH_BOARD=1` (runs of sections 1 and 4 publish the state
+//! board, as `lockstep run` does by default: its cost, and that of the
+//! per-agent samples it consumes every 64th tick, is then in the ticks),
 //! `LOCKSTEP_NODE_PEER` (the peer's directory).  Every figure is the median
 //! over rounds, with the min–max across rounds.
 
@@ -241,7 +245,8 @@ impl Drop for Scratch {
 }
 
 /// Starts a run of `count` instances of `module` (a file in `dir`) over
-/// `workers` workers, with board, metrics and control socket off.
+/// `workers` workers, with metrics and control socket off (the board too
+/// unless `LOCKSTEP_BENCH_BOARD=1`).
 fn start_run(dir: &Path, tag: &str, module: &str, count: u64, workers: usize) -> Run {
     let text = format!(
         "[run]\nseed = 42\nworkers = {workers}\ncheckpoint_every = 0\n\n\
@@ -258,7 +263,7 @@ fn start_run(dir: &Path, tag: &str, module: &str, count: u64, workers: usize) ->
         )
     });
     cfg.workers = workers;
-    cfg.board = false;
+    cfg.board = std::env::var("LOCKSTEP_BENCH_BOARD").is_ok_and(|v| v == "1");
     cfg.metrics = false;
     cfg.control_socket = false;
     cfg.module_cache = None;
