@@ -50,14 +50,17 @@
 #   Runtime crashes on it; the aarch64 commands run in a private mount
 #   namespace with the emulated CPU's /proc/cpuinfo (needs root).
 #
-# Result at the time of writing: DIFFERENT, from the first Magika answer
-# on (ONNX Runtime's aarch64 Reciprocal and ReduceSum kernels round
-# differently; ARCHITECTURE.md, "Portability"); agents and the MLP agree
-# bit for bit.  Timings (2 vCPUs): docs/benchmarks.md, "Across
-# architectures" — about 100 s warm, but a cold run cross-builds std,
-# wasmtime and the rest first (about 13 minutes).  Not part of
-# scripts/test.sh while it reports DIFFERENT; run it by hand after changes
-# to anything that computes (worker, engine, inference host, ONNX Runtime).
+# Result at the time of writing: EQUAL (final hash, journal bytes and both
+# cross-verifications), with the demo's Magika model in the portable form
+# scripts/gen-models.sh makes (scripts/onnx-portable.py: ONNX Runtime's
+# aarch64 Reciprocal and ReduceSum kernels round differently from x86_64's;
+# ARCHITECTURE.md, "Portability").  Timings (2 vCPUs): docs/benchmarks.md,
+# "Across architectures" — about 3 minutes warm, but a cold run cross-builds
+# std, wasmtime and the rest first (about 13 minutes) and the x86_64 release
+# build (scripts/test.sh builds debug only), which would take CI from about
+# 22 to about 45 of its 60 minutes; so it is not part of scripts/test.sh.
+# Run it after changes to anything that computes (worker, engine, inference
+# host, ONNX Runtime, models) and record the result in docs/benchmarks.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -6,7 +6,10 @@
 #
 # It also fetches one real model: Google's Magika file-type classifier
 # (model `standard_v3_3`: "bytes" i32[N,2048] -> "target_label" f32[N,214]),
-# out of the `magika` wheel on PyPI, both hashes pinned.
+# out of the `magika` wheel on PyPI, both hashes pinned, kept as
+# magika.upstream.onnx; magika.onnx is that model rewritten by
+# scripts/onnx-portable.py (the same answers on x86_64 and aarch64), its
+# bytes pinned too.
 #
 #   scripts/gen-models.sh     # -> .deps/models/{mlp,mlp_v2,mlp_fixed,broken,magika}.onnx
 set -euo pipefail
@@ -44,9 +47,15 @@ MAGIKA_MEMBER=magika/models/standard_v3_3/model.onnx
 MAGIKA_SHA256=fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c
 MAGIKA_CONFIG_MEMBER=magika/models/standard_v3_3/config.min.json
 MAGIKA_CONFIG_SHA256=ae24c742205358f6ff6dfd5facb6743fb69743dbba8373e73da58ff0cbd695db
-magika=$out/magika.onnx
+MAGIKA_PORTABLE_SHA256=d42cdc0c43185baf4dc14a6a9ca8bc9dd7bddd75e441afad39da623a358bbf86
+magika=$out/magika.upstream.onnx
+portable=$out/magika.onnx
 magika_config=$out/magika.config.json
 have() { [[ -f $1 && $(sha256sum "$1" | cut -d' ' -f1) == "$2" ]]; }
+# A directory from before the rewrite holds the upstream bytes as magika.onnx.
+if ! have "$magika" "$MAGIKA_SHA256" && have "$portable" "$MAGIKA_SHA256"; then
+    mv -f "$portable" "$magika"
+fi
 if have "$magika" "$MAGIKA_SHA256" && have "$magika_config" "$MAGIKA_CONFIG_SHA256"; then
     echo "gen-models: $magika already present" >&2
 else
@@ -75,3 +84,17 @@ else
     extract "$MAGIKA_MEMBER" "$MAGIKA_SHA256" "$magika"
     extract "$MAGIKA_CONFIG_MEMBER" "$MAGIKA_CONFIG_SHA256" "$magika_config"
 fi
+
+# The portable rewrite (ARCHITECTURE.md, "Portability"): derived bytes,
+# pinned like the rest.
+if ! have "$portable" "$MAGIKA_PORTABLE_SHA256"; then
+    "$venv/bin/python" "$repo/scripts/onnx-portable.py" "$magika" "$portable.tmp"
+    got=$(sha256sum "$portable.tmp" | cut -d' ' -f1)
+    if [[ $got != "$MAGIKA_PORTABLE_SHA256" ]]; then
+        rm -f "$portable.tmp"
+        echo "gen-models: SHA-256 mismatch for the portable Magika model: got $got" >&2
+        exit 1
+    fi
+    mv -f "$portable.tmp" "$portable"
+fi
+echo "gen-models: $portable (portable rewrite) matches its pinned SHA-256" >&2

@@ -42,8 +42,12 @@
 //! given tick's results are reproducible either way.
 //!
 //! Results are reproducible on one machine and library; across CPUs with
-//! different instruction sets (ORT picks AVX2/AVX-512/… kernels at run time)
-//! they may differ in the last bits.
+//! different instruction sets (ORT picks AVX2/AVX-512/NEON/… kernels at run
+//! time) they may differ in the last bits.  Between x86_64 and aarch64 the
+//! known culprits are `Reciprocal` and the reductions (`ReduceSum`,
+//! `ReduceMean`); `scripts/onnx-portable.py` rewrites a model without them
+//! (pairwise `Add` trees, `Div`), and the demo's models then give the same
+//! bits on both (ARCHITECTURE.md, "Portability").
 //!
 //! The bytes that are hashed are the bytes that are loaded (the file is read
 //! once), so a file swapped after the check cannot be loaded by mistake; the
