@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Lockstep's build, tests and demo need, idempotently:
 # system packages (apt, when root), the pinned ONNX Runtime library, the
-# WebAssembly agents and the test models.  Safe to run repeatedly.
+# WebAssembly agents, the test models and the text-embedding model.  Safe
+# to run repeatedly.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -18,7 +19,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     fi
 fi
 
-for step in fetch-onnxruntime.sh fetch-nats-server.sh build-agents.sh gen-models.sh; do
+for step in fetch-onnxruntime.sh fetch-nats-server.sh build-agents.sh gen-models.sh fetch-minilm.sh; do
     if [ -x "scripts/$step" ]; then
         echo "== setup: $step"
         "scripts/$step"

@@ -7,10 +7,13 @@
 //! * [`parse_or_exit`] / [`connect_or_exit`] — argument parsing and bring-up
 //!   that end the process with the documented [`ExitCode`] on failure.
 //! * [`start_heartbeat`] — a child's heartbeat, independent of its work.
+//! * [`text_model`] — the blob that carries a text model and its tokenizer
+//!   to the inference host.
 
 #![forbid(unsafe_code)]
 
 pub mod live;
+pub mod text_model;
 
 use clap::{Args, Parser};
 use shm_protocol::bootstrap::{self, SegmentSource};
