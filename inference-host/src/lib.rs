@@ -55,6 +55,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod gpu;
 pub mod magika;
 
 use ort::environment::Environment;
@@ -101,9 +102,7 @@ pub enum InferenceError {
         message: String,
     },
     /// `--device cuda` was asked for but CUDA cannot be used.
-    #[error(
-        "CUDA is not available: {0} (the pinned library is CPU-only; use --device cpu or auto, or pass --ort-lib with a CUDA build)"
-    )]
+    #[error("CUDA is not available: {0}")]
     CudaUnavailable(String),
     /// The model file cannot be read.
     #[error("cannot read model file {path}: {message}")]
@@ -223,8 +222,9 @@ pub enum DevicePref {
     Auto,
     /// CPU only.
     Cpu,
-    /// CUDA only; failing to use it is an error.
-    Cuda,
+    /// CUDA only, on this device (`cuda` is `cuda:0`); failing to use it
+    /// is an error.
+    Cuda(i32),
 }
 
 impl FromStr for DevicePref {
@@ -233,10 +233,14 @@ impl FromStr for DevicePref {
         match s {
             "auto" => Ok(Self::Auto),
             "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda),
-            other => Err(format!(
-                "unknown device {other:?} (expected auto, cpu or cuda)"
-            )),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<u16>().ok())
+                .map(|n| Self::Cuda(i32::from(n)))
+                .ok_or_else(|| {
+                    format!("unknown device {other:?} (expected auto, cpu, cuda or cuda:N)")
+                }),
         }
     }
 }
@@ -735,9 +739,17 @@ impl ModelRegistry {
         self.builder()?.commit_from_memory(bytes)
     }
 
+    /// The CUDA device sessions go to (`cuda:N`; 0 for `auto`).
+    fn cuda_device(&self) -> i32 {
+        match self.options.device {
+            DevicePref::Cuda(n) => n,
+            DevicePref::Auto | DevicePref::Cpu => 0,
+        }
+    }
+
     fn cuda_session(&self, bytes: &[u8]) -> ort::Result<Session> {
         let cuda = ort::ep::CUDA::default()
-            .with_device_id(0)
+            .with_device_id(self.cuda_device())
             .with_tf32(false)
             .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
             .build()
@@ -753,16 +765,16 @@ impl ModelRegistry {
     fn session(&mut self, bytes: &[u8]) -> Result<(Session, Device), (String, bool)> {
         let try_cuda = match self.options.device {
             DevicePref::Cpu => false,
-            DevicePref::Cuda => true,
+            DevicePref::Cuda(_) => true,
             DevicePref::Auto => self.cuda_ok != Some(false),
         };
         if try_cuda {
             match self.cuda_session(bytes) {
                 Ok(s) => {
                     self.cuda_ok = Some(true);
-                    return Ok((s, Device::Cuda(0)));
+                    return Ok((s, Device::Cuda(self.cuda_device())));
                 }
-                Err(e) if self.options.device == DevicePref::Cuda => {
+                Err(e) if matches!(self.options.device, DevicePref::Cuda(_)) => {
                     return Err((e.to_string(), true));
                 }
                 Err(e) => {

@@ -3,7 +3,10 @@
 //!
 //! Started by the supervisor with an inherited shared-memory segment
 //! (`--shm-fd`), it first loads ONNX Runtime (`--ort-lib`, else
-//! `ORT_DYLIB_PATH`, else `.deps/onnxruntime/` above the executable) and
+//! `ORT_DYLIB_PATH`, else — for CUDA — the CUDA build that
+//! `scripts/fetch-onnxruntime.sh --gpu` puts in `.deps/onnxruntime-gpu/`
+//! with the CUDA libraries of `.deps/cuda/lib` ([`gpu`]), else
+//! `.deps/onnxruntime/` above the executable) and
 //! checks it works, then attaches, says hello and serves
 //! [`Down::Inference`] commands over its ring pair, answering each with one
 //! [`Up::Inference`] from the lane (thread) of the command's model
@@ -30,6 +33,7 @@ mod lanes;
 
 use clap::Parser;
 use lockstep_common::ChildArgs;
+use lockstep_inference_host::gpu::{self, GpuRuntime};
 use lockstep_inference_host::{
     DevicePref, HostOptions, InferenceError, ModelRegistry, RssSampler, init_runtime,
     locate_ort_library,
@@ -82,8 +86,12 @@ fn fail(e: &InferenceError) -> ! {
 }
 
 /// Loads ONNX Runtime from `lib` and the registry (and probes CUDA as
-/// `--device` asks).
-fn start_runtime(args: &Args, lib: &Path) -> Result<ModelRegistry, InferenceError> {
+/// `--device` asks, with the CUDA libraries of `gpu` preloaded).
+fn start_runtime(
+    args: &Args,
+    lib: &Path,
+    gpu: Option<&GpuRuntime>,
+) -> Result<ModelRegistry, InferenceError> {
     let env = init_runtime(lib)?;
     let options = HostOptions {
         device: args.device,
@@ -91,14 +99,26 @@ fn start_runtime(args: &Args, lib: &Path) -> Result<ModelRegistry, InferenceErro
     };
     let mut registry = ModelRegistry::new(&env, options);
     registry.self_test()?;
+    let probe = |registry: &mut ModelRegistry| {
+        if let Some(dir) = gpu.and_then(|g| g.cuda_libs.as_deref()) {
+            gpu::preload_cuda_libraries(dir).map_err(InferenceError::CudaUnavailable)?;
+        }
+        registry.probe_cuda().map_err(|e| match e {
+            InferenceError::CudaUnavailable(m) => InferenceError::CudaUnavailable(format!(
+                "{}; {}",
+                m.trim_end(),
+                gpu::hint(lib, gpu::driver_version().as_deref())
+            )),
+            e => e,
+        })
+    };
     match args.device {
         DevicePref::Cpu => {}
-        DevicePref::Cuda => registry.probe_cuda()?,
-        DevicePref::Auto => {
-            if let Err(e) = registry.probe_cuda() {
-                tracing::info!(reason = %e, "--device auto: using the CPU");
-            }
-        }
+        DevicePref::Cuda(_) => probe(&mut registry)?,
+        DevicePref::Auto => match probe(&mut registry) {
+            Ok(()) => tracing::info!(lib = %lib.display(), "--device auto: using CUDA"),
+            Err(e) => tracing::info!(reason = %e, "--device auto: using the CPU"),
+        },
     }
     tracing::debug!(lib = %lib.display(), ?options, "ONNX Runtime ready");
     Ok(registry)
@@ -154,7 +174,7 @@ mod inject {
 fn class_for(device: DevicePref) -> Class {
     match device {
         DevicePref::Cpu => Class::InferenceCpu,
-        DevicePref::Cuda => Class::InferenceCuda,
+        DevicePref::Cuda(_) => Class::InferenceCuda,
         DevicePref::Auto if Path::new("/dev/nvidiactl").exists() => Class::InferenceCuda,
         DevicePref::Auto => Class::InferenceCpu,
     }
@@ -167,11 +187,20 @@ fn main() {
     // home directory, and telemetry is off).
     lockstep_common::init_logging("warn,ort::logging=error");
     let keep: Vec<i32> = args.child.shm_fd.into_iter().collect();
-    let mut jail =
-        Jail::enter(class_for(args.device), args.jail.config(&keep)).unwrap_or_else(|e| e.exit());
-    let lib = locate_ort_library(args.ort_lib.as_deref()).unwrap_or_else(|e| fail(&e));
-    if let Some(dir) = lib.parent() {
-        // ONNX Runtime and its providers are the only files read later.
+    let class = class_for(args.device);
+    let mut jail = Jail::enter(class, args.jail.config(&keep)).unwrap_or_else(|e| e.exit());
+    // A CUDA host uses the fetched CUDA build unless a library is named.
+    let named = args.ort_lib.is_some() || std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty());
+    let gpu = (class == Class::InferenceCuda && !named)
+        .then(|| gpu::locate_gpu_runtime(std::env::current_exe().ok().as_deref()))
+        .flatten();
+    let lib = match &gpu {
+        Some(g) => g.lib.clone(),
+        None => locate_ort_library(args.ort_lib.as_deref()).unwrap_or_else(|e| fail(&e)),
+    };
+    // ONNX Runtime, its providers and the CUDA libraries are the only files
+    // read later.
+    for dir in lib.parent().into_iter().chain(gpu.iter().filter_map(|g| g.cuda_libs.as_deref())) {
         jail.allow_read(dir.to_path_buf());
     }
     let rss = RssSampler::new(Duration::from_millis(100));
@@ -183,7 +212,7 @@ fn main() {
         lockstep_common::refuse_and_exit(&mut ep, &name, &e.to_string(), e.layer.exit_code())
     });
     // ONNX Runtime starts its own thread: inside Landlock, before seccomp.
-    let registry = start_runtime(&args, &lib).unwrap_or_else(|e| {
+    let registry = start_runtime(&args, &lib, gpu.as_ref()).unwrap_or_else(|e| {
         lockstep_common::refuse_and_exit(&mut ep, &name, &e.to_string(), ExitCode::Runtime)
     });
     // Beat while a model runs: the supervisor declares a silent host hung.

@@ -358,7 +358,7 @@ fn device_auto_falls_back_to_cpu_and_cuda_fails_clearly() {
     let mut cuda = ModelRegistry::new(
         env(),
         HostOptions {
-            device: DevicePref::Cuda,
+            device: DevicePref::Cuda(0),
             intra_threads: 1,
         },
     );
@@ -483,9 +483,11 @@ fn real_model_magika() {
     let a = reg.batch_infer("magika", None, &reqs, 4);
     let b = reg.batch_infer("magika", None, &reqs, 4);
     assert_eq!(a.telemetry.batches, 1);
-    // Batched and single results are NOT bitwise equal for this model (its
-    // Conv/MatMul kernels block differently for other batch sizes), but
-    // close; a given batch composition is reproducible bit for bit.
+    // Batched and single results were not bitwise equal for the upstream
+    // model (its reductions follow the vector width); the portable form the
+    // demo serves agrees on these inputs, but nothing guarantees it for
+    // Conv/MatMul at other batch sizes, so only closeness is asserted; a
+    // given batch composition is reproducible bit for bit.
     let mut batch_equals_single = true;
     let mut max_diff = 0f32;
     for (i, (ra, rb)) in a.results.iter().zip(&b.results).enumerate() {
@@ -506,4 +508,63 @@ fn real_model_magika() {
         "magika: batched == one at a time bitwise: {batch_equals_single}; max |diff| {max_diff:e}"
     );
     assert!(max_diff < 1e-4, "{max_diff}");
+}
+
+/// The demo's Magika is the upstream model rewritten by
+/// scripts/onnx-portable.py (reductions as pairwise trees of `Add`,
+/// `Reciprocal` as `Div`) so that it gives the same bits on x86_64 and
+/// aarch64.  The rewrite changes only the rounding of a few sums: on every
+/// snippet of the classifier agents' corpus it picks the same label as the
+/// upstream model, with scores within 1e-6.
+#[test]
+fn portable_magika_agrees_with_upstream() {
+    let mut reg = ModelRegistry::new(env(), cpu());
+    for (version, file) in [
+        ("upstream", "magika.upstream.onnx"),
+        ("portable", "magika.onnx"),
+    ] {
+        let p = model(file);
+        reg.load_model("magika", version, &p, &blake3_hex(&p))
+            .unwrap();
+    }
+    let corpus = common::repo().join("agents/examples/classifier/corpus");
+    let mut files: Vec<_> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "corpus {} too small", corpus.display());
+    let (mut max_diff, mut differing) = (0f32, 0usize);
+    for f in &files {
+        let t = Tensor::from_slice(
+            vec![1, 2048],
+            &lockstep_inference_host::magika::features(&std::fs::read(f).unwrap()),
+        )
+        .unwrap();
+        let up = reg
+            .infer("magika", Some("upstream"), Some("bytes"), &t)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        let port = reg
+            .infer("magika", Some("portable"), Some("bytes"), &t)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        let argmax = |v: &[f32]| {
+            (0..v.len())
+                .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+                .unwrap()
+        };
+        assert_eq!(argmax(&up), argmax(&port), "label of {}", f.display());
+        differing += usize::from(up != port);
+        for (a, b) in up.iter().zip(&port) {
+            max_diff = max_diff.max((a - b).abs());
+        }
+    }
+    eprintln!(
+        "portable vs upstream Magika: {differing} of {} snippets differ in some bit, max |diff| {max_diff:e}",
+        files.len()
+    );
+    assert!(max_diff < 1e-5, "{max_diff}");
 }
