@@ -57,6 +57,7 @@
 
 pub mod gpu;
 pub mod magika;
+pub mod text;
 
 use ort::environment::Environment;
 use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel, SessionBuilder};
@@ -195,6 +196,14 @@ pub enum InferenceError {
         expected: String,
         /// The request's shape.
         got: Vec<u64>,
+    },
+    /// A text model's request is not text it can take.
+    #[error("request to {model} refused: {reason}")]
+    BadText {
+        /// `id@version`.
+        model: String,
+        /// Why.
+        reason: String,
     },
     /// ONNX Runtime failed while running the model.
     #[error("running {model} failed: {message}")]
@@ -464,6 +473,8 @@ pub struct LoadedModel {
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
     requests: u64,
+    /// Tokenizer and pooling of a text model (`None`: a plain model).
+    text: Option<text::TextModel>,
 }
 
 impl LoadedModel {
@@ -900,7 +911,16 @@ impl ModelRegistry {
             entry.order.push(version.to_owned());
             return entry.versions.get(version).ok_or_else(|| unknown(id));
         }
-        let (session, device) = self.session(bytes).map_err(|(message, cuda)| {
+        // A text model (its tokenizer and ONNX model in one blob) or a
+        // plain ONNX model.
+        let blob = lockstep_common::text_model::decode(bytes).map_err(|e| {
+            InferenceError::InvalidModel {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
+        let onnx = blob.map_or(bytes, |b| b.model);
+        let (session, device) = self.session(onnx).map_err(|(message, cuda)| {
             if cuda {
                 InferenceError::CudaUnavailable(message)
             } else {
@@ -915,27 +935,33 @@ impl ModelRegistry {
             model: model.clone(),
             reason,
         };
-        let inputs: Vec<TensorInfo> = session
-            .inputs()
-            .iter()
-            .map(|o| info_of(o.name(), o.dtype()))
-            .collect();
-        let outputs: Vec<TensorInfo> = session
-            .outputs()
-            .iter()
-            .map(|o| info_of(o.name(), o.dtype()))
-            .collect();
-        if session.inputs().len() != 1 {
-            return Err(unsupported(format!(
-                "it has {} inputs; requests carry exactly one tensor",
-                session.inputs().len()
-            )));
-        }
-        let input = port_of(&inputs[0], session.inputs()[0].dtype()).map_err(&unsupported)?;
-        let Some(first) = session.outputs().first() else {
-            return Err(unsupported("it has no outputs".into()));
+        let (text, input, output, inputs, outputs) = if let Some(blob) = blob {
+            let p = text::prepare(blob.kind, blob.tokenizer, &session).map_err(&unsupported)?;
+            (Some(p.text), p.input, p.output, p.inputs, p.outputs)
+        } else {
+            let inputs: Vec<TensorInfo> = session
+                .inputs()
+                .iter()
+                .map(|o| info_of(o.name(), o.dtype()))
+                .collect();
+            let outputs: Vec<TensorInfo> = session
+                .outputs()
+                .iter()
+                .map(|o| info_of(o.name(), o.dtype()))
+                .collect();
+            if session.inputs().len() != 1 {
+                return Err(unsupported(format!(
+                    "it has {} inputs; requests carry exactly one tensor",
+                    session.inputs().len()
+                )));
+            }
+            let input = port_of(&inputs[0], session.inputs()[0].dtype()).map_err(&unsupported)?;
+            let Some(first) = session.outputs().first() else {
+                return Err(unsupported("it has no outputs".into()));
+            };
+            let output = port_of(&outputs[0], first.dtype()).map_err(&unsupported)?;
+            (None, input, output, inputs, outputs)
         };
-        let output = port_of(&outputs[0], first.dtype()).map_err(&unsupported)?;
         tracing::info!(%model, %device, "model loaded");
         let loaded = LoadedModel {
             id: id.to_owned(),
@@ -948,6 +974,7 @@ impl ModelRegistry {
             inputs,
             outputs,
             requests: 0,
+            text,
         };
         let entry = self.models.entry(id.to_owned()).or_default();
         entry.order.push(version.to_owned());
@@ -1022,6 +1049,9 @@ impl ModelRegistry {
         let m = self.model_mut(id, version)?;
         m.check(input_name, tensor)?;
         m.requests += 1;
+        if m.text.is_some() {
+            return text::infer_one(m, tensor);
+        }
         m.run(tensor.shape(), tensor.data())
     }
 
@@ -1056,6 +1086,9 @@ impl ModelRegistry {
             }
         };
         telemetry.device = m.device.to_string();
+        if m.text.is_some() {
+            return text::batch_infer(m, requests, max_batch, t0, telemetry);
+        }
         let mut results: Vec<Option<Result<Tensor, InferenceError>>> =
             requests.iter().map(|_| None).collect();
         // Validate, then group.
