@@ -65,6 +65,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod pipeline;
+mod text;
 pub use pipeline::Collected;
 
 /// Name of the built-in model that answers with its input (no host needed).
@@ -219,6 +220,8 @@ impl InferenceService {
                     "BLAKE3 is {actual}, the manifest pins {pin}"
                 )));
             }
+            // A text model travels with its tokenizer.
+            let (bytes, actual) = text::host_bytes(def, bytes, actual).map_err(model_err)?;
             index.insert((def.id.clone(), def.version.clone()), entries.len());
             first
                 .entry(def.id.clone())

@@ -65,8 +65,10 @@
 //! `infer("mlp")` without `@version` uses) until an `Input::SwapModel`.
 
 pub mod sandbox;
+mod text;
 
 pub use sandbox::{Isolation, ProcessLimits, SandboxDef};
+pub use text::TextModelDef;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -222,6 +224,9 @@ struct RawModel {
     blake3: Option<Spanned<String>>,
     max_batch: Option<Spanned<i64>>,
     latency_ticks: Option<Spanned<i64>>,
+    kind: Option<Spanned<String>>,
+    tokenizer: Option<Spanned<String>>,
+    tokenizer_blake3: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,6 +343,10 @@ pub struct ModelDef {
     /// between run while the inference host computes.
     #[serde(default = "one")]
     pub latency_ticks: u32,
+    /// A text model's kind and tokenizer ([`TextModelDef`]); `None`: a
+    /// plain ONNX model.
+    #[serde(default)]
+    pub text: Option<TextModelDef>,
 }
 
 fn one() -> u32 {
@@ -948,6 +957,14 @@ impl Manifest {
                     }
                 },
             };
+            let text = text::validate(
+                &cx,
+                i,
+                base,
+                m.kind.as_ref(),
+                m.tokenizer.as_ref(),
+                m.tokenizer_blake3.as_ref(),
+            )?;
             models.push(ModelDef {
                 id: id.clone(),
                 version: m.version.get_ref().clone(),
@@ -955,6 +972,7 @@ impl Manifest {
                 blake3,
                 max_batch,
                 latency_ticks,
+                text,
             });
         }
 
