@@ -128,10 +128,16 @@ else
 fi
 
 cuda_dir=${LOCKSTEP_DEPS_DIR:-$repo/.deps}/cuda/lib
-# Where a library is: .deps/cuda/lib, the loader's cache, the CUDA toolkit.
+# Where a library is: .deps/cuda/lib, LD_LIBRARY_PATH (the supervisor
+# passes it to the inference host), the loader's cache, the CUDA toolkit.
 find_lib() {
     local name=$1 d
     [[ -f $cuda_dir/$name ]] && { echo "$cuda_dir/$name"; return 0; }
+    local IFS=:
+    for d in ${LD_LIBRARY_PATH:-}; do
+        [[ -n $d && -f $d/$name ]] && { echo "$d/$name"; return 0; }
+    done
+    unset IFS
     ldconfig -p 2>/dev/null | awk -v n="$name" '$1 == n { print $NF; found = 1; exit } END { exit !found }' && return 0
     for d in /usr/local/cuda*/targets/x86_64-linux/lib /usr/local/cuda*/lib64 /usr/lib/x86_64-linux-gnu; do
         [[ -f $d/$name ]] && { echo "$d/$name"; return 0; }
