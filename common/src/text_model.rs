@@ -166,7 +166,10 @@ mod tests {
         // A plain ONNX file (first field: ir_version) is not a text model.
         assert_eq!(decode(b"\x08\x08\x12\x08lockstep").unwrap(), None);
         assert_eq!(decode(b"").unwrap(), None);
-        assert_eq!(TextKind::from_name("text-embedding"), Some(TextKind::Embedding));
+        assert_eq!(
+            TextKind::from_name("text-embedding"),
+            Some(TextKind::Embedding)
+        );
         assert_eq!(TextKind::from_name("image"), None);
     }
 

@@ -536,7 +536,9 @@ pub(crate) fn prepare(
     }
     let has = |n: &str| names.iter().any(|x| x == n);
     let allowed = ["input_ids", "attention_mask", "token_type_ids"];
-    if !has("input_ids") || !has("attention_mask") || names.iter().any(|n| !allowed.contains(&n.as_str()))
+    if !has("input_ids")
+        || !has("attention_mask")
+        || names.iter().any(|n| !allowed.contains(&n.as_str()))
     {
         return Err(format!(
             "its inputs are {names:?}; a text model takes input_ids, attention_mask and optionally token_type_ids"
@@ -644,7 +646,10 @@ pub(crate) fn run_batch(m: &mut LoadedModel, batch: &[&[i64]]) -> Result<Vec<Ten
         (Cow::Borrowed("attention_mask"), value(mask)?),
     ];
     if text.token_types {
-        inputs.push((Cow::Borrowed("token_type_ids"), value(vec![0; rows * width])?));
+        inputs.push((
+            Cow::Borrowed("token_type_ids"),
+            value(vec![0; rows * width])?,
+        ));
     }
     let dim = text.hidden;
     let outputs = m.session.run(inputs).map_err(|e| e.to_string())?;
@@ -743,11 +748,9 @@ pub(crate) fn batch_infer(
                     let one = run_batch(m, &[ids.as_slice()]);
                     telemetry.run_ns += start.elapsed().as_nanos() as u64;
                     telemetry.batches += 1;
-                    results[*i] = Some(
-                        one.map_err(|e| run_error(&label, e)).and_then(|mut v| {
-                            v.pop().ok_or_else(|| run_error(&label, "no answer".into()))
-                        }),
-                    );
+                    results[*i] = Some(one.map_err(|e| run_error(&label, e)).and_then(|mut v| {
+                        v.pop().ok_or_else(|| run_error(&label, "no answer".into()))
+                    }));
                 }
             }
         }

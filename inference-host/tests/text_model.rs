@@ -105,11 +105,15 @@ fn tokenizer_gives_the_reference_ids() {
         ),
         (
             "Héllo, Wörld! Ça va? naïve café",
-            &[101, 7592, 1010, 2088, 999, 6187, 12436, 1029, 15743, 7668, 102],
+            &[
+                101, 7592, 1010, 2088, 999, 6187, 12436, 1029, 15743, 7668, 102,
+            ],
         ),
         (
             "東京タワー [SEP] unbelievably",
-            &[101, 1879, 1755, 1709, 30262, 30265, 102, 4895, 8671, 2666, 3567, 6321, 102],
+            &[
+                101, 1879, 1755, 1709, 30262, 30265, 102, 4895, 8671, 2666, 3567, 6321, 102,
+            ],
         ),
         ("emoji 🙂 x", &[101, 7861, 29147, 2072, 100, 1060, 102]),
     ];
@@ -141,9 +145,18 @@ fn embeddings_are_unit_vectors_that_mean_something() {
     let (near, far1, far2) = (dot(&cat, &cat2), dot(&cat, &other), dot(&cat2, &other));
     eprintln!("cos(cat, cat2) = {near}, cos(cat, other) = {far1}, cos(cat2, other) = {far2}");
     assert!(near > 0.8, "paraphrases: {near}");
-    assert!(near > far1 + 0.5 && near > far2 + 0.5, "{near} vs {far1}, {far2}");
+    assert!(
+        near > far1 + 0.5 && near > far2 + 0.5,
+        "{near} vs {far1}, {far2}"
+    );
     // A direct ONNX Runtime run of the same model with numpy pooling.
-    let reference = [0.127_239_8, -0.011_875_22, -0.026_687_77, 0.048_999_11, -0.056_073_16];
+    let reference = [
+        0.127_239_8,
+        -0.011_875_22,
+        -0.026_687_77,
+        0.048_999_11,
+        -0.056_073_16,
+    ];
     for (got, want) in cat.iter().zip(reference) {
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     }
@@ -305,7 +318,11 @@ fn host_process_embeds_text_over_the_ring() {
         }
         other => panic!("{other:?}"),
     }
-    let texts = ["the cat sat on the mat", "a cat was sitting on a mat", "stocks fell"];
+    let texts = [
+        "the cat sat on the mat",
+        "a cat was sitting on a mat",
+        "stocks fell",
+    ];
     let mut reqs = requests(&texts);
     reqs.push(InferenceRequest {
         request_key: 99,

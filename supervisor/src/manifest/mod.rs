@@ -68,10 +68,10 @@ pub mod sandbox;
 mod text;
 
 pub use sandbox::{Isolation, ProcessLimits, SandboxDef};
-pub use text::TextModelDef;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+pub use text::TextModelDef;
 use toml::Spanned;
 
 /// A manifest error: file, line and field, and what is wrong.

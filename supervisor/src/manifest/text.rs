@@ -121,7 +121,8 @@ mod tests {
 
     #[test]
     fn text_models_need_a_known_kind_and_their_tokenizer() {
-        let dir = std::env::temp_dir().join(format!("lockstep-text-manifest-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("lockstep-text-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["a.wasm", "m.onnx", "tok.json"] {
             std::fs::write(dir.join(f), b"x").unwrap();
@@ -134,13 +135,22 @@ mod tests {
         .unwrap();
         let text = m.models[0].text.as_ref().unwrap();
         assert_eq!(text.tokenizer, dir.join("tok.json"));
-        assert_eq!(text.tokenizer_blake3.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(
+            text.tokenizer_blake3.as_deref(),
+            Some("ab".repeat(32).as_str())
+        );
         assert!(parse(model, &dir).unwrap().models[0].text.is_none());
 
         let e = parse(&format!("{model}kind = \"text-embedding\"\n"), &dir).unwrap_err();
-        assert!(e.contains("models[0].tokenizer") && e.contains("needs its tokenizer"), "{e}");
-        let e = parse(&format!("{model}kind = \"image\"\ntokenizer = \"tok.json\"\n"), &dir)
-            .unwrap_err();
+        assert!(
+            e.contains("models[0].tokenizer") && e.contains("needs its tokenizer"),
+            "{e}"
+        );
+        let e = parse(
+            &format!("{model}kind = \"image\"\ntokenizer = \"tok.json\"\n"),
+            &dir,
+        )
+        .unwrap_err();
         assert!(e.contains("unknown kind \"image\""), "{e}");
         let e = parse(&format!("{model}tokenizer = \"tok.json\"\n"), &dir).unwrap_err();
         assert!(e.contains("add kind"), "{e}");
