@@ -440,6 +440,10 @@ impl Run {
         let t0 = Instant::now();
         let next = self.sim.tick + 1;
         let replaying = self.timeline.recorded(next);
+        // Every delivery of the tick counts in its record: those of inputs
+        // and inference answers as well as the routed ones, so that the
+        // records add up to the run's message counter.
+        let messages_before = self.sim.counters.messages;
         // 1. Inputs.
         let (recorded, decisions) = self.timeline.take(next);
         self.sim.apply_inputs(&recorded);
@@ -521,7 +525,7 @@ impl Run {
         self.inject.at(next, Phase::Workers);
         // 4. Barrier.
         let tf = Instant::now();
-        let summary = self.sim.finish_tick(
+        let mut summary = self.sim.finish_tick(
             &plan,
             &inputs,
             &outcome.decisions,
@@ -553,6 +557,7 @@ impl Run {
         if infer.answered > 0 {
             self.inject.at(next, Phase::Inference);
         }
+        summary.messages = self.sim.counters.messages - messages_before;
         self.record(&Entry::Tick {
             tick: summary.tick,
             hash: summary.hash,

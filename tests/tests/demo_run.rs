@@ -150,6 +150,8 @@ fn answer_hash(a: &InferAnswer) -> [u8; 32] {
 
 struct Outcome {
     hash: String,
+    /// The run summary's message count.
+    messages: u64,
     journal: Vec<u8>,
     entries: Vec<Entry>,
     /// Classifier and archivist log lines seen on the live view.
@@ -179,6 +181,7 @@ fn run_demo(dir: &Path, name: &str, workers: usize) -> Outcome {
     let path = run_dir.join("journal.lsj");
     Outcome {
         hash: sum.hash,
+        messages: sum.messages,
         journal: std::fs::read(&path).unwrap(),
         entries: read_journal(&path).unwrap().entries,
         logs,
@@ -231,6 +234,17 @@ fn demo_classifies_files_reproducibly() {
     let a = run_demo(tmp.path(), "a", 2);
     let b = run_demo(tmp.path(), "b", 1);
     assert_eq!(a.hash, b.hash, "final hash, 2 vs 1 workers");
+    // The tick records count every delivery (inference answers included),
+    // so they add up to the summary's count, which `lockstep inspect` shows.
+    let recorded: u64 = a
+        .entries
+        .iter()
+        .map(|e| match e {
+            Entry::Tick { messages, .. } => *messages,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(recorded, a.messages, "messages in tick records vs summary");
     assert!(
         a.journal == b.journal,
         "journals differ between 2 and 1 workers: {:?}",
