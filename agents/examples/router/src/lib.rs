@@ -15,7 +15,8 @@
 //! desk) as a publication on topic `desk/<name>` with the payload
 //! (little-endian) `cosine: f32`, `expected desk length: u8` (0 when
 //! unknown), the expected desk's name, then the text.  It logs
-//! `routed "<text>" to <desk> (cos <c>), expected <desk>` at info level;
+//! `routed #<n> "<text>" to <desk> (cos <c>), expected <desk>` at info
+//! level;
 //! counts are readable through the extra exports `router_routed`,
 //! `router_as_expected` and `router_errors`.
 #![cfg_attr(target_arch = "wasm32", no_std)]
@@ -310,7 +311,8 @@ impl Router {
         let text = core::str::from_utf8(item.text()).unwrap_or("<not UTF-8>");
         let shown = &text[..floor_char_boundary(text, 120)];
         let _ = info!(
-            "routed \"{}\" to {} (cos {:.3}), expected {}",
+            "routed #{} \"{}\" to {} (cos {:.3}), expected {}",
+            self.routed,
             shown,
             name,
             cosine,

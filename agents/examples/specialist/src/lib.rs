@@ -7,10 +7,10 @@
 //! (little-endian) `cosine: f32`, `expected desk length: u8`, the expected
 //! desk's name (empty when unknown), then the UTF-8 text (see
 //! `agents/examples/router`).  For each it logs
-//! `desk <name>: "<text>" (cos <c>) on topic` — or `off topic, expected
-//! <desk>`, or `unlabelled` — at info level, and every
+//! `desk <name> #<n>: "<text>" (cos <c>) on topic` — or `off topic,
+//! expected <desk>`, or `unlabelled` — at info level, and every
 //! [`REPORT_EVERY`] ticks in which it got something a tally
-//! `desk <name>: <n> received, <k> on topic`.  Counts are readable through
+//! `tally: <n> received, <k> on topic`.  Counts are readable through
 //! the extra exports `specialist_received` and `specialist_on_topic`.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
@@ -82,7 +82,7 @@ impl Agent for Specialist {
         if ctx.tick % REPORT_EVERY == 0 && self.fresh > 0 {
             self.fresh = 0;
             let _ = info!(
-                "desk tally: {} received, {} on topic",
+                "tally: {} received, {} on topic",
                 self.received, self.on_topic
             );
         }
@@ -109,16 +109,18 @@ impl Agent for Specialist {
                 self.on_topic += 1;
                 ON_TOPIC.fetch_add(1, Ordering::Relaxed);
                 let _ = info!(
-                    "desk {}: \"{}\" (cos {:.3}) on topic",
+                    "desk {} #{}: \"{}\" (cos {:.3}) on topic",
                     desk,
+                    self.received,
                     shown(r.text),
                     r.cosine
                 );
             }
             Some(e) => {
                 let _ = info!(
-                    "desk {}: \"{}\" (cos {:.3}) off topic, expected {}",
+                    "desk {} #{}: \"{}\" (cos {:.3}) off topic, expected {}",
                     desk,
+                    self.received,
                     shown(r.text),
                     r.cosine,
                     e
@@ -126,8 +128,9 @@ impl Agent for Specialist {
             }
             None => {
                 let _ = info!(
-                    "desk {}: \"{}\" (cos {:.3}) unlabelled",
+                    "desk {} #{}: \"{}\" (cos {:.3}) unlabelled",
                     desk,
+                    self.received,
                     shown(r.text),
                     r.cosine
                 );
@@ -196,9 +199,9 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "desk sports: \"goal!\" (cos 0.500) on topic",
-                "desk sports: \"stocks\" (cos 0.250) off topic, expected finance",
-                "desk sports: \"hello\" (cos 0.125) unlabelled",
+                "desk sports #1: \"goal!\" (cos 0.500) on topic",
+                "desk sports #2: \"stocks\" (cos 0.250) off topic, expected finance",
+                "desk sports #3: \"hello\" (cos 0.125) unlabelled",
             ]
         );
         assert_eq!(parse(b"\x00\x00"), None);
