@@ -236,6 +236,20 @@ struct RunArgs {
     /// sampled ticks) — as many series as agents.
     #[arg(long, requires = "metrics")]
     metrics_agents: bool,
+    /// Print the agents' log lines up to LEVEL (default info) to stderr,
+    /// as `tick T [LEVEL] name: line`.
+    #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "info",
+          value_parser = clap::builder::PossibleValuesParser::new(lockstep_supervisor::telemetry::LOG_LEVELS))]
+    agent_logs: Option<String>,
+}
+
+/// The hook of `--agent-logs LEVEL`.
+fn log_printer(level: &str) -> Box<lockstep_supervisor::telemetry::LogPrinter> {
+    let max_level = lockstep_supervisor::telemetry::LOG_LEVELS
+        .iter()
+        .position(|l| *l == level)
+        .unwrap_or(2) as u8;
+    Box::new(lockstep_supervisor::telemetry::LogPrinter { max_level })
 }
 
 fn parse_device(s: &str) -> Result<String, String> {
@@ -560,6 +574,9 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;
     let run_dir = cfg.run_dir.clone();
     let mut run = Run::start(cfg)?;
+    if let Some(level) = &args.agent_logs {
+        run.register_telemetry_hook(log_printer(level));
+    }
     let exporter = match args.metrics {
         Some(addr) => {
             let e = lockstep_supervisor::openmetrics::Exporter::new(args.metrics_agents);

@@ -173,6 +173,18 @@ impl Observers {
                     let lvl =
                         ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"][usize::from(*level).min(4)];
                     self.log(format!("[{lvl}] {name}: {line}"));
+                    if !self.hooks.is_empty() {
+                        let l = crate::telemetry::AgentLogTelemetry {
+                            tick: sim.tick,
+                            agent: r.agent_id,
+                            name: name.to_owned(),
+                            level: *level,
+                            line: line.clone(),
+                        };
+                        for h in &mut self.hooks {
+                            h.on_log(&l);
+                        }
+                    }
                 }
             }
             if let Some(f) = &r.fault {

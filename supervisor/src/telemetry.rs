@@ -128,6 +128,42 @@ pub struct FailureTelemetry {
     pub line: String,
 }
 
+/// One line an agent logged (the SDK's `log`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentLogTelemetry {
+    /// Tick it was logged in.
+    pub tick: u64,
+    /// Agent id.
+    pub agent: u64,
+    /// Instance name.
+    pub name: String,
+    /// 0 error, 1 warn, 2 info, 3 debug, 4 trace.
+    pub level: u8,
+    /// The line.
+    pub line: String,
+}
+
+/// Names of the log levels, by [`AgentLogTelemetry::level`].
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// Prints agents' log lines up to a level to stderr, as `tick T [LEVEL]
+/// name: line` (`lockstep run --agent-logs`).  The lines are deterministic:
+/// a replay prints them again, the same.
+#[derive(Debug, Clone, Copy)]
+pub struct LogPrinter {
+    /// Highest level printed (index into [`LOG_LEVELS`]).
+    pub max_level: u8,
+}
+
+impl TelemetryHook for LogPrinter {
+    fn on_log(&mut self, l: &AgentLogTelemetry) {
+        if l.level <= self.max_level {
+            let lvl = LOG_LEVELS[usize::from(l.level).min(4)].to_ascii_uppercase();
+            eprintln!("tick {} [{lvl}] {}: {}", l.tick, l.name, l.line);
+        }
+    }
+}
+
 /// Receives telemetry (register with the supervisor's API).
 pub trait TelemetryHook: Send {
     /// Whether this hook wants every called agent's sample every tick
@@ -148,6 +184,8 @@ pub trait TelemetryHook: Send {
     fn on_checkpoint(&mut self, _c: &CheckpointTelemetry) {}
     /// After a child failed and was recovered.
     fn on_failure(&mut self, _f: &FailureTelemetry) {}
+    /// For every line an agent logs.
+    fn on_log(&mut self, _l: &AgentLogTelemetry) {}
 }
 
 /// Largest `metrics.jsonl` before it is rotated to `metrics.1.jsonl`

@@ -516,3 +516,49 @@ fn log_takes_agent_names_as_well_as_ids() {
         String::from_utf8_lossy(&bad.stderr).contains("`tpu`: expected cpu, auto, cuda or cuda:N")
     );
 }
+
+/// `lockstep run --agent-logs [LEVEL]` prints the agents' log lines with
+/// their tick, the same lines on every run; lines above LEVEL stay out.
+#[test]
+fn agent_logs_are_printed_on_request() {
+    let _w = Watchdog::new("agent_logs", Duration::from_secs(120));
+    let tmp = TempDir::new("agent-logs");
+    let manifest = tmp.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[run]\nseed = 3\nticks = 250\nworkers = 1\n\n\
+             [[agents]]\nname = \"calm\"\nmodule = \"{}\"\n",
+            agent("counter"),
+        ),
+    )
+    .unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = Command::new(bin("lockstep"))
+            .arg("run")
+            .arg(&manifest)
+            .args(["--no-board", "--no-metrics", "--run-dir"])
+            .arg(tmp.path().join(name))
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err.lines()
+            .filter(|l| l.starts_with("tick "))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let a = run("a", &["--agent-logs"]);
+    assert!(
+        a.iter().any(|l| l.starts_with("tick 100 [INFO] calm: ")),
+        "{a:?}"
+    );
+    assert_eq!(
+        a,
+        run("b", &["--agent-logs", "info"]),
+        "the same lines again"
+    );
+    assert!(run("c", &["--agent-logs", "warn"]).is_empty());
+    assert!(run("d", &[]).is_empty());
+}
