@@ -418,23 +418,34 @@ pub fn parse_journal(bytes: &[u8], path: &str) -> Result<JournalRead, JournalErr
             found: version,
         });
     }
+    parse_frames(&bytes[12..], 12, path)
+}
+
+/// Parses the frames in `bytes`, which start at a frame boundary found at
+/// byte `base` of the journal (the offsets returned, and those of errors,
+/// are the journal's).  A frame cut short at the end of `bytes`, or the
+/// last one with a bad checksum, is a torn tail: everything before it is
+/// returned.
+pub fn parse_frames(bytes: &[u8], base: u64, path: &str) -> Result<JournalRead, JournalError> {
     let mut entries = Vec::new();
     let mut offsets = Vec::new();
-    let mut off = 12usize;
+    let mut off = 0usize;
+    let at = |off: usize| base + off as u64;
     let corrupt = |offset: usize, reason: String| JournalError::Corrupt {
         path: path.to_owned(),
-        offset: offset as u64,
+        offset: at(offset),
         reason,
+    };
+    let torn = |entries, offsets, off| JournalRead {
+        entries,
+        offsets,
+        valid_len: at(off),
+        torn_tail: true,
     };
     while off < bytes.len() {
         let rest = &bytes[off..];
         if rest.len() < 12 {
-            return Ok(JournalRead {
-                entries,
-                offsets,
-                valid_len: off as u64,
-                torn_tail: true,
-            });
+            return Ok(torn(entries, offsets, off));
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
         let sum = u64::from_le_bytes([
@@ -449,23 +460,13 @@ pub fn parse_journal(bytes: &[u8], path: &str) -> Result<JournalRead, JournalErr
         let end = 12 + len as usize;
         if rest.len() < end {
             // Cut short by a crash: the final frame is torn.
-            return Ok(JournalRead {
-                entries,
-                offsets,
-                valid_len: off as u64,
-                torn_tail: true,
-            });
+            return Ok(torn(entries, offsets, off));
         }
         let payload = &rest[12..end];
         if checksum(payload) != sum {
             if off + end == bytes.len() {
                 // A torn write of the very last frame.
-                return Ok(JournalRead {
-                    entries,
-                    offsets,
-                    valid_len: off as u64,
-                    torn_tail: true,
-                });
+                return Ok(torn(entries, offsets, off));
             }
             return Err(corrupt(off, "checksum mismatch".into()));
         }
@@ -473,14 +474,147 @@ pub fn parse_journal(bytes: &[u8], path: &str) -> Result<JournalRead, JournalErr
             shm_protocol::codec::decode(payload).map_err(|e| corrupt(off, e.to_string()))?;
         entries.push(entry);
         off += end;
-        offsets.push(off as u64);
+        offsets.push(at(off));
     }
     Ok(JournalRead {
         entries,
         offsets,
-        valid_len: off as u64,
+        valid_len: at(off),
         torn_tail: false,
     })
+}
+
+/// What one [`JournalFollower::poll`] read.
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// The whole frames read, in order.
+    pub entries: Vec<Entry>,
+    /// The journal was replaced (retention rewrote it, or a new run
+    /// started): `entries` start again from its beginning.
+    pub restarted: bool,
+    /// Frames longer than the poll's byte budget, skipped unread.
+    pub skipped: u64,
+    /// Whether the journal holds more than was read.
+    pub more: bool,
+}
+
+/// Follows a journal that a run may still be appending to, in bounded
+/// steps, for viewers: each [`poll`](Self::poll) opens the file read-only,
+/// reads at most a given number of bytes after the last whole frame it
+/// returned, and closes it again.  A frame not yet whole — being written,
+/// or torn by a crash — is left for the next poll.  A journal replaced
+/// under the same name (retention rewrites it by renaming a new file over
+/// it) is read again from its start.
+#[derive(Debug)]
+pub struct JournalFollower {
+    path: PathBuf,
+    /// Journal offset of `pending[0]` (a frame boundary).
+    offset: u64,
+    /// Bytes read after `offset` that make no whole frame yet.
+    pending: Vec<u8>,
+    /// (device, inode) of the file being followed.
+    file: Option<(u64, u64)>,
+}
+
+impl JournalFollower {
+    /// Follows `path` from its start (nothing read yet).
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            offset: 0,
+            pending: Vec::new(),
+            file: None,
+        }
+    }
+
+    /// Journal offset up to which whole frames were returned.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Reads what was appended since the last poll, at most `budget` bytes
+    /// of it (frames longer than that are skipped).  A journal that does
+    /// not exist yet, or holds less than its header, reads as nothing.
+    pub fn poll(&mut self, budget: usize) -> Result<Followed, JournalError> {
+        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let p = self.path.display().to_string();
+        let io = |op: &'static str| {
+            let p = p.clone();
+            move |source| JournalError::Io {
+                path: p,
+                op,
+                source,
+            }
+        };
+        let mut out = Followed::default();
+        let mut file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io("open")(e)),
+        };
+        let md = file.metadata().map_err(io("fstat"))?;
+        let id = (md.dev(), md.ino());
+        if self.file.is_some_and(|f| f != id) || md.len() < self.offset {
+            out.restarted = self.offset > 0;
+            self.offset = 0;
+            self.pending.clear();
+        } else if md.len() < self.offset + self.pending.len() as u64 {
+            // A torn tail cut off (`lockstep resume`): read it again.
+            self.pending.clear();
+        }
+        self.file = Some(id);
+        let len = md.len();
+        if self.offset == 0 {
+            let mut head = [0u8; 12];
+            if len < 12 {
+                return Ok(out);
+            }
+            file.read_exact(&mut head).map_err(io("read"))?;
+            parse_journal(&head, &p)?;
+            self.offset = 12;
+        }
+        let mut left = budget as u64;
+        loop {
+            // A frame longer than the budget is skipped, once it is whole.
+            if let Some(h) = self.pending.get(..4) {
+                let n = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+                let end = self.offset + 12 + u64::from(n);
+                if n as usize > budget && n <= MAX_FRAME {
+                    if len < end {
+                        break;
+                    }
+                    self.offset = end;
+                    self.pending.clear();
+                    out.skipped += 1;
+                    continue;
+                }
+            }
+            let read_to = self.offset + self.pending.len() as u64;
+            let want = len.saturating_sub(read_to).min(left);
+            if want == 0 {
+                break;
+            }
+            file.seek(SeekFrom::Start(read_to)).map_err(io("seek"))?;
+            let before = self.pending.len();
+            (&mut file)
+                .take(want)
+                .read_to_end(&mut self.pending)
+                .map_err(io("read"))?;
+            let got = (self.pending.len() - before) as u64;
+            if got == 0 {
+                break;
+            }
+            left -= got;
+            let read = parse_frames(&self.pending, self.offset, &p)?;
+            self.pending
+                .drain(..(read.valid_len - self.offset) as usize);
+            self.offset = read.valid_len;
+            out.entries.extend(read.entries);
+        }
+        out.more = self.offset + (self.pending.len() as u64) < len;
+        Ok(out)
+    }
 }
 
 /// Fuzz entry point: parses `bytes` as a journal, then as the payload of
@@ -582,6 +716,60 @@ mod tests {
         assert!(matches!(
             read_journal(&p),
             Err(JournalError::BadMagic { .. })
+        ));
+    }
+
+    #[test]
+    fn follower_reads_whole_frames_as_they_come() {
+        let d = tmp("follow");
+        let p = d.join("j");
+        let _ = std::fs::remove_file(&p);
+        let mut f = JournalFollower::new(&p);
+        // No journal yet, then only part of its header.
+        assert!(f.poll(1 << 20).unwrap().entries.is_empty());
+        let full = std::fs::read(write(&d)).unwrap();
+        std::fs::write(&p, &full[..7]).unwrap();
+        assert!(f.poll(1 << 20).unwrap().entries.is_empty());
+        // Byte by byte: each frame once it is whole, never a torn one.
+        let mut seen = Vec::new();
+        for end in 8..=full.len() {
+            std::fs::write(&p, &full[..end]).unwrap();
+            let got = f.poll(1 << 20).unwrap();
+            assert!(!got.restarted);
+            seen.extend(got.entries);
+        }
+        assert_eq!(seen, sample());
+        assert_eq!(f.offset(), full.len() as u64);
+        // A budget smaller than the file: several polls.
+        let mut g = JournalFollower::new(&p);
+        let mut seen = Vec::new();
+        for _ in 0..full.len() {
+            let got = g.poll(100).unwrap();
+            seen.extend(got.entries);
+            if !got.more {
+                break;
+            }
+        }
+        assert_eq!(seen, sample());
+        // A frame longer than the budget is skipped.
+        let mut h = JournalFollower::new(&p);
+        let got = h.poll(8).unwrap();
+        assert!(got.skipped >= 1, "{got:?}");
+        // A new file renamed over it is read from its start.
+        let q = d.join("j2");
+        std::fs::write(&q, &full).unwrap();
+        std::fs::rename(&q, &p).unwrap();
+        let got = f.poll(1 << 20).unwrap();
+        assert!(got.restarted);
+        assert_eq!(got.entries, sample());
+        // Corruption before the end is an error.
+        let mut bad = full.clone();
+        bad[12 + 12 + 3] ^= 0xFF;
+        std::fs::write(&q, &bad).unwrap();
+        std::fs::rename(&q, &p).unwrap();
+        assert!(matches!(
+            f.poll(1 << 20),
+            Err(JournalError::Corrupt { offset: 12, .. })
         ));
     }
 
