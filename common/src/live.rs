@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of [`LiveState`]'s encoding.
-pub const LIVE_STATE_VERSION: u32 = 3;
+pub const LIVE_STATE_VERSION: u32 = 4;
 
 /// Status of one child process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,77 @@ pub struct LiveState {
     /// followed by up to [`MAX_EXTRA_ROWS`] agents beyond those that are not
     /// live (so that a fault is always visible).
     pub agents: Vec<AgentRow>,
+    /// The message flow over the last ticks.
+    pub flow: Flow,
+}
+
+/// Ticks the message flow counts over: the current tick and the
+/// `FLOW_WINDOW_TICKS - 1` before it.
+pub const FLOW_WINDOW_TICKS: u64 = 64;
+/// Most message edges on the board (the heaviest in the window).
+pub const MAX_FLOW_EDGES: usize = 64;
+
+/// Who sent to whom over the last [`FLOW_WINDOW_TICKS`] ticks: the
+/// heaviest edges, counted as the barrier routes the agents' outputs (a
+/// publication or a channel message counts once, whatever the number of
+/// recipients; messages from the runtime — `ctl send`, notices, inference
+/// answers — are not edges).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// The ticks counted (0: the supervisor counts no flow, e.g. `lockstep
+    /// ping`).
+    pub window_ticks: u64,
+    /// Distinct edges in the window (of which at most
+    /// [`MAX_FLOW_EDGES`] are listed).
+    pub distinct: u64,
+    /// Messages sent in the window, over every edge.
+    pub messages: u64,
+    /// The heaviest edges: by count, descending, then by edge.
+    pub edges: Vec<FlowEdge>,
+}
+
+/// One sender → receiver edge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FlowEdge {
+    /// Sending agent.
+    pub from: u64,
+    /// Where it sent.
+    pub to: FlowTarget,
+    /// Messages on this edge in the window.
+    pub count: u64,
+}
+
+/// The receiving end of an edge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowTarget {
+    /// A direct message to an agent.
+    Agent(u64),
+    /// A publication on a topic.
+    Topic(String),
+    /// A message to a channel's members.
+    Channel(String),
+}
+
+impl FlowTarget {
+    /// `direct`, `topic` or `channel`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Agent(_) => "direct",
+            Self::Topic(_) => "topic",
+            Self::Channel(_) => "channel",
+        }
+    }
+}
+
+impl std::fmt::Display for FlowTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Agent(id) => write!(f, "agent {id}"),
+            Self::Topic(t) => write!(f, "topic {t}"),
+            Self::Channel(c) => write!(f, "channel {c}"),
+        }
+    }
 }
 
 /// Most agent rows in order of id.

@@ -219,6 +219,7 @@ impl Cluster {
             log: Vec::new(),
             stats: Default::default(),
             agents: Vec::new(),
+            flow: Default::default(),
         }
     }
 

@@ -55,6 +55,7 @@ pub mod ctl;
 pub mod diff;
 pub mod doctor;
 pub mod failure;
+pub mod flow;
 pub mod inference;
 pub mod inject;
 pub mod jail;

@@ -1,12 +1,14 @@
 //! Observers of a run: everything that watches it and never feeds back —
 //! registered telemetry hooks, the metrics file, the tick-latency
-//! aggregates, recent log lines and the state board for read-only viewers.
+//! aggregates, recent log lines, the message flow ([`FlowWindow`]) and the
+//! state board for read-only viewers.
 //!
 //! A run hands each observation to [`Observers`] once; what is done with it
 //! (written, sampled, published at most every [`BOARD_INTERVAL`]) is
 //! decided here.  Nothing here touches the deterministic state, the journal
 //! or any hash: attaching a hook or a viewer never changes a run.
 
+use crate::flow::FlowWindow;
 use crate::sim::{AgentRec, AgentStatus, SimState};
 use crate::telemetry::{
     AgentTelemetry, Aggregates, CheckpointTelemetry, FailureTelemetry, InferenceTelemetry,
@@ -40,6 +42,8 @@ pub struct Observers {
     hooks: Vec<Box<dyn TelemetryHook>>,
     metrics: Option<JsonlSink>,
     board: Option<BoardWriter>,
+    /// The message flow the board shows (counted only with a board).
+    flow: Option<FlowWindow>,
     last_board: Option<Instant>,
     agg: Aggregates,
     logs: VecDeque<String>,
@@ -59,6 +63,12 @@ impl Observers {
     /// Observers writing `metrics.jsonl` and `state.board` in `dir` when
     /// asked to.
     pub fn new(dir: &Path, metrics: bool, board: bool) -> Self {
+        let board = if board {
+            BoardWriter::create(&dir.join("state.board"), 1 << 20).ok()
+        } else {
+            None
+        };
+        let flow = board.as_ref().map(|_| FlowWindow::default());
         Self {
             hooks: Vec::new(),
             metrics: if metrics {
@@ -66,11 +76,8 @@ impl Observers {
             } else {
                 None
             },
-            board: if board {
-                BoardWriter::create(&dir.join("state.board"), 1 << 20).ok()
-            } else {
-                None
-            },
+            board,
+            flow,
             last_board: None,
             agg: Aggregates::default(),
             logs: VecDeque::new(),
@@ -154,6 +161,14 @@ impl Observers {
             self.logs.pop_front();
         }
         self.logs.push_back(line);
+    }
+
+    /// The messages the agents sent in `tick`, once routed (for the board's
+    /// message flow; nothing without a board).
+    pub fn flow(&mut self, tick: u64, results: &[AgentResult]) {
+        if let Some(f) = &mut self.flow {
+            f.record_results(tick, results);
+        }
     }
 
     /// The agents' log lines and faults of a tick (to `tracing` and the
@@ -296,6 +311,11 @@ impl Observers {
                 infer_busy_permille: self.agg.infer_busy_permille(),
             },
             agents,
+            flow: self
+                .flow
+                .as_ref()
+                .map(|f| f.board(sim.tick))
+                .unwrap_or_default(),
         }
     }
 }

@@ -578,6 +578,7 @@ impl Run {
         self.inject.at(next, Phase::Tick);
         // 7. Observe and checkpoint.
         self.observers.agent_logs(&self.sim, &outcome.results);
+        self.observers.flow(summary.tick, &outcome.results);
         let tel = TickTelemetry {
             tick: summary.tick,
             wall_us: t0.elapsed().as_micros() as u64,

@@ -19,7 +19,10 @@
 //! Each figure is the median over rounds of the per-round p50/p99, with the
 //! min–max across rounds.
 
-use lockstep_common::live::{AgentRow, ChildStatus, LIVE_STATE_VERSION, LiveState, RunStats};
+use lockstep_common::live::{
+    AgentRow, ChildStatus, FLOW_WINDOW_TICKS, Flow, FlowEdge, FlowTarget, LIVE_STATE_VERSION,
+    LiveState, MAX_FLOW_EDGES, RunStats,
+};
 use shm_protocol::board::{BoardReader, BoardWriter};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -64,6 +67,23 @@ fn state(agents: usize, tick: u64) -> LiveState {
                 queued: (id + tick) % 5,
             })
             .collect(),
+        flow: Flow {
+            window_ticks: FLOW_WINDOW_TICKS,
+            distinct: 200,
+            messages: 5_000,
+            // A full table of edges, as a busy run publishes.
+            edges: (0..MAX_FLOW_EDGES as u64)
+                .map(|i| FlowEdge {
+                    from: i + 1,
+                    to: if i % 3 == 0 {
+                        FlowTarget::Topic(format!("readings-{}", i % 4))
+                    } else {
+                        FlowTarget::Agent(i + 2)
+                    },
+                    count: 200 - i,
+                })
+                .collect(),
+        },
     }
 }
 

@@ -136,6 +136,10 @@ fn render(state: &LiveState, generation: u64) -> String {
             ));
         }
     }
+    if s.total > 0 {
+        out.push_str(&tui::flow_line(state));
+        out.push('\n');
+    }
     for a in &state.agents {
         out.push_str(&format!(
             "  agent {:>6} {:<24} {} (queued {})\n",
@@ -309,5 +313,8 @@ mod tests {
         assert!(text.contains("sensor-2"));
         assert!(text.contains("faulted: trap"));
         assert!(text.contains("hello from agent 1"));
+        assert!(
+            text.contains("flow, last 64 ticks: 12 messages on 2 edges: 1 → topic readings ×9")
+        );
     }
 }

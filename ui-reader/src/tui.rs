@@ -3,7 +3,7 @@
 //! agents that are not live.  The tick rate is measured here, from the
 //! ticks seen between refreshes (the viewer's own clock, never the run's).
 
-use lockstep_common::live::{AgentRow, LiveState};
+use lockstep_common::live::{AgentRow, FlowTarget, LiveState};
 use ratatui::Frame;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -74,7 +74,7 @@ impl View {
 pub(crate) fn draw(frame: &mut Frame, view: &View) {
     let [head, stats, children, agents, logs] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Length(5),
+        Constraint::Length(6),
         Constraint::Length(
             view.state
                 .as_ref()
@@ -126,6 +126,7 @@ pub(crate) fn draw(frame: &mut Frame, view: &View) {
             st.infer_waited_ticks,
             st.infer_busy_permille as f64 / 10.0
         )),
+        Line::from(flow_line(s)),
     ];
     frame.render_widget(
         Paragraph::new(stats_text).block(Block::bordered().title(format!(
@@ -148,6 +149,28 @@ pub(crate) fn draw(frame: &mut Frame, view: &View) {
         Paragraph::new(lines).block(Block::bordered().title(" recent agent logs ")),
         logs,
     );
+}
+
+/// The heaviest message edges, as far as a line holds them.
+pub(crate) fn flow_line(s: &LiveState) -> String {
+    let f = &s.flow;
+    if f.window_ticks == 0 {
+        return "message flow: not published".into();
+    }
+    let mut line = format!(
+        "flow, last {} ticks: {} messages on {} edges",
+        f.window_ticks, f.messages, f.distinct
+    );
+    for (i, e) in f.edges.iter().take(4).enumerate() {
+        let to = match &e.to {
+            FlowTarget::Agent(id) => format!("{id}"),
+            FlowTarget::Topic(t) => format!("topic {t}"),
+            FlowTarget::Channel(c) => format!("channel {c}"),
+        };
+        line.push_str(if i == 0 { ": " } else { ", " });
+        line.push_str(&format!("{} → {to} ×{}", e.from, e.count));
+    }
+    line
 }
 
 fn children_table(s: &LiveState) -> Table<'_> {
@@ -268,7 +291,7 @@ pub(crate) fn run(reader: &BoardReader, path: &Path, interval: Duration) -> std:
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use lockstep_common::live::{ChildStatus, LIVE_STATE_VERSION, RunStats};
+    use lockstep_common::live::{ChildStatus, Flow, FlowEdge, LIVE_STATE_VERSION, RunStats};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
 
@@ -305,6 +328,23 @@ pub(crate) mod tests {
                     queued: id,
                 })
                 .collect(),
+            flow: Flow {
+                window_ticks: 64,
+                distinct: 2,
+                messages: 12,
+                edges: vec![
+                    FlowEdge {
+                        from: 1,
+                        to: FlowTarget::Topic("readings".into()),
+                        count: 9,
+                    },
+                    FlowEdge {
+                        from: 2,
+                        to: FlowTarget::Agent(1),
+                        count: 3,
+                    },
+                ],
+            },
         }
     }
 
@@ -333,6 +373,10 @@ pub(crate) mod tests {
         assert!(s.contains("sensor-3"), "{s}");
         assert!(s.contains("faulted: trap"), "{s}");
         assert!(s.contains("hello from agent 1"), "{s}");
+        assert!(
+            s.contains("12 messages on 2 edges: 1 → topic readings ×9, 2 → 1 ×3"),
+            "{s}"
+        );
     }
 
     #[test]
