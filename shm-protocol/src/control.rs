@@ -16,8 +16,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the control protocol; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version of the control protocol and of the worker messages
+/// (`worker.rs`); both sides must agree exactly.  4: an agent's result
+/// reports its memory size.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// What a child process is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

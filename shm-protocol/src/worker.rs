@@ -307,6 +307,10 @@ pub struct AgentResult {
     pub wall_ns: u64,
     /// Agent-level log lines suppressed by rate limiting this tick.
     pub logs_suppressed: u32,
+    /// Size of its linear memory after its calls (pages × 64 KiB), bytes;
+    /// only when `measure_time`, else 0.  Telemetry, like `wall_ns`: never
+    /// part of a hash or of the journal.
+    pub memory_bytes: u64,
 }
 
 /// Result of [`TickWork`].

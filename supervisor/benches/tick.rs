@@ -408,6 +408,7 @@ fn route_only(cfg: &Cfg, dir: &Path, n: u64, k: u32) -> (f64, f64) {
                 fault: None,
                 wall_ns: 0,
                 logs_suppressed: 0,
+                memory_bytes: 0,
             })
             .collect();
         let t2 = Instant::now();

@@ -21,7 +21,7 @@
 //!   `child_rss_bytes{child}`;
 //! * per agent, only with `--metrics-agents` (one series per agent, updated
 //!   every tick): `agent_fuel{agent}`, `agent_step_seconds{agent}`,
-//!   `agent_mailbox{agent}`.
+//!   `agent_mailbox{agent}`, `agent_memory_bytes{agent}`.
 //!
 //! The server answers one request per connection, reads at most 8 KiB of
 //! request head within 2 s, serves `GET`/`HEAD /metrics` and nothing else
@@ -88,6 +88,7 @@ struct Series {
     agent_fuel: Family<Labels, Gauge>,
     agent_step: Family<Labels, FloatGauge>,
     agent_mailbox: Family<Labels, Gauge>,
+    agent_memory: Family<Labels, Gauge>,
 }
 
 /// The run's metrics: register [`Exporter::hook`] with the run, call
@@ -140,6 +141,7 @@ impl Exporter {
             agent_fuel: Family::default(),
             agent_step: Family::default(),
             agent_mailbox: Family::default(),
+            agent_memory: Family::default(),
         };
         let mut r = Registry::with_prefix("lockstep");
         r.register("ticks", "Ticks run", s.ticks.clone());
@@ -227,6 +229,11 @@ impl Exporter {
                 "agent_mailbox",
                 "Messages delivered to an agent in its last tick",
                 s.agent_mailbox.clone(),
+            );
+            r.register(
+                "agent_memory_bytes",
+                "Size of an agent's linear memory after its last tick",
+                s.agent_memory.clone(),
             );
         }
         r.register(
@@ -368,6 +375,12 @@ impl TelemetryHook for Hook {
             .agent_mailbox
             .get_or_create(&l)
             .set(gauge_i64(a.mailbox));
+        if a.memory_bytes > 0 {
+            self.s
+                .agent_memory
+                .get_or_create(&l)
+                .set(gauge_i64(a.memory_bytes));
+        }
     }
 
     fn on_inference(&mut self, i: &InferenceTelemetry) {

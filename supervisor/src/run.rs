@@ -614,6 +614,7 @@ impl Run {
                     wall_ns: r.wall_ns,
                     mailbox: mailbox.get(&r.agent_id).copied().unwrap_or(0),
                     faulted: r.fault.is_some(),
+                    memory_bytes: r.memory_bytes,
                 })
                 .collect()
         } else {

@@ -68,6 +68,9 @@ pub struct AgentTelemetry {
     pub mailbox: u64,
     /// Whether it faulted.
     pub faulted: bool,
+    /// Its linear memory after the tick (pages × 64 KiB), bytes, as its
+    /// worker reports it (0: not reported).
+    pub memory_bytes: u64,
 }
 
 /// One inference batch.

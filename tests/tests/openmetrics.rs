@@ -136,6 +136,7 @@ fn the_metrics_endpoint_serves_valid_openmetrics_of_a_live_run() {
         "lockstep_child_rss_bytes{child=\"worker-0\"}",
         "lockstep_agent_fuel{agent=\"",
         "lockstep_agent_mailbox{agent=\"",
+        "lockstep_agent_memory_bytes{agent=\"",
         "# EOF",
     ] {
         assert!(second.contains(needle), "{needle} missing:\n{second}");

@@ -618,6 +618,7 @@ impl Worker {
                 fault: Some(fault),
                 wall_ns: 0,
                 logs_suppressed: 0,
+                memory_bytes: 0,
             },
         ));
     }
@@ -712,6 +713,11 @@ impl Worker {
                     fault: acc.fault,
                     wall_ns: acc.wall_ns,
                     logs_suppressed: suppressed,
+                    memory_bytes: if timed {
+                        slot.agent.memory_size() as u64
+                    } else {
+                        0
+                    },
                 });
             }
         }
@@ -753,5 +759,6 @@ pub fn watchdog_result(agent_id: u64) -> AgentResult {
         fault: Some(Fault::Watchdog),
         wall_ns: 0,
         logs_suppressed: 0,
+        memory_bytes: 0,
     }
 }

@@ -793,6 +793,7 @@ impl WorkerPool {
                     fault: Some(Fault::CrashedWorker),
                     wall_ns: 0,
                     logs_suppressed: 0,
+                    memory_bytes: 0,
                 });
             }
         }

@@ -53,6 +53,7 @@ fn out(agent: u64, outputs: Vec<Output>) -> AgentResult {
         fault: None,
         wall_ns: 0,
         logs_suppressed: 0,
+        memory_bytes: 0,
     }
 }
 
