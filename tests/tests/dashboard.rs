@@ -1,7 +1,9 @@
 //! The web dashboard (`lockstep-ui --serve`) against real runs: its HTTP
 //! surface under malformed, oversized, wrong-method and concurrent
 //! requests; its token; event-stream clients that leave a deterministic run
-//! byte-identical; and the page itself in headless Chromium.
+//! byte-identical (and the board's message flow, the metrics and the
+//! viewer's journal reading with it); and the page itself in headless
+//! Chromium, with the message flow and the journal's inputs.
 
 use lockstep_tests::{ChildGuard, TempDir, Watchdog, bin, journal_diff, society};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -402,7 +404,10 @@ fn follow_events(addr: SocketAddr, deadline: Instant) -> (usize, Vec<u64>) {
 }
 
 /// Twenty event-stream clients on a running deterministic run leave its
-/// journal and final hash byte-identical to a run without them.
+/// journal and final hash byte-identical to a run without them — and
+/// without a board, metrics or a viewer at all: the board's message flow,
+/// the per-agent samples (memory sizes included) and the viewer following
+/// the journal are observation only.
 #[test]
 fn event_stream_clients_do_not_change_the_run() {
     let _w = Watchdog::new("dashboard_determinism", Duration::from_secs(300));
@@ -445,8 +450,18 @@ fn event_stream_clients_do_not_change_the_run() {
         assert!(running_ticks.windows(2).all(|w| w[0] <= w[1]));
     }
 
+    // The viewer followed the journal and the board counted messages.
+    let (_, _, body) = get(addr, "/api/timeline");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["journal_entries"].as_u64().unwrap_or(0) > 0, "{v}");
+
     let alone = tmp.path().join("alone");
-    let b = summary(start_run(&manifest, &alone, &["--ticks", ticks, "--json"]));
+    let b = summary(start_run(
+        &manifest,
+        &alone,
+        &["--ticks", ticks, "--json", "--no-board", "--no-metrics"],
+    ));
+    assert!(!alone.join("state.board").exists());
     assert_eq!(a["ticks"], b["ticks"]);
     assert_eq!(a["hash"], b["hash"], "final hashes differ");
     assert_eq!(
@@ -527,8 +542,59 @@ fn dashboard_page_in_headless_chromium() {
     };
     let _w = Watchdog::new("dashboard_browser", Duration::from_secs(300));
     let tmp = TempDir::new("dash-browser");
-    let (_run, _ui, addr, _dir) = running_dashboard(&tmp);
+    let (_run, _ui, addr, dir) = running_dashboard(&tmp);
     let profile = tmp.path().join("chromium-profile");
+    // An input through the control socket: journaled, then on the timeline.
+    let out = Command::new(bin("lockstep"))
+        .arg("ctl")
+        .arg(&dir)
+        .args(["publish", "dash-topic", "hello-from-the-test"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctl publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    loop {
+        let (_, _, body) = get(addr, "/api/timeline?kind=publish");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let found = v["events"].as_array().is_some_and(|evs| {
+            evs.iter().any(|e| {
+                e["source"] == "journal"
+                    && e["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("hello-from-the-test"))
+            })
+        });
+        if found {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the publish never reached the timeline: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The society's messages are on the board's flow.
+    let t0 = Instant::now();
+    loop {
+        let (_, _, body) = get(addr, "/api/state");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if v["state"]["flow"]["edges"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["count"].as_u64() > Some(0)))
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no message edge on the board: {}",
+            v["state"]["flow"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // `poll=1`: the page polls /api/state instead of holding an event
     // stream open, which would keep the headless browser's virtual time
     // from running out (the stream itself is loaded below with `events=5`,
@@ -543,6 +609,32 @@ fn dashboard_page_in_headless_chromium() {
     assert!(t2 > t1, "the shown tick did not advance: {t1} then {t2}");
     assert!(dom2.contains("id=\"phase\">running<"), "phase not shown");
     assert!(dom2.contains("<td>coordinator</td>"), "agent table empty");
+    // The flow table lists edges with their counts, and the timeline the
+    // journaled publish, each with its fork button.
+    let flow = dom2
+        .split("id=\"flow-table\"")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .unwrap_or_else(|| panic!("no flow table:\n{dom2}"));
+    let counts: Vec<u64> = flow
+        .split("data-count=\"")
+        .skip(1)
+        .filter_map(|r| r.split('"').next()?.parse().ok())
+        .collect();
+    assert!(
+        counts.iter().any(|c| *c > 0),
+        "no edge with a count in the flow table: {flow}"
+    );
+    let timeline = dom2
+        .split("id=\"timeline\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no timeline:\n{dom2}"));
+    let publish = timeline
+        .split("<tr ")
+        .find(|r| r.contains("data-kind=\"publish\" data-source=\"journal\""))
+        .unwrap_or_else(|| panic!("no journaled publish on the timeline: {timeline}"));
+    assert!(publish.contains("hello-from-the-test"), "{publish}");
+    assert!(publish.contains("fork here"), "{publish}");
 
     // The event stream in the browser: five events, then the page closes
     // it (`events=5`), showing the tick of the last one.

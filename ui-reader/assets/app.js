@@ -96,25 +96,88 @@ function short(v) {
   if (v >= 1e3) return (v / 1e3).toFixed(1) + 'k';
   return v >= 10 ? Math.round(v) + '' : v.toFixed(1);
 }
-function bars(canvas, items) {
+// The message flow as a graph: agents on an outer ring (by id), topics and
+// channels on an inner one; an edge's width grows with its count.
+const FLOW_COLORS = { direct: '#5fb3f9', topic: '#e5b567', channel: '#6cc788' };
+function flowTarget(to) {
+  if (to.agent !== undefined) return { key: 'a' + to.agent, kind: 'direct', agent: to.agent, label: String(to.agent) };
+  if (to.topic !== undefined) return { key: 't' + to.topic, kind: 'topic', label: '#' + to.topic };
+  return { key: 'c' + to.channel, kind: 'channel', label: '~' + to.channel };
+}
+function agentName(id) {
+  const a = latest && latest.state.agents.find((x) => x.id === id);
+  return a ? a.name : '';
+}
+function flowGraph(canvas, edges) {
   const dpr = window.devicePixelRatio || 1;
-  const w = canvas.clientWidth || 400, h = canvas.clientHeight || 180;
+  const w = canvas.clientWidth || 500, h = canvas.clientHeight || 320;
   canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
   const g = canvas.getContext('2d');
   g.setTransform(dpr, 0, 0, dpr, 0, 0);
   g.font = '10px system-ui, sans-serif';
   g.fillStyle = '#8a94a6';
-  if (!items.length) { g.fillText('no agents', 8, h / 2); return; }
-  const max = Math.max(1, ...items.map((i) => i.v));
-  const bw = (w - 8) / items.length;
-  items.forEach((it, i) => {
-    const bh = (it.v / max) * (h - 34);
-    g.fillStyle = it.v ? '#5fb3f9' : '#2b3340';
-    g.fillRect(4 + i * bw + 1, h - 20 - bh, Math.max(1, bw - 2), Math.max(1, bh));
-    g.fillStyle = '#8a94a6';
-    if (bw > 18) g.fillText(String(it.id), 4 + i * bw + 1, h - 8);
+  if (!edges.length) { g.fillText('no messages in the window', 8, h / 2); return; }
+  const agents = new Map(), hubs = new Map();
+  const addAgent = (id) => { if (!agents.has(id)) agents.set(id, { label: String(id), kind: 'agent' }); };
+  for (const e of edges) {
+    addAgent(e.from);
+    const t = flowTarget(e.to);
+    if (t.agent !== undefined) addAgent(t.agent); else if (!hubs.has(t.key)) hubs.set(t.key, { label: t.label, kind: t.kind });
+  }
+  const cx = w / 2, cy = h / 2, R = Math.min(w, h) / 2 - 22, r = hubs.size > 1 ? R * 0.38 : 0;
+  const ids = [...agents.keys()].sort((a, b) => a - b);
+  ids.forEach((id, i) => {
+    const a = (2 * Math.PI * i) / ids.length - Math.PI / 2;
+    Object.assign(agents.get(id), { x: cx + R * Math.cos(a), y: cy + R * Math.sin(a), a });
   });
-  g.fillText('max ' + num(max) + ' queued', 8, 10);
+  [...hubs.keys()].sort().forEach((k, i) => {
+    const a = (2 * Math.PI * i) / hubs.size - Math.PI / 2;
+    Object.assign(hubs.get(k), { x: cx + r * Math.cos(a), y: cy + r * Math.sin(a), a });
+  });
+  const max = Math.max(...edges.map((e) => e.count));
+  const width = (c) => 0.8 + (5 * Math.log1p(c)) / Math.log1p(max);
+  for (const e of edges) {
+    const s = agents.get(e.from), t0 = flowTarget(e.to);
+    const t = t0.agent !== undefined ? agents.get(t0.agent) : hubs.get(t0.key);
+    g.strokeStyle = FLOW_COLORS[t0.kind]; g.globalAlpha = 0.75; g.lineWidth = width(e.count);
+    g.beginPath();
+    if (s === t) {
+      g.arc(s.x + 9 * Math.cos(s.a), s.y + 9 * Math.sin(s.a), 8, 0, 2 * Math.PI);
+    } else {
+      // Bend each edge towards the centre, so that a → b and b → a differ.
+      const mx = (s.x + t.x) / 2, my = (s.y + t.y) / 2, dx = t.x - s.x, dy = t.y - s.y;
+      const qx = mx - dy * 0.15, qy = my + dx * 0.15;
+      g.moveTo(s.x, s.y); g.quadraticCurveTo(qx, qy, t.x, t.y);
+      // An arrow head at the receiver.
+      const ang = Math.atan2(t.y - qy, t.x - qx), hx = t.x - 6 * Math.cos(ang), hy = t.y - 6 * Math.sin(ang);
+      g.moveTo(hx - 5 * Math.cos(ang - 0.5), hy - 5 * Math.sin(ang - 0.5)); g.lineTo(hx, hy);
+      g.lineTo(hx - 5 * Math.cos(ang + 0.5), hy - 5 * Math.sin(ang + 0.5));
+    }
+    g.stroke();
+  }
+  g.globalAlpha = 1;
+  const dot = (n, color, size) => {
+    g.fillStyle = color; g.beginPath(); g.arc(n.x, n.y, size, 0, 2 * Math.PI); g.fill();
+  };
+  const many = ids.length > 40;
+  for (const id of ids) {
+    const n = agents.get(id);
+    dot(n, '#d8dee9', 3.5);
+    if (!many || ids.length < 90) {
+      g.fillStyle = '#8a94a6';
+      const lx = n.x + 7 * Math.cos(n.a), ly = n.y + 7 * Math.sin(n.a) + 3;
+      g.textAlign = Math.cos(n.a) < -0.2 ? 'right' : Math.cos(n.a) > 0.2 ? 'left' : 'center';
+      g.fillText(many ? String(id) : id + ' ' + agentName(id).slice(0, 14), lx, ly);
+    }
+  }
+  g.textAlign = 'center';
+  for (const n of hubs.values()) {
+    dot(n, FLOW_COLORS[n.kind], 5);
+    const label = n.label.slice(0, 20), tw = g.measureText(label).width;
+    g.fillStyle = 'rgba(17, 21, 28, 0.85)'; g.fillRect(n.x - tw / 2 - 3, n.y - 19, tw + 6, 14);
+    g.fillStyle = FLOW_COLORS[n.kind]; g.fillText(label, n.x, n.y - 8);
+  }
+  g.textAlign = 'left';
 }
 
 // ---- samples ----------------------------------------------------------------
@@ -236,9 +299,20 @@ function renderAgents() {
   }
 }
 function renderFlow() {
-  const items = latest.state.agents.map((a) => ({ id: a.id, v: a.queued }))
-    .sort((a, b) => b.v - a.v || a.id - b.id).slice(0, 48);
-  bars($('c-flow'), items);
+  const f = latest.state.flow || { window_ticks: 0, distinct: 0, messages: 0, edges: [] };
+  $('flow-span').textContent = f.window_ticks
+    ? 'last ' + f.window_ticks + ' ticks: ' + num(f.messages) + ' messages on ' + num(f.distinct) + ' edges' +
+      (f.distinct > f.edges.length ? ' (the ' + f.edges.length + ' heaviest shown)' : '')
+    : 'not published by this supervisor';
+  flowGraph($('c-flow'), f.edges);
+  $('flow-table').tBodies[0].replaceChildren(...f.edges.map((e) => {
+    const t = flowTarget(e.to), tr = el('tr');
+    tr.dataset.count = String(e.count);
+    const name = agentName(e.from);
+    const to = t.agent !== undefined ? t.agent + (agentName(t.agent) ? ' · ' + agentName(t.agent) : '') : t.label;
+    tr.append(el('td', e.from + (name ? ' · ' + name : '')), el('td', t.kind, 'k-' + t.kind), el('td', to), el('td', num(e.count)));
+    return tr;
+  }));
 }
 function renderLog() {
   const pre = $('log');
@@ -289,11 +363,14 @@ function renderDetail() {
   const items = [['id', String(a.id)], ['name', a.name], ['tenant', String(a.tenant)], ['status', a.status],
     ['mailbox (queued)', num(a.queued)], ['status changes seen', String(h.statuses.length)],
     ['last sampled tick', last ? num(last.tick) : '–'], ['calls (sample)', last ? num(last.calls) : '–'],
-    ['fuel (sample)', last ? num(last.fuel) : '–'], ['wall (sample)', last ? (last.wall_ns / 1000).toFixed(1) + ' µs' : '–']];
+    ['fuel (sample)', last ? num(last.fuel) : '–'], ['wall (sample)', last ? (last.wall_ns / 1000).toFixed(1) + ' µs' : '–'],
+    ['memory (sample)', last && last.memory_bytes ? num(last.memory_bytes / 1024) + ' KiB' : '–']];
   $('agent-grid').replaceChildren(...items.map(([k, v]) => { const x = el('div'); x.append(el('span', k), el('b', v)); return x; }));
   plot($('c-agent-mail'), [{ name: 'queued', data: h.points.map((p) => [p[0], p[2]]) }]);
   plot($('c-agent-fuel'), [{ name: 'fuel', data: tel.map((t) => [t.tick, t.fuel]) }, { name: 'calls', data: tel.map((t) => [t.tick, t.calls]) }],
     { empty: 'no sampled ticks in metrics.jsonl' });
+  plot($('c-agent-mem'), [{ name: 'KiB', data: tel.filter((t) => t.memory_bytes).map((t) => [t.tick, t.memory_bytes / 1024]) }],
+    { empty: 'no memory samples in metrics.jsonl' });
   $('agent-status').replaceChildren(...h.statuses.map(([t, s]) => el('li', 'tick ' + num(t) + ': ' + s, statusClass(s))));
   $('agent-log').textContent = d.logs.length ? d.logs.map(([t, l]) => '[' + t + '] ' + l).join('\n') : 'no log lines from this agent seen yet';
   for (const tr of $('agents').tBodies[0].rows) tr.className = Number(tr.dataset.id) === a.id ? 'sel' : '';
@@ -319,21 +396,27 @@ async function copyFork() {
 }
 function renderTimeline() {
   if (!timeline) return;
-  const kinds = [...new Set(timeline.events.map((e) => e.kind))].sort();
+  const kinds = Object.keys(timeline.kinds || {});
   const sel = $('f-kind');
-  if (sel.options.length - 1 !== kinds.length) {
+  const want = ['', ...kinds].join('\n');
+  if ([...sel.options].map((o) => o.value).join('\n') !== want) {
     const cur = sel.value;
-    sel.replaceChildren(el('option', 'every kind'), ...kinds.map((k) => el('option', k)));
+    sel.replaceChildren(el('option', 'every kind'), ...kinds.map((k) => el('option', k + ' (' + timeline.kinds[k] + ')')));
     sel.options[0].value = '';
-    sel.value = cur;
+    kinds.forEach((k, i) => (sel.options[i + 1].value = k));
+    sel.value = kinds.includes(cur) ? cur : '';
   }
-  const k = sel.value;
-  const evs = timeline.events.filter((e) => !k || e.kind === k).slice(-500).reverse();
-  $('timeline-count').textContent = timeline.events.length + ' events, ' + num(timeline.metrics_lines) + ' metrics lines read';
+  const evs = timeline.events.slice(-500).reverse();
+  const kept = Object.values(timeline.kinds || {}).reduce((a, b) => a + b, 0);
+  $('timeline-count').textContent = num(kept) + ' events kept, ' + num(timeline.journal_entries) + ' journal entries and ' +
+    num(timeline.metrics_lines) + ' metrics lines read';
   $('checkpoints').textContent = timeline.checkpoints.length
     ? 'retained checkpoints at ticks ' + timeline.checkpoints.map(num).join(', ') : 'no checkpoints on disk yet';
+  $('journal-state').textContent = timeline.journal_error || '';
+  $('journal-state').className = timeline.journal_error ? 'error' : '';
   $('timeline').tBodies[0].replaceChildren(...evs.map((e) => {
     const tr = el('tr');
+    tr.dataset.kind = e.kind; tr.dataset.source = e.source;
     const b = el('button', 'fork here'); b.type = 'button'; b.dataset.tick = e.tick;
     const td = el('td'); td.append(b);
     tr.append(el('td', num(e.tick)), el('td', e.kind, 'k-' + e.kind), el('td', e.text, 'wrap'), el('td', e.source), td);
@@ -341,7 +424,8 @@ function renderTimeline() {
   }));
 }
 async function loadTimeline() {
-  try { timeline = await get('/api/timeline'); renderTimeline(); } catch (_) { /* shown by the connection badge */ }
+  const k = $('f-kind').value;
+  try { timeline = await get('/api/timeline' + (k ? '?kind=' + encodeURIComponent(k) : '')); renderTimeline(); } catch (_) { /* shown by the connection badge */ }
 }
 async function loadLog() {
   try { logLines = (await get('/api/log')).lines; renderLog(); } catch (_) { /* idem */ }
@@ -397,7 +481,7 @@ async function start() {
     if (tr && tr.dataset.id) location.hash = 'agent=' + tr.dataset.id;
   });
   for (const id of ['search', 'f-state', 'f-tenant']) $(id).addEventListener('input', render);
-  $('f-kind').addEventListener('input', renderTimeline);
+  $('f-kind').addEventListener('input', loadTimeline);
   $('agent-close').addEventListener('click', () => { history.replaceState(null, '', location.pathname + location.search); loadDetail(); });
   $('fork-tick').addEventListener('input', renderFork);
   $('fork-into').addEventListener('input', renderFork);

@@ -13,10 +13,12 @@
 //! instead (`serve`: HTTP; `feed`: the state as JSON events and bounded
 //! histories; `timeline`: the run directory's plain JSON files; the page in
 //! `assets/`, compiled in): run header and counters, plots over time, the
-//! agent table with a detail per agent (`#agent=ID` in the URL), the
-//! mailboxes, the recent logs and a timeline of checkpoints, faults,
-//! restarts, recoveries and model swaps with the `lockstep fork` command to
-//! branch off at any tick.  The first line on stdout is the address:
+//! agent table with a detail per agent (`#agent=ID` in the URL: mailbox,
+//! fuel, calls and memory over time), the message flow (a graph and a table
+//! of the board's heaviest edges), the recent logs and a timeline of the
+//! journal's inputs and decisions, checkpoints, faults, restarts,
+//! recoveries and model swaps with the `lockstep fork` command to branch
+//! off at any tick.  The first line on stdout is the address:
 //! `serving http://127.0.0.1:PORT/`.  The server answers `GET` and `HEAD`
 //! only, writes nothing, and binds loopback unless given an address; a
 //! non-loopback address needs `--token` or `--token-file`, and every request

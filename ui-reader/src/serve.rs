@@ -49,6 +49,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Shortest token accepted.
 pub const MIN_TOKEN: usize = 16;
+/// Most timeline events in one answer (the newest).
+pub const TIMELINE_EVENTS: usize = 1000;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -304,6 +306,42 @@ fn loopback_host(host: &str, local: &SocketAddr) -> bool {
 struct Req {
     head_only: bool,
     path: String,
+    query: String,
+}
+
+impl Req {
+    /// The value of query parameter `name` (percent-decoded), if given.
+    fn param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == name).then(|| percent_decode(v))
+        })
+    }
+}
+
+/// `%XX` and `+` decoded; anything malformed is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn handle(ctx: &Ctx, mut s: TcpStream) {
@@ -371,6 +409,7 @@ fn handle(ctx: &Ctx, mut s: TcpStream) {
     let req = Req {
         head_only,
         path: path.to_owned(),
+        query: query.to_owned(),
     };
     route(ctx, &mut s, &req);
 }
@@ -435,12 +474,18 @@ fn route(ctx: &Ctx, s: &mut TcpStream, req: &Req) {
             json_response(s, req, &v);
         }
         "/api/timeline" => {
+            let kind = req.param("kind").filter(|k| !k.is_empty());
             let g = ctx.feed.lock();
+            let (journal_entries, journal_error) = g.timeline.journal();
             let v = json!({
                 "run_dir": g.meta.run_dir,
-                "events": g.timeline.events(),
+                "events": g.timeline.latest(kind.as_deref(), TIMELINE_EVENTS),
+                "kind": kind,
+                "kinds": g.timeline.kinds(),
                 "checkpoints": g.timeline.checkpoints(),
                 "metrics_lines": g.timeline.lines,
+                "journal_entries": journal_entries,
+                "journal_error": journal_error,
                 "tick": g.state.as_ref().map(|st| st.tick),
             });
             drop(g);
@@ -578,6 +623,19 @@ mod tests {
         }
         assert!(!needs_token(&local));
         assert!(needs_token(&"0.0.0.0:1".parse().unwrap()));
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let req = Req {
+            head_only: false,
+            path: "/api/timeline".into(),
+            query: "token=abc&kind=stop%2Dagent&x=a+b%zz%4&y=%C3%A9%".into(),
+        };
+        assert_eq!(req.param("kind").as_deref(), Some("stop-agent"));
+        assert_eq!(req.param("x").as_deref(), Some("a b%zz%4"));
+        assert_eq!(req.param("y").as_deref(), Some("é%"));
+        assert_eq!(req.param("nope"), None);
     }
 
     #[test]
