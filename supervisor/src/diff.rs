@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// How one agent differs between two snapshots.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AgentDiff {
     /// The agent.
     pub agent: u64,
@@ -31,7 +31,7 @@ pub struct AgentDiff {
 }
 
 /// Where and how a replay left the recorded run.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Divergence {
     /// First tick whose hash differed (if found by tick hashes).
     pub first_tick: Option<u64>,

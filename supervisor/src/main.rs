@@ -44,6 +44,9 @@ enum Command {
     Inspect {
         /// The run directory.
         run_dir: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a running run's children: uid, capabilities, namespaces,
     /// seccomp, Landlock, cgroup limits, and the run directory's
@@ -73,6 +76,9 @@ enum Command {
         /// Worker processes (default: as recorded).
         #[arg(long)]
         workers: Option<usize>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-execute a whole run and report "identical" or the first divergence.
     Verify {
@@ -81,6 +87,10 @@ enum Command {
         /// Worker processes (default: as recorded).
         #[arg(long)]
         workers: Option<usize>,
+        /// Print one JSON object: `{"verdict":"identical",…}` or
+        /// `{"verdict":"diverged","first_tick":…,"agents":[…],…}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Start a new run directory from the state after tick `--at`.
     Fork {
@@ -421,7 +431,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Ctl(args) => ctl_cmd(args),
-        Command::Inspect { run_dir } => inspect(&run_dir),
+        Command::Inspect { run_dir, json } => inspect(&run_dir, json),
         Command::Doctor { run_dir, json } => doctor(&run_dir, json),
         Command::Log(args) => log(args),
         Command::Ping(args) => ping(args),
@@ -430,8 +440,13 @@ fn main() -> ExitCode {
             from,
             until,
             workers,
-        } => replay_cmd(&run_dir, from, until, workers),
-        Command::Verify { run_dir, workers } => verify_cmd(&run_dir, workers),
+            json,
+        } => replay_cmd(&run_dir, from, until, workers, json),
+        Command::Verify {
+            run_dir,
+            workers,
+            json,
+        } => verify_cmd(&run_dir, workers, json),
         Command::Fork {
             run_dir,
             at,
@@ -683,6 +698,7 @@ fn replay_cmd(
     from: Option<String>,
     until: Option<u64>,
     workers: Option<usize>,
+    json: bool,
 ) -> Result<ExitCode, BoxError> {
     let from = from.map(|f| match f.parse::<u64>() {
         Ok(t) => replay::From::Tick(t),
@@ -690,6 +706,12 @@ fn replay_cmd(
     });
     let t0 = Instant::now();
     let r = replay::replay(dir, from, until, workers)?;
+    if json {
+        let mut v = serde_json::to_value(&r)?;
+        v["wall_ms"] = serde_json::json!(t0.elapsed().as_millis() as u64);
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "lockstep: replayed ticks {}..={} in {}: all {} tick hashes reproduced; final hash {}",
         r.from + 1,
@@ -701,9 +723,28 @@ fn replay_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify_cmd(dir: &Path, workers: Option<usize>) -> Result<ExitCode, BoxError> {
+fn verify_cmd(dir: &Path, workers: Option<usize>, json: bool) -> Result<ExitCode, BoxError> {
     let t0 = Instant::now();
-    match replay::verify(dir, workers)? {
+    let verdict = replay::verify(dir, workers)?;
+    if json {
+        let wall_ms = t0.elapsed().as_millis() as u64;
+        let (v, code) = match &verdict {
+            replay::Verdict::Identical { ticks, checkpoints } => (
+                serde_json::json!({"verdict": "identical", "ticks": ticks,
+                    "checkpoints": checkpoints, "wall_ms": wall_ms}),
+                ExitCode::SUCCESS,
+            ),
+            replay::Verdict::Diverged(d) => {
+                let mut v = serde_json::to_value(d)?;
+                v["verdict"] = "diverged".into();
+                v["wall_ms"] = wall_ms.into();
+                (v, ExitCode::from(3))
+            }
+        };
+        println!("{v}");
+        return Ok(code);
+    }
+    match verdict {
         replay::Verdict::Identical { ticks, checkpoints } => {
             println!(
                 "identical ({ticks} ticks re-executed, {checkpoints} checkpoints compared, {})",
@@ -919,7 +960,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn inspect(dir: &Path) -> Result<ExitCode, BoxError> {
+fn inspect(dir: &Path, json: bool) -> Result<ExitCode, BoxError> {
     let j = journal::read_journal(&dir.join("journal.lsj"))?;
     let mut seed = 0;
     let mut manifest_hash = [0u8; 32];
@@ -965,6 +1006,31 @@ fn inspect(dir: &Path) -> Result<ExitCode, BoxError> {
             Entry::End { tick, hash } => ended = Some((*tick, *hash)),
             Entry::Inference { .. } => {}
         }
+    }
+    if json {
+        let summary = std::fs::read_to_string(dir.join("summary.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+        let v = serde_json::json!({
+            "run_dir": dir.display().to_string(),
+            "manifest_hash": hex(&manifest_hash),
+            "seed": seed,
+            "ticks": ticks,
+            "steps": steps,
+            "messages": messages,
+            "fuel": fuel,
+            "inputs": inputs,
+            "decisions": decisions,
+            "events": events,
+            "faults": faults,
+            "checkpoints": checkpoints,
+            "last_tick_hash": last_hash.map(|h| hex(&h)),
+            "ended_after_tick": ended.map(|(t, _)| t),
+            "torn_tail": j.torn_tail,
+            "summary": summary,
+        });
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
     }
     println!("run directory   {}", dir.display());
     println!("manifest hash   {}", hex(&manifest_hash));
@@ -1189,7 +1255,6 @@ fn ping(args: PingArgs) -> Result<ExitCode, BoxError> {
             log: exits.iter().map(ToString::to_string).collect(),
             stats: Default::default(),
             agents: Vec::new(),
-            flow: Default::default(),
         };
         b.publish(&shm_protocol::codec::encode(&state)?)?;
         println!(

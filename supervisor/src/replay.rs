@@ -289,7 +289,7 @@ pub enum From {
 }
 
 /// Result of a replay.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ReplayReport {
     /// Tick replay started after.
     pub from: u64,

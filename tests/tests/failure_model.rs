@@ -682,6 +682,22 @@ fn verify_report_names_only_what_diverged() {
     };
     assert_eq!((d.first_tick, d.compared_at), (Some(60), 100), "{d}");
     assert!(d.agents.is_empty() && d.scheduler.is_empty(), "{d}");
+    // The same verdict for machines: `lockstep verify --json`, exit code 3.
+    let out = Command::new(bin("lockstep"))
+        .arg("verify")
+        .arg(&dir)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "diverged", "{v}");
+    assert_eq!(
+        (v["first_tick"].as_u64(), v["compared_at"].as_u64()),
+        (Some(60), Some(100)),
+        "{v}"
+    );
+    assert_eq!(v["agents"].as_array().map(Vec::len), Some(0), "{v}");
 }
 
 /// Recovered workers are watched like the first ones: a replacement killed

@@ -519,6 +519,7 @@ fn log_takes_agent_names_as_well_as_ids() {
 
 /// `lockstep run --agent-logs [LEVEL]` prints the agents' log lines with
 /// their tick, the same lines on every run; lines above LEVEL stay out.
+/// `lockstep inspect --json` reports the run as one JSON object.
 #[test]
 fn agent_logs_are_printed_on_request() {
     let _w = Watchdog::new("agent_logs", Duration::from_secs(120));
@@ -561,4 +562,16 @@ fn agent_logs_are_printed_on_request() {
     );
     assert!(run("c", &["--agent-logs", "warn"]).is_empty());
     assert!(run("d", &[]).is_empty());
+    // `inspect --json` for machines.
+    let out = Command::new(bin("lockstep"))
+        .arg("inspect")
+        .arg(tmp.path().join("a"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ticks"], 250, "{v}");
+    assert_eq!(v["ended_after_tick"], 250, "{v}");
+    assert_eq!(v["messages"], v["summary"]["messages"], "{v}");
 }
