@@ -1255,6 +1255,7 @@ fn ping(args: PingArgs) -> Result<ExitCode, BoxError> {
             log: exits.iter().map(ToString::to_string).collect(),
             stats: Default::default(),
             agents: Vec::new(),
+            flow: Default::default(),
         };
         b.publish(&shm_protocol::codec::encode(&state)?)?;
         println!(
