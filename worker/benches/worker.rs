@@ -3,7 +3,8 @@
 //!
 //! 1. Per-step overhead, amortized ns per step with every agent stepped once
 //!    per tick, at 1, 100, 1,000 and 10,000 agents per worker, for a minimal
-//!    WAT no-op agent and the real `counter.wasm`, through
+//!    WAT no-op agent and the real counter agent in Rust (`counter.wasm`), C
+//!    (`c_counter.wasm`) and TypeScript (`ts_counter.wasm`), through
 //!    * a direct `TypedFunc` loop (baseline: same engine, fuel set per call),
 //!    * `Worker::tick` in process (`TickWork { step_all: true, .. }`),
 //!    * the real `lockstep-worker` process over its ring pair
@@ -303,16 +304,17 @@ fn modules(_tmp: &Path) -> Vec<ModuleSrc> {
         name: "noop (WAT)",
         bytes: NOOP_WAT.as_bytes().to_vec(),
     }];
-    let counter = agents_dir().join("counter.wasm");
-    match std::fs::read(&counter) {
-        Ok(bytes) => out.push(ModuleSrc {
-            name: "counter.wasm",
-            bytes,
-        }),
-        Err(e) => println!(
-            "NOTE: {} not readable ({e}); run scripts/build-agents.sh — counter rows skipped",
-            counter.display()
-        ),
+    // The same counter in Rust, C and TypeScript (AssemblyScript): what an
+    // agent's language costs per step.
+    for name in ["counter.wasm", "c_counter.wasm", "ts_counter.wasm"] {
+        let path = agents_dir().join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => out.push(ModuleSrc { name, bytes }),
+            Err(e) => println!(
+                "NOTE: {} not readable ({e}); run scripts/build-agents.sh — its rows skipped",
+                path.display()
+            ),
+        }
     }
     out
 }
