@@ -1,24 +1,26 @@
 //! `lockstep ctl`: talking to a running supervisor over
 //! `<run-dir>/control.sock`.
 //!
-//! One request per connection: a JSON line ([`CtlCommand`]), answered with
-//! one line once the supervisor has applied it at a tick boundary.  Inputs
-//! are journaled with the tick they apply at, so a replay reproduces them.
+//! One request per connection: a JSON line, a [`Command`] in its socket
+//! form (`{"cmd":"<name>", …}`, [`Command::from_json`]), answered with one
+//! line once the supervisor has handled it at a tick boundary.  Inputs are
+//! journaled with the tick they apply at, so a replay reproduces them.
 //!
 //! The answer is a line of prose unless the request carries
 //! `"format": "json"`; then it is one JSON object:
 //!
 //! ```text
-//! {"ok":true,"tick":N,"data":{…}}
-//! {"ok":false,"code":"unknown-agent","message":"no agent `x`"}
+//! {"ok":true,"tick":N,"data":{…},"text":"applied at tick N: …"}
+//! {"ok":false,"code":"unknown-agent","message":"no agent `x`","text":"refused: no agent `x`"}
 //! ```
 //!
 //! `tick` is the tick an input applies at (the next one), the tick a
 //! snapshot or status was taken after, or the last tick before a stop.
-//! `code` is one of [`ErrorCode`]'s stable names.
+//! `code` is one of [`ErrorCode`]'s stable names.  `text` is the prose
+//! line, for people (`lockstep ctl` prints it); programs read the other
+//! fields and never parse it.
 
-use crate::sim::Input;
-use serde::{Deserialize, Serialize};
+use crate::command::Command;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -29,93 +31,9 @@ use std::time::Duration;
 /// Largest request accepted.
 pub const MAX_REQUEST: u64 = 4 << 20;
 
-/// A command sent by `lockstep ctl`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "kebab-case")]
-pub enum CtlCommand {
-    /// Start an agent.
-    Spawn {
-        /// Instance name.
-        name: String,
-        /// Module path (absolute, or relative to the supervisor's cwd).
-        module: String,
-        /// Tenant.
-        #[serde(default = "default_tenant")]
-        tenant: String,
-        /// Priority.
-        #[serde(default)]
-        priority: i32,
-        /// Memory limit.
-        #[serde(default = "default_memory")]
-        memory: u64,
-        /// Fuel per call.
-        #[serde(default = "default_fuel")]
-        fuel: u64,
-    },
-    /// Schedule a task.
-    Task {
-        /// Agent name or `#id`.
-        agent: String,
-        /// Priority.
-        #[serde(default)]
-        priority: i32,
-        /// Payload text.
-        #[serde(default)]
-        payload: String,
-        /// Dependencies (task ids).
-        #[serde(default)]
-        deps: Vec<u64>,
-    },
-    /// Publish on a topic.
-    Publish {
-        /// Topic.
-        topic: String,
-        /// Payload text.
-        payload: String,
-    },
-    /// Send to an agent.
-    Send {
-        /// Agent name or `#id`.
-        agent: String,
-        /// Payload text.
-        payload: String,
-    },
-    /// Stop one agent.
-    StopAgent {
-        /// Agent name or `#id`.
-        agent: String,
-    },
-    /// Make `version` the current version of model `id` from the next tick.
-    SwapModel {
-        /// Model id.
-        id: String,
-        /// A declared version.
-        version: String,
-    },
-    /// Hot-swap an agent to another module at the next tick boundary.
-    Upgrade {
-        /// Agent name or `#id`.
-        agent: String,
-        /// Module path.
-        module: String,
-    },
-    /// Take a snapshot now (between ticks).
-    Snapshot,
-    /// Stop the run at the next tick boundary.
-    Stop,
-    /// One status line.
-    Status,
-    /// The run's children: name, role, pid and sandbox report, as one JSON
-    /// line (what `lockstep doctor` reads).
-    Children,
-    /// Make an agent a member of a channel from the next tick on.
-    JoinChannel {
-        /// Agent name or `#id`.
-        agent: String,
-        /// Channel.
-        channel: String,
-    },
-}
+/// The commands of the socket: the one [`Command`] type (kept under its
+/// older name for callers of this module).
+pub use crate::command::Command as CtlCommand;
 
 /// Why a request failed: stable names that scripts and clients may match
 /// on (the message is for people and may change).
@@ -128,7 +46,7 @@ pub enum ErrorCode {
     UnknownAgent,
     /// No tenant of that name.
     UnknownTenant,
-    /// The manifest declares no such model, or no such version of it.
+    /// No such model is loaded, or no such version of it.
     UnknownModel,
     /// An agent of that name (or a task of that id) already exists.
     Conflict,
@@ -151,11 +69,17 @@ pub enum ErrorCode {
     Timeout,
     /// The supervisor failed to do it (for example a snapshot write).
     Internal,
+    /// A model to load cannot be read, does not match its pinned hash, or
+    /// the inference host cannot load it.
+    ModelRefused,
+    /// A model refused an outside `infer` input (shape, type) or failed
+    /// to run it.
+    InferenceFailed,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownAgent,
         ErrorCode::UnknownTenant,
@@ -169,6 +93,8 @@ impl ErrorCode {
         ErrorCode::Stopping,
         ErrorCode::Timeout,
         ErrorCode::Internal,
+        ErrorCode::ModelRefused,
+        ErrorCode::InferenceFailed,
     ];
 
     /// The stable kebab-case name.
@@ -187,6 +113,8 @@ impl ErrorCode {
             ErrorCode::Stopping => "stopping",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::ModelRefused => "model-refused",
+            ErrorCode::InferenceFailed => "inference-failed",
         }
     }
 }
@@ -262,12 +190,16 @@ impl Reply {
         }
     }
 
-    /// The JSON line (keys in the documented order).
+    /// The JSON line (keys in the documented order; `text` is
+    /// [`Reply::prose`]).
     pub fn json(&self) -> String {
+        let text = serde_json::Value::from(self.prose());
         match self {
-            Reply::Ok { tick, data, .. } => format!(r#"{{"ok":true,"tick":{tick},"data":{data}}}"#),
+            Reply::Ok { tick, data, .. } => {
+                format!(r#"{{"ok":true,"tick":{tick},"data":{data},"text":{text}}}"#)
+            }
             Reply::Refused(r) | Reply::Error(r) => format!(
-                r#"{{"ok":false,"code":"{}","message":{}}}"#,
+                r#"{{"ok":false,"code":"{}","message":{},"text":{text}}}"#,
                 r.code.code(),
                 serde_json::Value::from(r.message.as_str())
             ),
@@ -287,90 +219,29 @@ impl Reply {
     }
 }
 
-fn default_tenant() -> String {
-    "default".into()
-}
-fn default_memory() -> u64 {
-    crate::manifest::DEFAULT_AGENT_MEMORY
-}
-fn default_fuel() -> u64 {
-    crate::manifest::DEFAULT_AGENT_FUEL
-}
-
-/// A request handed to the run loop.
+/// A command handed to the run loop, with where its answer goes.
 #[derive(Debug)]
-pub enum CtlRequest {
-    /// An input to apply; the outcome goes back on the sender.
-    Input(Input, mpsc::Sender<Reply>),
-    /// Hot-swap (agent, module path).
-    Upgrade(String, String, mpsc::Sender<Reply>),
-    /// Snapshot now.
-    Snapshot(mpsc::Sender<Reply>),
-    /// Stop the run.
-    Stop(mpsc::Sender<Reply>),
-    /// Status line.
-    Status(mpsc::Sender<Reply>),
-    /// The children, as JSON.
-    Children(mpsc::Sender<Reply>),
+pub struct CtlRequest {
+    /// The command (module and model paths already made absolute).
+    pub command: Command,
+    /// Where the answer goes.
+    pub reply: mpsc::Sender<Reply>,
 }
 
-impl CtlCommand {
-    fn into_request(self, reply: mpsc::Sender<Reply>) -> CtlRequest {
-        let input = match self {
-            CtlCommand::Spawn {
-                name,
-                module,
-                tenant,
-                priority,
-                memory,
-                fuel,
-            } => {
-                let module =
-                    std::fs::canonicalize(&module).map_or(module, |p| p.display().to_string());
-                Input::Spawn {
-                    name,
-                    module,
-                    tenant,
-                    priority,
-                    memory,
-                    fuel,
-                    blake3: None,
-                }
-            }
-            CtlCommand::Task {
-                agent,
-                priority,
-                payload,
-                deps,
-            } => Input::Task {
-                agent,
-                priority,
-                payload: payload.into_bytes(),
-                deps,
-            },
-            CtlCommand::Publish { topic, payload } => Input::Publish {
-                topic,
-                payload: payload.into_bytes(),
-            },
-            CtlCommand::Send { agent, payload } => Input::Send {
-                agent,
-                payload: payload.into_bytes(),
-            },
-            CtlCommand::StopAgent { agent } => Input::Stop { agent },
-            CtlCommand::JoinChannel { agent, channel } => Input::JoinChannel { agent, channel },
-            CtlCommand::SwapModel { id, version } => Input::SwapModel { id, version },
-            CtlCommand::Upgrade { agent, module } => {
-                let module =
-                    std::fs::canonicalize(&module).map_or(module, |p| p.display().to_string());
-                return CtlRequest::Upgrade(agent, module, reply);
-            }
-            CtlCommand::Snapshot => return CtlRequest::Snapshot(reply),
-            CtlCommand::Stop => return CtlRequest::Stop(reply),
-            CtlCommand::Status => return CtlRequest::Status(reply),
-            CtlCommand::Children => return CtlRequest::Children(reply),
-        };
-        CtlRequest::Input(input, reply)
+/// Makes the paths of a command absolute against this process's working
+/// directory (the socket's clients may run elsewhere).
+pub fn absolute_paths(mut command: Command) -> Command {
+    let abs = |p: &mut String| {
+        if let Ok(c) = std::fs::canonicalize(&*p) {
+            *p = c.display().to_string();
+        }
+    };
+    match &mut command {
+        Command::Spawn { module, .. } | Command::Upgrade { module, .. } => abs(module),
+        Command::LoadModel { path, .. } => abs(path),
+        _ => {}
     }
+    command
 }
 
 /// The listening side, owned by the run.
@@ -433,7 +304,7 @@ impl CtlServer {
 }
 
 /// Parses a request line: the command and whether the answer is JSON.
-fn parse_request(line: &str) -> Result<(CtlCommand, bool), Refusal> {
+fn parse_request(line: &str) -> Result<(Command, bool), Refusal> {
     let bad =
         |e: serde_json::Error| Refusal::new(ErrorCode::BadRequest, format!("bad request: {e}"));
     let mut v: serde_json::Value = serde_json::from_str(line.trim()).map_err(bad)?;
@@ -448,7 +319,8 @@ fn parse_request(line: &str) -> Result<(CtlCommand, bool), Refusal> {
             ));
         }
     };
-    let cmd = serde_json::from_value::<CtlCommand>(v).map_err(bad)?;
+    let cmd = Command::from_json(v)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("bad request: {e}")))?;
     Ok((cmd, json))
 }
 
@@ -474,7 +346,11 @@ fn serve(stream: UnixStream, tx: &mpsc::Sender<CtlRequest>) {
             Err(r) => (Reply::Error(r), line.contains("\"json\"")),
             Ok((cmd, json)) => {
                 let (rtx, rrx) = mpsc::channel();
-                let reply = if tx.send(cmd.into_request(rtx)).is_err() {
+                let request = CtlRequest {
+                    command: absolute_paths(cmd),
+                    reply: rtx,
+                };
+                let reply = if tx.send(request).is_err() {
                     Reply::Error(Refusal::new(ErrorCode::Stopping, "the run is ending"))
                 } else {
                     match rrx.recv_timeout(Duration::from_secs(120)) {
@@ -498,19 +374,43 @@ fn serve(stream: UnixStream, tx: &mpsc::Sender<CtlRequest>) {
     let _ = out.write_all(b"\n");
 }
 
-/// Sends one command to the run in `run_dir` and returns its answer (prose).
-pub fn request(run_dir: &Path, cmd: &CtlCommand) -> Result<String, String> {
-    let body = serde_json::to_string(cmd).map_err(|e| e.to_string())?;
-    send_line(run_dir, &body)
+/// Sends one command to the run in `run_dir` and returns its answer (prose,
+/// for people).
+pub fn request(run_dir: &Path, cmd: &Command) -> Result<String, String> {
+    send_line(run_dir, &cmd.to_json().to_string())
 }
 
 /// Sends one command asking for the JSON answer and returns that line.
-pub fn request_json(run_dir: &Path, cmd: &CtlCommand) -> Result<String, String> {
-    let mut v = serde_json::to_value(cmd).map_err(|e| e.to_string())?;
+pub fn request_json(run_dir: &Path, cmd: &Command) -> Result<String, String> {
+    let mut v = cmd.to_json();
     if let Some(o) = v.as_object_mut() {
         o.insert("format".into(), "json".into());
     }
     send_line(run_dir, &v.to_string())
+}
+
+/// A JSON answer, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The answer as it came (one JSON line).
+    pub line: String,
+    /// Its `ok`.
+    pub ok: bool,
+    /// Its `text` (the prose line).
+    pub text: String,
+}
+
+/// Sends one command and reads its JSON answer.
+pub fn ask(run_dir: &Path, cmd: &Command) -> Result<Answer, String> {
+    let line = request_json(run_dir, cmd)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| format!("unreadable answer `{line}`: {e}"))?;
+    let ok = v["ok"] == serde_json::Value::Bool(true);
+    let text = match &v["text"] {
+        serde_json::Value::String(t) => t.clone(),
+        _ => v["message"].as_str().unwrap_or_default().to_owned(),
+    };
+    Ok(Answer { line, ok, text })
 }
 
 fn send_line(run_dir: &Path, body: &str) -> Result<String, String> {
@@ -551,15 +451,15 @@ mod tests {
     #[test]
     fn format_is_optional_and_checked() {
         let (c, j) = parse_request(r#"{"cmd":"status"}"#).unwrap();
-        assert_eq!((c, j), (CtlCommand::Status, false));
+        assert_eq!((c, j), (Command::Status, false));
         let (c, j) = parse_request(r#"{"cmd":"status","format":"json"}"#).unwrap();
-        assert_eq!((c, j), (CtlCommand::Status, true));
+        assert_eq!((c, j), (Command::Status, true));
         let (c, _) =
             parse_request(r#"{"cmd":"join-channel","agent":"a","channel":"c","format":"json"}"#)
                 .unwrap();
         assert_eq!(
             c,
-            CtlCommand::JoinChannel {
+            Command::JoinChannel {
                 agent: "a".into(),
                 channel: "c".into()
             }
@@ -580,7 +480,10 @@ mod tests {
             }),
         );
         assert_eq!(ok.prose(), "applied at tick 7: sent to agent 2");
-        assert_eq!(ok.json(), r#"{"ok":true,"tick":7,"data":{"agent":2}}"#);
+        assert_eq!(
+            ok.json(),
+            r#"{"ok":true,"tick":7,"data":{"agent":2},"text":"applied at tick 7: sent to agent 2"}"#
+        );
         let no = Reply::outcome(
             7,
             Err(Refusal::new(ErrorCode::UnknownAgent, "no agent `x`")),
@@ -590,5 +493,6 @@ mod tests {
         assert_eq!(v["ok"], false);
         assert_eq!(v["code"], "unknown-agent");
         assert_eq!(v["message"], "no agent `x`");
+        assert_eq!(v["text"], "refused: no agent `x`");
     }
 }

@@ -30,13 +30,16 @@ use std::path::{Path, PathBuf};
 
 /// Magic bytes at the start of a journal.
 pub const MAGIC: &[u8; 8] = b"LSJOURN\0";
-/// Format version.
-pub const VERSION: u32 = 3;
+/// Format version.  4: inputs are [`crate::command::Command`]s (the one
+/// control vocabulary, with `load-model` and `unload-model`); a journal of
+/// an earlier version is refused with [`JournalError::Version`] (replay it
+/// with the build that wrote it).
+pub const VERSION: u32 = 4;
 /// Largest frame accepted when reading.
 pub const MAX_FRAME: u32 = 64 << 20;
 
 /// One journal entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Entry {
     /// First entry of every run.
     Header {

@@ -50,6 +50,7 @@ pub mod api;
 pub mod checkpoint;
 pub mod child;
 pub mod cluster;
+pub mod command;
 pub mod config;
 pub mod ctl;
 pub mod diff;

@@ -7,7 +7,8 @@
 
 use clap::{Parser, Subcommand};
 use lockstep_supervisor::cluster::{Cluster, ClusterConfig, PingReport};
-use lockstep_supervisor::ctl::{self, CtlCommand};
+use lockstep_supervisor::command::Command as CtlCommand;
+use lockstep_supervisor::ctl;
 use lockstep_supervisor::journal::{self, Entry};
 use lockstep_supervisor::manifest::Manifest;
 use lockstep_supervisor::replay;
@@ -296,90 +297,12 @@ fn parse_size(s: &str) -> Result<u64, String> {
 struct CtlArgs {
     /// The run directory of a running supervisor.
     run_dir: PathBuf,
-    /// Print the answer as one JSON line: `{"ok":true,"tick":N,"data":{…}}`
-    /// or `{"ok":false,"code":"…","message":"…"}`.
+    /// Print the answer as one JSON line: `{"ok":true,"tick":N,"data":{…},"text":"…"}`
+    /// or `{"ok":false,"code":"…","message":"…","text":"…"}`.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
-    cmd: CtlCmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum CtlCmd {
-    /// Start an agent.
-    Spawn {
-        /// Instance name.
-        name: String,
-        /// Module file.
-        module: PathBuf,
-        /// Tenant.
-        #[arg(long, default_value = "default")]
-        tenant: String,
-        /// Priority.
-        #[arg(long, default_value_t = 0)]
-        priority: i32,
-    },
-    /// Schedule a task for an agent (name or #id).
-    Task {
-        /// Agent.
-        agent: String,
-        /// Payload text.
-        #[arg(default_value = "")]
-        payload: String,
-        /// Priority.
-        #[arg(long, default_value_t = 0)]
-        priority: i32,
-        /// Task ids it depends on (decimal or 0x hex).
-        #[arg(long, value_parser = parse_u64)]
-        after: Vec<u64>,
-    },
-    /// Publish on a topic.
-    Publish {
-        /// Topic.
-        topic: String,
-        /// Payload text.
-        payload: String,
-    },
-    /// Send a message to an agent (name or #id).
-    Send {
-        /// Agent.
-        agent: String,
-        /// Payload text.
-        payload: String,
-    },
-    /// Stop one agent.
-    StopAgent {
-        /// Agent (name or #id).
-        agent: String,
-    },
-    /// Make an agent (name or #id) a member of a channel.
-    JoinChannel {
-        /// Agent.
-        agent: String,
-        /// Channel.
-        channel: String,
-    },
-    /// Switch a model to another declared version at the next tick boundary
-    /// (journaled: a replay switches at the same tick).
-    SwapModel {
-        /// Model id.
-        id: String,
-        /// Version (declared in the manifest's `[[models]]`).
-        version: String,
-    },
-    /// Hot-swap an agent (name or #id) to another module version.
-    Upgrade {
-        /// Agent.
-        agent: String,
-        /// The new module file.
-        module: PathBuf,
-    },
-    /// Take a snapshot now.
-    Snapshot,
-    /// Stop the run at the next tick boundary.
-    Stop,
-    /// Print one status line.
-    Status,
+    cmd: CtlCommand,
 }
 
 fn parse_u64(s: &str) -> Result<u64, String> {
@@ -890,70 +813,35 @@ fn doctor(run_dir: &Path, json: bool) -> Result<ExitCode, BoxError> {
 }
 
 fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, BoxError> {
-    let cmd = match args.cmd {
-        CtlCmd::Spawn {
-            name,
-            module,
-            tenant,
-            priority,
-        } => CtlCommand::Spawn {
-            name,
-            module: std::fs::canonicalize(&module)
-                .map_err(|e| format!("module {}: {e}", module.display()))?
+    // Paths are the caller's: made absolute here, where they make sense.
+    let mut cmd = args.cmd;
+    match &mut cmd {
+        CtlCommand::Spawn { module: p, .. }
+        | CtlCommand::Upgrade { module: p, .. }
+        | CtlCommand::LoadModel { path: p, .. } => {
+            *p = std::fs::canonicalize(&*p)
+                .map_err(|e| format!("{p}: {e}"))?
                 .display()
-                .to_string(),
-            tenant,
-            priority,
-            memory: 16 << 20,
-            fuel: 10_000_000,
-        },
-        CtlCmd::Task {
-            agent,
-            payload,
-            priority,
-            after,
-        } => CtlCommand::Task {
-            agent,
-            priority,
-            payload,
-            deps: after,
-        },
-        CtlCmd::Publish { topic, payload } => CtlCommand::Publish { topic, payload },
-        CtlCmd::Send { agent, payload } => CtlCommand::Send { agent, payload },
-        CtlCmd::StopAgent { agent } => CtlCommand::StopAgent { agent },
-        CtlCmd::JoinChannel { agent, channel } => CtlCommand::JoinChannel { agent, channel },
-        CtlCmd::SwapModel { id, version } => CtlCommand::SwapModel { id, version },
-        CtlCmd::Upgrade { agent, module } => CtlCommand::Upgrade {
-            agent,
-            module: std::fs::canonicalize(&module)
-                .map_err(|e| format!("module {}: {e}", module.display()))?
-                .display()
-                .to_string(),
-        },
-        CtlCmd::Snapshot => CtlCommand::Snapshot,
-        CtlCmd::Stop => CtlCommand::Stop,
-        CtlCmd::Status => CtlCommand::Status,
-    };
-    if args.json {
-        let answer = ctl::request_json(&args.run_dir, &cmd)?;
-        println!("{answer}");
-        let ok = serde_json::from_str::<serde_json::Value>(&answer)
-            .is_ok_and(|v| v["ok"] == serde_json::Value::Bool(true));
-        return Ok(if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+                .to_string();
+        }
+        _ => {}
     }
-    let answer = ctl::request(&args.run_dir, &cmd)?;
-    println!("{answer}");
-    Ok(
-        if answer.starts_with("error") || answer.starts_with("refused") {
-            ExitCode::FAILURE
+    // Always the JSON answer: the exit status comes from its `ok`, never
+    // from the prose, which is printed for people.
+    let answer = ctl::ask(&args.run_dir, &cmd)?;
+    println!(
+        "{}",
+        if args.json {
+            &answer.line
         } else {
-            ExitCode::SUCCESS
-        },
-    )
+            &answer.text
+        }
+    );
+    Ok(if answer.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -1158,7 +1046,14 @@ fn log(args: LogArgs) -> Result<ExitCode, BoxError> {
                 manifest_hash,
                 ..
             } => format!("header seed={seed} manifest={}", hex(manifest_hash)),
-            Entry::Input { input, outcome, .. } => format!("input {input:?} -> {outcome:?}"),
+            Entry::Input { input, outcome, .. } => format!(
+                "input {} -> {}",
+                input.describe(),
+                match outcome {
+                    lockstep_supervisor::sim::InputOutcome::Applied(t) => format!("applied: {t}"),
+                    lockstep_supervisor::sim::InputOutcome::Refused(t) => format!("refused: {t}"),
+                }
+            ),
             Entry::Decision { decision, .. } => format!("decision {decision:?}"),
             Entry::Event { event, .. } => format!("event {event:?}"),
             Entry::Inference { answers, .. } => format!(

@@ -340,6 +340,7 @@ impl Run {
             jails,
         };
         run.load_modules()?;
+        run.sync_models()?;
         run.resubmit_inference();
         if let Some(body) = snapshot {
             let body = Arc::new(body);
@@ -452,6 +453,7 @@ impl Run {
             self.drain_ctl()?;
         }
         self.load_modules()?;
+        self.sync_models()?;
         let inputs = std::mem::take(&mut self.pending);
         self.inject.at(next, Phase::Inputs);
         if let Some(Decision::GiveUp { reason }) = decisions
@@ -686,17 +688,31 @@ impl Run {
         }
     }
 
-    /// Models at this point of the run (for snapshots).
+    /// Models loaded at this point of the run (for snapshots): the
+    /// state's catalog, with the pinned hash of each version (a manifest
+    /// model's pin, if it has one; a loaded one's always).
     fn model_states(&self) -> Vec<ModelState> {
-        self.cfg
-            .manifest
-            .models
+        self.sim
+            .model_catalog
             .iter()
-            .map(|m| ModelState {
-                id: m.id.clone(),
-                version: m.version.clone(),
-                blake3: m.blake3.clone(),
-                current: self.sim.model_versions.get(&m.id) == Some(&m.version),
+            .flat_map(|(id, versions)| versions.iter().map(move |v| (id, v)))
+            .map(|(id, v)| {
+                let blake3 = match self.sim.loaded_models.get(&format!("{id}@{v}")) {
+                    Some(m) => Some(m.blake3.clone()),
+                    None => self
+                        .cfg
+                        .manifest
+                        .models
+                        .iter()
+                        .find(|m| &m.id == id && &m.version == v)
+                        .and_then(|m| m.blake3.clone()),
+                };
+                ModelState {
+                    id: id.clone(),
+                    version: v.clone(),
+                    blake3,
+                    current: self.sim.model_versions.get(id) == Some(v),
+                }
             })
             .collect()
     }

@@ -114,7 +114,8 @@ mod tests {
             until: 3,
             ..Script::default()
         };
-        s.inputs.insert(2, vec![Input::Stop { agent: "a".into() }]);
+        s.inputs
+            .insert(2, vec![Input::StopAgent { agent: "a".into() }]);
         s.hashes.insert(2, [7; 32]);
         let mut t = Timeline::Replay(s);
         assert!(t.recorded(3) && !t.recorded(4));

@@ -234,6 +234,7 @@ fn invalid_control_commands_are_refused_before_the_journal() {
                 priority: 0,
                 memory,
                 fuel,
+                blake3: None,
             },
         )
         .unwrap()

@@ -163,7 +163,7 @@ fn chaos_of_every_fault_class_is_invisible() {
                     },
                     Input::Publish {
                         topic: String::new(),
-                        payload: vec![],
+                        payload: Vec::new().into(),
                     },
                 ] {
                     let out = run.input(bad).unwrap();

@@ -192,6 +192,8 @@ pub struct InferenceService {
     ready: BTreeMap<(u64, u64), Result<Vec<u8>, String>>,
     /// Telemetry not collected yet.
     telemetry: Vec<InferenceTelemetry>,
+    /// Requests asked from outside the run so far.
+    outside_seq: u64,
 }
 
 impl InferenceService {
@@ -246,6 +248,7 @@ impl InferenceService {
             inflight: std::collections::VecDeque::new(),
             ready: BTreeMap::new(),
             telemetry: Vec::new(),
+            outside_seq: 0,
         };
         if !svc.models.is_empty() {
             let bin = match &svc.cfg.host_bin {
@@ -272,6 +275,11 @@ impl InferenceService {
     /// Host restarts so far (crashes, hangs, protocol violations).
     pub fn restarts(&self) -> u64 {
         self.restarts
+    }
+
+    /// Telemetry of the batches answered since the last collection.
+    pub fn take_telemetry(&mut self) -> Vec<InferenceTelemetry> {
+        std::mem::take(&mut self.telemetry)
     }
 
     /// Restart lines since the last call (for the live view).
@@ -521,66 +529,206 @@ impl InferenceService {
             return Err(self.start_failure(&e));
         }
         for k in 0..self.models.len() {
-            let Some(m) = self.models.get(k).cloned() else {
-                continue;
-            };
-            let model_err = |reason: String| InferenceStartError::Model {
-                id: m.def.id.clone(),
-                version: m.def.version.clone(),
-                path: m.def.path.display().to_string(),
-                reason,
-            };
-            let cmd = InferenceCommand::LoadModel {
-                id: m.def.id.clone(),
-                version: m.def.version.clone(),
-                source: m.def.path.display().to_string(),
-                bytes: m.bytes.to_vec(),
-                blake3_hex: m.blake3_hex.clone(),
-            };
-            let deadline = Some(Instant::now() + timeout);
-            let Some(h) = self.host.as_mut() else {
-                return Err(InferenceStartError::Host(
-                    "the inference host is not running".into(),
-                ));
-            };
-            let ep = h.child.endpoint();
-            let reply = ep
-                .send_msg(&Down::Inference(cmd), deadline)
-                .and_then(|()| ep.recv_msg::<Up>(deadline));
-            match reply {
-                Ok(Up::Inference(InferenceReply::Loaded {
-                    id,
-                    version,
-                    device,
-                    ..
-                })) if id == m.def.id && version == m.def.version => {
-                    h.device = device;
-                }
-                Ok(Up::Inference(InferenceReply::LoadFailed { error, .. })) => {
-                    return Err(model_err(error));
-                }
-                Ok(Up::Error { message }) => return Err(model_err(message)),
-                Ok(other) => {
-                    return Err(model_err(format!(
-                        "the inference host answered {}",
-                        describe(&other)
-                    )));
-                }
-                Err(e) => {
-                    let why = match e {
-                        ChannelError::PeerGone(_) => {
-                            self.wait_death(Duration::from_millis(500)).map_or_else(
-                                || chain(&e),
-                                |d| format!("the inference host {}", d.kind),
-                            )
-                        }
-                        other => chain(&other),
-                    };
-                    return Err(model_err(format!("while loading: {why}")));
-                }
-            }
+            self.load_entry(k)?;
         }
         Ok(())
+    }
+
+    /// Sends model `k` to the running host and waits until it is loaded.
+    fn load_entry(&mut self, k: usize) -> Result<(), InferenceStartError> {
+        let timeout = self.cfg.start_timeout;
+        let Some(m) = self.models.get(k).cloned() else {
+            return Ok(());
+        };
+        let model_err = |reason: String| InferenceStartError::Model {
+            id: m.def.id.clone(),
+            version: m.def.version.clone(),
+            path: m.def.path.display().to_string(),
+            reason,
+        };
+        let cmd = InferenceCommand::LoadModel {
+            id: m.def.id.clone(),
+            version: m.def.version.clone(),
+            source: m.def.path.display().to_string(),
+            bytes: m.bytes.to_vec(),
+            blake3_hex: m.blake3_hex.clone(),
+        };
+        let deadline = Some(Instant::now() + timeout);
+        let Some(h) = self.host.as_mut() else {
+            return Err(InferenceStartError::Host(
+                "the inference host is not running".into(),
+            ));
+        };
+        let ep = h.child.endpoint();
+        let reply = ep
+            .send_msg(&Down::Inference(cmd), deadline)
+            .and_then(|()| ep.recv_msg::<Up>(deadline));
+        match reply {
+            Ok(Up::Inference(InferenceReply::Loaded {
+                id,
+                version,
+                device,
+                ..
+            })) if id == m.def.id && version == m.def.version => {
+                h.device = device;
+                Ok(())
+            }
+            Ok(Up::Inference(InferenceReply::LoadFailed { error, .. })) => Err(model_err(error)),
+            Ok(Up::Error { message }) => Err(model_err(message)),
+            Ok(other) => Err(model_err(format!(
+                "the inference host answered {}",
+                describe(&other)
+            ))),
+            Err(e) => {
+                let why = match e {
+                    ChannelError::PeerGone(_) => self
+                        .wait_death(Duration::from_millis(500))
+                        .map_or_else(|| chain(&e), |d| format!("the inference host {}", d.kind)),
+                    other => chain(&other),
+                };
+                Err(model_err(format!("while loading: {why}")))
+            }
+        }
+    }
+
+    /// The model versions loaded, as `(id, version)`.
+    pub fn loaded(&self) -> Vec<(String, String)> {
+        self.index.keys().cloned().collect()
+    }
+
+    /// Rebuilds the lookup tables after `models` changed.
+    fn reindex(&mut self) {
+        self.index.clear();
+        self.first.clear();
+        for (k, m) in self.models.iter().enumerate() {
+            self.index
+                .insert((m.def.id.clone(), m.def.version.clone()), k);
+            self.first
+                .entry(m.def.id.clone())
+                .or_insert_with(|| m.def.version.clone());
+        }
+    }
+
+    /// Waits for every batch in flight (their answers wait in the service
+    /// until collected), so that a command out of the batch sequence may go
+    /// to the host.
+    fn drain(&mut self, tick: u64) {
+        while !self.inflight.is_empty() {
+            if let Err(cause) = self.receive_one() {
+                self.recover(
+                    tick,
+                    cause,
+                    "restarting it and re-sending the batches in flight",
+                );
+            }
+        }
+    }
+
+    /// Loads a model version while the run runs (`load-model`, or a
+    /// replay's journaled one): `bytes` must hash to `blake3_hex`.  Starts
+    /// the host if none runs yet.  On failure nothing changed (a host that
+    /// died of the model is replaced when next needed) and the error says
+    /// why.
+    pub fn load(
+        &mut self,
+        tick: u64,
+        def: ModelDef,
+        bytes: std::sync::Arc<Vec<u8>>,
+    ) -> Result<(), InferenceStartError> {
+        let actual = blake3::hash(&bytes).to_hex().to_string();
+        if let Some(pin) = &def.blake3
+            && !pin.eq_ignore_ascii_case(&actual)
+        {
+            return Err(InferenceStartError::Model {
+                id: def.id.clone(),
+                version: def.version.clone(),
+                path: def.path.display().to_string(),
+                reason: format!("BLAKE3 is {actual}, {pin} is pinned"),
+            });
+        }
+        if self
+            .index
+            .contains_key(&(def.id.clone(), def.version.clone()))
+        {
+            return Ok(());
+        }
+        if self.bin.is_none() {
+            let bin = match &self.cfg.host_bin {
+                Some(b) => b.clone(),
+                None => locate_binary("lockstep-inference-host", "LOCKSTEP_INFERENCE_HOST_BIN")
+                    .map_err(InferenceStartError::Locate)?,
+            };
+            self.bin = Some(bin);
+        }
+        // A text model travels with its tokenizer.
+        let (bytes, actual) = match text::host_bytes(&def, bytes.to_vec(), actual) {
+            Ok((b, h)) => (std::sync::Arc::new(b), h),
+            Err(reason) => {
+                return Err(InferenceStartError::Model {
+                    id: def.id.clone(),
+                    version: def.version.clone(),
+                    path: def.path.display().to_string(),
+                    reason,
+                });
+            }
+        };
+        self.drain(tick);
+        self.models.push(ModelEntry {
+            def,
+            blake3_hex: actual,
+            bytes,
+        });
+        self.reindex();
+        let k = self.models.len() - 1;
+        let r = if self.host.is_none() {
+            self.spawn_host()
+        } else {
+            self.load_entry(k)
+        };
+        if let Err(e) = r {
+            self.models.pop();
+            self.reindex();
+            if self.host.is_some() && self.host_died().is_some() {
+                self.discard_host();
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unloads a model version (`unload-model`); its bytes are forgotten.
+    pub fn unload(&mut self, tick: u64, id: &str, version: &str) {
+        let Some(k) = self
+            .index
+            .get(&(id.to_owned(), version.to_owned()))
+            .copied()
+        else {
+            return;
+        };
+        self.drain(tick);
+        self.models.remove(k);
+        self.reindex();
+        let deadline = Some(Instant::now() + self.cfg.start_timeout);
+        let Some(h) = self.host.as_mut() else {
+            return;
+        };
+        let ep = h.child.endpoint();
+        let cmd = Down::Inference(InferenceCommand::UnloadModel {
+            id: id.to_owned(),
+            version: Some(version.to_owned()),
+        });
+        let reply = ep
+            .send_msg(&cmd, deadline)
+            .and_then(|()| ep.recv_msg::<Up>(deadline));
+        if !matches!(reply, Ok(Up::Inference(InferenceReply::Unloaded { .. }))) {
+            // A host out of step is replaced (with the remaining models)
+            // when next needed.
+            tracing::warn!(
+                tick,
+                "inference host: unloading {id}@{version} failed; replacing it"
+            );
+            self.discard_host();
+        }
     }
 
     fn start_failure(&mut self, e: &ChildError) -> InferenceStartError {

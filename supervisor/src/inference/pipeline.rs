@@ -15,7 +15,7 @@
 
 use super::{ECHO_MODEL, InferenceService, MAX_INPUT_BYTES, Resolved};
 use crate::failure::Cause;
-use crate::sim::{InferAnswer, InferRequest};
+use crate::sim::{InferAnswer, InferRequest, UNANSWERABLE};
 use crate::telemetry::InferenceTelemetry;
 use shm_protocol::control::{Down, Up};
 use shm_protocol::inference::{InferenceCommand, InferenceReply, InferenceRequest, Tensor};
@@ -61,6 +61,10 @@ pub struct Collected {
 
 type Key = (u64, u64);
 
+/// The "agent" of the requests asked from outside the run (no agent has
+/// this id).
+const OUTSIDE: u64 = u64::MAX;
+
 impl InferenceService {
     /// Sends the requests asked in tick `asked` to the host, one command
     /// per `(model, version)` (the versions pinned when they were asked),
@@ -79,7 +83,17 @@ impl InferenceService {
         let mut echoed = 0u64;
         for q in requests {
             let key = (q.agent, q.request_id);
-            let answer = match self.resolve(&q.pinned, &BTreeMap::new()) {
+            // The state pinned the version (or the error) when the request
+            // was asked: a bare name is the built-in model whatever is
+            // loaded now.
+            let resolved = if let Some(why) = q.pinned.strip_prefix(UNANSWERABLE) {
+                Resolved::Error(why.to_owned())
+            } else if q.pinned == ECHO_MODEL {
+                Resolved::Echo
+            } else {
+                self.resolve(&q.pinned, &BTreeMap::new())
+            };
+            let answer = match resolved {
                 Resolved::Echo => {
                     echoed += 1;
                     Ok(q.input.clone())
@@ -222,6 +236,99 @@ impl InferenceService {
         (c.answers, c.telemetry)
     }
 
+    /// Answers `inputs` with model `id` at `version` for a caller outside
+    /// the run (`infer`, `batch-infer`), between ticks: one batch, sent
+    /// after the run's own in flight, whose answers go to the caller only
+    /// (never to an agent, the journal or the tick hash).  The run's
+    /// batches in flight are not disturbed: their answers wait for their
+    /// ticks as always.
+    pub fn infer_outside(
+        &mut self,
+        tick: u64,
+        id: &str,
+        version: &str,
+        inputs: Vec<Tensor>,
+    ) -> Vec<Result<Tensor, String>> {
+        if !self
+            .index
+            .contains_key(&(id.to_owned(), version.to_owned()))
+        {
+            return vec![Err(format!("model `{id}` has no version `{version}`")); inputs.len()];
+        }
+        let max_batch = self
+            .index
+            .get(&(id.to_owned(), version.to_owned()))
+            .and_then(|&k| self.models.get(k))
+            .map_or(1, |m| m.def.max_batch);
+        let mut out: Vec<Option<Result<Tensor, String>>> = vec![None; inputs.len()];
+        let mut members = Vec::new();
+        let mut requests = Vec::new();
+        for (i, t) in inputs.into_iter().enumerate() {
+            if t.data().len() > MAX_INPUT_BYTES {
+                out[i] = Some(Err(format!(
+                    "input tensor of {} bytes exceeds the inference limit of {MAX_INPUT_BYTES} bytes",
+                    t.data().len()
+                )));
+                continue;
+            }
+            self.outside_seq += 1;
+            members.push((OUTSIDE, self.outside_seq));
+            requests.push((i, t));
+        }
+        if !members.is_empty() {
+            let now = Instant::now();
+            self.inflight.push_back(Batch {
+                id: 0,
+                asked: tick,
+                model: id.to_owned(),
+                version: version.to_owned(),
+                max_batch,
+                members: members.clone(),
+                requests: requests
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (_, t))| InferenceRequest {
+                        request_key: k as u64,
+                        input_name: None,
+                        tensor: t.clone(),
+                    })
+                    .collect(),
+                attempts: 0,
+                restarts: 0,
+                first_sent: now,
+                last_sent: now,
+            });
+            let last = self.inflight.len() - 1;
+            if let Err(cause) = self.transmit(last) {
+                self.recover(
+                    tick,
+                    cause,
+                    "restarting it and re-sending the batches in flight",
+                );
+            }
+            while members.iter().any(|k| !self.ready.contains_key(k)) && !self.inflight.is_empty() {
+                if let Err(cause) = self.receive_one() {
+                    self.recover(
+                        tick,
+                        cause,
+                        "restarting it and re-sending the batches in flight",
+                    );
+                }
+            }
+            for (key, (i, _)) in members.iter().zip(&requests) {
+                let r = self
+                    .ready
+                    .remove(key)
+                    .unwrap_or_else(|| Err("no answer".into()))
+                    .and_then(|abi| Tensor::decode_abi(&abi).map_err(|e| e.to_string()));
+                out[*i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err("no answer".into())))
+            .collect()
+    }
+
     /// Batches sent and not answered.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
@@ -266,7 +373,7 @@ impl InferenceService {
 
     /// Receives the reply to one batch in flight and files its answers
     /// (the deadline is the oldest send's).
-    fn receive_one(&mut self) -> Result<(), Cause> {
+    pub(super) fn receive_one(&mut self) -> Result<(), Cause> {
         let Some(oldest) = self.inflight.iter().map(|b| b.last_sent).min() else {
             return Ok(());
         };
@@ -377,7 +484,7 @@ impl InferenceService {
     /// that may still be tried is sent again, in order, to a fresh host;
     /// a batch that failed [`super::InferenceConfig::max_attempts`] times
     /// is answered with errors.
-    fn recover(&mut self, tick: u64, mut cause: Cause, what: &str) {
+    pub(super) fn recover(&mut self, tick: u64, mut cause: Cause, what: &str) {
         let mut what = what.to_owned();
         loop {
             let waiting = self.inflight.len();

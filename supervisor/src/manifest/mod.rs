@@ -480,7 +480,8 @@ impl Ctx<'_> {
     }
 }
 
-fn valid_name(s: &str) -> bool {
+/// A model id or version (letters, digits, `-`, `_`, `.`; 1 to 128).
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.chars()
@@ -497,7 +498,8 @@ fn parse_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn valid_blake3(s: &str) -> bool {
+/// 64 hexadecimal digits.
+pub(crate) fn valid_blake3(s: &str) -> bool {
     s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 

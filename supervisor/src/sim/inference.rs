@@ -12,6 +12,11 @@
 //! every snapshot), so a resumed, replayed or forked run sends them again.
 
 use super::{InferAnswer, InferRequest, RUNTIME_SENDER, SimState, WireMessage, kind};
+use std::collections::BTreeSet;
+
+/// The first character of a pinned model that no model can answer; the
+/// rest is the error the agent gets ([`SimState::pin_model`]).
+pub const UNANSWERABLE: char = '!';
 
 impl InferRequest {
     /// A request asked now and answered at the next tick, its version to be
@@ -31,21 +36,50 @@ impl InferRequest {
 }
 
 impl SimState {
-    /// The model version that answers a request naming `model` now:
-    /// `id@version` for a declared model (its current version unless the
-    /// request names one), `model` itself otherwise (the built-in `echo`
-    /// model, or a name the inference service will refuse).
+    /// The model version that answers a request naming `model` now,
+    /// decided here, from the state alone, so that a request's fate never
+    /// depends on when it reaches the inference host (a resumed run sends
+    /// the outstanding ones again, maybe after a load or an unload):
+    ///
+    /// * `id@version` for a loaded version (the model's current one unless
+    ///   the request names one);
+    /// * [`ECHO`](crate::inference::ECHO_MODEL) for the built-in model when
+    ///   no loaded model has that id;
+    /// * otherwise `!` followed by the error the agent gets (an unknown
+    ///   model or version): [`UNANSWERABLE`].
     pub fn pin_model(&self, model: &str) -> String {
         let (id, version) = match model.split_once('@') {
             Some((id, v)) => (id, Some(v)),
             None => (model, None),
         };
-        if !self.model_catalog.contains_key(id) {
-            return model.to_owned();
+        let Some(versions) = self.model_catalog.get(id) else {
+            return if model == crate::inference::ECHO_MODEL {
+                model.to_owned()
+            } else {
+                format!("{UNANSWERABLE}unknown model `{model}`")
+            };
+        };
+        let version = version.or_else(|| self.model_versions.get(id).map(String::as_str));
+        match version {
+            Some(v) if versions.contains(v) => format!("{id}@{v}"),
+            Some(v) => {
+                let known: Vec<&str> = versions.iter().map(String::as_str).collect();
+                format!(
+                    "{UNANSWERABLE}model `{id}` has no version `{v}` (loaded: {})",
+                    known.join(", ")
+                )
+            }
+            None => format!("{UNANSWERABLE}unknown model `{model}`"),
         }
-        match version.or_else(|| self.model_versions.get(id).map(String::as_str)) {
-            Some(v) => format!("{id}@{v}"),
-            None => model.to_owned(),
+    }
+
+    /// Requests still outstanding for versions being unloaded get the
+    /// error `why` when they are due (whatever the host answers).
+    pub(crate) fn unanswerable(&mut self, pinned: &BTreeSet<String>, why: &str) {
+        for r in self.infer_pending.values_mut().flatten() {
+            if pinned.contains(&r.pinned) {
+                r.pinned = format!("{UNANSWERABLE}{why}");
+            }
         }
     }
 
@@ -103,6 +137,19 @@ impl SimState {
         h.update(b"lockstep-answers-v1");
         h.update(&self.hash);
         for (r, a) in requests.iter().zip(answers) {
+            // Decided by the state, not by the host (see `pin_model`).
+            let overridden;
+            let a = match r.pinned.strip_prefix(UNANSWERABLE) {
+                Some(why) if a.result.as_ref().err().is_none_or(|e| e != why) => {
+                    overridden = InferAnswer {
+                        agent: a.agent,
+                        request_id: a.request_id,
+                        result: Err(why.to_owned()),
+                    };
+                    &overridden
+                }
+                _ => a,
+            };
             let ah = *blake3::hash(&shm_protocol::codec::encode(a).unwrap_or_default()).as_bytes();
             h.update(&ah);
             hashes.push(ah);

@@ -1,11 +1,15 @@
 //! External inputs (spawn, task, publish, send, stop, join, upgrade, model
-//! swap), applied at a tick boundary in the order they were accepted.
+//! swap, load and unload), applied at a tick boundary in the order they
+//! were accepted.
 
-use super::{AgentStatus, Input, InputOutcome, ModuleRec, RUNTIME_SENDER, SimState, Task, kind};
+use super::{
+    AgentStatus, Input, InputOutcome, LoadedModel, ModuleRec, RUNTIME_SENDER, SimState, Task, kind,
+};
 use crate::ctl::{Applied, ErrorCode, Refusal};
 use crate::manifest::RestartPolicy;
 use serde_json::json;
 use shm_protocol::worker::{AgentLimits, WireMessage};
+use std::collections::BTreeSet;
 
 impl SimState {
     /// Applies external inputs for the coming tick (`self.tick + 1`), in
@@ -108,7 +112,7 @@ impl SimState {
                     id: task_id,
                     agent: id,
                     priority: *priority,
-                    payload: payload.clone(),
+                    payload: payload.0.clone(),
                     deps: deps.clone(),
                     seq: 0,
                     submitted: tick,
@@ -136,7 +140,7 @@ impl SimState {
                         sent_tick: tick,
                         seq,
                         topic: topic.clone(),
-                        payload: payload.clone(),
+                        payload: payload.0.clone(),
                     };
                     self.push_message(*s, msg, &mut drops);
                 }
@@ -159,13 +163,13 @@ impl SimState {
                     sent_tick: tick,
                     seq: self.notice_seq,
                     topic: String::new(),
-                    payload: payload.clone(),
+                    payload: payload.0.clone(),
                 };
                 let mut drops = 0;
                 self.push_message(id, msg, &mut drops);
                 Ok(applied(format!("sent to agent {id}"), json!({"agent": id})))
             }
-            Input::Stop { agent } => {
+            Input::StopAgent { agent } => {
                 let Some(id) = self.resolve(agent) else {
                     return Err(Refusal::new(
                         ErrorCode::UnknownAgent,
@@ -213,10 +217,146 @@ impl SimState {
                 abi_version,
                 globals,
                 migrates,
-            } => self.upgrade(agent, module, blake3, *abi_version, globals, *migrates),
+            } => self.upgrade(
+                agent,
+                module,
+                blake3.as_deref().unwrap_or_default(),
+                *abi_version,
+                globals,
+                *migrates,
+            ),
             // --- inference ---
             Input::SwapModel { id, version } => self.swap_model(id, version),
+            Input::LoadModel {
+                id,
+                version,
+                path,
+                blake3,
+                max_batch,
+                latency_ticks,
+            } => self.load_model(
+                id,
+                version,
+                LoadedModel {
+                    path: path.clone(),
+                    blake3: blake3.clone().unwrap_or_default(),
+                    max_batch: *max_batch,
+                    latency_ticks: *latency_ticks,
+                },
+            ),
+            Input::UnloadModel { id, version } => self.unload_model(id, version.as_deref()),
+            other @ (Input::Snapshot
+            | Input::Stop
+            | Input::Status
+            | Input::Children
+            | Input::Infer { .. }
+            | Input::BatchInfer { .. }) => Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("`{}` is not an input", other.name()),
+            )),
         }
+    }
+
+    /// Applies [`Input::LoadModel`] (already checked and loaded by the
+    /// inference host): the version joins the catalog and becomes the
+    /// model's current one.
+    fn load_model(&mut self, id: &str, version: &str, m: LoadedModel) -> Result<Applied, Refusal> {
+        let key = format!("{id}@{version}");
+        if self
+            .model_catalog
+            .get(id)
+            .is_some_and(|v| v.contains(version))
+        {
+            return Err(Refusal::new(
+                ErrorCode::Conflict,
+                format!("model `{id}` version `{version}` is already loaded"),
+            ));
+        }
+        let tick = self.tick + 1;
+        self.model_catalog
+            .entry(id.to_owned())
+            .or_default()
+            .insert(version.to_owned());
+        let previous = self
+            .model_versions
+            .insert(id.to_owned(), version.to_owned());
+        self.model_latency
+            .insert(key.clone(), m.latency_ticks.max(1));
+        let data = json!({
+            "model": id,
+            "version": version,
+            "blake3": m.blake3,
+            "previous": previous,
+        });
+        self.loaded_models.insert(key, m);
+        Ok(applied(
+            format!("model `{id}` version `{version}` loaded, current from tick {tick}"),
+            data,
+        ))
+    }
+
+    /// Applies [`Input::UnloadModel`]: one version (not the current one
+    /// while others remain), or every version of the model.  Requests for
+    /// it are then answered as for an unknown model; those already asked
+    /// of an unloaded version get an error when due.
+    fn unload_model(&mut self, id: &str, version: Option<&str>) -> Result<Applied, Refusal> {
+        let Some(versions) = self.model_catalog.get(id) else {
+            return Err(Refusal::new(
+                ErrorCode::UnknownModel,
+                format!("no model `{id}` is loaded"),
+            ));
+        };
+        let gone: Vec<String> = match version {
+            None => versions.iter().cloned().collect(),
+            Some(v) if !versions.contains(v) => {
+                let known: Vec<&str> = versions.iter().map(String::as_str).collect();
+                return Err(Refusal::new(
+                    ErrorCode::UnknownModel,
+                    format!(
+                        "model `{id}` has no version `{v}` (loaded: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            Some(v)
+                if versions.len() > 1
+                    && self.model_versions.get(id).map(String::as_str) == Some(v) =>
+            {
+                return Err(Refusal::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "version `{v}` is model `{id}`'s current version: swap-model to another version first, or unload every version"
+                    ),
+                ));
+            }
+            Some(v) => vec![v.to_owned()],
+        };
+        let tick = self.tick + 1;
+        let keys: BTreeSet<String> = gone.iter().map(|v| format!("{id}@{v}")).collect();
+        if let Some(set) = self.model_catalog.get_mut(id) {
+            for v in &gone {
+                set.remove(v);
+            }
+            if set.is_empty() {
+                self.model_catalog.remove(id);
+                self.model_versions.remove(id);
+            }
+        }
+        for k in &keys {
+            self.model_latency.remove(k);
+            self.loaded_models.remove(k);
+            self.unanswerable(
+                &BTreeSet::from([k.clone()]),
+                &format!("model `{k}` was unloaded at tick {tick}, before this answer was due"),
+            );
+        }
+        Ok(applied(
+            format!(
+                "model `{id}`: version(s) {} unloaded at tick {tick}",
+                gone.join(", ")
+            ),
+            json!({"model": id, "versions": gone}),
+        ))
     }
 
     // --- inference ---

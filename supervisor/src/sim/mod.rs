@@ -14,6 +14,7 @@
 
 mod barrier;
 mod inference;
+pub use inference::UNANSWERABLE;
 mod inputs;
 mod plan;
 #[cfg(test)]
@@ -202,95 +203,25 @@ pub struct Counters {
     pub inferences: u64,
 }
 
-/// An external input, applied at a tick boundary and journaled.
+/// An external input, applied at a tick boundary and journaled: one of the
+/// [`Command`](crate::command::Command)s for which
+/// [`is_input`](crate::command::Command::is_input) holds (the others are
+/// refused if they reach the state machine).  The one command type, under
+/// the name the state machine and the journal use for it.
+pub use crate::command::Command as Input;
+
+/// A model version loaded while the run ran (`load-model`): what a replay,
+/// a resumed or a forked run needs to load the same bytes again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Input {
-    /// Start a new agent.
-    Spawn {
-        /// Instance name.
-        name: String,
-        /// Module path.
-        module: String,
-        /// Tenant name.
-        tenant: String,
-        /// Priority.
-        priority: i32,
-        /// Memory limit (bytes).
-        memory: u64,
-        /// Fuel per call.
-        fuel: u64,
-        /// BLAKE3 of the module (hex), pinned when the spawn was accepted
-        /// (the module was validated then), so that replays load the same
-        /// module.
-        blake3: Option<String>,
-    },
-    /// Schedule a task.
-    Task {
-        /// Agent name or `#id`.
-        agent: String,
-        /// Priority.
-        priority: i32,
-        /// Payload.
-        #[serde(with = "serde_bytes")]
-        payload: Vec<u8>,
-        /// Dependencies.
-        deps: Vec<u64>,
-    },
-    /// Publish on a topic (sender: the runtime).
-    Publish {
-        /// Topic.
-        topic: String,
-        /// Payload.
-        #[serde(with = "serde_bytes")]
-        payload: Vec<u8>,
-    },
-    /// Send to an agent (sender: the runtime).
-    Send {
-        /// Agent name or `#id`.
-        agent: String,
-        /// Payload.
-        #[serde(with = "serde_bytes")]
-        payload: Vec<u8>,
-    },
-    /// Stop an agent.
-    Stop {
-        /// Agent name or `#id`.
-        agent: String,
-    },
-    // --- inference: versioned model swap ---
-    /// Make `version` the current version of model `id` (what `infer("id")`
-    /// without `@version` uses) from this tick's requests on.
-    SwapModel {
-        /// Model id.
-        id: String,
-        /// A version the manifest declares for it.
-        version: String,
-    },
-    /// Make an agent a member of a channel (the orchestrator's
-    /// `joinChannel`); effective for messages sent from this tick on.
-    JoinChannel {
-        /// Agent name or `#id`.
-        agent: String,
-        /// Channel.
-        channel: String,
-    },
-    /// Hot-swap an agent to another module.  The runner resolves the module
-    /// (hash, ABI version, state layout) before journaling, so that replays
-    /// decide compatibility exactly as the original run did.
-    Upgrade {
-        /// Agent name or `#id`.
-        agent: String,
-        /// Module path.
-        module: String,
-        /// BLAKE3 of the module (hex), pinned for replays.
-        blake3: String,
-        /// Its `agent_abi_version`.
-        abi_version: u32,
-        /// Types of its mutable globals.
-        globals: Vec<String>,
-        /// Whether it exports `agent_migrate`.
-        migrates: bool,
-    },
+pub struct LoadedModel {
+    /// The file it was read from (absolute).
+    pub path: String,
+    /// BLAKE3 of its bytes (hex), pinned when the load was accepted.
+    pub blake3: String,
+    /// Largest batch of one model run.
+    pub max_batch: u32,
+    /// Ticks between a request and its answer.
+    pub latency_ticks: u32,
 }
 
 /// What applying an input did.
@@ -513,8 +444,12 @@ pub struct SimState {
     /// Model id → its current version (the first declared one until an
     /// [`Input::SwapModel`]).
     pub model_versions: BTreeMap<String, String>,
-    /// Model id → every version the manifest declares.
+    /// Model id → every version loaded now (declared by the manifest or
+    /// loaded by [`Input::LoadModel`], less those unloaded).
     pub model_catalog: BTreeMap<String, BTreeSet<String>>,
+    /// `id@version` → where a version loaded by [`Input::LoadModel`] came
+    /// from (manifest models are described by the manifest).
+    pub loaded_models: BTreeMap<String, LoadedModel>,
     /// Indexes derived from `agents` (not state: never serialized or
     /// compared; rebuilt by the first [`SimState::begin_tick`] after a load).
     #[serde(skip)]
@@ -609,6 +544,7 @@ impl SimState {
             counters: Counters::default(),
             model_versions: BTreeMap::new(),
             model_catalog: BTreeMap::new(),
+            loaded_models: BTreeMap::new(),
             derived: Derived::default(),
         };
         // --- inference: the first declared version is current ---
