@@ -2,8 +2,10 @@
 //! own tests (`npm test`: `tsc`, then `node --test`) drive a real
 //! `lockstep run --forever` through the `Orchestrator` and `ModelRegistry`
 //! classes — spawn, publish, send, tasks, channels, upgrade, snapshot,
-//! coded refusals, telemetry from metrics.jsonl, stop — and read the
-//! inputs back from the journal with `lockstep log`.
+//! coded refusals, telemetry from metrics.jsonl, stop; models loaded,
+//! refused (a model ONNX Runtime cannot load), asked from outside and
+//! unloaded — and read the inputs back from the journal with `lockstep
+//! log` (and `lockstep verify` the run with the loads).
 //!
 //! Needs Node.js 20+ and npm (`npm ci` fetches the pinned TypeScript
 //! compiler when the lock file changed); without them the test says why
@@ -111,6 +113,10 @@ fn typescript_client_drives_a_real_run() {
     );
     assert!(
         out.contains("ok 1 - drives a running supervisor through the Orchestrator\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ok 2 - loads, unloads and asks models of a running supervisor\n"),
         "{out}"
     );
 }

@@ -9,7 +9,7 @@ export type ErrorCode =
   | "unknown-agent"
   /** No tenant of that name. */
   | "unknown-tenant"
-  /** The manifest declares no such model, or no such version of it. */
+  /** No such model is loaded, or no such version of it. */
   | "unknown-model"
   /** An agent of that name (or a task of that id) already exists. */
   | "conflict"
@@ -29,6 +29,10 @@ export type ErrorCode =
   | "timeout"
   /** The supervisor failed to do it (for example a snapshot write). */
   | "internal"
+  /** A model to load cannot be read, does not match its hash, or ONNX Runtime cannot load it. */
+  | "model-refused"
+  /** A model refused an input of `infer`/`batchInfer` or failed to run it. */
+  | "inference-failed"
   /** The control socket cannot be reached (no such run, or it has ended). */
   | "connect-failed"
   /** The answer could not be understood. */
@@ -51,6 +55,8 @@ export const SUPERVISOR_ERROR_CODES: readonly ErrorCode[] = [
   "stopping",
   "timeout",
   "internal",
+  "model-refused",
+  "inference-failed",
 ];
 
 /** A refused or failed request: `code` is stable, `message` is for people. */

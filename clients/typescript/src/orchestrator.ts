@@ -326,17 +326,69 @@ export class Orchestrator {
 }
 
 /**
- * The specification's `ModelRegistry`, as far as a running supervisor
- * offers it: the models and their versions are the manifest's
- * `[[models]]`, loaded by the inference host at start-up; a run can switch
- * a model to another declared version (journaled, so replays switch at the
- * same tick).
+ * The specification's `ModelRegistry` for a running run.  `loadModel`,
+ * `unloadModel` and `swapModel` are inputs: checked first (a model file is
+ * read, hashed and loaded by the run's inference host before anything is
+ * journaled), applied at the next tick boundary and journaled, so a replay
+ * loads the same bytes at the same tick.  `infer` and `batchInfer` ask the
+ * model from outside the run: answered between ticks with the model's
+ * current version, never journaled and never seen by agents — they do not
+ * change the run.
  */
 export class ModelRegistry {
   readonly #orchestrator: Orchestrator;
 
   constructor(orchestrator: Orchestrator) {
     this.#orchestrator = orchestrator;
+  }
+
+  /**
+   * `loadModel(modelId, version)`: loads the `.onnx` file at `path` (on the
+   * supervisor's machine; made absolute here) as `modelId@version`; it is
+   * the model's current version from the next tick on.  Refused with
+   * `model-refused` (file unreadable, hash mismatch, a model ONNX Runtime
+   * cannot load), `conflict` (already loaded) or `bad-request`.
+   */
+  async loadModel(
+    modelId: string,
+    version: string,
+    path: string,
+    options: ModelOptions & RequestOptions = {},
+  ): Promise<ModelLoad> {
+    const cmd: Record<string, unknown> & { cmd: string } = {
+      cmd: "load-model",
+      id: modelId,
+      version,
+      path: resolve(path),
+    };
+    if (options.blake3 !== undefined) cmd.blake3 = options.blake3;
+    if (options.maxBatch !== undefined) cmd.max_batch = options.maxBatch;
+    if (options.latencyTicks !== undefined) cmd.latency_ticks = options.latencyTicks;
+    const { tick, data } = await this.#orchestrator.request(cmd, options);
+    const previous = data.previous;
+    return {
+      tick,
+      modelId: str(data, "model"),
+      version: str(data, "version"),
+      blake3: str(data, "blake3"),
+      previous: typeof previous === "string" ? previous : null,
+    };
+  }
+
+  /**
+   * `unloadModel(modelId)`: unloads every version of `modelId` (or only
+   * `version`, which must not be the current one while others remain) at
+   * the next tick.  Agents asking for it then get the unknown-model error.
+   */
+  async unloadModel(modelId: string, version?: string, options?: RequestOptions): Promise<ModelUnload> {
+    const cmd: Record<string, unknown> & { cmd: string } = { cmd: "unload-model", id: modelId };
+    if (version !== undefined) cmd.version = version;
+    const { tick, data } = await this.#orchestrator.request(cmd, options);
+    const versions = data.versions;
+    if (!Array.isArray(versions) || !versions.every((v) => typeof v === "string")) {
+      throw new LockstepError("protocol", "answer lacks string array `versions`");
+    }
+    return { tick, modelId: str(data, "model"), versions: versions as string[] };
   }
 
   /**
@@ -353,6 +405,80 @@ export class ModelRegistry {
       previous: typeof previous === "string" ? previous : null,
     };
   }
+
+  /**
+   * `infer(modelId, input): Tensor`: one answer from `modelId` (its current
+   * version, or `id@version`), asked from outside the run.  Rejects with
+   * `unknown-model`, `inference-failed` (the model refused the input) or
+   * `bad-request` (a malformed tensor).
+   */
+  async infer(modelId: string, input: Tensor, options?: RequestOptions): Promise<Tensor> {
+    const { data } = await this.#orchestrator.request({ cmd: "infer", model: modelId, input: tensorOut(input) }, options);
+    return tensorIn(data.output);
+  }
+
+  /**
+   * `batchInfer(requests)`: one answer per input, in order; a failure of
+   * one input is its own `LockstepError` (`inference-failed`), the others
+   * are answered.
+   */
+  async batchInfer(modelId: string, inputs: readonly Tensor[], options?: RequestOptions): Promise<InferenceResponse[]> {
+    const { data } = await this.#orchestrator.request(
+      { cmd: "batch-infer", model: modelId, inputs: inputs.map(tensorOut) },
+      options,
+    );
+    const outputs = data.outputs;
+    if (!Array.isArray(outputs)) throw new LockstepError("protocol", "answer lacks array `outputs`");
+    return outputs.map((o: unknown): InferenceResponse => {
+      const r = o as { output?: unknown; error?: unknown };
+      if (typeof r.error === "string") return { ok: false, error: new LockstepError("inference-failed", r.error) };
+      return { ok: true, output: tensorIn(r.output) };
+    });
+  }
+}
+
+/** Element types of a {@link Tensor}. */
+export type DType = "f32" | "f64" | "i32" | "i64" | "u8";
+
+/** A tensor: row-major `data`, as many values as `shape` has elements. */
+export interface Tensor {
+  /** Element type (default `"f32"`). */
+  dtype?: DType;
+  /** Dimensions. */
+  shape: readonly number[];
+  /** Values (a NaN or infinite output value arrives as `null`). */
+  data: readonly (number | null)[];
+}
+
+/** One answer of {@link ModelRegistry.batchInfer}. */
+export type InferenceResponse = { ok: true; output: Tensor } | { ok: false; error: LockstepError };
+
+/** Per-model options of {@link ModelRegistry.loadModel}, as in the manifest's `[[models]]`. */
+export interface ModelOptions {
+  /** The file's expected BLAKE3 (64 hex digits); the load is refused otherwise. */
+  blake3?: string;
+  /** Largest batch of one model run (default 32). */
+  maxBatch?: number;
+  /** Ticks between a request and its answer (default 1). */
+  latencyTicks?: number;
+}
+
+function tensorOut(t: Tensor): Record<string, unknown> {
+  return { dtype: t.dtype ?? "f32", shape: [...t.shape], data: [...t.data] };
+}
+
+function tensorIn(v: unknown): Tensor {
+  const t = v as { dtype?: unknown; shape?: unknown; data?: unknown };
+  if (
+    typeof v !== "object" ||
+    v === null ||
+    typeof t.dtype !== "string" ||
+    !Array.isArray(t.shape) ||
+    !Array.isArray(t.data)
+  ) {
+    throw new LockstepError("protocol", "answer lacks a tensor");
+  }
+  return { dtype: t.dtype as DType, shape: t.shape as number[], data: t.data as (number | null)[] };
 }
 
 /** {@link ModelRegistry.swapModel}'s result. */
@@ -363,4 +489,24 @@ export interface ModelSwap extends Applied {
   version: string;
   /** The version it had been switched to before, if any. */
   previous: string | null;
+}
+
+/** {@link ModelRegistry.loadModel}'s result. */
+export interface ModelLoad extends Applied {
+  /** The model. */
+  modelId: string;
+  /** The version loaded (current from `tick` on). */
+  version: string;
+  /** BLAKE3 of the file (hex), pinned in the journal. */
+  blake3: string;
+  /** The model's current version before, if it had one. */
+  previous: string | null;
+}
+
+/** {@link ModelRegistry.unloadModel}'s result. */
+export interface ModelUnload extends Applied {
+  /** The model. */
+  modelId: string;
+  /** The versions unloaded. */
+  versions: string[];
 }

@@ -4,10 +4,13 @@ import { LockstepError, type ErrorCode } from "./errors.js";
 /** Largest answer accepted (the supervisor's answers are one short line). */
 const MAX_ANSWER = 16 << 20;
 
-/** The supervisor's JSON answer. */
+/**
+ * The supervisor's JSON answer (`text` is the prose line for people; the
+ * client never reads it).
+ */
 export type Answer =
-  | { ok: true; tick: number; data: Record<string, unknown> }
-  | { ok: false; code: string; message: string };
+  | { ok: true; tick: number; data: Record<string, unknown>; text?: string }
+  | { ok: false; code: string; message: string; text?: string };
 
 /**
  * Serialises a request; `bigint`s become JSON integers (task ids do not fit

@@ -116,7 +116,12 @@ test("drives a running supervisor through the Orchestrator", { skip, timeout: 12
     assert.match(cli.data.hash, /^[0-9a-f]{64}$/);
     const refused = spawnSync(bin, ["ctl", runDir, "--json", "send", "nobody", "x"], { encoding: "utf8" });
     assert.equal(refused.status, 1);
-    assert.deepEqual(JSON.parse(refused.stdout), { ok: false, code: "unknown-agent", message: "no agent `nobody`" });
+    assert.deepEqual(JSON.parse(refused.stdout), {
+      ok: false,
+      code: "unknown-agent",
+      message: "no agent `nobody`",
+      text: "refused: no agent `nobody`",
+    });
 
     const now = await o.status();
     assert.ok(now.tick >= snap.tick);
@@ -141,18 +146,18 @@ test("drives a running supervisor through the Orchestrator", { skip, timeout: 12
     const log = execFileSync(bin, ["log", runDir, "--kind", "input"], { encoding: "utf8" });
     const lines = log.split("\n").filter((l) => l.includes(" input "));
     const has = (re) => assert.ok(lines.some((l) => re.test(l)), `journal has ${re}:\n${log}`);
-    has(/Spawn \{ name: "extra".*-> Applied/);
-    has(/Publish \{ topic: "sensors".*-> Applied/);
-    has(/Send \{ agent: "extra".*-> Applied/);
-    has(/Task \{ agent: "extra".*-> Applied\("task 0xffffffff00000001/);
-    has(/Task \{ agent: "extra".*-> Applied\("task 0xffffffff00000002/);
-    has(/JoinChannel \{ agent: "extra", channel: "room" \} -> Applied/);
-    has(/Upgrade \{ agent: "extra".*-> Applied/);
-    has(/Send \{ agent: "nobody".*-> Refused/);
-    has(/SwapModel \{ id: "mlp", version: "2" \} -> Refused/);
-    has(/Stop \{ agent: "extra" \} -> Applied/);
+    has(/ input spawn .*"name":"extra".*-> applied/);
+    has(/ input publish .*"topic":"sensors".*-> applied/);
+    has(/ input send .*"agent":"extra".*-> applied/);
+    has(/ input task .*"agent":"extra".*-> applied: task 0xffffffff00000001/);
+    has(/ input task .*"agent":"extra".*-> applied: task 0xffffffff00000002/);
+    has(/ input join-channel .*"channel":"room".*-> applied/);
+    has(/ input upgrade .*"agent":"extra".*-> applied/);
+    has(/ input send .*"agent":"nobody".*-> refused/);
+    has(/ input swap-model .*"id":"mlp".*"version":"2".*-> refused/);
+    has(/ input stop-agent .*"agent":"extra".*-> applied/);
     const at = (re) => Number(lines.find((l) => re.test(l)).trim().split(/\s+/)[0]);
-    assert.equal(at(/Spawn \{ name: "extra"/), spawned.tick, "journaled at the tick the answer named");
+    assert.equal(at(/ input spawn .*"name":"extra"/), spawned.tick, "journaled at the tick the answer named");
   } finally {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill("SIGTERM");
