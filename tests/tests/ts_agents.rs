@@ -485,7 +485,7 @@ fn ts_counter_hot_swap_keeps_its_count() {
     }
 
     let inputs = stdout(&ok(&["log", "--kind", "input"], &dir));
-    assert!(inputs.contains("Upgrade"), "{inputs}");
+    assert!(inputs.contains(" input upgrade "), "{inputs}");
     let inspect = stdout(&ok(&["inspect"], &dir));
     assert!(inspect.contains("(0 faults)"), "{inspect}");
     let verify = stdout(&ok(&["verify"], &dir));
