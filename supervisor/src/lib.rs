@@ -10,7 +10,8 @@
 //! ```no_run
 //! use lockstep_supervisor::manifest::Manifest;
 //! use lockstep_supervisor::run::{Run, RunConfig};
-//! use std::path::PathBuf;
+//! use shm_protocol::inference::Tensor;
+//! use std::path::{Path, PathBuf};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let text = std::fs::read_to_string("examples/demo.toml")?;
@@ -18,14 +19,32 @@
 //! let mut cfg = RunConfig::new(manifest, text, PathBuf::from("run/example"))?;
 //! cfg.manifest_dir = PathBuf::from("examples");
 //! let mut run = Run::start(cfg)?;               // workers, modules, genesis checkpoint
-//! run.publish("sensors", b"hello".to_vec())?;   // journaled, applied at the next tick
+//!
+//! // The TypeScript client's names, in Rust case; each input is checked,
+//! // journaled and applied at the next tick.
+//! let id = run.spawn_agent("helper", Path::new("target/agents/counter.wasm"), "default")?;
+//! run.publish("sensors", b"hello".to_vec())?;
+//! run.load_model("mlp", "v2", Path::new(".deps/models/mlp_v2.onnx"))?;
 //! for _ in 0..100 {
 //!     run.tick()?;
 //! }
+//! // Asked from outside: answered now, never journaled.
+//! let answer = run.infer("mlp", Tensor::from_slice(vec![1, 16], &[0.5f32; 16])?)?;
+//! println!("agent {id}; mlp answers {:?}", answer.shape());
+//! match run.unload_model("nothing", None) {
+//!     Err(e) => println!("{}: {e}", e.code()),   // unknown-model
+//!     Ok(_) => unreachable!(),
+//! }
+//! let (file, _hash) = run.snapshot_state()?;
+//! println!("snapshot {file}");
 //! let summary = run.finish()?;                  // final checkpoint, journal end
 //! println!("tick {} hash {}", summary.tick, summary.hash);
 //! # Ok(()) }
 //! ```
+//!
+//! The same commands, as one type, drive `lockstep ctl` and the control
+//! socket ([`command::Command`], [`Run::command`](run::Run::command));
+//! docs/embedding.md is the guide.
 //!
 //! # Core concepts
 //!
