@@ -284,7 +284,7 @@ fn call(child: &mut Child, cmd: InferenceCommand) -> InferenceReply {
 /// the host keeps serving.
 #[test]
 fn host_process_embeds_text_over_the_ring() {
-    let (reaper, _deaths) = Reaper::start().unwrap();
+    let (reaper, deaths) = Reaper::start().unwrap();
     let spec = ChildSpec {
         role: Role::InferenceHost,
         name: "inference-host".into(),
@@ -322,23 +322,39 @@ fn host_process_embeds_text_over_the_ring() {
         "the cat sat on the mat",
         "a cat was sitting on a mat",
         "stocks fell",
+        "The striker scored twice in the second half to win the cup final.",
+        "Knead the dough for ten minutes, then let it rise for an hour.",
+        "The telescope captured a spiral galaxy millions of light years away.",
+        "The central bank raised interest rates to fight inflation.",
+        "Astronauts docked with the space station after a two-day flight.",
     ];
+    // 32 texts: a full batch.
+    let texts: Vec<&str> = texts.iter().cycle().take(32).copied().collect();
     let mut reqs = requests(&texts);
     reqs.push(InferenceRequest {
         request_key: 99,
         input_name: Some("text".into()),
         tensor: Tensor::new(DType::U8, vec![2], vec![0xc3, 0x28]).unwrap(),
     });
-    let reply = call(
-        &mut child,
-        InferenceCommand::Infer {
+    let ep = child.endpoint();
+    ep.send_msg(
+        &Down::Inference(InferenceCommand::Infer {
             batch_id: 1,
             model_id: "minilm".into(),
             version: None,
             requests: reqs,
             max_batch: 32,
-        },
-    );
+        }),
+        soon(),
+    )
+    .unwrap();
+    let reply = match ep.recv_msg::<Up>(soon()) {
+        Ok(Up::Inference(r)) => r,
+        other => panic!(
+            "expected the results, got {other:?} ({:?})",
+            deaths.recv_timeout(Duration::from_secs(2))
+        ),
+    };
     let InferenceReply::Results { results, .. } = reply else {
         panic!("{reply:?}");
     };
@@ -351,7 +367,7 @@ fn host_process_embeds_text_over_the_ring() {
             "{s:?}: host process vs in process"
         );
     }
-    let err = results[3].output.as_ref().unwrap_err();
+    let err = results[32].output.as_ref().unwrap_err();
     assert!(err.contains("not UTF-8"), "{err}");
     child.shutdown(Duration::from_secs(10)).unwrap();
 }
