@@ -258,23 +258,25 @@ impl CtlServer {
     pub fn start(path: &Path) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
-        listener.set_nonblocking(true)?;
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("lockstep-ctl".into())
+            // A blocking accept: a request is taken at once (no polling
+            // delay); `stop` wakes it with a connection of its own.
             .spawn(move || {
-                while !s2.load(Ordering::Relaxed) {
-                    match listener.accept() {
+                loop {
+                    let accepted = listener.accept();
+                    if s2.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match accepted {
                         Ok((stream, _)) => {
                             let tx = tx.clone();
                             let _ = std::thread::Builder::new()
                                 .name("lockstep-ctl-conn".into())
                                 .spawn(move || serve(stream, &tx));
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(20));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(20)),
                     }
@@ -297,7 +299,12 @@ impl CtlServer {
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // Wake the blocked accept; if the socket is gone the thread
+            // cannot be woken and is left behind (it holds only the
+            // listener).
+            if UnixStream::connect(&self.path).is_ok() {
+                let _ = t.join();
+            }
         }
         let _ = std::fs::remove_file(&self.path);
     }
