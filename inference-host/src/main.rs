@@ -190,7 +190,8 @@ fn main() {
     let class = class_for(args.device);
     let mut jail = Jail::enter(class, args.jail.config(&keep)).unwrap_or_else(|e| e.exit());
     // A CUDA host uses the fetched CUDA build unless a library is named.
-    let named = args.ort_lib.is_some() || std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty());
+    let named =
+        args.ort_lib.is_some() || std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty());
     let gpu = (class == Class::InferenceCuda && !named)
         .then(|| gpu::locate_gpu_runtime(std::env::current_exe().ok().as_deref()))
         .flatten();
@@ -200,7 +201,11 @@ fn main() {
     };
     // ONNX Runtime, its providers and the CUDA libraries are the only files
     // read later.
-    for dir in lib.parent().into_iter().chain(gpu.iter().filter_map(|g| g.cuda_libs.as_deref())) {
+    for dir in lib
+        .parent()
+        .into_iter()
+        .chain(gpu.iter().filter_map(|g| g.cuda_libs.as_deref()))
+    {
         jail.allow_read(dir.to_path_buf());
     }
     let rss = RssSampler::new(Duration::from_millis(100));

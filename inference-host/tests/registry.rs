@@ -551,11 +551,7 @@ fn portable_magika_agrees_with_upstream() {
             .unwrap()
             .to_vec::<f32>()
             .unwrap();
-        let argmax = |v: &[f32]| {
-            (0..v.len())
-                .max_by(|&a, &b| v[a].total_cmp(&v[b]))
-                .unwrap()
-        };
+        let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
         assert_eq!(argmax(&up), argmax(&port), "label of {}", f.display());
         differing += usize::from(up != port);
         for (a, b) in up.iter().zip(&port) {
