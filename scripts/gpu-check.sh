@@ -9,7 +9,7 @@
 #                                    # files carried over into .deps/)
 #
 # Prints the device and library versions, then the table of
-# inference-host/benches/gpu.rs (MLP and Magika at batch 1, 64 and 1,024:
+# inference-host/benches/gpu.rs (MLP, Magika and MiniLM at batch 1, 64 and 1,024:
 # CPU vs CUDA latency p50/p99 and spread, throughput, registry overhead vs a
 # direct ort session, max abs difference CPU vs CUDA, CUDA run-to-run bit
 # equality), then the demo run with `--device cuda` and its `verify`, and

@@ -2,7 +2,10 @@
 //! `scripts/gpu-check.sh` prints; `cargo bench -p lockstep-inference-host
 //! --bench gpu`).
 //!
-//! For the MLP and Magika at batch 1, 64 and 1,024, on the CPU and — where
+//! For the MLP, Magika and the MiniLM text-embedding model (when
+//! `scripts/fetch-minilm.sh` has fetched it; its direct-`ort` column is
+//! left out: the registry's text path tokenizes and pools around the run)
+//! at batch 1, 64 and 1,024, on the CPU and — where
 //! CUDA works — on CUDA: latency p50/p99 and spread of one batched
 //! registry call, throughput, the registry's overhead over a direct `ort`
 //! session built with the same options on the same device, the largest
@@ -22,21 +25,49 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use lockstep_common::text_model::{self, TextKind};
 use lockstep_inference_host::gpu;
 use lockstep_inference_host::{DevicePref, HostOptions, ModelRegistry, init_runtime};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel, SessionBuilder};
-use shm_protocol::inference::{InferenceRequest, Tensor};
+use shm_protocol::inference::{DType, InferenceRequest, Tensor};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A model of the table: id, file, input and output names, input maker.
+/// A model of the table: id, file, input and output names (`None`: no
+/// direct `ort` comparison), the bytes the registry loads, input maker.
 struct Case {
     id: &'static str,
     file: &'static str,
-    input: &'static str,
-    output: &'static str,
+    io: Option<(&'static str, &'static str)>,
+    bytes: fn(&Path) -> Vec<u8>,
     make: fn(u64, u64) -> Tensor,
+}
+
+fn file_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The text model's blob: its tokenizer and the ONNX model.
+fn minilm_blob(p: &Path) -> Vec<u8> {
+    text_model::encode(
+        TextKind::Embedding,
+        &file_bytes(&p.with_file_name("minilm.tokenizer.json")),
+        &file_bytes(p),
+    )
+}
+
+const HEADLINES: &[&str] = &[
+    "The central bank raised interest rates to fight inflation.",
+    "Astronauts docked with the space station after a two-day flight.",
+    "Whisk the eggs with sugar until pale, then fold in the flour.",
+    "The goalkeeper saved a penalty in extra time.",
+];
+
+fn text_input(_rows: u64, seed: u64) -> Tensor {
+    let s = HEADLINES[seed as usize % HEADLINES.len()];
+    Tensor::new(DType::U8, vec![s.len() as u64], s.as_bytes().to_vec()).unwrap()
 }
 
 fn magika_input(rows: u64, seed: u64) -> Tensor {
@@ -56,16 +87,23 @@ const CASES: &[Case] = &[
     Case {
         id: "mlp",
         file: "mlp.onnx",
-        input: "input",
-        output: "output",
+        io: Some(("input", "output")),
+        bytes: file_bytes,
         make: common::mlp_input,
     },
     Case {
         id: "magika",
         file: "magika.onnx",
-        input: "bytes",
-        output: "target_label",
+        io: Some(("bytes", "target_label")),
+        bytes: file_bytes,
         make: magika_input,
+    },
+    Case {
+        id: "minilm",
+        file: "minilm.onnx",
+        io: None,
+        bytes: minilm_blob,
+        make: text_input,
     },
 ];
 
@@ -190,7 +228,7 @@ fn fmt(d: Duration) -> String {
 /// One device's measurements of one cell.
 struct Cell {
     lat: Vec<Duration>,
-    direct: Duration,
+    direct: Option<Duration>,
     first: Vec<f32>,
     bitwise: bool,
 }
@@ -204,7 +242,7 @@ fn measure(
     budget: Duration,
 ) -> Result<Cell, String> {
     let path = common::model(case.file);
-    let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+    let bytes = (case.bytes)(&path);
     let mut reg = ModelRegistry::new(
         env,
         HostOptions {
@@ -212,7 +250,8 @@ fn measure(
             intra_threads: 1,
         },
     );
-    reg.load_model(case.id, "bench", &path, &common::blake3_hex(&path))
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    reg.load_model_bytes(case.id, "bench", &path, &bytes, &hash)
         .map_err(|e| e.to_string())?;
     let reqs: Vec<InferenceRequest> = (0..rows)
         .map(|i| InferenceRequest {
@@ -237,6 +276,14 @@ fn measure(
             .map(|v| v.to_bits())
             .eq(first.iter().map(|v| v.to_bits()));
     });
+    let Some((input, output)) = case.io else {
+        return Ok(Cell {
+            direct: None,
+            lat,
+            first,
+            bitwise,
+        });
+    };
     // The same rows as one tensor through a direct session.
     let mut all = Vec::new();
     for r in &reqs {
@@ -249,18 +296,12 @@ fn measure(
         .map_err(|e| e.to_string())?;
     let direct = timed(iters, budget, || {
         let out = session
-            .run(ort::inputs![case.input => value_of(&batch)])
+            .run(ort::inputs![input => value_of(&batch)])
             .unwrap();
-        std::hint::black_box(
-            out[case.output]
-                .try_extract_tensor::<f32>()
-                .unwrap()
-                .1
-                .len(),
-        );
+        std::hint::black_box(out[output].try_extract_tensor::<f32>().unwrap().1.len());
     });
     Ok(Cell {
-        direct: pct(&direct, 0.5),
+        direct: Some(pct(&direct, 0.5)),
         lat,
         first,
         bitwise,
@@ -277,6 +318,17 @@ fn main() {
     );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---|");
     for case in CASES {
+        if !common::repo()
+            .join(".deps/models")
+            .join(case.file)
+            .is_file()
+        {
+            println!(
+                "| {} | | | — (.deps/models/{} missing) | | | | | | |",
+                case.id, case.file
+            );
+            continue;
+        }
         for &rows in BATCHES {
             let n = (iters / rows.max(1)).max(3);
             let cpu = measure(&env, case, rows, DevicePref::Cpu, n, budget)
@@ -298,13 +350,16 @@ fn main() {
                     Ok(c) => {
                         let p50 = pct(&c.lat, 0.5);
                         println!(
-                            "| {} | {rows} | {name} | {} | {} | {:.1} % | {:.0} | {:+.1} % | {} | {} |",
+                            "| {} | {rows} | {name} | {} | {} | {:.1} % | {:.0} | {} | {} | {} |",
                             case.id,
                             fmt(p50),
                             fmt(pct(&c.lat, 0.99)),
                             spread(&c.lat),
                             rows as f64 / p50.as_secs_f64(),
-                            100.0 * (p50.as_secs_f64() / c.direct.as_secs_f64() - 1.0),
+                            c.direct.map_or("—".into(), |d| format!(
+                                "{:+.1} %",
+                                100.0 * (p50.as_secs_f64() / d.as_secs_f64() - 1.0)
+                            )),
                             diff.map_or("—".into(), |d| format!("{d:.1e}")),
                             if name == "cuda" {
                                 if c.bitwise { "identical" } else { "DIFFERS" }
