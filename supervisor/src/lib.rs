@@ -85,6 +85,7 @@ pub mod modules;
 pub mod observe;
 pub mod openmetrics;
 pub mod pool;
+pub mod progress;
 pub mod reaper;
 pub mod remote;
 pub mod replay;

@@ -14,7 +14,6 @@ use lockstep_supervisor::manifest::Manifest;
 use lockstep_supervisor::replay;
 use lockstep_supervisor::run::{Run, RunConfig};
 use shm_protocol::board::BoardWriter;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -539,9 +538,14 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         )?),
         _ => None,
     };
-    let tty = std::io::stderr().is_terminal();
+    let first = run.state().tick;
+    let bar = lockstep_supervisor::progress::Progress::ticks(
+        "run",
+        first,
+        (!args.forever).then_some(first + ticks),
+        args.agent_logs.is_none() && !args.json,
+    );
     let mut last_draw = Instant::now();
-    let mut last_tick = 0u64;
     let mut done = 0u64;
     while (args.forever || done < ticks) && !run.stop_requested() {
         if interrupted.load(Ordering::Relaxed) {
@@ -559,30 +563,20 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
             e.refresh(run.state(), &run.children());
             last_refresh = Some(Instant::now());
         }
-        if tty && last_draw.elapsed() >= Duration::from_millis(250) {
+        bar.at(run.state().tick);
+        if last_draw.elapsed() >= Duration::from_millis(250) {
             let s = run.state();
-            let rate = (s.tick - last_tick) as f64 / last_draw.elapsed().as_secs_f64();
-            eprint!(
-                "\r\x1b[2Ktick {}{}  {:.0} ticks/s  agents {}  messages {}  faults {}  p50 {} µs",
-                s.tick,
-                if args.forever {
-                    String::new()
-                } else {
-                    format!("/{ticks}")
-                },
-                rate,
+            bar.message(format!(
+                "agents {}  messages {}  faults {}  p50 {} µs",
                 s.live_agents().count(),
                 s.counters.messages,
                 s.counters.faults,
                 run.tick_quantile(0.5)
-            );
+            ));
             last_draw = Instant::now();
-            last_tick = s.tick;
         }
     }
-    if tty {
-        eprint!("\r\x1b[2K");
-    }
+    bar.finish();
     let p50 = run.tick_quantile(0.5);
     let p99 = run.tick_quantile(0.99);
     let sum = run.finish()?;
@@ -628,7 +622,12 @@ fn replay_cmd(
         Err(_) => replay::From::Snapshot(PathBuf::from(f)),
     });
     let t0 = Instant::now();
-    let r = replay::replay(dir, from, until, workers)?;
+    let bar = lockstep_supervisor::progress::Progress::ticks("replay", 0, Some(0), !json);
+    let r = replay::replay_reporting(dir, from, until, workers, &mut |first, tick, last| {
+        bar.reset(first, last);
+        bar.at(tick);
+    })?;
+    bar.finish();
     if json {
         let mut v = serde_json::to_value(&r)?;
         v["wall_ms"] = serde_json::json!(t0.elapsed().as_millis() as u64);
@@ -648,7 +647,12 @@ fn replay_cmd(
 
 fn verify_cmd(dir: &Path, workers: Option<usize>, json: bool) -> Result<ExitCode, BoxError> {
     let t0 = Instant::now();
-    let verdict = replay::verify(dir, workers)?;
+    let bar = lockstep_supervisor::progress::Progress::ticks("verify", 0, Some(0), !json);
+    let verdict = replay::verify_reporting(dir, workers, &[], &mut |first, tick, last| {
+        bar.reset(first, last);
+        bar.at(tick);
+    })?;
+    bar.finish();
     if json {
         let wall_ms = t0.elapsed().as_millis() as u64;
         let (v, code) = match &verdict {

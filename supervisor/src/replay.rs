@@ -313,6 +313,17 @@ pub fn replay(
     until: Option<u64>,
     workers: Option<usize>,
 ) -> Result<ReplayReport, ReplayError> {
+    replay_reporting(dir, from, until, workers, &mut |_, _, _| {})
+}
+
+/// [`replay`], calling `progress(first, tick, last)` after every tick.
+pub fn replay_reporting(
+    dir: &Path,
+    from: Option<From>,
+    until: Option<u64>,
+    workers: Option<usize>,
+    progress: &mut dyn FnMut(u64, u64, u64),
+) -> Result<ReplayReport, ReplayError> {
     let rec = Recorded::open(dir)?;
     let body = match from {
         None => rec.earliest_checkpoint()?,
@@ -337,6 +348,7 @@ pub fn replay(
         while run.state().tick < until {
             run.tick()?;
             checked += 1;
+            progress(from_tick, run.state().tick, until);
         }
         Ok::<_, RunError>(())
     })();
@@ -381,6 +393,17 @@ pub fn verify_with_env(
     workers: Option<usize>,
     env: &[(String, String)],
 ) -> Result<Verdict, ReplayError> {
+    verify_reporting(dir, workers, env, &mut |_, _, _| {})
+}
+
+/// [`verify_with_env`], calling `progress(first, tick, last)` after every
+/// re-executed tick.
+pub fn verify_reporting(
+    dir: &Path,
+    workers: Option<usize>,
+    env: &[(String, String)],
+    progress: &mut dyn FnMut(u64, u64, u64),
+) -> Result<Verdict, ReplayError> {
     let rec = Recorded::open(dir)?;
     let marks: Vec<u64> = rec
         .checkpoints
@@ -408,7 +431,10 @@ pub fn verify_with_env(
                 break Ok(());
             }
             match run.tick() {
-                Ok(_) => ticks += 1,
+                Ok(_) => {
+                    ticks += 1;
+                    progress(marks[0], run.state().tick, rec.last_tick);
+                }
                 Err(RunError::Diverged { tick, .. }) => {
                     // Keep going to the segment's end — with its recorded
                     // inputs and decisions, without hash checks — to compare

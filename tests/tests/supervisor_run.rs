@@ -575,3 +575,52 @@ fn agent_logs_are_printed_on_request() {
     assert_eq!(v["ended_after_tick"], 250, "{v}");
     assert_eq!(v["messages"], v["summary"]["messages"], "{v}");
 }
+
+/// On a terminal `lockstep run` and `verify` draw a progress bar with the
+/// rate and ETA; without one (scripts, CI) they print none.
+#[test]
+fn progress_bars_only_on_a_terminal() {
+    let _w = Watchdog::new("progress", Duration::from_secs(120));
+    let tmp = TempDir::new("progress");
+    let manifest = tmp.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[run]\nseed = 3\nticks = 400\nworkers = 1\n\n\
+             [[agents]]\nname = \"calm\"\nmodule = \"{}\"\n",
+            agent("counter"),
+        ),
+    )
+    .unwrap();
+    let plain = Command::new(bin("lockstep"))
+        .arg("run")
+        .arg(&manifest)
+        .arg("--run-dir")
+        .arg(tmp.path().join("plain"))
+        .output()
+        .unwrap();
+    assert!(plain.status.success());
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(!err.contains("ticks/s") && !err.contains('\x1b'), "{err}");
+    // `script` (util-linux) gives the command a terminal.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped the terminal half: no `script` command here");
+        return;
+    }
+    let cmd = format!(
+        "{} run {} --run-dir {}",
+        bin("lockstep").display(),
+        manifest.display(),
+        tmp.path().join("tty").display()
+    );
+    let tty = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(tty.status.success());
+    let out = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        out.contains("run [") && out.contains("ticks/s") && out.contains("/400"),
+        "{out}"
+    );
+}
