@@ -20,12 +20,10 @@
 //! gives the median over `BENCH_RUNS` runs of each percentile, with the
 //! lowest and highest run.
 //!
-//! The host process is replaced (outside the timing) once it is
-//! [`HOST_MAX_AGE`] old: the bench-profile host was seen killed by its
-//! seccomp filter (`eventfd2`, SIGSYS) about 9 s after start-up, when ONNX
-//! Runtime's background thread starts its telemetry uploader despite
-//! `with_telemetry(false)`; the debug-profile host in runs of the example
-//! has not been.  `BENCH_BATCHES` (`1,32`) picks the batch sizes.
+//! The host gets `ORT_DISABLE_TELEMETRY=1`, as the supervisor gives it
+//! (without it ONNX Runtime starts its telemetry uploader some seconds in,
+//! and the host's seccomp filter kills the host for it).  `BENCH_BATCHES`
+//! (`1,32`) picks the batch sizes.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -48,9 +46,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const HOST: &str = env!("CARGO_BIN_EXE_lockstep-inference-host");
-
-/// Age at which the bench replaces its host process (see the module docs).
-const HOST_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Sentences of 8 to 20 tokens, cycled to fill a batch.
 const TEXTS: [&str; 8] = [
@@ -172,7 +167,11 @@ impl Host {
             args: vec!["--device".into(), "cpu".into()],
             rings: SegmentConfig::default(),
             policy: WaitPolicy::ADAPTIVE,
-            env: lockstep_supervisor::jail::passed_env(),
+            env: {
+                let mut env = lockstep_supervisor::jail::passed_env();
+                env.push(("ORT_DISABLE_TELEMETRY".into(), "1".into()));
+                env
+            },
             cgroup: None,
             hang_timeout: None,
         };
@@ -247,7 +246,6 @@ fn main() {
     let tok = Tokenizer::from_json(&std::fs::read(file("minilm.tokenizer.json")).unwrap()).unwrap();
     let mut session = direct_session();
     let mut host = Host::start();
-    let mut host_started = Instant::now();
 
     println!("text embedding (all-MiniLM-L6-v2 int8), {runs} runs × {iters} calls per path");
     let batches: Vec<usize> = std::env::var("BENCH_BATCHES")
@@ -275,14 +273,6 @@ fn main() {
                 black_box(host.infer(&cmd));
             }
             for _ in 0..iters {
-                // See the module docs: a host older than HOST_MAX_AGE is
-                // replaced, outside the timing.
-                if host_started.elapsed() > HOST_MAX_AGE {
-                    drop(host);
-                    host = Host::start();
-                    host_started = Instant::now();
-                    black_box(host.infer(&cmd));
-                }
                 let t = Instant::now();
                 black_box(direct_call(&mut session, &shape, &inputs));
                 times[0].push(t.elapsed());

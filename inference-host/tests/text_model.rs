@@ -292,7 +292,13 @@ fn host_process_embeds_text_over_the_ring() {
         args: ["--device", "cpu"].iter().map(OsString::from).collect(),
         rings: SegmentConfig::default(),
         policy: WaitPolicy::ADAPTIVE,
-        env: lockstep_supervisor::jail::passed_env(),
+        // As the supervisor runs it (ONNX Runtime's telemetry uploader
+        // would be killed by the host's seccomp filter).
+        env: {
+            let mut env = lockstep_supervisor::jail::passed_env();
+            env.push(("ORT_DISABLE_TELEMETRY".into(), "1".into()));
+            env
+        },
         cgroup: None,
         hang_timeout: None,
     };
