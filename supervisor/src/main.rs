@@ -23,11 +23,29 @@ use std::time::{Duration, Instant};
 type BoxError = Box<dyn std::error::Error>;
 
 /// Raw command line.
+/// The exit codes, for `--help`.
+const EXIT_CODES: &str = "\
+Exit codes of lockstep:
+  0   success (verify: identical)
+  1   an error, printed with its causes (bad manifest, run directory, socket, archive, ...)
+  2   bad command line
+  3   verify: the run diverged (the report says where)
+Children (lockstep-worker, lockstep-inference-host, lockstep-node) exit with one code per
+failure class, which the supervisor names when it recovers from one:
+  64 bad command line       65 cannot attach the segment   66 handshake failed
+  67 supervisor gone        68 protocol violation           70 internal error (panic)
+  71 out of memory          72 runtime (wasmtime, ONNX Runtime) failed to start
+  73-81 a sandbox step failed: 73 descriptors, 74 cgroups, 75 namespaces,
+        76 file system, 77 identity, 78 capabilities, 79 rlimits, 80 Landlock, 81 seccomp
+  82 a remote worker's node was lost
+Killed children are reported by signal (SIGKILL, SIGSYS for a seccomp kill, ...).";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lockstep",
     version,
-    about = "Deterministic multi-agent runtime"
+    about = "Deterministic multi-agent runtime",
+    after_long_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -107,10 +125,10 @@ enum Command {
         /// Worker processes (default: as recorded).
         #[arg(long)]
         workers: Option<usize>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
-    /// Archive a run directory into JetStream once (its journal,
-    /// checkpoints, page store and modules), for `resume` or `fork` on
-    /// another machine.
     /// Create a new agent in a directory of its own, ready to build
     /// (`./build.sh`) and run (the lines of its `agent.toml`).
     New {
@@ -131,6 +149,9 @@ enum Command {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+    /// Archive a run directory into JetStream once (its journal,
+    /// checkpoints, page store and modules), for `resume` or `fork` on
+    /// another machine.
     Push {
         /// The run directory.
         run_dir: PathBuf,
@@ -154,6 +175,9 @@ enum Command {
         /// Worker processes (default: as recorded).
         #[arg(long)]
         workers: Option<usize>,
+        /// Print one JSON object when done.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -325,6 +349,10 @@ struct LogArgs {
     /// Only entries of this kind.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(lockstep_supervisor::journal::Entry::KINDS))]
     kind: Option<String>,
+    /// One JSON object per entry: `{"tick":…,"kind":…,"text":…,"entry":{…}}`
+    /// (`entry` is the journal's own form; hashes are arrays of bytes).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -374,7 +402,8 @@ fn main() -> ExitCode {
             at,
             into,
             workers,
-        } => fork_from(&run_dir, at, &into, workers),
+            json,
+        } => fork_from(&run_dir, at, &into, workers, json),
         Command::Push { run_dir, to } => push_cmd(&run_dir, &to),
         Command::New {
             name,
@@ -389,8 +418,9 @@ fn main() -> ExitCode {
             until,
             ticks,
             workers,
+            json,
         } => fetch_then(&run_dir, into.as_deref())
-            .and_then(|dir| resume_cmd(&dir, until, ticks, workers)),
+            .and_then(|dir| resume_cmd(&dir, until, ticks, workers, json)),
     };
     match result {
         Ok(code) => code,
@@ -691,8 +721,15 @@ fn fork_cmd(
     at: u64,
     into: &Path,
     workers: Option<usize>,
+    json: bool,
 ) -> Result<ExitCode, BoxError> {
     let tick = replay::fork(dir, at, into, workers)?;
+    if json {
+        let v = serde_json::json!({"from": dir.display().to_string(), "tick": tick,
+            "into": into.display().to_string()});
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "lockstep: forked {} at tick {tick} into {}; continue it with `lockstep resume {} --ticks N`",
         dir.display(),
@@ -709,15 +746,16 @@ fn fork_from(
     at: u64,
     into: &Path,
     workers: Option<usize>,
+    json: bool,
 ) -> Result<ExitCode, BoxError> {
     if !src.to_string_lossy().starts_with("nats://") {
-        return fork_cmd(src, at, into, workers);
+        return fork_cmd(src, at, into, workers, json);
     }
     let mut scratch = into.as_os_str().to_owned();
     scratch.push(".fetching");
     let scratch = PathBuf::from(scratch);
     let fetched = fetch_then(src, Some(&scratch));
-    let r = fetched.and_then(|dir| fork_cmd(&dir, at, into, workers));
+    let r = fetched.and_then(|dir| fork_cmd(&dir, at, into, workers, json));
     let _ = std::fs::remove_dir_all(&scratch);
     r
 }
@@ -779,6 +817,7 @@ fn resume_cmd(
     until: Option<u64>,
     ticks: Option<u64>,
     workers: Option<usize>,
+    json: bool,
 ) -> Result<ExitCode, BoxError> {
     let (mut run, target) = replay::resume(dir, workers)?;
     let caught_up = run.state().tick;
@@ -787,14 +826,26 @@ fn resume_cmd(
         (None, Some(n)) => caught_up + n,
         (None, None) => target,
     };
-    println!(
-        "lockstep: resumed {} at tick {caught_up}; running to tick {until}",
-        dir.display()
-    );
+    if !json {
+        println!(
+            "lockstep: resumed {} at tick {caught_up}; running to tick {until}",
+            dir.display()
+        );
+    }
+    let bar =
+        lockstep_supervisor::progress::Progress::ticks("resume", caught_up, Some(until), !json);
     while run.state().tick < until && !run.stop_requested() {
         run.tick()?;
+        bar.at(run.state().tick);
     }
+    bar.finish();
     let sum = run.finish()?;
+    if json {
+        let v = serde_json::json!({"run_dir": dir.display().to_string(), "resumed_at": caught_up,
+            "ticks": sum.tick, "hash": sum.hash, "messages": sum.messages, "faults": sum.faults});
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "lockstep: ran to tick {}; final state hash {}",
         sum.tick, sum.hash
@@ -1087,7 +1138,13 @@ fn log(args: LogArgs) -> Result<ExitCode, BoxError> {
             } => format!("checkpoint {file} state={}", &hex(state_hash)[..16]),
             Entry::End { hash, .. } => format!("end hash={}", hex(hash)),
         };
-        println!("{:>8} {line}", e.tick());
+        if args.json {
+            let v =
+                serde_json::json!({"tick": e.tick(), "kind": e.kind(), "text": line, "entry": e});
+            println!("{v}");
+        } else {
+            println!("{:>8} {line}", e.tick());
+        }
     }
     if j.torn_tail {
         eprintln!("(a torn final frame was ignored)");
@@ -1189,5 +1246,25 @@ fn print_table(reports: &[PingReport]) {
             fmt_dur(r.quantile(0.99)),
             fmt_dur(r.quantile(1.0)),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EXIT_CODES;
+    use shm_protocol::control::ExitCode;
+
+    /// `--help` names every child exit code.
+    #[test]
+    fn help_lists_every_child_exit_code() {
+        for code in ExitCode::ALL {
+            if code != ExitCode::Ok {
+                let n = (code as i32).to_string();
+                assert!(
+                    EXIT_CODES.contains(&n),
+                    "{code:?} ({n}) missing from --help"
+                );
+            }
+        }
     }
 }

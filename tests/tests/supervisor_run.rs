@@ -519,7 +519,7 @@ fn log_takes_agent_names_as_well_as_ids() {
 
 /// `lockstep run --agent-logs [LEVEL]` prints the agents' log lines with
 /// their tick, the same lines on every run; lines above LEVEL stay out.
-/// `lockstep inspect --json` reports the run as one JSON object.
+/// `inspect`, `log`, `fork` and `resume` answer in JSON on request.
 #[test]
 fn agent_logs_are_printed_on_request() {
     let _w = Watchdog::new("agent_logs", Duration::from_secs(120));
@@ -574,6 +574,56 @@ fn agent_logs_are_printed_on_request() {
     assert_eq!(v["ticks"], 250, "{v}");
     assert_eq!(v["ended_after_tick"], 250, "{v}");
     assert_eq!(v["messages"], v["summary"]["messages"], "{v}");
+    // `log --json`: one object per entry.
+    let json_out = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(bin("lockstep")).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let a = tmp.path().join("a");
+    let ticks = json_out(&[
+        "log".as_ref(),
+        a.as_os_str(),
+        "--kind".as_ref(),
+        "tick".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(ticks.len(), 250);
+    assert!(
+        ticks
+            .iter()
+            .all(|t| t["kind"] == "tick" && t["entry"]["Tick"]["tick"] == t["tick"])
+    );
+    // `fork --json` and `resume --json`: the fork, run to the end, ends
+    // where the original did.
+    let f = tmp.path().join("f");
+    let fork = json_out(&[
+        "fork".as_ref(),
+        a.as_os_str(),
+        "--at".as_ref(),
+        "100".as_ref(),
+        "--into".as_ref(),
+        f.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(fork[0]["tick"], 100, "{fork:?}");
+    let resumed = json_out(&[
+        "resume".as_ref(),
+        f.as_os_str(),
+        "--until".as_ref(),
+        "250".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(resumed[0]["ticks"], 250, "{resumed:?}");
+    assert_eq!(resumed[0]["hash"], v["summary"]["hash"], "{resumed:?}");
 }
 
 /// On a terminal `lockstep run` and `verify` draw a progress bar with the
