@@ -275,15 +275,22 @@ struct RunArgs {
     #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "info",
           value_parser = clap::builder::PossibleValuesParser::new(lockstep_supervisor::telemetry::LOG_LEVELS))]
     agent_logs: Option<String>,
+    /// With `--agent-logs`: only this agent's lines (instance name;
+    /// repeatable).
+    #[arg(long, value_name = "NAME", requires = "agent_logs")]
+    agent_logs_for: Vec<String>,
 }
 
-/// The hook of `--agent-logs LEVEL`.
-fn log_printer(level: &str) -> Box<lockstep_supervisor::telemetry::LogPrinter> {
+/// The hook of `--agent-logs LEVEL [--agent-logs-for NAME…]`.
+fn log_printer(level: &str, only: &[String]) -> Box<lockstep_supervisor::telemetry::LogPrinter> {
     let max_level = lockstep_supervisor::telemetry::LOG_LEVELS
         .iter()
         .position(|l| *l == level)
         .unwrap_or(2) as u8;
-    Box::new(lockstep_supervisor::telemetry::LogPrinter { max_level })
+    Box::new(lockstep_supervisor::telemetry::LogPrinter {
+        max_level,
+        only: only.to_vec(),
+    })
 }
 
 fn parse_device(s: &str) -> Result<String, String> {
@@ -542,7 +549,7 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     let run_dir = cfg.run_dir.clone();
     let mut run = Run::start(cfg)?;
     if let Some(level) = &args.agent_logs {
-        run.register_telemetry_hook(log_printer(level));
+        run.register_telemetry_hook(log_printer(level, &args.agent_logs_for));
     }
     let exporter = match args.metrics {
         Some(addr) => {

@@ -152,15 +152,17 @@ pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 /// Prints agents' log lines up to a level to stderr, as `tick T [LEVEL]
 /// name: line` (`lockstep run --agent-logs`).  The lines are deterministic:
 /// a replay prints them again, the same.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct LogPrinter {
     /// Highest level printed (index into [`LOG_LEVELS`]).
     pub max_level: u8,
+    /// Only these agents (by instance name); empty: every agent.
+    pub only: Vec<String>,
 }
 
 impl TelemetryHook for LogPrinter {
     fn on_log(&mut self, l: &AgentLogTelemetry) {
-        if l.level <= self.max_level {
+        if l.level <= self.max_level && (self.only.is_empty() || self.only.contains(&l.name)) {
             let lvl = LOG_LEVELS[usize::from(l.level).min(4)].to_ascii_uppercase();
             eprintln!("tick {} [{lvl}] {}: {}", l.tick, l.name, l.line);
         }

@@ -529,7 +529,9 @@ fn agent_logs_are_printed_on_request() {
         &manifest,
         format!(
             "[run]\nseed = 3\nticks = 250\nworkers = 1\n\n\
-             [[agents]]\nname = \"calm\"\nmodule = \"{}\"\n",
+             [[agents]]\nname = \"calm\"\nmodule = \"{}\"\n\n\
+             [[agents]]\nname = \"quiet\"\nmodule = \"{}\"\n",
+            agent("counter"),
             agent("counter"),
         ),
     )
@@ -559,6 +561,16 @@ fn agent_logs_are_printed_on_request() {
         a,
         run("b", &["--agent-logs", "info"]),
         "the same lines again"
+    );
+    assert!(
+        a.iter().any(|l| l.starts_with("tick 100 [INFO] quiet: ")),
+        "{a:?}"
+    );
+    // One agent's lines only.
+    let calm = run("e", &["--agent-logs", "--agent-logs-for", "calm"]);
+    assert!(
+        !calm.is_empty() && calm.iter().all(|l| l.contains("] calm: ")),
+        "{calm:?}"
     );
     assert!(run("c", &["--agent-logs", "warn"]).is_empty());
     assert!(run("d", &[]).is_empty());
