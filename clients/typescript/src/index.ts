@@ -13,6 +13,7 @@ export {
   type ConnectOptions,
   type JoinResult,
   type DType,
+  type InferenceRequest,
   type InferenceResponse,
   type ModelLoad,
   type ModelOptions,

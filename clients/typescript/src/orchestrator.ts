@@ -418,11 +418,49 @@ export class ModelRegistry {
   }
 
   /**
-   * `batchInfer(requests)`: one answer per input, in order; a failure of
-   * one input is its own `LockstepError` (`inference-failed`), the others
+   * `batchInfer(requests)`: one answer per request, in order, each
+   * `{ ok: true, output }` or `{ ok: false, error }`.  The specification's
+   * form takes `{ modelId, input }` requests over any models (one
+   * `batch-infer` per model, the unit the inference host batches; a model
+   * that is unknown fails its own requests with `unknown-model`); the
+   * short form `batchInfer(modelId, inputs)` asks one model.  A failure of
+   * one input is its own `LockstepError` (`inference-failed`); the others
    * are answered.
    */
-  async batchInfer(modelId: string, inputs: readonly Tensor[], options?: RequestOptions): Promise<InferenceResponse[]> {
+  async batchInfer(requests: readonly InferenceRequest[], options?: RequestOptions): Promise<InferenceResponse[]>;
+  async batchInfer(modelId: string, inputs: readonly Tensor[], options?: RequestOptions): Promise<InferenceResponse[]>;
+  async batchInfer(
+    first: string | readonly InferenceRequest[],
+    second?: readonly Tensor[] | RequestOptions,
+    third?: RequestOptions,
+  ): Promise<InferenceResponse[]> {
+    if (typeof first === "string") {
+      return this.#batchOne(first, (second ?? []) as readonly Tensor[], third);
+    }
+    const options = second as RequestOptions | undefined;
+    const byModel = new Map<string, number[]>();
+    first.forEach((r, i) => {
+      const list = byModel.get(r.modelId) ?? [];
+      list.push(i);
+      byModel.set(r.modelId, list);
+    });
+    const out: InferenceResponse[] = new Array(first.length);
+    for (const [modelId, indices] of byModel) {
+      let answers: InferenceResponse[];
+      try {
+        answers = await this.#batchOne(modelId, indices.map((i) => first[i].input), options);
+      } catch (e) {
+        if (!(e instanceof LockstepError) || e.code !== "unknown-model") throw e;
+        answers = indices.map(() => ({ ok: false, error: e }));
+      }
+      indices.forEach((i, k) => {
+        out[i] = answers[k];
+      });
+    }
+    return out;
+  }
+
+  async #batchOne(modelId: string, inputs: readonly Tensor[], options?: RequestOptions): Promise<InferenceResponse[]> {
     const { data } = await this.#orchestrator.request(
       { cmd: "batch-infer", model: modelId, inputs: inputs.map(tensorOut) },
       options,
@@ -452,6 +490,12 @@ export interface Tensor {
 
 /** One answer of {@link ModelRegistry.batchInfer}. */
 export type InferenceResponse = { ok: true; output: Tensor } | { ok: false; error: LockstepError };
+
+/** One request of {@link ModelRegistry.batchInfer}: a model (`id` or `id@version`) and its input. */
+export interface InferenceRequest {
+  modelId: string;
+  input: Tensor;
+}
 
 /** Per-model options of {@link ModelRegistry.loadModel}, as in the manifest's `[[models]]`. */
 export interface ModelOptions {

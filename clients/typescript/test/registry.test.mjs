@@ -104,6 +104,19 @@ test("loads, unloads and asks models of a running supervisor", { skip, timeout: 
     assert.equal(batch[1].ok, false);
     assert.ok(batch[1].error instanceof LockstepError);
     assert.equal(batch[1].error.code, "inference-failed");
+    // The specification's form: requests over models, answered in order;
+    // an unknown model fails its own requests only.
+    const mixed = await reg.batchInfer([
+      { modelId: "mlp", input: input(3) },
+      { modelId: "nope", input: input(3) },
+      { modelId: "mlp@v1", input: input(4) },
+    ]);
+    assert.equal(mixed.length, 3);
+    assert.ok(mixed[0].ok && mixed[2].ok, JSON.stringify(mixed));
+    assert.deepEqual(mixed[0].output, out);
+    assert.deepEqual(mixed[2].output, batch[2].output);
+    assert.equal(mixed[1].ok, false);
+    assert.equal(mixed[1].error.code, "unknown-model");
     await rejectsWith(reg.infer("mlp", { shape: [2, 16], data: [1] }), "bad-request");
     await rejectsWith(reg.infer("mlp@v9", input(1)), "unknown-model");
 
