@@ -148,6 +148,9 @@ enum Command {
         /// `lockstep` binary or the current directory).
         #[arg(long)]
         sdk: Option<PathBuf>,
+        /// Print one JSON object: `{"dir":…,"build":…,"module":…,"manifest":…}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Archive a run directory into JetStream once (its journal,
     /// checkpoints, page store and modules), for `resume` or `fork` on
@@ -157,6 +160,9 @@ enum Command {
         run_dir: PathBuf,
         /// Where: `nats://HOST:PORT/NAME`.
         to: String,
+        /// Print one JSON object when done.
+        #[arg(long)]
+        json: bool,
     },
     /// Continue an interrupted (or forked) run from its last checkpoint.
     Resume {
@@ -411,14 +417,15 @@ fn main() -> ExitCode {
             workers,
             json,
         } => fork_from(&run_dir, at, &into, workers, json),
-        Command::Push { run_dir, to } => push_cmd(&run_dir, &to),
+        Command::Push { run_dir, to, json } => push_cmd(&run_dir, &to, json),
         Command::New {
             name,
             lang,
             dir,
             build,
             sdk,
-        } => new_cmd(&name, lang, &dir, build, sdk.as_deref()),
+            json,
+        } => new_cmd(&name, lang, &dir, build, sdk.as_deref(), json),
         Command::Resume {
             run_dir,
             into,
@@ -773,10 +780,24 @@ fn new_cmd(
     dir: &Path,
     build: bool,
     sdk: Option<&Path>,
+    json: bool,
 ) -> Result<ExitCode, BoxError> {
     use lockstep_supervisor::scaffold;
     let agents = scaffold::find_agents_dir(sdk)?;
     let c = scaffold::create(name, lang, dir, &agents)?;
+    if json {
+        let module = if build {
+            Some(scaffold::build(&c)?.display().to_string())
+        } else {
+            None
+        };
+        println!(
+            "{}",
+            serde_json::json!({"dir": c.dir.display().to_string(), "build": c.build.display().to_string(),
+                "module": module, "manifest": c.manifest_lines})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("lockstep: created {}", c.dir.display());
     if build {
         let module = scaffold::build(&c)?;
@@ -792,7 +813,7 @@ fn new_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
-fn push_cmd(dir: &Path, to: &str) -> Result<ExitCode, BoxError> {
+fn push_cmd(dir: &Path, to: &str, json: bool) -> Result<ExitCode, BoxError> {
     let (server, name) = lockstep_supervisor::remote::parse_archive_url(to)
         .ok_or_else(|| format!("{to:?}: expected nats://HOST:PORT/NAME"))?;
     if !dir.join("journal.lsj").is_file() {
@@ -800,6 +821,13 @@ fn push_cmd(dir: &Path, to: &str) -> Result<ExitCode, BoxError> {
     }
     let a = lockstep_supervisor::remote::Archiver::start(&server, dir, &name, true)?;
     a.wait(Duration::from_secs(600))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"run_dir": dir.display().to_string(), "pushed_to": to})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("lockstep: pushed {} to {to}", dir.display());
     Ok(ExitCode::SUCCESS)
 }

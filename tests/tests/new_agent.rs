@@ -107,3 +107,28 @@ fn a_new_c_agent_builds_runs_and_verifies() {
 fn a_new_rust_agent_builds_runs_and_verifies() {
     newcomer("rust");
 }
+
+/// `lockstep new --json` reports what it created as one JSON object.
+#[test]
+fn new_reports_in_json() {
+    let tmp = TempDir::new("new-json");
+    let out = Command::new(bin("lockstep"))
+        .args(["new", "hello", "--lang", "c", "--json", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dir = std::path::PathBuf::from(v["dir"].as_str().unwrap());
+    assert_eq!(dir, tmp.path().join("hello"));
+    assert!(dir.join("build.sh").is_file() && dir.join("agent.toml").is_file());
+    assert!(v["module"].is_null(), "{v}");
+    assert!(
+        v["manifest"].as_str().unwrap().contains("hello.wasm"),
+        "{v}"
+    );
+}
