@@ -127,6 +127,21 @@ fn wait_tick(addr: SocketAddr, min: u64) -> u64 {
 /// A run of the test society, forever, with its dashboard.
 fn running_dashboard(tmp: &TempDir) -> (ChildGuard, ChildGuard, SocketAddr, PathBuf) {
     let manifest = society(tmp.path(), 4, 200);
+    // Keep the whole journal: a `--forever` run keeps 8 checkpoints by
+    // default, and on a fast machine this small society runs 1,600 ticks
+    // (8 checkpoint periods) in less than the timeline's 1 s between reads
+    // of the journal, so an input could be compacted away before the page
+    // saw it.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replacen(
+            "checkpoint_every = 200\n",
+            "checkpoint_every = 200\nretain_checkpoints = 100000\n",
+            1,
+        ),
+    )
+    .unwrap();
     let dir = tmp.path().join("run");
     let mut run = start_run(&manifest, &dir, &["--forever"]);
     let (ui, addr) = start_ui(&dir, &[]);
