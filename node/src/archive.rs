@@ -108,13 +108,14 @@ pub fn run(args: ArchiveArgs) -> Result<(), NodeError> {
 }
 
 /// The files of the run directory archived as objects: checkpoints,
-/// modules, the manifest and the settings.
+/// modules, the copies of models loaded while the run went (`models/`), the
+/// manifest and the settings.
 fn object_files(dir: &Path) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     for f in ["manifest.toml", "meta.json"] {
         out.push((f.to_owned(), dir.join(f)));
     }
-    for sub in ["snapshots", "modules"] {
+    for sub in ["snapshots", "modules", "models"] {
         if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
@@ -236,4 +237,39 @@ async fn append(
     }
     mirror.appended.insert(key, Appended { ino, len });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::object_files;
+
+    /// Everything a resume elsewhere needs is an object: checkpoints,
+    /// modules and the models loaded at run time; temporary files are not.
+    #[test]
+    fn object_files_cover_checkpoints_modules_and_loaded_models() {
+        let dir =
+            std::env::temp_dir().join(format!("lockstep-archive-list-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (sub, file) in [
+            ("snapshots", "000100.snap"),
+            ("modules", "ab.wasm"),
+            ("models", "cd.onnx"),
+            ("models", "ef.onnx.tmp"),
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+            std::fs::write(dir.join(sub).join(file), b"x").unwrap();
+        }
+        let names: Vec<String> = object_files(&dir).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "manifest.toml",
+                "meta.json",
+                "models/cd.onnx",
+                "modules/ab.wasm",
+                "snapshots/000100.snap"
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
