@@ -142,7 +142,7 @@ impl Host {
                 Ok("spin") => WaitPolicy::SPIN,
                 _ => WaitPolicy::ADAPTIVE,
             },
-            env: lockstep_supervisor::jail::passed_env(),
+            env: lockstep_supervisor::jail::inference_host_env(),
             cgroup: None,
             hang_timeout: None,
         };

@@ -167,11 +167,7 @@ impl Host {
             args: vec!["--device".into(), "cpu".into()],
             rings: SegmentConfig::default(),
             policy: WaitPolicy::ADAPTIVE,
-            env: {
-                let mut env = lockstep_supervisor::jail::passed_env();
-                env.push(("ORT_DISABLE_TELEMETRY".into(), "1".into()));
-                env
-            },
+            env: lockstep_supervisor::jail::inference_host_env(),
             cgroup: None,
             hang_timeout: None,
         };

@@ -30,7 +30,7 @@ fn spawn(reaper: &Reaper, args: &[&str]) -> Child {
         args: args.iter().map(OsString::from).collect(),
         rings: SegmentConfig::default(),
         policy: WaitPolicy::ADAPTIVE,
-        env: lockstep_supervisor::jail::passed_env(),
+        env: lockstep_supervisor::jail::inference_host_env(),
         cgroup: None,
         hang_timeout: None,
     };
@@ -299,7 +299,7 @@ fn large_replies_are_carried_and_oversized_ones_become_errors() {
                 to_creator: 1 << 12,
             },
             policy: WaitPolicy::ADAPTIVE,
-            env: lockstep_supervisor::jail::passed_env(),
+            env: lockstep_supervisor::jail::inference_host_env(),
             cgroup: None,
             hang_timeout: None,
         };
@@ -378,7 +378,7 @@ fn start_failure(args: &[&str]) -> (String, ExitKind) {
         args: all.iter().map(OsString::from).collect(),
         rings: SegmentConfig::default(),
         policy: WaitPolicy::ADAPTIVE,
-        env: lockstep_supervisor::jail::passed_env(),
+        env: lockstep_supervisor::jail::inference_host_env(),
         cgroup: None,
         hang_timeout: None,
     };

@@ -294,11 +294,7 @@ fn host_process_embeds_text_over_the_ring() {
         policy: WaitPolicy::ADAPTIVE,
         // As the supervisor runs it (ONNX Runtime's telemetry uploader
         // would be killed by the host's seccomp filter).
-        env: {
-            let mut env = lockstep_supervisor::jail::passed_env();
-            env.push(("ORT_DISABLE_TELEMETRY".into(), "1".into()));
-            env
-        },
+        env: lockstep_supervisor::jail::inference_host_env(),
         cgroup: None,
         hang_timeout: None,
     };

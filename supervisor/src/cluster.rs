@@ -124,7 +124,7 @@ impl Cluster {
                 args: Vec::new(),
                 rings: cfg.rings,
                 policy: cfg.policy,
-                env: crate::jail::passed_env(),
+                env: crate::jail::inference_host_env(),
                 cgroup: None,
                 hang_timeout: None,
             });

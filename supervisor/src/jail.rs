@@ -77,6 +77,18 @@ pub fn passed_env() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The environment of an inference host: [`passed_env`], plus
+/// `ORT_DISABLE_TELEMETRY=1` — ONNX Runtime's own telemetry (its 1DS
+/// uploader, on by default in the official builds) opens sockets some
+/// seconds after start-up; `DisableTelemetryEvents` does not stop it, and
+/// the host's seccomp filter would kill the host for it.  Every spawn of a
+/// host (the run's, `lockstep ping`'s, tests' and benches') takes this.
+pub fn inference_host_env() -> Vec<(String, String)> {
+    let mut env = passed_env();
+    env.push(("ORT_DISABLE_TELEMETRY".to_owned(), "1".to_owned()));
+    env
+}
+
 impl SandboxSettings {
     /// The manifest's settings, with `LOCKSTEP_SANDBOX` (a mode) applied.
     pub fn from_manifest(m: &Manifest) -> Self {
@@ -295,14 +307,10 @@ impl Jails {
             args.push("--address-space-limit".into());
             args.push(s.worker_address_space.to_string().into());
         }
-        let mut env = passed_env();
-        if class == ChildClass::Inference {
-            // ONNX Runtime's own telemetry (its 1DS uploader, on by default
-            // in the official builds) opens sockets some seconds after
-            // start-up; `DisableTelemetryEvents` does not stop it, and the
-            // host's seccomp filter would kill the host for it.
-            env.push(("ORT_DISABLE_TELEMETRY".to_owned(), "1".to_owned()));
-        }
+        let env = match class {
+            ChildClass::Inference => inference_host_env(),
+            _ => passed_env(),
+        };
         Ok(Prepared { args, cgroup, env })
     }
 }
