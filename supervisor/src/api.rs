@@ -327,6 +327,7 @@ impl Run {
             max_batch,
             latency_ticks,
             text: None,
+            tolerance: Default::default(),
         };
         self.inference
             .load(self.sim.tick, def, Arc::new(bytes.clone()))
@@ -714,6 +715,7 @@ impl Run {
                     max_batch: m.max_batch,
                     latency_ticks: m.latency_ticks,
                     text: None,
+                    tolerance: Default::default(),
                 },
                 None => match self
                     .cfg

@@ -31,7 +31,7 @@ pub struct AgentDiff {
 }
 
 /// Where and how a replay left the recorded run.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct Divergence {
     /// First tick whose hash differed (if found by tick hashes).
     pub first_tick: Option<u64>,
@@ -41,6 +41,11 @@ pub struct Divergence {
     pub agents: Vec<AgentDiff>,
     /// Scheduler-level differences (task table, memberships, counters…).
     pub scheduler: Vec<String>,
+    /// The first inference answer recorded on another device that the
+    /// re-execution could not confirm (not equal within its model's
+    /// tolerance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<crate::inference::tolerance::AnswerDivergence>,
 }
 
 impl fmt::Display for Divergence {
@@ -52,6 +57,9 @@ impl fmt::Display for Divergence {
                 self.compared_at
             )?,
             None => writeln!(f, "diverged: state after tick {} differs", self.compared_at)?,
+        }
+        if let Some(a) = &self.answer {
+            writeln!(f, "  {a}")?;
         }
         for a in &self.agents {
             write!(f, "  agent {} ({}):", a.agent, a.name)?;

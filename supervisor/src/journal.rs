@@ -8,6 +8,18 @@
 //! 12  frames: len u32 LE | checksum u64 LE (first 8 bytes of BLAKE3(payload)) | payload (postcard Entry)
 //! ```
 //!
+//! The entries ([`Entry`]): a header (manifest text and hash, seed, the
+//! sandbox layers that were off, the `--device` the inference host was
+//! asked for), then per tick its inputs, decisions, events, inference
+//! answers and tick record, and checkpoints and the end.  Each inference
+//! answer ([`Answer`]) records the agent, request id, model and BLAKE3 of
+//! the answer, and who computed it ([`AnswerSource`]): the supervisor
+//! itself (`builtin`: the `echo` model, an error the run's state decides),
+//! the CPU (the hash alone — any CPU verifier recomputes the same bits), or
+//! another device such as `cuda:0`, with the answer's bytes, so that a
+//! verifier elsewhere can compare its own recomputation within the model's
+//! tolerance and deliver exactly the recorded answer.
+//!
 //! The journal holds only deterministic facts (no wall-clock times, no
 //! worker counts), so two runs of the same manifest, seed and inputs write
 //! byte-identical journals.  A frame cut short at the end of the file (a
@@ -30,11 +42,13 @@ use std::path::{Path, PathBuf};
 
 /// Magic bytes at the start of a journal.
 pub const MAGIC: &[u8; 8] = b"LSJOURN\0";
-/// Format version.  4: inputs are [`crate::command::Command`]s (the one
-/// control vocabulary, with `load-model` and `unload-model`); a journal of
-/// an earlier version is refused with [`JournalError::Version`] (replay it
-/// with the build that wrote it).
-pub const VERSION: u32 = 4;
+/// Format version.  5: the header records the inference device asked for,
+/// and each inference answer who computed it, with its bytes when that was
+/// neither the CPU nor the supervisor ([`AnswerSource`]).  (4: inputs are
+/// [`crate::command::Command`]s.)  A journal of an earlier version is
+/// refused with [`JournalError::Version`] (replay it with the build that
+/// wrote it).
+pub const VERSION: u32 = 5;
 /// Largest frame accepted when reading.
 pub const MAX_FRAME: u32 = 64 << 20;
 
@@ -52,6 +66,10 @@ pub enum Entry {
         /// Sandbox layers the run's children ran without, one line each
         /// (empty: every layer).
         sandbox_off: Vec<String>,
+        /// The inference device the run asked for (`--device`: `cpu`,
+        /// `auto`, `cuda`, `cuda:N`); where each answer was computed is
+        /// in its [`Answer::source`].
+        device: String,
     },
     /// An external input applied at `tick`, with its outcome.
     Input {
@@ -78,12 +96,12 @@ pub enum Entry {
         /// Event.
         event: Event,
     },
-    /// Inference answers delivered after `tick` (hash of each).
+    /// Inference answers delivered after `tick`, in delivery order.
     Inference {
         /// Tick.
         tick: u64,
-        /// (agent, request id, model, answer hash).
-        answers: Vec<(u64, u64, String, [u8; 32])>,
+        /// The answers.
+        answers: Vec<Answer>,
     },
     /// End of a tick.
     Tick {
@@ -120,6 +138,83 @@ pub enum Entry {
         /// Final hash.
         hash: [u8; 32],
     },
+}
+
+/// One inference answer delivered after a tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The requesting agent.
+    pub agent: u64,
+    /// Its request id.
+    pub request_id: u64,
+    /// The model the request named.
+    pub model: String,
+    /// BLAKE3 of the answer as delivered (the postcard encoding of
+    /// [`crate::sim::InferAnswer`]); folded into the tick hash.
+    pub hash: [u8; 32],
+    /// Who computed it.
+    pub source: AnswerSource,
+}
+
+/// Who computed an inference answer (the device class), and — when a
+/// verifier on another class could not reproduce its bits — the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AnswerSource {
+    /// The supervisor: the built-in `echo` model, an error the run's state
+    /// decides (an unknown or unloaded model, a malformed input), or one
+    /// given for a host that kept failing.
+    Builtin,
+    /// ONNX Runtime's CPU kernels: the hash alone (a CPU verifier
+    /// recomputes the same bits).
+    Cpu,
+    /// Another device, e.g. `cuda:0`, with the answer delivered (an ABI
+    /// tensor, or the error text), which the journal's frame checksum and
+    /// [`Answer::hash`] cover.
+    Device {
+        /// The device, as the inference host names it.
+        device: String,
+        /// The answer.
+        answer: Result<serde_bytes::ByteBuf, String>,
+    },
+}
+
+/// The device name of answers the supervisor computes itself.
+pub const BUILTIN_DEVICE: &str = "builtin";
+/// The device name of answers of ONNX Runtime's CPU kernels.
+pub const CPU_DEVICE: &str = "cpu";
+
+impl AnswerSource {
+    /// The source of `answer`, computed on `device` (`builtin`, `cpu`, or
+    /// another device, whose answers are kept whole).
+    pub fn of(device: &str, answer: &Result<Vec<u8>, String>) -> Self {
+        match device {
+            BUILTIN_DEVICE => AnswerSource::Builtin,
+            CPU_DEVICE => AnswerSource::Cpu,
+            other => AnswerSource::Device {
+                device: other.to_owned(),
+                answer: answer.clone().map(serde_bytes::ByteBuf::from),
+            },
+        }
+    }
+
+    /// The device's name (`builtin`, `cpu`, `cuda:0`, …).
+    pub fn device(&self) -> &str {
+        match self {
+            AnswerSource::Builtin => BUILTIN_DEVICE,
+            AnswerSource::Cpu => CPU_DEVICE,
+            AnswerSource::Device { device, .. } => device,
+        }
+    }
+
+    /// The recorded answer, if the journal keeps it.
+    pub fn answer(&self) -> Option<Result<Vec<u8>, String>> {
+        match self {
+            AnswerSource::Device { answer, .. } => {
+                Some(answer.clone().map(serde_bytes::ByteBuf::into_vec))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Entry {
@@ -646,6 +741,17 @@ mod tests {
                 seed: 7,
                 manifest: "x".into(),
                 sandbox_off: vec!["seccomp (manifest [sandbox] disable)".into()],
+                device: "cuda:1".into(),
+            },
+            Entry::Inference {
+                tick: 1,
+                answers: vec![Answer {
+                    agent: 4,
+                    request_id: 1,
+                    model: "mlp".into(),
+                    hash: [5; 32],
+                    source: AnswerSource::of("cuda:0", &Ok(vec![1, 0, 0, 0, 0, 0, 0, 0])),
+                }],
             },
             Entry::Tick {
                 tick: 1,
@@ -691,6 +797,55 @@ mod tests {
     }
 
     #[test]
+    fn answer_sources_round_trip_and_cpu_answers_keep_only_their_hash() {
+        let answer = |source| Answer {
+            agent: 3,
+            request_id: 1,
+            model: "mlp".into(),
+            hash: [4; 32],
+            source,
+        };
+        let tensor = Ok(vec![1, 0, 0, 0, 0, 0, 0, 0]);
+        let cpu = answer(AnswerSource::of("cpu", &tensor));
+        let builtin = answer(AnswerSource::of("builtin", &Err("unknown model".into())));
+        let cuda = answer(AnswerSource::of("cuda:0", &tensor));
+        let cuda_err = answer(AnswerSource::of("cuda:1", &Err("out of memory".into())));
+        assert_eq!(cpu.source, AnswerSource::Cpu);
+        assert_eq!(builtin.source, AnswerSource::Builtin);
+        assert_eq!(cpu.source.answer(), None);
+        assert_eq!(builtin.source.device(), "builtin");
+        assert_eq!(cuda.source.device(), "cuda:0");
+        assert_eq!(cuda.source.answer(), Some(tensor.clone()));
+        assert_eq!(cuda_err.source.answer(), Some(Err("out of memory".into())));
+        for a in [&cpu, &builtin, &cuda, &cuda_err] {
+            let b = shm_protocol::codec::encode(a).unwrap();
+            assert_eq!(&shm_protocol::codec::decode::<Answer>(&b).unwrap(), a);
+        }
+        // A CPU answer costs one byte more than (agent, request, model, hash).
+        let old = (3u64, 1u64, "mlp".to_owned(), [4u8; 32]);
+        assert_eq!(
+            shm_protocol::codec::encode(&cpu).unwrap().len(),
+            shm_protocol::codec::encode(&old).unwrap().len() + 1
+        );
+    }
+
+    #[test]
+    fn journals_of_earlier_formats_are_refused_naming_both_versions() {
+        let d = tmp("old");
+        let p = write(&d);
+        let mut b = std::fs::read(&p).unwrap();
+        b[8..12].copy_from_slice(&4u32.to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = read_journal(&p).unwrap_err();
+        assert!(matches!(e, JournalError::Version { found: 4, .. }), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("format version 4 is not supported (this build reads 5)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn torn_tail_is_ignored_and_cut_on_append() {
         let d = tmp("torn");
         let p = write(&d);
@@ -698,11 +853,11 @@ mod tests {
         for cut in 1..20 {
             std::fs::write(&p, &full[..full.len() - cut]).unwrap();
             let r = read_journal(&p).unwrap();
-            assert_eq!(r.entries, sample()[..2].to_vec(), "cut {cut}");
+            assert_eq!(r.entries, sample()[..3].to_vec(), "cut {cut}");
             assert!(r.torn_tail);
         }
         let mut w = JournalWriter::append(&p).unwrap();
-        w.write(&sample()[2]).unwrap();
+        w.write(&sample()[3]).unwrap();
         assert_eq!(read_journal(&p).unwrap().entries, sample());
     }
 

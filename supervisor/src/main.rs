@@ -94,6 +94,11 @@ enum Command {
         /// Worker processes (default: as recorded).
         #[arg(long)]
         workers: Option<usize>,
+        /// The inference host's device (default: `cpu` for a run made on
+        /// the CPU, `auto` for one that asked for a GPU; answers recorded
+        /// on another device are compared within their model's tolerance).
+        #[arg(long, value_parser = parse_device)]
+        device: Option<String>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -105,8 +110,14 @@ enum Command {
         /// Worker processes (default: as recorded).
         #[arg(long)]
         workers: Option<usize>,
-        /// Print one JSON object: `{"verdict":"identical",…}` or
-        /// `{"verdict":"diverged","first_tick":…,"agents":[…],…}`.
+        /// The inference host's device (default: `cpu` for a run made on
+        /// the CPU, `auto` for one that asked for a GPU; answers recorded
+        /// on another device are compared within their model's tolerance).
+        #[arg(long, value_parser = parse_device)]
+        device: Option<String>,
+        /// Print one JSON object: `{"verdict":"identical",…,
+        /// "within_tolerance":[…]}` or `{"verdict":"diverged",
+        /// "first_tick":…,"agents":[…],"answer":{…},…}`.
         #[arg(long)]
         json: bool,
     },
@@ -125,6 +136,12 @@ enum Command {
         /// Worker processes (default: as recorded).
         #[arg(long)]
         workers: Option<usize>,
+        /// The inference host's device (default: `cpu` for a run made on
+        /// the CPU, `auto` for one that asked for a GPU; answers recorded
+        /// on another device are compared within their model's tolerance).
+        #[arg(long, value_parser = parse_device)]
+        device: Option<String>,
+
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -181,6 +198,11 @@ enum Command {
         /// Worker processes (default: as recorded).
         #[arg(long)]
         workers: Option<usize>,
+        /// The inference host's device (default: the one the run asked
+        /// for; answers recorded on another device are compared within
+        /// their model's tolerance while catching up).
+        #[arg(long, value_parser = parse_device)]
+        device: Option<String>,
         /// Print one JSON object when done.
         #[arg(long)]
         json: bool,
@@ -403,20 +425,23 @@ fn main() -> ExitCode {
             from,
             until,
             workers,
+            device,
             json,
-        } => replay_cmd(&run_dir, from, until, workers, json),
+        } => replay_cmd(&run_dir, from, until, workers, device.as_deref(), json),
         Command::Verify {
             run_dir,
             workers,
+            device,
             json,
-        } => verify_cmd(&run_dir, workers, json),
+        } => verify_cmd(&run_dir, workers, device.as_deref(), json),
         Command::Fork {
             run_dir,
             at,
             into,
             workers,
+            device,
             json,
-        } => fork_from(&run_dir, at, &into, workers, json),
+        } => fork_from(&run_dir, at, &into, workers, device.as_deref(), json),
         Command::Push { run_dir, to, json } => push_cmd(&run_dir, &to, json),
         Command::New {
             name,
@@ -432,9 +457,10 @@ fn main() -> ExitCode {
             until,
             ticks,
             workers,
+            device,
             json,
         } => fetch_then(&run_dir, into.as_deref())
-            .and_then(|dir| resume_cmd(&dir, until, ticks, workers, json)),
+            .and_then(|dir| resume_cmd(&dir, until, ticks, workers, device.as_deref(), json)),
     };
     match result {
         Ok(code) => code,
@@ -659,6 +685,7 @@ fn replay_cmd(
     from: Option<String>,
     until: Option<u64>,
     workers: Option<usize>,
+    device: Option<&str>,
     json: bool,
 ) -> Result<ExitCode, BoxError> {
     let from = from.map(|f| match f.parse::<u64>() {
@@ -667,10 +694,17 @@ fn replay_cmd(
     });
     let t0 = Instant::now();
     let bar = lockstep_supervisor::progress::Progress::ticks("replay", 0, Some(0), !json);
-    let r = replay::replay_reporting(dir, from, until, workers, &mut |first, tick, last| {
-        bar.reset(first, last);
-        bar.at(tick);
-    })?;
+    let r = replay::replay_reporting(
+        dir,
+        from,
+        until,
+        workers,
+        device,
+        &mut |first, tick, last| {
+            bar.reset(first, last);
+            bar.at(tick);
+        },
+    )?;
     bar.finish();
     if json {
         let mut v = serde_json::to_value(&r)?;
@@ -686,13 +720,21 @@ fn replay_cmd(
         r.checked,
         r.hash
     );
+    for w in &r.within_tolerance {
+        println!("  {w}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify_cmd(dir: &Path, workers: Option<usize>, json: bool) -> Result<ExitCode, BoxError> {
+fn verify_cmd(
+    dir: &Path,
+    workers: Option<usize>,
+    device: Option<&str>,
+    json: bool,
+) -> Result<ExitCode, BoxError> {
     let t0 = Instant::now();
     let bar = lockstep_supervisor::progress::Progress::ticks("verify", 0, Some(0), !json);
-    let verdict = replay::verify_reporting(dir, workers, &[], &mut |first, tick, last| {
+    let verdict = replay::verify_reporting(dir, workers, device, &[], &mut |first, tick, last| {
         bar.reset(first, last);
         bar.at(tick);
     })?;
@@ -700,9 +742,14 @@ fn verify_cmd(dir: &Path, workers: Option<usize>, json: bool) -> Result<ExitCode
     if json {
         let wall_ms = t0.elapsed().as_millis() as u64;
         let (v, code) = match &verdict {
-            replay::Verdict::Identical { ticks, checkpoints } => (
+            replay::Verdict::Identical {
+                ticks,
+                checkpoints,
+                within_tolerance,
+            } => (
                 serde_json::json!({"verdict": "identical", "ticks": ticks,
-                    "checkpoints": checkpoints, "wall_ms": wall_ms}),
+                    "checkpoints": checkpoints, "within_tolerance": within_tolerance,
+                    "wall_ms": wall_ms}),
                 ExitCode::SUCCESS,
             ),
             replay::Verdict::Diverged(d) => {
@@ -716,11 +763,19 @@ fn verify_cmd(dir: &Path, workers: Option<usize>, json: bool) -> Result<ExitCode
         return Ok(code);
     }
     match verdict {
-        replay::Verdict::Identical { ticks, checkpoints } => {
-            println!(
+        replay::Verdict::Identical {
+            ticks,
+            checkpoints,
+            within_tolerance,
+        } => {
+            let mut line = format!(
                 "identical ({ticks} ticks re-executed, {checkpoints} checkpoints compared, {})",
                 fmt_dur(t0.elapsed())
             );
+            for w in &within_tolerance {
+                line.push_str(&format!("; {w}"));
+            }
+            println!("{line}");
             Ok(ExitCode::SUCCESS)
         }
         replay::Verdict::Diverged(d) => {
@@ -735,9 +790,10 @@ fn fork_cmd(
     at: u64,
     into: &Path,
     workers: Option<usize>,
+    device: Option<&str>,
     json: bool,
 ) -> Result<ExitCode, BoxError> {
-    let tick = replay::fork(dir, at, into, workers)?;
+    let tick = replay::fork_on(dir, at, into, workers, device)?;
     if json {
         let v = serde_json::json!({"from": dir.display().to_string(), "tick": tick,
             "into": into.display().to_string()});
@@ -760,16 +816,17 @@ fn fork_from(
     at: u64,
     into: &Path,
     workers: Option<usize>,
+    device: Option<&str>,
     json: bool,
 ) -> Result<ExitCode, BoxError> {
     if !src.to_string_lossy().starts_with("nats://") {
-        return fork_cmd(src, at, into, workers, json);
+        return fork_cmd(src, at, into, workers, device, json);
     }
     let mut scratch = into.as_os_str().to_owned();
     scratch.push(".fetching");
     let scratch = PathBuf::from(scratch);
     let fetched = fetch_then(src, Some(&scratch));
-    let r = fetched.and_then(|dir| fork_cmd(&dir, at, into, workers, json));
+    let r = fetched.and_then(|dir| fork_cmd(&dir, at, into, workers, device, json));
     let _ = std::fs::remove_dir_all(&scratch);
     r
 }
@@ -852,9 +909,10 @@ fn resume_cmd(
     until: Option<u64>,
     ticks: Option<u64>,
     workers: Option<usize>,
+    device: Option<&str>,
     json: bool,
 ) -> Result<ExitCode, BoxError> {
-    let (mut run, target) = replay::resume(dir, workers)?;
+    let (mut run, target) = replay::resume_on(dir, workers, device)?;
     let caught_up = run.state().tick;
     let until = match (until, ticks) {
         (Some(u), _) => u,
@@ -948,15 +1006,20 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, BoxError> {
     let mut ended = None;
     let mut checkpoints = 0;
     let mut decisions = 0;
+    let mut device = String::new();
+    // Inference answers by the device that computed them.
+    let mut answers: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for e in &j.entries {
         match e {
             Entry::Header {
                 seed: s,
                 manifest_hash: h,
+                device: d,
                 ..
             } => {
                 seed = *s;
                 manifest_hash = *h;
+                device.clone_from(d);
             }
             Entry::Input { .. } => inputs += 1,
             Entry::Decision { .. } => decisions += 1,
@@ -982,7 +1045,11 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, BoxError> {
             }
             Entry::Checkpoint { .. } => checkpoints += 1,
             Entry::End { tick, hash } => ended = Some((*tick, *hash)),
-            Entry::Inference { .. } => {}
+            Entry::Inference { answers: a, .. } => {
+                for x in a {
+                    *answers.entry(x.source.device().to_owned()).or_default() += 1;
+                }
+            }
         }
     }
     if json {
@@ -1002,6 +1069,8 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, BoxError> {
             "events": events,
             "faults": faults,
             "checkpoints": checkpoints,
+            "device": device,
+            "inference_answers": answers,
             "last_tick_hash": last_hash.map(|h| hex(&h)),
             "ended_after_tick": ended.map(|(t, _)| t),
             "torn_tail": j.torn_tail,
@@ -1021,6 +1090,11 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, BoxError> {
     println!("decisions       {decisions}");
     println!("events          {events} ({faults} faults)");
     println!("checkpoints     {checkpoints}");
+    println!("device          {device} (asked for)");
+    if !answers.is_empty() {
+        let by: Vec<String> = answers.iter().map(|(d, n)| format!("{n} on {d}")).collect();
+        println!("answers         {}", by.join(", "));
+    }
     if let Some(h) = last_hash {
         println!("last tick hash  {}", hex(&h));
     }
@@ -1125,7 +1199,7 @@ fn log(args: LogArgs) -> Result<ExitCode, BoxError> {
         }
         if let Some(agent) = agent {
             let matches = entry_agent(e) == Some(agent)
-                || matches!(e, Entry::Inference { answers, .. } if answers.iter().any(|a| a.0 == agent));
+                || matches!(e, Entry::Inference { answers, .. } if answers.iter().any(|a| a.agent == agent));
             if !matches {
                 continue;
             }
@@ -1134,8 +1208,12 @@ fn log(args: LogArgs) -> Result<ExitCode, BoxError> {
             Entry::Header {
                 seed,
                 manifest_hash,
+                device,
                 ..
-            } => format!("header seed={seed} manifest={}", hex(manifest_hash)),
+            } => format!(
+                "header seed={seed} manifest={} device={device}",
+                hex(manifest_hash)
+            ),
             Entry::Input { input, outcome, .. } => format!(
                 "input {} -> {}",
                 input.describe(),
@@ -1151,7 +1229,14 @@ fn log(args: LogArgs) -> Result<ExitCode, BoxError> {
                 answers.len(),
                 answers
                     .iter()
-                    .map(|(a, r, m, h)| format!("agent {a} req {r} {m} {}", &hex(h)[..16]))
+                    .map(|a| format!(
+                        "agent {} req {} {} {} on {}",
+                        a.agent,
+                        a.request_id,
+                        a.model,
+                        &hex(&a.hash)[..16],
+                        a.source.device()
+                    ))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),

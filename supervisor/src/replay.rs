@@ -10,7 +10,8 @@
 
 use crate::config::RunConfig;
 use crate::diff::{Divergence, diff};
-use crate::journal::{self, Entry, JournalWriter};
+use crate::inference::tolerance::{AnswerChecks, WithinTolerance};
+use crate::journal::{self, Answer, Entry, JournalWriter};
 use crate::manifest::Manifest;
 use crate::run::{Run, RunError};
 use crate::sim::{Decision, Input, SimState};
@@ -76,6 +77,10 @@ pub struct Recorded {
     pub tick_end_offset: u64,
     /// Inputs recorded for the tick after the last complete one.
     pub tail_inputs: Vec<Entry>,
+    /// The inference device the run asked for (`--device`).
+    pub device: String,
+    /// Inference answers by the tick they were delivered after.
+    pub answers: BTreeMap<u64, Vec<Answer>>,
 }
 
 impl Recorded {
@@ -86,7 +91,13 @@ impl Recorded {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(serde_json::Value::Null);
-        let Some(Entry::Header { manifest, seed, .. }) = j.entries.first() else {
+        let Some(Entry::Header {
+            manifest,
+            seed,
+            device,
+            ..
+        }) = j.entries.first()
+        else {
             return Err(ReplayError::Usage(format!(
                 "{}: the journal has no header",
                 dir.display()
@@ -130,6 +141,8 @@ impl Recorded {
             ended: false,
             tick_end_offset: 12,
             tail_inputs: Vec::new(),
+            device: device.clone(),
+            answers: BTreeMap::new(),
         };
         for (e, end) in j.entries.iter().zip(&j.offsets) {
             match e {
@@ -163,8 +176,14 @@ impl Recorded {
                 }
                 Entry::End { .. } => r.ended = true,
                 Entry::Header { .. } => r.tick_end_offset = *end,
+                Entry::Inference { tick, answers } => {
+                    r.answers
+                        .entry(*tick)
+                        .or_default()
+                        .extend(answers.iter().cloned());
+                }
                 // A tick's entries end with its `Tick` record.
-                Entry::Event { .. } | Entry::Inference { .. } => {}
+                Entry::Event { .. } => {}
             }
         }
         Ok(r)
@@ -215,9 +234,37 @@ impl Recorded {
         }))
     }
 
-    fn config(&self, run_dir: PathBuf, workers: Option<usize>) -> Result<RunConfig, ReplayError> {
+    /// The inference device a re-execution uses: `asked` (`--device`),
+    /// else `$LOCKSTEP_INFERENCE_DEVICE`, else the recorded run's — for
+    /// `resume`, which goes on with the run, exactly; for `replay`,
+    /// `verify` and `fork`, `cpu` for a CPU run and `auto` for one that
+    /// asked for a GPU, so that the same GPU re-executes it bitwise and a
+    /// machine without one compares its answers within tolerance.
+    pub fn device_for(&self, asked: Option<&str>, resuming: bool) -> String {
+        if let Some(d) = asked {
+            return d.to_owned();
+        }
+        if let Ok(d) = std::env::var("LOCKSTEP_INFERENCE_DEVICE")
+            && lockstep_common::is_device(&d)
+        {
+            return d;
+        }
+        match self.device.as_str() {
+            "" | "cpu" => "cpu".into(),
+            d if resuming => d.to_owned(),
+            _ => "auto".into(),
+        }
+    }
+
+    fn config(
+        &self,
+        run_dir: PathBuf,
+        workers: Option<usize>,
+        device: String,
+    ) -> Result<RunConfig, ReplayError> {
         let mut cfg = RunConfig::new(self.manifest.clone(), self.manifest_text.clone(), run_dir)
             .map_err(ReplayError::Usage)?;
+        cfg.inference.device = device;
         cfg.seed = self.seed;
         cfg.workers = workers.unwrap_or(self.workers).max(1);
         cfg.checkpoint_every = self.checkpoint_every;
@@ -245,6 +292,11 @@ impl Recorded {
                 .range(from + 1..until + 1)
                 .map(|(t, h)| (*t, *h))
                 .collect(),
+            answers: self
+                .answers
+                .range(from + 1..until + 1)
+                .map(|(t, a)| (*t, a.clone()))
+                .collect(),
             checkpoints: self.checkpoints.keys().copied().collect(),
             until,
         }
@@ -257,6 +309,7 @@ impl Recorded {
         body: SnapshotBody,
         until: u64,
         workers: Option<usize>,
+        device: String,
         tag: &str,
         env: &[(String, String)],
     ) -> Result<(Run, PathBuf), ReplayError> {
@@ -266,7 +319,7 @@ impl Recorded {
             body.tick
         ));
         let _ = std::fs::remove_dir_all(&scratch);
-        let mut cfg = self.config(scratch.clone(), workers)?;
+        let mut cfg = self.config(scratch.clone(), workers, device)?;
         cfg.origin = Some(self.dir.clone());
         cfg.board = false;
         cfg.control_socket = false;
@@ -299,6 +352,9 @@ pub struct ReplayReport {
     pub checked: u64,
     /// Final hash (hex).
     pub hash: String,
+    /// Answers recorded on another device than this replay's, found equal
+    /// within their model's tolerance (and delivered as recorded).
+    pub within_tolerance: Vec<WithinTolerance>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -313,15 +369,18 @@ pub fn replay(
     until: Option<u64>,
     workers: Option<usize>,
 ) -> Result<ReplayReport, ReplayError> {
-    replay_reporting(dir, from, until, workers, &mut |_, _, _| {})
+    replay_reporting(dir, from, until, workers, None, &mut |_, _, _| {})
 }
 
-/// [`replay`], calling `progress(first, tick, last)` after every tick.
+/// [`replay`] with the inference host on `device` (`None`:
+/// [`Recorded::device_for`]), calling `progress(first, tick, last)` after
+/// every tick.
 pub fn replay_reporting(
     dir: &Path,
     from: Option<From>,
     until: Option<u64>,
     workers: Option<usize>,
+    device: Option<&str>,
     progress: &mut dyn FnMut(u64, u64, u64),
 ) -> Result<ReplayReport, ReplayError> {
     let rec = Recorded::open(dir)?;
@@ -342,7 +401,8 @@ pub fn replay_reporting(
     };
     let until = until.unwrap_or(rec.last_tick).min(rec.last_tick);
     let from_tick = body.tick;
-    let (mut run, scratch) = rec.scratch(body, until, workers, "replay", &[])?;
+    let device = rec.device_for(device, false);
+    let (mut run, scratch) = rec.scratch(body, until, workers, device, "replay", &[])?;
     let mut checked = 0;
     let result = (|| {
         while run.state().tick < until {
@@ -353,6 +413,7 @@ pub fn replay_reporting(
         Ok::<_, RunError>(())
     })();
     let hash = hex(&run.state().hash);
+    let checks = run.take_answer_checks();
     let _ = run.finish();
     let _ = std::fs::remove_dir_all(scratch);
     result?;
@@ -361,6 +422,7 @@ pub fn replay_reporting(
         until,
         checked,
         hash,
+        within_tolerance: checks.report(),
     })
 }
 
@@ -373,6 +435,11 @@ pub enum Verdict {
         ticks: u64,
         /// Checkpoints compared.
         checkpoints: usize,
+        /// Answers recorded on another device than this verification's,
+        /// found equal within their model's tolerance (and delivered as
+        /// recorded), per device and model; empty when every answer came
+        /// from the verifying device class (compared bitwise).
+        within_tolerance: Vec<WithinTolerance>,
     },
     /// The first divergence.
     Diverged(Box<Divergence>),
@@ -393,18 +460,21 @@ pub fn verify_with_env(
     workers: Option<usize>,
     env: &[(String, String)],
 ) -> Result<Verdict, ReplayError> {
-    verify_reporting(dir, workers, env, &mut |_, _, _| {})
+    verify_reporting(dir, workers, None, env, &mut |_, _, _| {})
 }
 
-/// [`verify_with_env`], calling `progress(first, tick, last)` after every
-/// re-executed tick.
+/// [`verify_with_env`] with the inference host on `device` (`None`:
+/// [`Recorded::device_for`]), calling `progress(first, tick, last)` after
+/// every re-executed tick.
 pub fn verify_reporting(
     dir: &Path,
     workers: Option<usize>,
+    device: Option<&str>,
     env: &[(String, String)],
     progress: &mut dyn FnMut(u64, u64, u64),
 ) -> Result<Verdict, ReplayError> {
     let rec = Recorded::open(dir)?;
+    let device = rec.device_for(device, false);
     let marks: Vec<u64> = rec
         .checkpoints
         .keys()
@@ -418,14 +488,16 @@ pub fn verify_reporting(
         )));
     }
     let mut ticks = 0;
+    let mut checks = AnswerChecks::default();
     for (k, &start) in marks.iter().enumerate() {
         let end = marks.get(k + 1).copied().unwrap_or(rec.last_tick);
         if end <= start {
             continue;
         }
         let body = rec.checkpoint_at_or_before(start)?;
-        let (mut run, scratch) = rec.scratch(body, end, workers, "verify", env)?;
+        let (mut run, scratch) = rec.scratch(body, end, workers, device.clone(), "verify", env)?;
         let mut first = None;
+        let mut answer = None;
         let outcome = loop {
             if run.state().tick >= end {
                 break Ok(());
@@ -440,6 +512,15 @@ pub fn verify_reporting(
                     // inputs and decisions, without hash checks — to compare
                     // the full state there.
                     first.get_or_insert(tick);
+                    run.continue_unchecked();
+                }
+                Err(RunError::AnswerDiverged(d)) => {
+                    // The recorded answer was delivered: the run goes on
+                    // as recorded, to compare the state at the end.
+                    first.get_or_insert(d.tick);
+                    answer.get_or_insert(*d);
+                    ticks += 1;
+                    progress(marks[0], run.state().tick, rec.last_tick);
                     run.continue_unchecked();
                 }
                 Err(e) => break Err(e),
@@ -488,15 +569,18 @@ pub fn verify_reporting(
                 return Err(e.into());
             }
         };
+        checks.merge(run.take_answer_checks());
         let _ = run.finish();
         let _ = std::fs::remove_dir_all(&scratch);
-        if let Some(d) = state {
+        if let Some(mut d) = state {
+            d.answer = answer;
             return Ok(Verdict::Diverged(Box::new(d)));
         }
     }
     Ok(Verdict::Identical {
         ticks,
         checkpoints: marks.len(),
+        within_tolerance: checks.report(),
     })
 }
 
@@ -508,6 +592,18 @@ pub fn fork(
     at: u64,
     new_dir: &Path,
     workers: Option<usize>,
+) -> Result<u64, ReplayError> {
+    fork_on(dir, at, new_dir, workers, None)
+}
+
+/// [`fork`] with the inference host on `device` (`None`:
+/// [`Recorded::device_for`]).
+pub fn fork_on(
+    dir: &Path,
+    at: u64,
+    new_dir: &Path,
+    workers: Option<usize>,
+    device: Option<&str>,
 ) -> Result<u64, ReplayError> {
     let rec = Recorded::open(dir)?;
     if at > rec.last_tick {
@@ -531,7 +627,11 @@ pub fn fork(
     crate::rundir::create(new_dir).map_err(|e| ReplayError::Usage(e.to_string()))?;
     crate::rundir::write_private(&new_dir.join("manifest.toml"), rec.manifest_text.as_bytes())
         .map_err(|e| ReplayError::Usage(e.to_string()))?;
-    let mut cfg = rec.config(new_dir.to_path_buf(), workers)?;
+    let mut cfg = rec.config(
+        new_dir.to_path_buf(),
+        workers,
+        rec.device_for(device, false),
+    )?;
     cfg.origin = Some(rec.dir.clone());
     cfg.target_ticks = at;
     crate::rundir::write_meta(
@@ -556,6 +656,7 @@ pub fn fork(
         seed: rec.seed,
         manifest: rec.manifest_text.clone(),
         sandbox_off: cfg.sandbox.layers_off(),
+        device: cfg.inference.device.clone(),
     })?;
     j.sync()?;
     cfg.control_socket = false;
@@ -582,6 +683,16 @@ pub fn fork(
 /// it (checking their hashes), re-applies inputs accepted for the next tick,
 /// and returns the run, live, to continue.
 pub fn resume(dir: &Path, workers: Option<usize>) -> Result<(Run, u64), ReplayError> {
+    resume_on(dir, workers, None)
+}
+
+/// [`resume`] with the inference host on `device` (`None`: the device the
+/// run asked for, [`Recorded::device_for`]).
+pub fn resume_on(
+    dir: &Path,
+    workers: Option<usize>,
+    device: Option<&str>,
+) -> Result<(Run, u64), ReplayError> {
     let rec = Recorded::open(dir)?;
     if rec.ended {
         return Err(ReplayError::Usage(format!(
@@ -607,7 +718,7 @@ pub fn resume(dir: &Path, workers: Option<usize>) -> Result<(Run, u64), ReplayEr
         j.write(e)?;
     }
     j.sync()?;
-    let mut cfg = rec.config(dir.to_path_buf(), workers)?;
+    let mut cfg = rec.config(dir.to_path_buf(), workers, rec.device_for(device, true))?;
     cfg.target_ticks = rec.target_ticks;
     let sim = body.scheduler.clone();
     let mut run = Run::boot(

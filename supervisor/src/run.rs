@@ -19,14 +19,17 @@
 
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::ctl::CtlServer;
+use crate::inference::tolerance::{self, AnswerChecks, AnswerDivergence, Comparison};
 use crate::inference::{InferenceService, InferenceStartError};
 use crate::inject::{Inject, Phase};
-use crate::journal::{Entry, JournalError, JournalWriter};
+use crate::journal::{Answer, AnswerSource, BUILTIN_DEVICE, Entry, JournalError, JournalWriter};
 use crate::modules::{ModuleError, ModuleStore};
 use crate::observe::{Children, Observers};
 use crate::pool::{ModuleImage, PoolConfig, PoolError, TickCtx, WorkerPool};
 use crate::rundir::{self, RunDirError};
-use crate::sim::{Decision, Input, SimState, TickSummary, WorkReport};
+use crate::sim::{
+    Decision, InferAnswer, InferRequest, Input, SimState, TickSummary, UNANSWERABLE, WorkReport,
+};
 use crate::snapshot::{ModelState, SnapshotBody, SnapshotError};
 use crate::telemetry::{AgentTelemetry, CheckpointTelemetry, TelemetryHook, TickTelemetry};
 use crate::timeline::Timeline;
@@ -77,6 +80,10 @@ pub enum RunError {
         /// Replayed hash.
         actual: String,
     },
+    /// A re-executed tick could not confirm an inference answer recorded
+    /// on another device (not equal within its model's tolerance).
+    #[error("{0}")]
+    AnswerDiverged(Box<crate::inference::tolerance::AnswerDivergence>),
     /// A snapshot or the page store failed.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -181,6 +188,8 @@ pub struct Run {
     inject: Inject,
     /// The children's jails (settings, cgroups).
     pub(crate) jails: Arc<std::sync::Mutex<crate::jail::Jails>>,
+    /// Recorded answers of other devices compared on recorded ticks.
+    answer_checks: AnswerChecks,
 }
 
 impl std::fmt::Debug for Run {
@@ -190,6 +199,11 @@ impl std::fmt::Debug for Run {
             .field("workers", &self.pool.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The hash an answer is journaled and chained with.
+fn answer_hash(a: &InferAnswer) -> [u8; 32] {
+    *blake3::hash(&shm_protocol::codec::encode(a).unwrap_or_default()).as_bytes()
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
@@ -229,6 +243,7 @@ impl Run {
             seed: cfg.seed,
             manifest: cfg.manifest_text.clone(),
             sandbox_off: cfg.sandbox.layers_off(),
+            device: cfg.inference.device.clone(),
         })?;
         journal.sync()?;
         let mut run = Self::boot(cfg, sim, Some(journal), None, Timeline::Live)?;
@@ -338,6 +353,7 @@ impl Run {
             in_tick: None,
             inject: Inject::from_env(),
             jails,
+            answer_checks: AnswerChecks::default(),
         };
         run.load_modules()?;
         run.sync_models()?;
@@ -570,6 +586,9 @@ impl Run {
             dropped: summary.dropped,
             faults: summary.faults,
         })?;
+        if let Some(d) = self.answer_checks.take_divergence() {
+            return Err(RunError::AnswerDiverged(Box::new(d)));
+        }
         if let Err(m) = self.timeline.check(plan.tick, &summary.hash) {
             return Err(RunError::Diverged {
                 tick: m.tick,
@@ -659,17 +678,134 @@ impl Run {
         step.waited = c.waited;
         step.in_flight = c.in_flight;
         step.answered = c.answers.len();
-        let hashes = self.sim.deliver_answers(&due, &c.answers);
-        let entry = due
-            .iter()
-            .zip(hashes)
-            .map(|(q, h)| (q.agent, q.request_id, q.model.clone(), h))
-            .collect();
-        self.record(&Entry::Inference {
-            tick,
-            answers: entry,
-        })?;
+        let (mut answers, mut devices) = (c.answers, c.devices);
+        // An error the state decides is the supervisor's whatever answered.
+        for (q, d) in due.iter().zip(devices.iter_mut()) {
+            if q.pinned.starts_with(UNANSWERABLE) {
+                BUILTIN_DEVICE.clone_into(d);
+            }
+        }
+        let replaying = self.replaying();
+        if replaying {
+            let recorded = self.timeline.take_answers(tick);
+            self.check_answers(tick, &due, &recorded, &mut answers, &devices);
+        }
+        let hashes = self.sim.deliver_answers(&due, &answers);
+        if !replaying {
+            let entry = due
+                .iter()
+                .zip(&answers)
+                .zip(&devices)
+                .zip(hashes)
+                .map(|(((q, a), d), hash)| Answer {
+                    agent: q.agent,
+                    request_id: q.request_id,
+                    model: q.model.clone(),
+                    hash,
+                    source: AnswerSource::of(d, &a.result),
+                })
+                .collect();
+            self.record(&Entry::Inference {
+                tick,
+                answers: entry,
+            })?;
+        }
         Ok(step)
+    }
+
+    /// On a recorded tick: every answer the journal records from another
+    /// device than the one that recomputed it here is compared with the
+    /// recomputation — within its model's tolerance when the journal keeps
+    /// the answer, by its hash otherwise — and the recorded answer is
+    /// delivered in place of the recomputed one, so that the run goes on
+    /// exactly as recorded.  Answers of the same device are left to the
+    /// tick hash (bitwise, as always).  What is found goes to
+    /// [`Run::take_answer_checks`]; an answer not confirmed ends the tick
+    /// with [`RunError::AnswerDiverged`].
+    fn check_answers(
+        &mut self,
+        tick: u64,
+        due: &[InferRequest],
+        recorded: &[Answer],
+        answers: &mut [InferAnswer],
+        devices: &[String],
+    ) {
+        for (i, (q, a)) in due.iter().zip(answers.iter_mut()).enumerate() {
+            // Another sequence of answers than recorded: the tick hash says so.
+            let Some(rec) = recorded
+                .get(i)
+                .filter(|r| r.agent == q.agent && r.request_id == q.request_id)
+            else {
+                continue;
+            };
+            let (there, here) = (rec.source.device(), devices[i].as_str());
+            if there == here {
+                continue;
+            }
+            let tol = self.inference.tolerance(&q.pinned);
+            let model = if q.pinned.is_empty() || q.pinned.starts_with(UNANSWERABLE) {
+                q.model.clone()
+            } else {
+                q.pinned.clone()
+            };
+            let diverged = |max_abs_diff, reason| AnswerDivergence {
+                tick,
+                agent: q.agent,
+                agent_name: self
+                    .sim
+                    .agents
+                    .get(&q.agent)
+                    .map_or_else(String::new, |r| r.name.clone()),
+                request_id: q.request_id,
+                model: model.clone(),
+                recorded_on: there.to_owned(),
+                recomputed_on: here.to_owned(),
+                max_abs_diff,
+                atol: tol.atol,
+                rtol: tol.rtol,
+                reason,
+            };
+            let Some(kept) = rec.source.answer() else {
+                // Only the hash was journaled (a CPU or built-in answer).
+                if answer_hash(a) != rec.hash {
+                    let why = if there == BUILTIN_DEVICE {
+                        format!("the supervisor answered it itself, and {here} answers otherwise")
+                    } else {
+                        format!(
+                            "the journal keeps only the hash of answers computed on {there}, \
+                             and the answer recomputed on {here} differs (verify with --device {there})"
+                        )
+                    };
+                    self.answer_checks.diverged(diverged(None, why));
+                }
+                continue;
+            };
+            let delivered = InferAnswer {
+                agent: a.agent,
+                request_id: a.request_id,
+                result: kept,
+            };
+            if answer_hash(&delivered) != rec.hash {
+                let d = diverged(
+                    None,
+                    "the journal's bytes of this answer do not match its recorded hash \
+                     (a damaged or altered journal)"
+                        .into(),
+                );
+                self.answer_checks.diverged(d);
+            }
+            match tolerance::compare(&delivered.result, &a.result, tol) {
+                Comparison::Identical => self.answer_checks.within(there, here, &model, tol, None),
+                Comparison::Within(c) => {
+                    self.answer_checks.within(there, here, &model, tol, Some(c));
+                }
+                Comparison::Outside(m) => {
+                    let d = diverged(m.max_abs_diff, m.reason);
+                    self.answer_checks.diverged(d);
+                }
+            }
+            *a = delivered;
+        }
     }
 
     /// Sends the requests a restored state has outstanding to the inference
@@ -764,6 +900,12 @@ impl Run {
     /// Goes on re-executing recorded ticks without checking their hashes.
     pub fn continue_unchecked(&mut self) {
         self.timeline.unchecked();
+    }
+
+    /// The recorded answers of other devices this re-execution compared so
+    /// far (within their tolerance, per device and model), taken.
+    pub fn take_answer_checks(&mut self) -> AnswerChecks {
+        std::mem::take(&mut self.answer_checks)
     }
 
     /// Agents quarantined because they made their worker fail.

@@ -8,6 +8,7 @@
 //! nothing, and must reproduce the journaled tick hash.  After the last
 //! recorded tick a timeline is live (that is how `resume` goes on).
 
+use crate::journal::Answer;
 use crate::sim::{Decision, Input};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +21,10 @@ pub struct Script {
     pub decisions: BTreeMap<u64, Vec<Decision>>,
     /// Recorded tick hashes to check.
     pub hashes: BTreeMap<u64, [u8; 32]>,
+    /// Recorded inference answers by the tick they were delivered after:
+    /// those computed on another device than the re-execution's are
+    /// compared within their model's tolerance and delivered as recorded.
+    pub answers: BTreeMap<u64, Vec<Answer>>,
     /// Ticks whose checkpoint the journal records.
     pub checkpoints: BTreeSet<u64>,
     /// Re-execute ticks up to and including this one.
@@ -69,6 +74,15 @@ impl Timeline {
                 (inputs, decisions)
             }
             Timeline::Live => (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// The inference answers recorded after `tick` (empty for a live tick
+    /// or one that recorded none).
+    pub fn take_answers(&mut self, tick: u64) -> Vec<Answer> {
+        match self {
+            Timeline::Replay(s) if tick <= s.until => s.answers.remove(&tick).unwrap_or_default(),
+            _ => Vec::new(),
         }
     }
 

@@ -194,9 +194,9 @@ fn magika_answers(entries: &[Entry]) -> Vec<(u64, u64, u64, [u8; 32])> {
     let mut out = Vec::new();
     for e in entries {
         if let Entry::Inference { tick, answers } = e {
-            for (agent, request, model, hash) in answers {
-                if model.starts_with("magika") {
-                    out.push((*tick, *agent, *request, *hash));
+            for a in answers {
+                if a.model.starts_with("magika") {
+                    out.push((*tick, a.agent, a.request_id, a.hash));
                 }
             }
         }

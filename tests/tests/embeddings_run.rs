@@ -210,7 +210,8 @@ fn embeddings_example_routes_by_meaning_reproducibly() {
         let Entry::Inference { tick, answers } = e else {
             continue;
         };
-        for (agent, request, model, hash) in answers {
+        for a in answers {
+            let (agent, request, model, hash) = (&a.agent, &a.request_id, &a.model, &a.hash);
             assert!(model.starts_with("minilm"), "{model}");
             assert!(routers.contains(agent), "agent {agent} asked");
             let text = match *request {

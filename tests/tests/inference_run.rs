@@ -143,7 +143,7 @@ fn answers(entries: &[Entry]) -> Vec<(u64, u64, u64, String, [u8; 32])> {
             Entry::Inference { tick, answers } => Some(
                 answers
                     .iter()
-                    .map(|(a, r, m, h)| (*tick, *a, *r, m.clone(), *h))
+                    .map(|a| (*tick, a.agent, a.request_id, a.model.clone(), a.hash))
                     .collect::<Vec<_>>(),
             ),
             _ => None,
@@ -771,9 +771,14 @@ fn replay_and_fork_with_batches_in_flight() {
     let original = run_plain(tmp.path(), "orig", &text, 2, 30);
     let dir = tmp.path().join("orig");
     match replay::verify(&dir, Some(2)).unwrap() {
-        replay::Verdict::Identical { ticks, checkpoints } => {
+        replay::Verdict::Identical {
+            ticks,
+            checkpoints,
+            within_tolerance,
+        } => {
             assert_eq!(ticks, 30);
             assert!(checkpoints >= 5, "{checkpoints}");
+            assert!(within_tolerance.is_empty(), "{within_tolerance:?}");
         }
         replay::Verdict::Diverged(d) => panic!("{d:?}"),
     }

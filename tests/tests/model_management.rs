@@ -135,7 +135,7 @@ fn answers(dir: &Path) -> Vec<(u64, u64, u64, [u8; 32])> {
         .flat_map(|e| match e {
             Entry::Inference { tick, answers } => answers
                 .iter()
-                .map(|(a, r, _, h)| (*tick, *a, *r, *h))
+                .map(|a| (*tick, a.agent, a.request_id, a.hash))
                 .collect::<Vec<_>>(),
             _ => Vec::new(),
         })

@@ -257,7 +257,9 @@ fn replay_every_checkpoint_and_verify_finds_divergence() {
         );
     }
     match replay::verify(&dir, None).unwrap() {
-        Verdict::Identical { ticks, checkpoints } => assert_eq!((ticks, checkpoints), (230, 6)),
+        Verdict::Identical {
+            ticks, checkpoints, ..
+        } => assert_eq!((ticks, checkpoints), (230, 6)),
         Verdict::Diverged(d) => panic!("unexpected divergence: {d}"),
     }
     // Agent 12 ("probe-1") gets one byte of memory flipped at tick 137 in

@@ -664,6 +664,7 @@ mod tests {
             seed: 7,
             manifest: "m".into(),
             sandbox_off: Vec::new(),
+            device: "cpu".into(),
         };
         let tick = |t| Entry::Tick {
             tick: t,

@@ -66,6 +66,7 @@ use std::time::{Duration, Instant};
 
 mod pipeline;
 mod text;
+pub mod tolerance;
 pub use pipeline::Collected;
 
 /// Name of the built-in model that answers with its input (no host needed).
@@ -169,6 +170,10 @@ struct Host {
     device: String,
 }
 
+/// An answer waiting to be collected, and the device that computed it
+/// (`builtin` for the supervisor's own).
+type Ready = (Result<Vec<u8>, String>, String);
+
 /// The supervisor's inference service (see the module docs).
 #[derive(Debug)]
 pub struct InferenceService {
@@ -188,8 +193,9 @@ pub struct InferenceService {
     notes: Vec<String>,
     /// Batches sent and not answered, in the order they were sent.
     inflight: std::collections::VecDeque<pipeline::Batch>,
-    /// Answers not collected yet, by (agent, request id).
-    ready: BTreeMap<(u64, u64), Result<Vec<u8>, String>>,
+    /// Answers not collected yet, by (agent, request id), with the device
+    /// that computed each.
+    ready: BTreeMap<(u64, u64), Ready>,
     /// Telemetry not collected yet.
     telemetry: Vec<InferenceTelemetry>,
     /// Requests asked from outside the run so far.
@@ -270,6 +276,17 @@ impl InferenceService {
     /// Where the models run (`cpu`, `cuda:0`; `builtin` without a host).
     pub fn device(&self) -> &str {
         self.host.as_ref().map_or("builtin", |h| h.device.as_str())
+    }
+
+    /// The tolerance of a model version (`id@version`, as requests pin
+    /// them): the manifest's, or the defaults for a version the manifest
+    /// does not declare.
+    pub fn tolerance(&self, pinned: &str) -> tolerance::Tolerance {
+        pinned
+            .split_once('@')
+            .and_then(|(id, v)| self.index.get(&(id.to_owned(), v.to_owned())))
+            .and_then(|&k| self.models.get(k))
+            .map_or_else(tolerance::Tolerance::default, |m| m.def.tolerance)
     }
 
     /// Host restarts so far (crashes, hangs, protocol violations).

@@ -15,6 +15,7 @@
 
 use super::{ECHO_MODEL, InferenceService, MAX_INPUT_BYTES, Resolved};
 use crate::failure::Cause;
+use crate::journal::BUILTIN_DEVICE;
 use crate::sim::{InferAnswer, InferRequest, UNANSWERABLE};
 use crate::telemetry::InferenceTelemetry;
 use shm_protocol::control::{Down, Up};
@@ -50,6 +51,9 @@ pub(super) struct Batch {
 pub struct Collected {
     /// One answer per request asked for, in the same order.
     pub answers: Vec<InferAnswer>,
+    /// The device that computed each answer (`builtin`, `cpu`, `cuda:0`…),
+    /// in the same order.
+    pub devices: Vec<String>,
     /// One record per batch answered since the last collection (and one
     /// for the built-in model per submission that used it).
     pub telemetry: Vec<InferenceTelemetry>,
@@ -111,7 +115,7 @@ impl InferenceService {
                     }
                 },
             };
-            self.ready.insert(key, answer);
+            self.ready.insert(key, (answer, BUILTIN_DEVICE.to_owned()));
         }
         if echoed > 0 {
             let us = t0.elapsed().as_micros() as u64;
@@ -189,19 +193,25 @@ impl InferenceService {
             }
         }
         let waited = t0.elapsed();
+        let mut devices = Vec::with_capacity(requests.len());
         let answers = requests
             .iter()
-            .map(|r| InferAnswer {
-                agent: r.agent,
-                request_id: r.request_id,
-                result: self
+            .map(|r| {
+                let (result, device) = self
                     .ready
                     .remove(&(r.agent, r.request_id))
-                    .unwrap_or_else(|| Err("no answer".into())),
+                    .unwrap_or_else(|| (Err("no answer".into()), BUILTIN_DEVICE.to_owned()));
+                devices.push(device);
+                InferAnswer {
+                    agent: r.agent,
+                    request_id: r.request_id,
+                    result,
+                }
             })
             .collect();
         Collected {
             answers,
+            devices,
             telemetry: std::mem::take(&mut self.telemetry),
             waited,
             in_flight: self.inflight.len(),
@@ -319,7 +329,7 @@ impl InferenceService {
                 let r = self
                     .ready
                     .remove(key)
-                    .unwrap_or_else(|| Err("no answer".into()))
+                    .map_or_else(|| Err("no answer".into()), |(r, _)| r)
                     .and_then(|abi| Tensor::decode_abi(&abi).map_err(|e| e.to_string()));
                 out[*i] = Some(r);
             }
@@ -444,16 +454,22 @@ impl InferenceService {
         let Some(b) = self.inflight.remove(at) else {
             return Ok(());
         };
-        self.answered(&b, results, bt);
+        // Answers (and refusals) of the host are its device's.
+        let device = bt
+            .as_ref()
+            .map_or_else(|| self.device().to_owned(), |t| t.device.clone());
+        self.answered(&b, results, bt, &device);
         Ok(())
     }
 
-    /// Files the answers of batch `b` and its telemetry.
+    /// Files the answers of batch `b`, computed on `device`, and its
+    /// telemetry.
     fn answered(
         &mut self,
         b: &Batch,
         results: Vec<Result<Vec<u8>, String>>,
         bt: Option<shm_protocol::inference::BatchTelemetry>,
+        device: &str,
     ) {
         let mut tel = InferenceTelemetry {
             tick: b.asked,
@@ -475,7 +491,7 @@ impl InferenceService {
         }
         tel.errors = results.iter().filter(|r| r.is_err()).count() as u64;
         for (key, r) in b.members.iter().zip(results) {
-            self.ready.insert(*key, r);
+            self.ready.insert(*key, (r, device.to_owned()));
         }
         self.telemetry.push(tel);
     }
@@ -511,7 +527,8 @@ impl InferenceService {
                         "inference failed: the inference host failed {limit} times in a row ({failure})"
                     );
                     let n = b.members.len();
-                    self.answered(&b, vec![Err(e); n], None);
+                    // The supervisor's own error, not the host's.
+                    self.answered(&b, vec![Err(e); n], None, BUILTIN_DEVICE);
                 } else {
                     kept.push_back(b);
                 }

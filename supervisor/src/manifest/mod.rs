@@ -56,6 +56,12 @@
 //! latency_ticks = 1            # answers to tick t's requests arrive at tick
 //!                              # t + latency_ticks (default 1); the ticks
 //!                              # in between run while the model computes
+//! tolerance = { atol = 1e-5, rtol = 1e-4 }
+//!                              # optional (these are the defaults): how far
+//!                              # an f32 answer recomputed on another device
+//!                              # class may be from one recorded on a GPU,
+//!                              # |recorded − recomputed| ≤ atol + rtol·|recomputed|
+//!                              # (crate::inference::tolerance)
 //! ```
 //!
 //! The `[sandbox]` table and the tenants' process limits are described in
@@ -67,6 +73,7 @@
 pub mod sandbox;
 mod text;
 
+pub use crate::inference::tolerance::Tolerance;
 pub use sandbox::{Isolation, ProcessLimits, SandboxDef};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -227,6 +234,7 @@ struct RawModel {
     kind: Option<Spanned<String>>,
     tokenizer: Option<Spanned<String>>,
     tokenizer_blake3: Option<Spanned<String>>,
+    tolerance: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -347,6 +355,11 @@ pub struct ModelDef {
     /// plain ONNX model.
     #[serde(default)]
     pub text: Option<TextModelDef>,
+    /// How far an `f32` answer recomputed on another device class may be
+    /// from one recorded on a GPU ([`crate::inference::tolerance`]; the
+    /// defaults unless the manifest sets `tolerance`).
+    #[serde(default)]
+    pub tolerance: Tolerance,
 }
 
 fn one() -> u32 {
@@ -967,6 +980,12 @@ impl Manifest {
                 m.tokenizer.as_ref(),
                 m.tokenizer_blake3.as_ref(),
             )?;
+            let tolerance = match &m.tolerance {
+                None => Tolerance::default(),
+                Some(t) => validate_tolerance(t.get_ref()).or_else(|(key, why)| {
+                    cx.err(Some(t.span()), format!("models[{i}].{key}"), why)
+                })?,
+            };
             models.push(ModelDef {
                 id: id.clone(),
                 version: m.version.get_ref().clone(),
@@ -975,6 +994,7 @@ impl Manifest {
                 max_batch,
                 latency_ticks,
                 text,
+                tolerance,
             });
         }
 
@@ -1004,6 +1024,48 @@ impl Manifest {
             sandbox: sandbox::validate(&cx, raw.sandbox.as_ref())?,
         })
     }
+}
+
+/// A model's `tolerance = { atol = …, rtol = … }` (either may be left
+/// out for its default); an error names the key (`tolerance.atol`) and says
+/// what is wrong.
+fn validate_tolerance(v: &toml::Value) -> Result<Tolerance, (String, String)> {
+    let Some(table) = v.as_table() else {
+        return Err((
+            "tolerance".into(),
+            "must be a table such as { atol = 1e-5, rtol = 1e-4 }".into(),
+        ));
+    };
+    let mut tol = Tolerance::default();
+    for (key, value) in table {
+        let slot = match key.as_str() {
+            "atol" => &mut tol.atol,
+            "rtol" => &mut tol.rtol,
+            other => {
+                return Err((
+                    format!("tolerance.{other}"),
+                    "unknown key (expected atol or rtol)".into(),
+                ));
+            }
+        };
+        let number = match value {
+            toml::Value::Float(f) => *f,
+            toml::Value::Integer(n) => *n as f64,
+            other => {
+                return Err((
+                    format!("tolerance.{key}"),
+                    format!(
+                        "{key} must be a number from 0 to {} (got a {})",
+                        crate::inference::tolerance::MAX_TOLERANCE,
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
+        *slot =
+            Tolerance::check_bound(key, number).map_err(|why| (format!("tolerance.{key}"), why))?;
+    }
+    Ok(tol)
 }
 
 /// A dependency cycle among tasks, if any (indices, first repeated at the end).
@@ -1081,6 +1143,70 @@ mod tests {
             let e = with(bad).unwrap_err();
             assert_eq!(e.field, "models[0].latency_ticks", "{bad}: {e}");
             assert!(e.message.contains("between 1 and 1024"), "{bad}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tolerances_default_and_are_validated_naming_the_field() {
+        let dir = std::env::temp_dir().join(format!("lockstep-tolerance-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("m.onnx"), b"x").unwrap();
+        let with = |extra: &str| {
+            Manifest::parse(
+                &format!(
+                    "[run]\nseed = 1\n\n[[models]]\nid = \"m\"\nversion = \"1\"\npath = \"m.onnx\"\n{extra}"
+                ),
+                "m.toml",
+                &dir,
+            )
+        };
+        assert_eq!(with("").unwrap().models[0].tolerance, Tolerance::default());
+        assert_eq!(
+            with("tolerance = { atol = 1e-6, rtol = 0 }\n")
+                .unwrap()
+                .models[0]
+                .tolerance,
+            Tolerance {
+                atol: 1e-6,
+                rtol: 0.0
+            }
+        );
+        assert_eq!(
+            with("tolerance = { rtol = 1e-3 }\n").unwrap().models[0].tolerance,
+            Tolerance {
+                atol: crate::inference::tolerance::DEFAULT_ATOL,
+                rtol: 1e-3
+            }
+        );
+        for (bad, field, says) in [
+            (
+                "tolerance = { atol = -1e-5 }\n",
+                "tolerance.atol",
+                "atol must be a number from 0 to 1",
+            ),
+            (
+                "tolerance = { rtol = 2.0 }\n",
+                "tolerance.rtol",
+                "rtol must be a number from 0 to 1",
+            ),
+            ("tolerance = { rtol = nan }\n", "tolerance.rtol", "got NaN"),
+            (
+                "tolerance = { atol = \"small\" }\n",
+                "tolerance.atol",
+                "from 0 to 1",
+            ),
+            (
+                "tolerance = { abs = 1e-5 }\n",
+                "tolerance.abs",
+                "expected atol or rtol",
+            ),
+            ("tolerance = 1e-5\n", "tolerance", "must be a table"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.field, format!("models[0].{field}"), "{bad}: {e}");
+            assert_eq!(e.line, 8, "{bad}: {e}");
+            assert!(e.message.contains(says), "{bad}: {e}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
