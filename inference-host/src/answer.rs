@@ -29,7 +29,7 @@ pub fn handle(
             match registry.load_model_bytes(&id, &version, Path::new(&source), &bytes, &blake3_hex)
             {
                 Ok(m) => InferenceReply::Loaded {
-                    device: m.device().to_string(),
+                    device: reported_device(m.device().to_string()),
                     inputs: m.inputs().to_vec(),
                     outputs: m.outputs().to_vec(),
                     id,
@@ -57,10 +57,11 @@ pub fn handle(
             let results: Vec<InferenceResult> = requests
                 .iter()
                 .zip(outcome.results)
-                .map(|(r, out)| result(r.request_key, out.map_err(|e| e.to_string())))
+                .map(|(r, out)| result(r.request_key, stand_in(out.map_err(|e| e.to_string()))))
                 .collect();
             let mut telemetry = outcome.telemetry;
             telemetry.rss_bytes = rss_bytes(rss);
+            telemetry.device = reported_device(telemetry.device);
             InferenceReply::Results {
                 batch_id,
                 results,
@@ -73,6 +74,26 @@ pub fn handle(
             gpu_mem_bytes: None,
         },
     }
+}
+
+/// The device reported for answers computed on `device`: itself, unless
+/// the test-only device stand-in ([`crate::stand_in`]) names another.
+fn reported_device(device: String) -> String {
+    #[cfg(feature = "fault-injection")]
+    if let Some(s) = crate::stand_in::StandIn::get() {
+        return s.device.clone();
+    }
+    device
+}
+
+/// An answer as reported: itself, unless the test-only device stand-in
+/// ([`crate::stand_in`]) perturbs it.
+fn stand_in(output: Result<Tensor, String>) -> Result<Tensor, String> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(s) = crate::stand_in::StandIn::get() {
+        return output.map(|t| s.perturb(t));
+    }
+    output
 }
 
 fn result(request_key: u64, output: Result<Tensor, String>) -> InferenceResult {

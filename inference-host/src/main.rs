@@ -30,6 +30,8 @@
 
 mod answer;
 mod lanes;
+#[cfg(feature = "fault-injection")]
+mod stand_in;
 
 use clap::Parser;
 use lockstep_common::ChildArgs;
@@ -230,6 +232,9 @@ fn main() {
     tracing::debug!(%name, sandbox = %report.summary(), "inference host ready");
     #[cfg(feature = "fault-injection")]
     let inject = inject::from_env();
+    // Test-only: read (and announce) the device stand-in once, up front.
+    #[cfg(feature = "fault-injection")]
+    let _ = stand_in::StandIn::get();
     #[cfg(feature = "fault-injection")]
     let own = shm_protocol::rogue::Target::of(ep.segment());
     let (tx, mut rx, segment) = ep.split();

@@ -5,6 +5,26 @@
 //! `LOCKSTEP_SUPERVISOR_INJECT` holds comma-separated `kill@TICK:PHASE`
 //! directives: the supervisor sends itself `SIGKILL` at that point of that
 //! tick, so that kill points are chosen by tick and phase, not by timing.
+//!
+//! `LOCKSTEP_INFERENCE_INJECT` is passed on to every inference host the
+//! supervisor starts ([`inference_host_env`]): the host's test-only device
+//! stand-in (`device=cuda:0,ulps=K`: answers reported as that device's and
+//! perturbed by `K` ulps, as a GPU's differ from the CPU's), for the tests
+//! of tolerance-aware `verify` on machines without a GPU.
+
+/// The variable of the inference host's test-only device stand-in.
+pub const INFERENCE_INJECT: &str = "LOCKSTEP_INFERENCE_INJECT";
+
+/// Extra environment of the inference host: `LOCKSTEP_INFERENCE_INJECT`,
+/// when set, with the `fault-injection` feature (nothing otherwise).
+pub fn inference_host_env() -> Vec<(String, String)> {
+    #[cfg(feature = "fault-injection")]
+    if let Ok(v) = std::env::var(INFERENCE_INJECT) {
+        tracing::warn!(directives = %v, "inference host fault injection is enabled");
+        return vec![(INFERENCE_INJECT.to_owned(), v)];
+    }
+    Vec::new()
+}
 
 /// A point of a tick where the supervisor can be killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

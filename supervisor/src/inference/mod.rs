@@ -101,7 +101,8 @@ pub struct InferenceConfig {
     /// Attempts at one command (first try + restarts) before its requests
     /// are answered with errors.
     pub max_attempts: u32,
-    /// Extra environment of the host (fault injection in tests).
+    /// Extra environment of the host (fault injection in tests; by
+    /// default [`crate::inject::inference_host_env`]).
     pub env: Vec<(String, String)>,
     /// The run's jails (sandbox settings and cgroups); `None`: the host
     /// is jailed with the default settings and no cgroup.
@@ -120,7 +121,7 @@ impl Default for InferenceConfig {
             batch_timeout: Duration::from_secs(120),
             hang_timeout: crate::config::DEFAULT_HANG_TIMEOUT,
             max_attempts: 3,
-            env: Vec::new(),
+            env: crate::inject::inference_host_env(),
             jails: None,
             remote: None,
         }
