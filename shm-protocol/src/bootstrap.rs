@@ -219,7 +219,23 @@ pub enum Reply {
 /// that does not decode is answered with [`Up::Error`] (the loop goes on); a
 /// corrupt ring ends the loop with [`ExitCode::Protocol`]; a dead, hung or
 /// closed supervisor with [`ExitCode::SupervisorGone`].
-pub fn serve(ep: &mut Endpoint, handle: impl FnMut(Down) -> Reply) -> ExitCode {
+pub fn serve(ep: &mut Endpoint, mut handle: impl FnMut(Down) -> Reply) -> ExitCode {
+    serve_emitting(ep, |cmd, _| handle(cmd))
+}
+
+/// Sends one reply while a command is being handled (published at once),
+/// for answers too large to hold at once: a handler of
+/// [`serve_emitting`] streams them and returns [`Reply::None`] (or a last
+/// message).  After an error the handler should stop sending: the loop ends
+/// with the error's exit code once the handler returns.
+pub type Emit<'a> = dyn FnMut(&Up) -> Result<(), ChannelError> + 'a;
+
+/// [`serve`] whose handler can also send replies before it returns
+/// ([`Emit`]).
+pub fn serve_emitting(
+    ep: &mut Endpoint,
+    handle: impl FnMut(Down, &mut Emit<'_>) -> Reply,
+) -> ExitCode {
     let status = ep.segment().status();
     let Endpoint { tx, rx, .. } = ep;
     serve_loop(rx, handle, |ups, close| {
@@ -241,18 +257,22 @@ pub fn serve_shared(
     rx: &mut Receiver,
     tx: &Mutex<Sender>,
     segment: &Segment,
-    handle: impl FnMut(Down) -> Reply,
+    mut handle: impl FnMut(Down) -> Reply,
 ) -> ExitCode {
     let status = segment.status();
-    serve_loop(rx, handle, |ups, close| {
-        let mut tx = tx.lock().map_err(|_| ChannelError::Timeout)?;
-        let r = send_all(&mut tx, ups);
-        if close {
-            tx.close();
-            status.mark_closed();
-        }
-        r
-    })
+    serve_loop(
+        rx,
+        |cmd, _| handle(cmd),
+        |ups, close| {
+            let mut tx = tx.lock().map_err(|_| ChannelError::Timeout)?;
+            let r = send_all(&mut tx, ups);
+            if close {
+                tx.close();
+                status.mark_closed();
+            }
+            r
+        },
+    )
 }
 
 /// Sends `ups` in order, published together.
@@ -277,7 +297,7 @@ pub fn send_failure(e: &ChannelError) -> ExitCode {
 /// `close`, closes the sending direction afterwards).
 fn serve_loop(
     rx: &mut Receiver,
-    mut handle: impl FnMut(Down) -> Reply,
+    mut handle: impl FnMut(Down, &mut Emit<'_>) -> Reply,
     mut send: impl FnMut(&[Up], bool) -> Result<(), ChannelError>,
 ) -> ExitCode {
     loop {
@@ -313,7 +333,20 @@ fn serve_loop(
                 rx.close();
                 return ExitCode::Ok;
             }
-            other => handle(other),
+            other => {
+                let mut failed = None;
+                let reply = handle(other, &mut |up: &Up| {
+                    let r = send(std::slice::from_ref(up), false);
+                    if let Err(e) = &r {
+                        failed.get_or_insert_with(|| send_failure(e));
+                    }
+                    r
+                });
+                if let Some(code) = failed {
+                    return code;
+                }
+                reply
+            }
         };
         let sent = match reply {
             Reply::Send(up) => send(&[up], false),

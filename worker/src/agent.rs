@@ -105,6 +105,9 @@ pub struct Agent {
     /// Where the host buffer was at the last call (an address for cache
     /// hints only: it may be stale after the memory grows or moves).
     buffer_hint: usize,
+    /// The bytes of the host buffer the current call's context or message
+    /// occupies (offset, length), cleared when the call returns.
+    placed: Option<(usize, usize)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -222,6 +225,7 @@ impl Agent {
             deadline: rt.deadline.clone(),
             first_step: true,
             buffer_hint: 0,
+            placed: None,
         })
     }
 
@@ -314,6 +318,9 @@ impl Agent {
         self.store
             .set_epoch_deadline(self.deadline.load(Ordering::Relaxed) as u64);
         let r = f(self);
+        if let Some((start, len)) = self.placed.take() {
+            self.clear_placed(start, len);
+        }
         let left = self.store.get_fuel().unwrap_or(0);
         let fuel = limit.saturating_sub(left);
         let fault = match r {
@@ -361,6 +368,7 @@ impl Agent {
             return Err(HostTrap(f).into());
         };
         self.buffer_hint = dst.as_ptr() as usize;
+        self.placed = Some((start, need));
         let (dst_head, mut rest) = dst.split_at_mut(N);
         dst_head.copy_from_slice(head);
         for p in tail.iter().filter(|p| !p.is_empty()) {
@@ -369,6 +377,23 @@ impl Agent {
             rest = r;
         }
         Ok(ptr as i32)
+    }
+
+    /// Zeroes what the host placed in the agent's buffer once the call that
+    /// read it has returned.  The buffer belongs to the host between calls
+    /// (docs/abi.md), and a context written into every agent's memory
+    /// every tick would otherwise change a page of every agent between any
+    /// two checkpoints: cleared, the memory of an agent that writes nothing
+    /// stays the same, and checkpoints ship and hash only what agents
+    /// themselves wrote.
+    fn clear_placed(&mut self, start: usize, len: usize) {
+        let data = self.memory.data_mut(&mut self.store);
+        if let Some(d) = start
+            .checked_add(len)
+            .and_then(|end| data.get_mut(start..end))
+        {
+            d.fill(0);
+        }
     }
 
     /// `agent_init`.

@@ -79,7 +79,7 @@ fn main() {
     #[cfg(feature = "fault-injection")]
     let own = shm_protocol::rogue::Target::of(ep.segment());
     tracing::debug!(%name, "worker ready");
-    let code = bootstrap::serve(&mut ep, |cmd| match cmd {
+    let code = bootstrap::serve_emitting(&mut ep, |cmd, emit| match cmd {
         Down::Worker(WorkerCommand::Tick(work)) => {
             let done = worker.tick(&work);
             #[cfg(feature = "fault-injection")]
@@ -96,13 +96,10 @@ fn main() {
         Down::Worker(WorkerCommand::Checkpoint { agents, full }) => {
             let activity = worker.activity();
             let _busy = activity.busy();
-            Reply::Many(
-                imager
-                    .checkpoint(&mut worker, &agents, full)
-                    .into_iter()
-                    .map(Up::Worker)
-                    .collect(),
-            )
+            // Images go out as they are made (a checkpoint of many agents
+            // never sits in memory); a failed send ends the loop.
+            let _ = imager.checkpoint(&mut worker, &agents, full, |r| emit(&Up::Worker(r)));
+            Reply::None
         }
         Down::Worker(WorkerCommand::Restore(order)) => {
             let activity = worker.activity();

@@ -1,44 +1,129 @@
 //! Checkpoint imaging and staged restore of agents.
 //!
 //! An agent's image is its memory as a list of [`CHUNK`]-byte chunk hashes
-//! plus its globals and host counters.  The [`Imager`] remembers which chunk
-//! hashes it already sent for each agent, so a checkpoint ships only chunks
-//! that changed since the previous one (the supervisor keeps every chunk in
-//! its content-addressed page store).  A restore arrives as one message per
+//! plus its globals and host counters.  The [`Imager`] remembers, for each
+//! agent, the BLAKE3 of every non-zero chunk it last imaged together with a
+//! 128-bit XXH3 fingerprint of the chunk's bytes.  A checkpoint reads every
+//! chunk once at memory bandwidth for its fingerprint and computes BLAKE3
+//! (the expensive hash, ≈ 10× slower) only for chunks whose fingerprint
+//! changed: the cost of hashing follows the chunks written since the last
+//! checkpoint.  Only chunks the supervisor does not have yet are shipped
+//! (the supervisor keeps every chunk in its content-addressed page store),
+//! and images are sent as they are made, so a checkpoint never holds more
+//! than one agent's chunks in memory.  A restore arrives as one message per
 //! agent — its image and the chunks it needs, each verified against its
 //! hash — and the worker answers once for a whole batch.
 
-use crate::agent::chunk_hashes;
 use crate::service::Worker;
 use shm_protocol::worker::{
     AgentImage, AgentState, CHUNK, ChunkData, RestoreOrder, WorkerReply, zero_chunk_hash,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
+use xxhash_rust::xxh3::xxh3_128;
+
+/// What the imager remembers of one non-zero chunk.
+#[derive(Debug, Clone, Copy)]
+struct ChunkMemo {
+    /// Index of the chunk in the agent's memory.
+    index: u32,
+    /// XXH3-128 of its bytes when it was last hashed (`None`: unknown, e.g.
+    /// after a restore: the next checkpoint hashes it again).
+    fingerprint: Option<u128>,
+    /// Its BLAKE3.
+    hash: [u8; 32],
+}
+
+/// What the imager remembers of one agent: its memory's length in chunks
+/// and its non-zero chunks in index order (most chunks of a large, sparse
+/// memory are zero and take no room here).
+#[derive(Debug, Clone, Default)]
+struct AgentMemo {
+    chunks: u32,
+    nonzero: Vec<ChunkMemo>,
+}
+
+impl AgentMemo {
+    /// The hash at every index (the image's chunk list).
+    fn hashes(&self, zero: &[u8; 32]) -> Vec<[u8; 32]> {
+        let mut out = vec![*zero; self.chunks as usize];
+        for m in &self.nonzero {
+            out[m.index as usize] = m.hash;
+        }
+        out
+    }
+
+    /// A memo of a chunk list whose fingerprints are unknown.
+    fn of_hashes(hashes: &[[u8; 32]], zero: &[u8; 32]) -> Self {
+        Self {
+            chunks: hashes.len() as u32,
+            nonzero: hashes
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| *h != zero)
+                .map(|(i, h)| ChunkMemo {
+                    index: i as u32,
+                    fingerprint: None,
+                    hash: *h,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How much work a checkpoint did (for the supervisor's telemetry and the
+/// benches).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageStats {
+    /// Chunks read (fingerprinted).
+    pub chunks: u64,
+    /// Chunks whose BLAKE3 was computed (changed, or `full`).
+    pub hashed: u64,
+    /// Chunks shipped to the supervisor.
+    pub shipped: u64,
+}
 
 /// Per-worker checkpoint bookkeeping.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Imager {
-    /// The chunk hashes last sent for each agent.
-    sent: BTreeMap<u64, Vec<[u8; 32]>>,
+    /// What was last imaged of each agent.
+    memo: BTreeMap<u64, AgentMemo>,
     /// Restores that failed since the last `RestoreDone`.
     errors: Vec<(u64, String)>,
+    zero: [u8; 32],
+    zero_fingerprint: u128,
+    /// The work of the last checkpoint.
+    last: ImageStats,
+}
+
+impl Default for Imager {
+    fn default() -> Self {
+        Self {
+            memo: BTreeMap::new(),
+            errors: Vec::new(),
+            zero: zero_chunk_hash(),
+            zero_fingerprint: xxh3_128(&[0u8; CHUNK]),
+            last: ImageStats::default(),
+        }
+    }
 }
 
 impl Imager {
     /// Images `agents`: one [`WorkerReply::Imaged`] per agent this worker
-    /// hosts, in order, then [`WorkerReply::Checkpointed`] naming the agents
-    /// it has no instance of.  Chunks already sent (in this checkpoint or,
-    /// unless `full`, for the same position in the previous one) are not
-    /// sent again.
-    pub fn checkpoint(
+    /// hosts, in order, each handed to `emit` as soon as it is made, then
+    /// [`WorkerReply::Checkpointed`] naming the agents it has no instance
+    /// of.  Chunks already sent (in this checkpoint or, unless `full`, for
+    /// the same position in the previous one) are not sent again; with
+    /// `full` every chunk's BLAKE3 is also recomputed.  Stops at the first
+    /// error of `emit` and returns it.
+    pub fn checkpoint<E>(
         &mut self,
         worker: &mut Worker,
         agents: &[u64],
         full: bool,
-    ) -> Vec<WorkerReply> {
-        let zero = zero_chunk_hash();
-        let mut replies = Vec::with_capacity(agents.len() + 1);
-        let mut shipped: BTreeSet<[u8; 32]> = BTreeSet::new();
+        mut emit: impl FnMut(WorkerReply) -> Result<(), E>,
+    ) -> Result<ImageStats, E> {
+        let mut stats = ImageStats::default();
+        let mut shipped: HashSet<[u8; 32]> = HashSet::new();
         let mut missing = Vec::new();
         for &id in agents {
             let Some(agent) = worker.agent_mut(id) else {
@@ -47,46 +132,93 @@ impl Imager {
             };
             let module_hash = agent.module().hash;
             let (memory, globals, host) = agent.parts();
-            let hashes = chunk_hashes(memory);
-            let previous = if full { None } else { self.sent.get(&id) };
+            let previous = self.memo.remove(&id).unwrap_or_default();
+            let mut old = previous.nonzero.iter().peekable();
+            let mut memo = AgentMemo {
+                chunks: memory.len().div_ceil(CHUNK) as u32,
+                nonzero: Vec::with_capacity(previous.nonzero.len()),
+            };
             let mut chunks = Vec::new();
-            for (i, h) in hashes.iter().enumerate() {
-                let known = previous.is_some_and(|p| p.get(i) == Some(h));
-                if *h == zero || known || !shipped.insert(*h) {
+            for (i, bytes) in memory.chunks(CHUNK).enumerate() {
+                stats.chunks += 1;
+                let index = i as u32;
+                while old.next_if(|m| m.index < index).is_some() {}
+                let before = old.next_if(|m| m.index == index);
+                let fingerprint = xxh3_128(bytes);
+                if fingerprint == self.zero_fingerprint {
+                    // A zero chunk (the common case of a sparse memory);
+                    // its fingerprint is checked, not trusted: a zero
+                    // chunk is cheap to confirm.
+                    if bytes.iter().all(|&b| b == 0) {
+                        continue;
+                    }
+                }
+                let unchanged = !full && before.is_some_and(|m| m.fingerprint == Some(fingerprint));
+                let hash = match before {
+                    Some(m) if unchanged => m.hash,
+                    _ => {
+                        stats.hashed += 1;
+                        *blake3::hash(bytes).as_bytes()
+                    }
+                };
+                if hash == self.zero {
                     continue;
                 }
-                let bytes = memory[i * CHUNK..(i * CHUNK + CHUNK).min(memory.len())].to_vec();
-                chunks.push(ChunkData { hash: *h, bytes });
+                memo.nonzero.push(ChunkMemo {
+                    index,
+                    fingerprint: Some(fingerprint),
+                    hash,
+                });
+                // The supervisor has the chunk if it was at this position in
+                // the previous image (same hash) or went out earlier in this
+                // checkpoint.
+                let known = !full && before.is_some_and(|m| m.hash == hash);
+                if known || !shipped.insert(hash) {
+                    continue;
+                }
+                stats.shipped += 1;
+                chunks.push(ChunkData {
+                    hash,
+                    bytes: bytes.to_vec(),
+                });
             }
             let image = AgentImage {
                 module_hash,
                 memory_len: memory.len() as u64,
-                chunks: hashes.clone(),
+                chunks: memo.hashes(&self.zero),
                 globals,
                 host,
             };
-            self.sent.insert(id, hashes);
-            replies.push(WorkerReply::Imaged {
+            self.memo.insert(id, memo);
+            emit(WorkerReply::Imaged {
                 agent_id: id,
                 image,
                 chunks,
-            });
+            })?;
         }
-        replies.push(WorkerReply::Checkpointed { missing });
-        replies
+        emit(WorkerReply::Checkpointed { missing })?;
+        self.last = stats;
+        Ok(stats)
+    }
+
+    /// The work of the last checkpoint.
+    pub fn last_stats(&self) -> ImageStats {
+        self.last
     }
 
     /// Re-creates one agent from an image and its chunks (each verified
     /// against its hash); a failure is kept for [`Imager::done`].
     pub fn restore(&mut self, worker: &mut Worker, order: RestoreOrder) {
-        if let Err(e) = Self::try_restore(worker, &mut self.sent, order.clone()) {
-            self.errors.push((order.agent_id, e));
+        let id = order.agent_id;
+        if let Err(e) = Self::try_restore(worker, &mut self.memo, &self.zero, order) {
+            self.errors.push((id, e));
         }
     }
 
     fn try_restore(
         worker: &mut Worker,
-        sent: &mut BTreeMap<u64, Vec<[u8; 32]>>,
+        memo: &mut BTreeMap<u64, AgentMemo>,
+        zero: &[u8; 32],
         o: RestoreOrder,
     ) -> Result<(), String> {
         let id = o.agent_id;
@@ -109,10 +241,9 @@ impl Imager {
             }
             by_hash.insert(c.hash, c.bytes);
         }
-        let zero = zero_chunk_hash();
         let mut memory = vec![0u8; len as usize];
         for (i, h) in o.image.chunks.iter().enumerate() {
-            if *h == zero {
+            if h == zero {
                 continue;
             }
             let bytes = by_hash.get(h).ok_or_else(|| {
@@ -127,7 +258,7 @@ impl Imager {
             host: o.image.host,
         };
         worker.restore(id, o.module_id, o.tenant, o.limits, &state)?;
-        sent.insert(id, o.image.chunks);
+        memo.insert(id, AgentMemo::of_hashes(&o.image.chunks, zero));
         Ok(())
     }
 
@@ -141,6 +272,6 @@ impl Imager {
     /// Forgets what was sent (the supervisor lost its page store, or this is
     /// a fresh worker).
     pub fn reset(&mut self) {
-        self.sent.clear();
+        self.memo.clear();
     }
 }

@@ -675,3 +675,122 @@ fn real_agents_capture_restore_round_trip() {
         assert_eq!(a.state_hash_hex(1), b.state_hash_hex(1), "{name}");
     }
 }
+
+/// Images every agent of `w` with `imager`, returning the images (by
+/// agent) and the hashes of the chunks shipped.
+fn image_all(
+    imager: &mut lockstep_worker::snapshot::Imager,
+    w: &mut Worker,
+    ids: &[u64],
+    full: bool,
+) -> (
+    Vec<(u64, shm_protocol::worker::AgentImage)>,
+    Vec<[u8; 32]>,
+    lockstep_worker::snapshot::ImageStats,
+) {
+    let mut images = Vec::new();
+    let mut shipped = Vec::new();
+    let stats = imager
+        .checkpoint(w, ids, full, |r| {
+            match r {
+                WorkerReply::Imaged {
+                    agent_id,
+                    image,
+                    chunks,
+                } => {
+                    for c in &chunks {
+                        assert_eq!(blake3::hash(&c.bytes).as_bytes(), &c.hash);
+                    }
+                    shipped.extend(chunks.iter().map(|c| c.hash));
+                    images.push((agent_id, image));
+                }
+                WorkerReply::Checkpointed { missing } => assert!(missing.is_empty()),
+                other => panic!("{other:?}"),
+            }
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+    (images, shipped, stats)
+}
+
+#[test]
+fn incremental_images_equal_full_images_and_hash_only_changed_chunks() {
+    use lockstep_worker::snapshot::Imager;
+    // Four pages; each step writes the tick into one page chosen by the
+    // agent and the tick, and agent 3 grows its memory at tick 3.
+    let m = agent(
+        "(i32.store (i32.add (i32.const 16) (i32.mul (i32.rem_u (i32.add (i32.wrap_i64 (i64.load (local.get $ctx))) (i32.wrap_i64 (i64.load offset=8 (local.get $ctx)))) (i32.const 4)) (i32.const 65536)))
+                    (i32.wrap_i64 (i64.load (local.get $ctx))))
+         (if (i32.and (i32.eq (i32.wrap_i64 (i64.load offset=8 (local.get $ctx))) (i32.const 3))
+                      (i32.eq (i32.wrap_i64 (i64.load (local.get $ctx))) (i32.const 3)))
+           (then (drop (memory.grow (i32.const 1)))))",
+        "",
+    )
+    .replace("(memory (export \"memory\") 1)", "(memory (export \"memory\") 4)");
+    let mut w = worker_with(&[(1, &m)]);
+    let ids = [1, 2, 3];
+    let d = w.tick(&spawn(&[(1, 1), (2, 1), (3, 1)], limits()));
+    assert!(d.results.iter().all(|r| r.fault.is_none()), "{d:?}");
+    let mut inc = Imager::default();
+    let mut have: std::collections::BTreeSet<[u8; 32]> = Default::default();
+    let zero = shm_protocol::worker::zero_chunk_hash();
+    for t in 1..=8 {
+        let d = w.tick(&step_all(t));
+        assert!(
+            d.results.iter().all(|r| r.fault.is_none()),
+            "tick {t}: {d:?}"
+        );
+        let (images, shipped, stats) = image_all(&mut inc, &mut w, &ids, false);
+        let (full, _, full_stats) = image_all(&mut Imager::default(), &mut w, &ids, true);
+        assert_eq!(images, full, "tick {t}: incremental and full images differ");
+        have.extend(shipped);
+        for (id, img) in &images {
+            for h in img.chunks.iter().filter(|h| **h != zero) {
+                assert!(
+                    have.contains(h),
+                    "tick {t}: agent {id}'s chunk was never shipped"
+                );
+            }
+        }
+        // 64-page memories: every chunk is read; after the first checkpoint
+        // only the chunks the steps wrote (at most two per agent: the
+        // counter's and the page the step chose) are hashed again.
+        assert_eq!(stats.chunks, full_stats.chunks);
+        if t > 1 {
+            assert!(stats.hashed <= 6, "tick {t}: {stats:?}");
+        }
+    }
+}
+
+#[test]
+fn the_host_buffer_is_clean_between_calls() {
+    // An agent that writes nothing keeps the same memory from tick to tick,
+    // although the host places a context in its buffer every step.
+    let quiet = agent("", "").replace(
+        "(i32.store (i32.const 0) (i32.add (i32.load (i32.const 0)) (i32.const 1)))",
+        "",
+    );
+    let mut w = worker_with(&[(1, &quiet)]);
+    w.tick(&spawn(&[(1, 1)], limits()));
+    w.tick(&step_all(1));
+    let before = w.agent_mut(1).unwrap().capture().memory;
+    for t in 2..=4 {
+        w.tick(&step_all(t));
+    }
+    let after = w.agent_mut(1).unwrap().capture().memory;
+    assert!(before == after, "the memory changed between ticks");
+    assert!(after[4096..4096 + 64].iter().all(|&b| b == 0));
+    let mut imager = lockstep_worker::snapshot::Imager::default();
+    let (_, first, _) = image_all(&mut imager, &mut w, &[1], false);
+    w.tick(&step_all(5));
+    let (_, second, stats) = image_all(&mut imager, &mut w, &[1], false);
+    assert!(
+        !first.is_empty(),
+        "the data segment's chunk is shipped once"
+    );
+    assert!(
+        second.is_empty(),
+        "an unchanged agent ships nothing: {stats:?}"
+    );
+    assert_eq!(stats.hashed, 0);
+}

@@ -885,10 +885,20 @@ impl WorkerPool {
             by_worker[self.placement.worker_of(id)].push(id);
         }
         let mut images = Vec::with_capacity(agents.len());
+        // Every worker is asked first, so that they image in parallel (each
+        // streams its images, waiting on its ring while another's are read).
+        let mut asked: Vec<Option<CaptureFailure>> = (0..k)
+            .map(|wi| self.ask_images(wi, &by_worker[wi]).err())
+            .collect();
         for (wi, ids) in by_worker.iter().enumerate() {
             let mut attempts = 0;
+            let mut failed = asked[wi].take();
             loop {
-                match self.image_worker(wi, ids, put) {
+                let result = match failed.take() {
+                    Some(f) => Err(f),
+                    None => self.collect_images(wi, ids, put),
+                };
+                match result {
                     Ok(mut im) => {
                         images.append(&mut im);
                         break;
@@ -906,6 +916,7 @@ impl WorkerPool {
                             });
                         }
                         self.recover_between_ticks(wi, cause, pages)?;
+                        failed = self.ask_images(wi, ids).err();
                     }
                 }
             }
@@ -914,24 +925,29 @@ impl WorkerPool {
         Ok(images)
     }
 
-    fn image_worker(
+    /// Asks worker `wi` to image `ids` (answered by [`Self::collect_images`]).
+    fn ask_images(&mut self, wi: usize, ids: &[u64]) -> Result<(), CaptureFailure> {
+        let timeout = Duration::from_secs(600);
+        self.workers[wi]
+            .send(
+                WorkerCommand::Checkpoint {
+                    agents: ids.to_vec(),
+                    full: false,
+                },
+                timeout,
+            )
+            .map_err(|e| CaptureFailure::Worker(self.cause_of_worker(wi, &e, timeout)))
+    }
+
+    /// Reads worker `wi`'s images of `ids`, putting their new chunks (each
+    /// checked against its hash) into the page store.
+    fn collect_images(
         &mut self,
         wi: usize,
         ids: &[u64],
         put: &mut dyn FnMut(&ChunkData) -> Result<(), String>,
     ) -> Result<Vec<(u64, AgentImage)>, CaptureFailure> {
         let timeout = Duration::from_secs(600);
-        if let Err(e) = self.workers[wi].send(
-            WorkerCommand::Checkpoint {
-                agents: ids.to_vec(),
-                full: false,
-            },
-            timeout,
-        ) {
-            return Err(CaptureFailure::Worker(
-                self.cause_of_worker(wi, &e, timeout),
-            ));
-        }
         let mut images = Vec::with_capacity(ids.len());
         loop {
             let reply = match self.workers[wi].recv(timeout) {
