@@ -411,9 +411,11 @@ pub struct HostCounters {
 /// in chunks of this many bytes (content-addressed, deduplicated).
 pub const CHUNK: usize = 4096;
 
-/// BLAKE3 of an all-zero chunk (never stored or sent).
+/// BLAKE3 of an all-zero chunk (never stored or sent); computed once (it
+/// is compared with every chunk of every image).
 pub fn zero_chunk_hash() -> [u8; 32] {
-    *blake3::hash(&[0u8; CHUNK]).as_bytes()
+    static ZERO: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    *ZERO.get_or_init(|| *blake3::hash(&[0u8; CHUNK]).as_bytes())
 }
 
 /// An agent's state as a list of chunk hashes (the chunks themselves live in
