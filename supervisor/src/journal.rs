@@ -49,8 +49,14 @@ pub const MAGIC: &[u8; 8] = b"LSJOURN\0";
 /// refused with [`JournalError::Version`] (replay it with the build that
 /// wrote it).
 pub const VERSION: u32 = 5;
-/// Largest frame accepted when reading.
-pub const MAX_FRAME: u32 = 64 << 20;
+/// Largest frame written or accepted when reading: room for one inference
+/// answer as large as the host's largest reply
+/// ([`shm_protocol::inference::MAX_REPLY`]) with its fields.
+pub const MAX_FRAME: u32 = (shm_protocol::inference::MAX_REPLY + (1 << 20)) as u32;
+/// The most answer bytes one [`Entry::Inference`] frame carries: a tick's
+/// answers that hold more are journaled as several entries of that tick
+/// (one answer alone if it is larger).
+pub const ANSWER_BYTES_PER_FRAME: usize = 8 << 20;
 
 /// One journal entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,6 +223,44 @@ impl AnswerSource {
     }
 }
 
+impl Answer {
+    /// Roughly how many bytes the answer takes in a frame.
+    pub fn encoded_size(&self) -> usize {
+        let kept = match &self.source {
+            AnswerSource::Device { device, answer } => {
+                device.len() + answer.as_ref().map_or_else(String::len, |b| b.len())
+            }
+            _ => 0,
+        };
+        64 + self.model.len() + kept
+    }
+}
+
+/// A tick's answers as [`Entry::Inference`] entries of at most
+/// [`ANSWER_BYTES_PER_FRAME`] answer bytes each (one entry when they fit,
+/// none for no answers).
+pub fn inference_entries(tick: u64, answers: Vec<Answer>) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut cur: Vec<Answer> = Vec::new();
+    let mut size = 0;
+    for a in answers {
+        let n = a.encoded_size();
+        if !cur.is_empty() && size + n > ANSWER_BYTES_PER_FRAME {
+            out.push(Entry::Inference {
+                tick,
+                answers: std::mem::take(&mut cur),
+            });
+            size = 0;
+        }
+        size += n;
+        cur.push(a);
+    }
+    if !cur.is_empty() {
+        out.push(Entry::Inference { tick, answers: cur });
+    }
+    out
+}
+
 impl Entry {
     /// The tick the entry belongs to (0 for the header).
     pub fn tick(&self) -> u64 {
@@ -286,6 +330,15 @@ pub enum JournalError {
         path: String,
         /// Found.
         found: u32,
+    },
+    /// An entry too large for a frame ([`MAX_FRAME`]): refused rather than
+    /// written into a journal that could not be read back.
+    #[error("journal {path}: an entry of {len} bytes exceeds the frame limit of {MAX_FRAME}")]
+    TooLarge {
+        /// File.
+        path: String,
+        /// Encoded size of the entry.
+        len: usize,
     },
     /// A bad frame before the end of the file.
     #[error("journal {path}: corrupt frame at byte offset {offset}: {reason}")]
@@ -384,7 +437,14 @@ impl JournalWriter {
         self.buf.clear();
         self.buf.extend_from_slice(&[0; 12]);
         let _ = shm_protocol::codec::encode_into(entry, &mut self.buf);
-        let n = (self.buf.len() - 12) as u32;
+        let len = self.buf.len() - 12;
+        if len > MAX_FRAME as usize {
+            return Err(JournalError::TooLarge {
+                path: self.path.display().to_string(),
+                len,
+            });
+        }
+        let n = len as u32;
         let sum = checksum(&self.buf[12..]);
         self.buf[..4].copy_from_slice(&n.to_le_bytes());
         self.buf[4..12].copy_from_slice(&sum.to_le_bytes());
@@ -827,6 +887,56 @@ mod tests {
             shm_protocol::codec::encode(&cpu).unwrap().len(),
             shm_protocol::codec::encode(&old).unwrap().len() + 1
         );
+    }
+
+    #[test]
+    fn a_ticks_large_answers_are_split_over_frames() {
+        let big = |agent, len| Answer {
+            agent,
+            request_id: 1,
+            model: "m".into(),
+            hash: [0; 32],
+            source: AnswerSource::of("cuda:0", &Ok(vec![0; len])),
+        };
+        let small = |agent| Answer {
+            agent,
+            request_id: 1,
+            model: "m".into(),
+            hash: [0; 32],
+            source: AnswerSource::Cpu,
+        };
+        assert!(inference_entries(3, Vec::new()).is_empty());
+        let one = inference_entries(3, vec![small(1), small(2)]);
+        assert_eq!(one.len(), 1);
+        let mb = 1 << 20;
+        let answers = vec![big(1, 5 * mb), big(2, 5 * mb), small(3), big(4, 20 * mb)];
+        let entries = inference_entries(3, answers.clone());
+        let split: Vec<Vec<u64>> = entries
+            .iter()
+            .map(|e| match e {
+                Entry::Inference { tick: 3, answers } => answers.iter().map(|a| a.agent).collect(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(split, vec![vec![1], vec![2, 3], vec![4]]);
+        // Every frame is written and read back, in order.
+        let d = tmp("split");
+        let p = d.join("j");
+        let _ = std::fs::remove_file(&p);
+        let mut w = JournalWriter::create(&p).unwrap();
+        for e in &entries {
+            w.write(e).unwrap();
+        }
+        assert_eq!(read_journal(&p).unwrap().entries, entries);
+        // An entry beyond the frame limit is refused, not written.
+        let huge = Entry::Inference {
+            tick: 4,
+            answers: vec![big(5, MAX_FRAME as usize)],
+        };
+        let before = w.len();
+        assert!(matches!(w.write(&huge), Err(JournalError::TooLarge { .. })));
+        assert_eq!(w.len(), before);
+        assert_eq!(read_journal(&p).unwrap().entries, entries);
     }
 
     #[test]

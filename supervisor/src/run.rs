@@ -705,10 +705,9 @@ impl Run {
                     source: AnswerSource::of(d, &a.result),
                 })
                 .collect();
-            self.record(&Entry::Inference {
-                tick,
-                answers: entry,
-            })?;
+            for e in crate::journal::inference_entries(tick, entry) {
+                self.record(&e)?;
+            }
         }
         Ok(step)
     }
