@@ -19,24 +19,17 @@
 //! make them).  Knobs: `LOCKSTEP_BENCH_RUNS` (rounds, default 3),
 //! `LOCKSTEP_BENCH_TICKS` (default 2,000).
 
+use lockstep_bench_support::knobs::env_or;
+use lockstep_bench_support::paths::{Scratch, workspace_root};
+use lockstep_bench_support::stat::{Samples, percentile};
+use lockstep_bench_support::table::Align;
+use lockstep_bench_support::{Table, preamble};
 use lockstep_supervisor::manifest::Manifest;
 use lockstep_supervisor::run::{Run, RunConfig};
 use lockstep_supervisor::telemetry::{TelemetryHook, TickTelemetry};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-#[path = "../../tests/bench_support/stat.rs"]
-mod stat;
-use stat::Stat;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo")
-        .to_path_buf()
-}
 
 /// Collects each tick's wait for inference answers.
 #[derive(Clone, Default)]
@@ -60,8 +53,8 @@ struct Round {
 }
 
 fn synthetic(latency: Option<u32>) -> String {
-    let agents = repo().join("target/agents");
-    let magika = repo().join(".deps/models/magika.onnx");
+    let agents = workspace_root().join("target/agents");
+    let magika = workspace_root().join(".deps/models/magika.onnx");
     let mut s = format!(
         "[run]\nseed = 11\nworkers = 2\ncheckpoint_every = 0\n\n\
          [[agents]]\nname = \"counter\"\nmodule = \"{}\"\ncount = 1000\nmemory = \"1MiB\"\n\n",
@@ -83,7 +76,8 @@ fn synthetic(latency: Option<u32>) -> String {
 }
 
 fn demo(latency: u32) -> String {
-    let text = std::fs::read_to_string(repo().join("examples/demo.toml")).expect("demo.toml");
+    let text =
+        std::fs::read_to_string(workspace_root().join("examples/demo.toml")).expect("demo.toml");
     text.replace("latency_ticks = 64", &format!("latency_ticks = {latency}"))
 }
 
@@ -119,7 +113,7 @@ fn run_one(scratch: &Path, name: &str, text: &str, base: &Path, ticks: u64) -> R
     let over = lat.iter().filter(|&&l| l > 10_000.0).count() as f64;
     let mut sorted = lat.clone();
     sorted.sort_by(f64::total_cmp);
-    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    let q = |p: f64| percentile(&sorted, p).unwrap_or(f64::NAN);
     Round {
         p50: q(0.5),
         p99: q(0.99),
@@ -131,24 +125,19 @@ fn run_one(scratch: &Path, name: &str, text: &str, base: &Path, ticks: u64) -> R
 }
 
 fn main() {
-    let rounds: usize = std::env::var("LOCKSTEP_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let ticks: u64 = std::env::var("LOCKSTEP_BENCH_TICKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
+    let rounds: usize = env_or("LOCKSTEP_BENCH_RUNS", 3);
+    let ticks: u64 = env_or("LOCKSTEP_BENCH_TICKS", 2_000);
+    println!("# Inference pipeline benchmark");
+    preamble();
     for need in ["target/agents/classifier.wasm", ".deps/models/magika.onnx"] {
-        if !repo().join(need).is_file() {
+        if !workspace_root().join(need).is_file() {
             eprintln!("SKIPPED pipeline bench: {need} is missing (run scripts/demo.sh first)");
             return;
         }
     }
-    let scratch =
-        std::env::temp_dir().join(format!("lockstep-bench-pipeline-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).expect("scratch");
-    let examples = repo().join("examples");
+    let dir = Scratch::new("pipeline");
+    let scratch = dir.path().to_path_buf();
+    let examples = workspace_root().join("examples");
     let configs: Vec<(String, String, PathBuf)> = vec![
         ("demo, latency_ticks = 1".into(), demo(1), examples.clone()),
         (
@@ -177,12 +166,8 @@ fn main() {
             scratch.clone(),
         ),
     ];
-    println!("# Inference pipeline benchmark");
-    println!(
-        "machine: nproc {} · {ticks} ticks per run after 64 warm-up ticks · {rounds} rounds",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    let mut samples: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
+    println!("{ticks} ticks per run after 64 warm-up ticks · {rounds} rounds");
+    let mut samples: Samples<(usize, &str)> = Samples::default();
     let t0 = Instant::now();
     for r in 0..rounds {
         for (i, (name, text, base)) in configs.iter().enumerate() {
@@ -199,26 +184,32 @@ fn main() {
                 ("over", x.over_10ms),
                 ("wait", x.wait_ms),
             ] {
-                samples.entry((i, k)).or_default().push(v);
+                samples.push((i, k), v);
             }
         }
     }
-    let s = |i: usize, k: &str| Stat::of(samples.get(&(i, k)).map_or(&[][..], Vec::as_slice));
-    println!(
-        "\n| configuration | tick p50 µs | tick p99 µs | max µs | ticks/s | ticks > 10 ms | waited for answers, ms |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let s = |i: usize, k: &str| samples.stat(&(i, k));
+    let mut table = Table::new([
+        "configuration",
+        "tick p50 µs",
+        "tick p99 µs",
+        "max µs",
+        "ticks/s",
+        "ticks > 10 ms",
+        "waited for answers, ms",
+    ])
+    .align(0, Align::Left);
     for (i, (name, _, _)) in configs.iter().enumerate() {
-        println!(
-            "| {name} | {} | {} | {} | {} | {} | {} |",
+        table.row([
+            name.clone(),
             s(i, "p50").show(0),
             s(i, "p99").show(0),
             s(i, "max").show(0),
             s(i, "per_s").show(0),
             s(i, "over").show(0),
-            s(i, "wait").show(1)
-        );
+            s(i, "wait").show(1),
+        ]);
     }
+    print!("\n{table}");
     println!("\ntotal bench time: {:.1} s", t0.elapsed().as_secs_f64());
-    let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -20,6 +20,11 @@
 //! `LOCKSTEP_BENCH_SPAWNS` (spawns per round and configuration, default 10).
 //! Every figure is the median over rounds, with the min–max across rounds.
 
+use lockstep_bench_support::knobs::{env_list, env_or, quick};
+use lockstep_bench_support::paths::{Scratch, target_bin};
+use lockstep_bench_support::stat::{Samples, quantile};
+use lockstep_bench_support::table::Align;
+use lockstep_bench_support::{NOOP_WAT, Table, preamble};
 use lockstep_common::SandboxMode;
 use lockstep_supervisor::child::{Child, ChildSpec};
 use lockstep_supervisor::jail::{ChildClass, Jails, SandboxSettings};
@@ -29,38 +34,11 @@ use lockstep_supervisor::run::{Run, RunConfig};
 use shm_protocol::WaitPolicy;
 use shm_protocol::control::Role;
 use shm_protocol::segment::SegmentConfig;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-#[path = "../../tests/bench_support/stat.rs"]
-mod stat;
-use stat::Stat;
-
-#[path = "../../tests/bench_support/noop.rs"]
-mod noop;
-use noop::NOOP_WAT;
-
-fn env_list(var: &str, default: &[u64]) -> Vec<u64> {
-    std::env::var(var).ok().map_or_else(
-        || default.to_vec(),
-        |v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
-    )
-}
-
 fn us(d: Duration) -> f64 {
     d.as_nanos() as f64 / 1e3
-}
-
-fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join(name)
 }
 
 fn settings(on: bool) -> SandboxSettings {
@@ -76,13 +54,13 @@ fn spawn_to_ready(jails: &mut Jails, reaper: &Reaper, class: ChildClass, n: u64)
     let (role, program, name, extra): (Role, PathBuf, String, Vec<String>) = match class {
         ChildClass::Worker => (
             Role::Worker,
-            bin("lockstep-worker"),
+            target_bin("lockstep-worker"),
             format!("worker-{n}"),
             Vec::new(),
         ),
         ChildClass::Inference => (
             Role::InferenceHost,
-            bin("lockstep-inference-host"),
+            target_bin("lockstep-inference-host"),
             "inference-host".into(),
             vec!["--device".into(), "cpu".into()],
         ),
@@ -152,100 +130,90 @@ fn tick_latency(dir: &Path, n: u64, mode: &str, quick: bool) -> (f64, f64) {
     }
     run.finish_without_end().expect("finish");
     let _ = std::fs::remove_dir_all(run_dir);
-    (quantile(lat.clone(), 0.5), quantile(lat, 0.99))
+    (quantile(&mut lat, 0.5), quantile(&mut lat, 0.99))
 }
 
 fn main() {
-    let quick = std::env::var("LOCKSTEP_BENCH_QUICK").is_ok_and(|v| v == "1");
-    let rounds = std::env::var("LOCKSTEP_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 1 } else { 5 });
-    let spawns = env_list("LOCKSTEP_BENCH_SPAWNS", &[if quick { 3 } else { 10 }])[0];
-    let sizes = env_list("LOCKSTEP_BENCH_AGENTS", &[10, 1_000, 10_000]);
-    let dir = std::env::temp_dir().join(format!("lockstep-bench-sandbox-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch");
+    let quick = quick();
+    let rounds: usize = env_or("LOCKSTEP_BENCH_RUNS", if quick { 1 } else { 5 });
+    let spawns: u64 = env_or("LOCKSTEP_BENCH_SPAWNS", if quick { 3 } else { 10 });
+    let sizes: Vec<u64> = env_list("LOCKSTEP_BENCH_AGENTS", vec![10, 1_000, 10_000]);
+    println!("# Sandbox cost benchmark");
+    preamble();
+    let scratch = Scratch::new("sandbox");
+    let dir = scratch.path();
     std::fs::write(dir.join("noop.wat"), NOOP_WAT).expect("noop.wat");
     let (reaper, _deaths) = Reaper::start().expect("reaper");
     let mut on = Jails::new(settings(true)).expect("jails (cgroups)");
     let mut off = Jails::new(settings(false)).expect("jails");
-    println!("# Sandbox cost benchmark");
-    println!(
-        "machine: nproc {} | {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(
-                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
-                    .split(':')
-                    .nth(1)
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned())
-            )
-            .unwrap_or_default()
-    );
     println!("rounds {rounds}, {spawns} spawns per configuration and round, sizes {sizes:?}");
-    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut push = |k: String, v: f64| samples.entry(k).or_default().push(v);
+    let mut samples: Samples<String> = Samples::default();
+    let mut push = |k: String, v: f64| samples.push(k, v);
     let t0 = Instant::now();
     for r in 0..rounds {
         for class in [ChildClass::Worker, ChildClass::Inference] {
             for (label, jails) in [("on", &mut on), ("off", &mut off)] {
-                let v: Vec<f64> = (0..spawns)
+                let mut v: Vec<f64> = (0..spawns)
                     .map(|i| spawn_to_ready(jails, &reaper, class, i))
                     .collect();
-                let med = quantile(v, 0.5);
+                let med = quantile(&mut v, 0.5);
                 println!("round {r} spawn {class:?} sandbox {label}: {med:.1} ms");
                 push(format!("spawn {class:?} {label}"), med);
             }
         }
         for &n in &sizes {
             for mode in TICK_MODES {
-                let (p50, p99) = tick_latency(&dir, n, mode, quick);
+                let (p50, p99) = tick_latency(dir, n, mode, quick);
                 println!("round {r} tick N={n} sandbox {mode}: p50 {p50:.1} µs p99 {p99:.1} µs");
                 push(format!("tick {n} {mode} p50"), p50);
                 push(format!("tick {n} {mode} p99"), p99);
             }
         }
     }
-    let s = |k: &str| Stat::of(samples.get(k).map_or(&[][..], Vec::as_slice));
+    let s = |k: &str| samples.stat(k);
     println!("\n## Spawn to ready (ms; median over rounds (min–max))");
-    println!("| child | every layer on | sandbox off | cost |");
-    println!("|---|---:|---:|---:|");
+    let mut t =
+        Table::new(["child", "every layer on", "sandbox off", "cost"]).align(0, Align::Left);
     for class in [ChildClass::Worker, ChildClass::Inference] {
         let (a, b) = (
             s(&format!("spawn {class:?} on")),
             s(&format!("spawn {class:?} off")),
         );
-        println!(
-            "| {class:?} | {} | {} | {:+.1} ms |",
+        t.row([
+            format!("{class:?}"),
             a.show(1),
             b.show(1),
-            a.med - b.med
-        );
+            format!("{:+.1} ms", a.med - b.med),
+        ]);
     }
+    print!("{t}");
     println!("\n## Tick latency, no-op agents, 2 workers (µs; median over rounds (min–max))");
-    println!(
-        "| agents | p50 on | p50 on + CPU group | p50 off | cost on | cost on + CPU group | p99 on | p99 on + CPU group | p99 off |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut t = Table::new([
+        "agents",
+        "p50 on",
+        "p50 on + CPU group",
+        "p50 off",
+        "cost on",
+        "cost on + CPU group",
+        "p99 on",
+        "p99 on + CPU group",
+        "p99 off",
+    ]);
     for &n in &sizes {
         let p = |mode: &str, q: &str| s(&format!("tick {n} {mode} {q}"));
         let (a, c, b) = (p("on", "p50"), p("on+cpu", "p50"), p("off", "p50"));
-        println!(
-            "| {n} | {} | {} | {} | {:+.1} % | {:+.1} % | {} | {} | {} |",
+        t.row([
+            n.to_string(),
             a.show(1),
             c.show(1),
             b.show(1),
-            (a.med / b.med - 1.0) * 100.0,
-            (c.med / b.med - 1.0) * 100.0,
+            format!("{:+.1} %", (a.med / b.med - 1.0) * 100.0),
+            format!("{:+.1} %", (c.med / b.med - 1.0) * 100.0),
             p("on", "p99").show(1),
             p("on+cpu", "p99").show(1),
-            p("off", "p99").show(1)
-        );
+            p("off", "p99").show(1),
+        ]);
     }
+    print!("{t}");
     println!("\ntotal bench time: {:.1} s", t0.elapsed().as_secs_f64());
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,34 +15,20 @@
 //! Knobs: `LOCKSTEP_BENCH_RUNS` (rounds, default 3), `LOCKSTEP_SCALE_SIZES`
 //! (default `10,100,1000,10000,100000`), `LOCKSTEP_NODE_PEER`.
 
+use lockstep_bench_support::knobs::{env_list, env_or};
+use lockstep_bench_support::node_peer::NodePeer;
+use lockstep_bench_support::paths::{Scratch, target_bin};
+use lockstep_bench_support::process::tree_rss_kib;
+use lockstep_bench_support::table::thousands_f64;
+use lockstep_bench_support::{NOOP_WAT, Stat, Table, preamble, thousands};
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "../../tests/bench_support/noop.rs"]
-mod noop;
-use noop::NOOP_WAT;
-
-#[path = "../../tests/bench_support/stat.rs"]
-mod stat;
-use stat::Stat;
-
-#[path = "../../tests/bench_support/table.rs"]
-mod table;
-use table::thousands;
-
-#[path = "../../tests/bench_support/node_peer.rs"]
-mod node_peer;
-use node_peer::NodePeer;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo")
-        .to_path_buf()
-}
+/// The sizes a full run measures.
+const SIZES: [u64; 5] = [10, 100, 1_000, 10_000, 100_000];
 
 /// Ticks per run for `n` agents (the Node.js peer measures as many).
 fn ticks_for(n: u64) -> u64 {
@@ -61,31 +47,6 @@ struct CliRun {
     rss_per_agent_kib: f64,
 }
 
-/// Resident set size (KiB) of `pid` and every descendant.
-fn tree_rss_kib(pid: u32) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![pid];
-    while let Some(p) = stack.pop() {
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/status")) {
-            total += s
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-        for t in std::fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
-                stack.extend(c.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
-            }
-        }
-    }
-    total
-}
-
 fn run_cli(scratch: &Path, n: u64) -> Result<CliRun, String> {
     let manifest = scratch.join(format!("scale-{n}.toml"));
     std::fs::write(
@@ -99,7 +60,7 @@ fn run_cli(scratch: &Path, n: u64) -> Result<CliRun, String> {
     let dir = scratch.join(format!("run-{n}"));
     let _ = std::fs::remove_dir_all(&dir);
     let t0 = Instant::now();
-    let mut child = Command::new(repo().join("target/release/lockstep"))
+    let mut child = Command::new(target_bin("lockstep"))
         .arg("run")
         .arg(&manifest)
         .args(["--no-board", "--no-metrics", "--json", "--run-dir"])
@@ -154,43 +115,80 @@ fn run_cli(scratch: &Path, n: u64) -> Result<CliRun, String> {
     })
 }
 
+/// The table of a run.
+fn table(
+    sizes: &[u64],
+    samples: &BTreeMap<(u64, &str), Vec<f64>>,
+    failures: &BTreeMap<(u64, &str), String>,
+) -> Table {
+    let mut t = Table::new([
+        "agents",
+        "lockstep p50 µs",
+        "p99 µs",
+        "start-up ms",
+        "peak RSS KiB/agent",
+        "Node.js p50 µs",
+        "p99 µs",
+        "Node.js / lockstep (p50)",
+    ]);
+    for &n in sizes {
+        let get = |k: &str| samples.get(&(n, k)).map(|v| Stat::of(v));
+        let cell = |k: &str, who: &str, prec: usize| match get(k) {
+            Some(s) => s.show_with(|x| thousands_f64(x, prec)),
+            None => failures
+                .get(&(n, who))
+                .map_or_else(|| "–".into(), |e| format!("fails ({e})")),
+        };
+        let ratio = match (get("node50"), get("p50")) {
+            (Some(a), Some(b)) => format!("{:.2}", a.med / b.med),
+            _ => "–".into(),
+        };
+        t.row([
+            thousands(n),
+            cell("p50", "lockstep", 0),
+            cell("p99", "lockstep", 0),
+            cell("start", "lockstep", 0),
+            cell("rss", "lockstep", 1),
+            cell("node50", "node", 0),
+            cell("node99", "node", 0),
+            ratio,
+        ]);
+    }
+    t
+}
+
 fn main() {
-    let rounds: usize = std::env::var("LOCKSTEP_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let sizes: Vec<u64> = std::env::var("LOCKSTEP_SCALE_SIZES")
-        .unwrap_or_else(|_| "10,100,1000,10000,100000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    if !repo().join("target/release/lockstep").is_file() {
+    let rounds: usize = env_or("LOCKSTEP_BENCH_RUNS", 3);
+    let sizes: Vec<u64> = env_list("LOCKSTEP_SCALE_SIZES", SIZES.to_vec());
+    println!("# Scale through the CLI");
+    preamble();
+    let lockstep = target_bin("lockstep");
+    if !lockstep.is_file() {
         eprintln!(
-            "SKIPPED scale bench: target/release/lockstep is missing (cargo build --release --workspace --bins)"
+            "SKIPPED scale bench: {} is missing (cargo build --release --workspace --bins)",
+            lockstep.display()
         );
         return;
     }
-    let scratch = std::env::temp_dir().join(format!("lockstep-bench-scale-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).expect("scratch");
+    let dir = Scratch::new("scale");
+    let scratch = dir.path();
     std::fs::write(scratch.join("noop.wat"), NOOP_WAT).expect("noop.wat");
-    let peer = match NodePeer::prepare(&scratch) {
+    let peer = match NodePeer::prepare(scratch) {
         Ok(p) => Some(p),
         Err(why) => {
             eprintln!("SKIPPED the Node.js peer: {why}");
             None
         }
     };
-    println!("# Scale through the CLI");
     println!(
-        "machine: nproc {} · {rounds} rounds · lockstep run --no-board --no-metrics (journal on), 2 workers, no-op agents of 64 KiB",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "{rounds} rounds · lockstep run --no-board --no-metrics (journal on), 2 workers, no-op agents of 64 KiB"
     );
     // (size, what) → samples; failures by (size, who).
     let mut samples: BTreeMap<(u64, &str), Vec<f64>> = BTreeMap::new();
     let mut failures: BTreeMap<(u64, &str), String> = BTreeMap::new();
     for r in 0..rounds {
         for &n in &sizes {
-            match run_cli(&scratch, n) {
+            match run_cli(scratch, n) {
                 Ok(x) => {
                     println!(
                         "round {r} lockstep N={n}: p50 {:.0} µs p99 {:.0} µs, start-up {:.0} ms, peak RSS {:.1} KiB/agent",
@@ -235,33 +233,7 @@ fn main() {
             }
         }
     }
+    let table = table(&sizes, &samples, &failures);
     println!();
-    println!(
-        "| agents | lockstep p50 µs | p99 µs | start-up ms | peak RSS KiB/agent | Node.js p50 µs | p99 µs | p50 ratio (node / lockstep) |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &n in &sizes {
-        let get = |k: &str| samples.get(&(n, k)).map(|v| Stat::of(v));
-        let cell = |k: &str, who: &str, prec: usize| match get(k) {
-            Some(s) => s.show(prec),
-            None => failures
-                .get(&(n, who))
-                .map_or_else(|| "–".into(), |e| format!("fails ({e})")),
-        };
-        let ratio = match (get("node50"), get("p50")) {
-            (Some(a), Some(b)) => format!("{:.2}", a.med / b.med),
-            _ => "–".into(),
-        };
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {ratio} |",
-            thousands(n),
-            cell("p50", "lockstep", 0),
-            cell("p99", "lockstep", 0),
-            cell("start", "lockstep", 0),
-            cell("rss", "lockstep", 1),
-            cell("node50", "node", 0),
-            cell("node99", "node", 0),
-        );
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
+    print!("{table}");
 }

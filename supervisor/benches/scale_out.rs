@@ -20,30 +20,15 @@
 //! Knobs: `LOCKSTEP_BENCH_RUNS` (rounds, default 3), `LOCKSTEP_SCALE_SIZES`
 //! (default `1000,10000`).
 
-use std::collections::BTreeMap;
+use lockstep_bench_support::knobs::{env_list, env_or};
+use lockstep_bench_support::paths::{Scratch, target_bin, workspace_root};
+use lockstep_bench_support::stat::Samples;
+use lockstep_bench_support::table::Align;
+use lockstep_bench_support::{NOOP_WAT, Table, preamble, thousands};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-#[path = "../../tests/bench_support/noop.rs"]
-mod noop;
-use noop::NOOP_WAT;
-
-#[path = "../../tests/bench_support/stat.rs"]
-mod stat;
-use stat::Stat;
-
-#[path = "../../tests/bench_support/table.rs"]
-mod table;
-use table::thousands;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo")
-        .to_path_buf()
-}
 
 /// Kills the process on drop.
 struct Guard(Child);
@@ -56,7 +41,7 @@ impl Drop for Guard {
 }
 
 fn start_nats(scratch: &Path) -> Result<(Guard, String), String> {
-    let bin = repo().join(".deps/nats/nats-server");
+    let bin = workspace_root().join(".deps/nats/nats-server");
     if !bin.is_file() {
         return Err(format!(
             "{} missing (scripts/fetch-nats-server.sh)",
@@ -86,7 +71,7 @@ fn start_nats(scratch: &Path) -> Result<(Guard, String), String> {
 }
 
 fn start_node(url: &str, name: &str) -> Result<Guard, String> {
-    let mut child = Command::new(repo().join("target/release/lockstep-node"))
+    let mut child = Command::new(target_bin("lockstep-node"))
         .args(["serve", "--nats", url, "--name", name])
         .env("LOCKSTEP_LOG", "warn")
         .stdout(Stdio::piped())
@@ -115,7 +100,7 @@ fn run(scratch: &Path, n: u64, ticks: u64, extra: &[&str]) -> Result<(f64, f64, 
     .map_err(|e| e.to_string())?;
     let dir = scratch.join(format!("run-{n}-{}", extra.len()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(repo().join("target/release/lockstep"))
+    let out = Command::new(target_bin("lockstep"))
         .arg("run")
         .arg(&manifest)
         .args(["--no-board", "--no-metrics", "--json", "--run-dir"])
@@ -142,28 +127,24 @@ fn run(scratch: &Path, n: u64, ticks: u64, extra: &[&str]) -> Result<(f64, f64, 
 }
 
 fn main() {
-    let rounds: usize = std::env::var("LOCKSTEP_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let sizes: Vec<u64> = std::env::var("LOCKSTEP_SCALE_SIZES")
-        .unwrap_or_else(|_| "1000,10000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let rounds: usize = env_or("LOCKSTEP_BENCH_RUNS", 3);
+    let sizes: Vec<u64> = env_list("LOCKSTEP_SCALE_SIZES", vec![1_000, 10_000]);
+    println!("# Workers on other machines (NATS on loopback)");
+    preamble();
     for b in ["lockstep", "lockstep-node", "lockstep-worker"] {
-        if !repo().join("target/release").join(b).is_file() {
+        let p = target_bin(b);
+        if !p.is_file() {
             eprintln!(
-                "SKIPPED scale-out bench: target/release/{b} is missing (cargo build --release --workspace --bins)"
+                "SKIPPED scale-out bench: {} is missing (cargo build --release --workspace --bins)",
+                p.display()
             );
             return;
         }
     }
-    let scratch =
-        std::env::temp_dir().join(format!("lockstep-bench-scale-out-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).expect("scratch");
+    let dir = Scratch::new("scale-out");
+    let scratch = dir.path();
     std::fs::write(scratch.join("noop.wat"), NOOP_WAT).expect("noop.wat");
-    let (_nats, url) = match start_nats(&scratch) {
+    let (_nats, url) = match start_nats(scratch) {
         Ok(x) => x,
         Err(why) => {
             eprintln!("SKIPPED scale-out bench: {why}");
@@ -181,23 +162,21 @@ fn main() {
         ("a,local", vec!["--nats", &url, "--nodes", "a,local"]),
         ("local+archive", vec!["--nats", &url, "--archive", "bench"]),
     ];
-    println!("# Workers on other machines (NATS on loopback)");
     println!(
-        "machine: nproc {} · {rounds} rounds · lockstep run --no-board --no-metrics, 2 workers, no-op agents of 64 KiB",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "{rounds} rounds · lockstep run --no-board --no-metrics, 2 workers, no-op agents of 64 KiB"
     );
-    let mut samples: BTreeMap<(u64, &str, &str), Vec<f64>> = BTreeMap::new();
+    let mut samples: Samples<(u64, &str, &str)> = Samples::default();
     for r in 0..rounds {
         for &n in &sizes {
             let ticks = if n <= 1000 { 500 } else { 200 };
             for (label, extra) in &placements {
-                match run(&scratch, n, ticks, extra) {
+                match run(scratch, n, ticks, extra) {
                     Ok((p50, p99, wall)) => {
                         println!(
                             "round {r} N={n} {label}: p50 {p50:.0} µs p99 {p99:.0} µs wall {wall:.0} ms"
                         );
                         for (k, v) in [("p50", p50), ("p99", p99), ("wall", wall)] {
-                            samples.entry((n, label, k)).or_default().push(v);
+                            samples.push((n, label, k), v);
                         }
                     }
                     Err(e) => println!("round {r} N={n} {label}: FAILED {e}"),
@@ -205,27 +184,29 @@ fn main() {
             }
         }
     }
-    println!();
-    println!("| agents | workers on | tick p50 µs | tick p99 µs | wall ms | p50 vs local |");
-    println!("|---:|---|---:|---:|---:|---:|");
+    let mut t = Table::new([
+        "agents",
+        "workers on",
+        "tick p50 µs",
+        "tick p99 µs",
+        "wall ms",
+        "p50 vs local",
+    ])
+    .align(1, Align::Left);
     for &n in &sizes {
-        let local = Stat::of(
-            samples
-                .get(&(n, "local", "p50"))
-                .map_or(&[][..], Vec::as_slice),
-        );
+        let local = samples.stat(&(n, "local", "p50"));
         for (label, _) in &placements {
-            let s = |k: &str| Stat::of(samples.get(&(n, *label, k)).map_or(&[][..], Vec::as_slice));
+            let s = |k: &str| samples.stat(&(n, *label, k));
             let p50 = s("p50");
-            println!(
-                "| {} | {label} | {} | {} | {} | {:.2}× |",
+            t.row([
                 thousands(n),
+                (*label).to_owned(),
                 p50.show(0),
                 s("p99").show(0),
                 s("wall").show(0),
-                p50.med / local.med
-            );
+                format!("{:.2}×", p50.med / local.med),
+            ]);
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    print!("\n{t}");
 }

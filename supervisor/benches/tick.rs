@@ -40,6 +40,13 @@
 //! `LOCKSTEP_NODE_PEER` (the peer's directory).  Every figure is the median
 //! over rounds, with the min–max across rounds.
 
+use lockstep_bench_support::bare::{Bare, bare_agent};
+use lockstep_bench_support::knobs::{env_list, env_or, quick};
+use lockstep_bench_support::machine::loadavg;
+use lockstep_bench_support::node_peer::NodePeer;
+use lockstep_bench_support::paths::Scratch;
+use lockstep_bench_support::stat::{Samples, p50_p99};
+use lockstep_bench_support::{NOOP_WAT, preamble, thousands};
 use lockstep_supervisor::manifest::Manifest;
 use lockstep_supervisor::run::{Run, RunConfig, TickTiming};
 use lockstep_supervisor::sim::SimState;
@@ -48,15 +55,9 @@ use lockstep_worker::engine::{self, AgentModule};
 use shm_protocol::worker::{AgentLimits, AgentResult, Output};
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-
-/// The minimal agent: the ABI's exports, `agent_step` increments a global.
-#[path = "../../tests/bench_support/noop.rs"]
-mod noop;
-use noop::NOOP_WAT;
 
 /// An agent that sends `k` direct messages (8-byte payload) per step, to the
 /// `k` agents after it (ids wrap around `n`); `agent_receive` counts.
@@ -105,29 +106,14 @@ struct Cfg {
     msgs: Vec<u32>,
 }
 
-fn list<T: std::str::FromStr>(var: &str, default: Vec<T>) -> Vec<T> {
-    std::env::var(var)
-        .ok()
-        .map(|v| {
-            v.split(',')
-                .filter_map(|x| x.trim().replace('_', "").parse().ok())
-                .collect()
-        })
-        .unwrap_or(default)
-}
-
 impl Cfg {
     fn from_env() -> Self {
-        let quick = std::env::var("LOCKSTEP_BENCH_QUICK").is_ok_and(|v| v == "1");
-        let runs = std::env::var("LOCKSTEP_BENCH_RUNS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if quick { 1 } else { 5 })
-            .max(1);
+        let quick = quick();
+        let runs = env_or("LOCKSTEP_BENCH_RUNS", if quick { 1 } else { 5 }).max(1);
         Self {
             runs,
             quick,
-            sections: list(
+            sections: env_list(
                 "LOCKSTEP_BENCH_ONLY",
                 vec![
                     "run".into(),
@@ -137,9 +123,9 @@ impl Cfg {
                     "route".into(),
                 ],
             ),
-            sizes: list("LOCKSTEP_BENCH_AGENTS", vec![10, 100, 1_000, 10_000]),
-            workers: list("LOCKSTEP_BENCH_WORKERS", vec![1, 2]),
-            msgs: list("LOCKSTEP_BENCH_MSGS", vec![10, 50]),
+            sizes: env_list("LOCKSTEP_BENCH_AGENTS", vec![10, 100, 1_000, 10_000]),
+            workers: env_list("LOCKSTEP_BENCH_WORKERS", vec![1, 2]),
+            msgs: env_list("LOCKSTEP_BENCH_MSGS", vec![10, 50]),
         }
     }
 
@@ -163,86 +149,11 @@ impl Cfg {
 
 // ---------------------------------------------------------------- stats ---
 
-/// The `q` quantile of sorted samples, as the Node peer computes it.
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-/// (p50, p99) in µs of per-tick durations.
-fn quantiles(mut us: Vec<f64>) -> (f64, f64) {
-    us.sort_by(f64::total_cmp);
-    (pct(&us, 0.5), pct(&us, 0.99))
-}
-
 fn us(d: Duration) -> f64 {
     d.as_nanos() as f64 / 1e3
 }
 
-#[path = "../../tests/bench_support/stat.rs"]
-mod stat;
-use stat::Stat;
-
-/// Samples of every figure, by key, over the rounds.
-#[derive(Debug, Default)]
-struct Samples(BTreeMap<String, Vec<f64>>);
-
-impl Samples {
-    fn push(&mut self, key: String, v: f64) {
-        self.0.entry(key).or_default().push(v);
-    }
-
-    fn stat(&self, key: &str) -> Stat {
-        Stat::of(self.0.get(key).map_or(&[][..], Vec::as_slice))
-    }
-}
-
-// ------------------------------------------------------------- machine ---
-
-fn sh(cmd: &str) -> String {
-    Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn machine() -> String {
-    format!(
-        "nproc {} | {} | Linux {}",
-        sh("nproc"),
-        sh("lscpu | sed -n 's/^Model name: *//p' | head -1"),
-        sh("uname -r"),
-    )
-}
-
 // ------------------------------------------------------------ lockstep ---
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(format!("lockstep-bench-tick-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create scratch dir");
-        Self(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Starts a run of `count` instances of `module` (a file in `dir`) over
 /// `workers` workers, with metrics and control socket off (the board too
@@ -305,10 +216,10 @@ fn lockstep_tick(cfg: &Cfg, dir: &Path, n: u64, workers: usize) -> RunTick {
     }
     end_run(run);
     let med = |f: fn(&TickTiming) -> Duration| {
-        let v: Vec<f64> = phases.iter().map(|p| us(f(p))).collect();
-        quantiles(v).0
+        let mut v: Vec<f64> = phases.iter().map(|p| us(f(p))).collect();
+        p50_p99(&mut v).0
     };
-    let (p50, p99) = quantiles(lat);
+    let (p50, p99) = p50_p99(&mut lat);
     RunTick {
         p50,
         p99,
@@ -362,7 +273,7 @@ fn messages(cfg: &Cfg, dir: &Path, n: u64, k: u32, workers: usize) -> MsgRound {
     let t = timed as f64;
     MsgRound {
         per_tick: delivered as f64 / t,
-        tick_us: quantiles(lat).0,
+        tick_us: p50_p99(&mut lat).0,
         wall_rate: delivered as f64 / wall.as_secs_f64(),
         route_rate: delivered as f64 / route.as_secs_f64(),
         route_us: us(route) / t,
@@ -437,10 +348,6 @@ fn route_only(cfg: &Cfg, dir: &Path, n: u64, k: u32) -> (f64, f64) {
 
 // ---------------------------------------------------- in-process bound ---
 
-#[path = "../../tests/bench_support/bare.rs"]
-mod bare;
-use bare::{Bare, bare_agent};
-
 fn bare_agents(rt: &Runtime, module: &AgentModule, ids: impl Iterator<Item = u64>) -> Vec<Bare> {
     let lim = AgentLimits {
         memory_bytes: 1 << 20,
@@ -454,7 +361,7 @@ fn in_process(cfg: &Cfg, rt: &Runtime, module: &Arc<AgentModule>, n: u64) -> (f6
     let (warm, timed) = cfg.ticks(n);
     let barrier = Barrier::new(2);
     let limit = AgentLimits::default().fuel_per_call;
-    let lat = std::thread::scope(|s| {
+    let mut lat = std::thread::scope(|s| {
         let mut handles = Vec::new();
         for t in 0..2u64 {
             let (barrier, module) = (&barrier, module.clone());
@@ -490,30 +397,21 @@ fn in_process(cfg: &Cfg, rt: &Runtime, module: &Arc<AgentModule>, n: u64) -> (f6
         }
         out
     });
-    quantiles(lat)
+    p50_p99(&mut lat)
 }
-
-// --------------------------------------------------------- Node.js peer ---
-
-#[path = "../../tests/bench_support/table.rs"]
-mod table;
-use table::thousands;
-
-#[path = "../../tests/bench_support/node_peer.rs"]
-mod node_peer;
-use node_peer::NodePeer;
 
 // ----------------------------------------------------------------- main ---
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let cfg = Cfg::from_env();
-    let scratch = Scratch::new();
-    std::fs::write(scratch.0.join("noop.wat"), NOOP_WAT).expect("write noop.wat");
+    let scratch = Scratch::new("tick");
+    let dir = scratch.path();
+    std::fs::write(dir.join("noop.wat"), NOOP_WAT).expect("write noop.wat");
     let started = Instant::now();
     println!("# Lockstep tick benchmark");
     println!();
-    println!("machine: {}", machine());
+    preamble();
     println!(
         "rounds: {}{} · sizes {:?} · workers {:?} · sections {:?}",
         cfg.runs,
@@ -522,10 +420,9 @@ fn main() {
         cfg.workers,
         cfg.sections
     );
-    println!("load at start: {}", loadavg());
 
     let node = if cfg.on("node") {
-        match NodePeer::prepare(&scratch.0) {
+        match NodePeer::prepare(dir) {
             Ok(p) => Some(p),
             Err(e) => {
                 println!("Node.js peer skipped: {e}");
@@ -544,7 +441,7 @@ fn main() {
             .expect("noop module"),
     );
 
-    let mut s = Samples::default();
+    let mut s: Samples<String> = Samples::default();
     let mut loads = Vec::new();
     let mut node_variants: Vec<String> = Vec::new();
     for round in 0..cfg.runs {
@@ -553,7 +450,7 @@ fn main() {
         if cfg.on("run") {
             for &n in &cfg.sizes {
                 for &w in &cfg.workers {
-                    let r = lockstep_tick(&cfg, &scratch.0, n, w);
+                    let r = lockstep_tick(&cfg, dir, n, w);
                     eprintln!(
                         "  lockstep N={n} workers={w}: p50 {:.1} µs p99 {:.1} µs",
                         r.p50, r.p99
@@ -592,7 +489,7 @@ fn main() {
         if cfg.on("msg") {
             for &k in &cfg.msgs {
                 let w = 2;
-                let r = messages(&cfg, &scratch.0, 1_000, k, w);
+                let r = messages(&cfg, dir, 1_000, k, w);
                 eprintln!(
                     "  messages K={k}: {:.0}/tick, {:.2} M/s wall, {:.2} M/s routing",
                     r.per_tick,
@@ -611,7 +508,7 @@ fn main() {
         }
         if cfg.on("route") {
             for &k in &cfg.msgs {
-                let (plan, finish) = route_only(&cfg, &scratch.0, 1_000, k);
+                let (plan, finish) = route_only(&cfg, dir, 1_000, k);
                 let msgs = 1_000.0 * f64::from(k);
                 eprintln!(
                     "  routing only K={k}: begin_tick {plan:.0} µs, finish_tick {finish:.0} µs, {:.2} M msg/s",

@@ -23,6 +23,12 @@
 //! `LOCKSTEP_AGENTS_DIR` (default `<workspace>/target/agents`).  Every figure
 //! is the median over runs, with the min–max across runs.
 
+use lockstep_bench_support::bare::bare_agent;
+use lockstep_bench_support::knobs::{env_list, env_or, quick};
+use lockstep_bench_support::machine::loadavg;
+use lockstep_bench_support::paths::workspace_root;
+use lockstep_bench_support::process::{VmStatus, page_size, statm_self, vm_status};
+use lockstep_bench_support::{NOOP_WAT, Stat, preamble};
 use lockstep_supervisor::child::{Child, ChildSpec};
 use lockstep_supervisor::reaper::Reaper;
 use lockstep_worker::agent::{Agent, Runtime};
@@ -51,11 +57,6 @@ const WORKER_RING: usize = lockstep_supervisor::config::WORKER_RING;
 const AS_LIMIT: u64 = 8 << 30;
 const POPULATIONS: [usize; 4] = [1, 100, 1_000, 10_000];
 const SEED: u64 = 42;
-
-/// The minimal agent: the ABI's exports, `agent_step` increments a global.
-#[path = "../../tests/bench_support/noop.rs"]
-mod noop;
-use noop::NOOP_WAT;
 
 /// An agent with `pages` pages of memory, all filled with 0xA5 by
 /// `agent_init` (section 3).
@@ -105,21 +106,14 @@ struct Cfg {
 
 impl Cfg {
     fn from_env() -> Self {
-        let quick = std::env::var("LOCKSTEP_BENCH_QUICK").is_ok_and(|v| v == "1");
-        let runs = std::env::var("LOCKSTEP_BENCH_RUNS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if quick { 1 } else { 5 })
-            .max(1);
+        let quick = quick();
+        let runs = env_or("LOCKSTEP_BENCH_RUNS", if quick { 1 } else { 5 }).max(1);
         Self {
             runs,
             quick,
             steps: if quick { 20_000 } else { 200_000 },
             big: 10_000,
-            sections: std::env::var("LOCKSTEP_BENCH_ONLY")
-                .ok()
-                .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-                .unwrap_or_else(|| vec![1, 2, 3, 4]),
+            sections: env_list("LOCKSTEP_BENCH_ONLY", vec![1, 2, 3, 4]),
             policy: match std::env::var("LOCKSTEP_BENCH_POLICY").as_deref() {
                 Ok("adaptive") => ("adaptive".into(), WaitPolicy::ADAPTIVE),
                 Ok("spin") => ("spin".into(), WaitPolicy::SPIN),
@@ -133,104 +127,22 @@ impl Cfg {
                 ),
             },
             worker_args: Vec::new(),
-            populations: std::env::var("LOCKSTEP_BENCH_AGENTS")
-                .ok()
-                .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-                .unwrap_or_else(|| POPULATIONS.to_vec()),
-            paths: std::env::var("LOCKSTEP_BENCH_PATHS")
-                .ok()
-                .map(|v| v.split(',').map(|x| x.trim().to_owned()).collect())
-                .unwrap_or_else(|| vec!["direct".into(), "tick".into(), "ring".into()]),
+            populations: env_list("LOCKSTEP_BENCH_AGENTS", POPULATIONS.to_vec()),
+            paths: env_list(
+                "LOCKSTEP_BENCH_PATHS",
+                vec!["direct".into(), "tick".into(), "ring".into()],
+            ),
         }
     }
 }
 
 // ---------------------------------------------------------------- stats ---
 
-#[path = "../../tests/bench_support/bare.rs"]
-mod bare;
-use bare::bare_agent;
-#[path = "../../tests/bench_support/stat.rs"]
-mod stat;
-use stat::Stat;
-
 fn ns_per(elapsed: Duration, n: usize) -> f64 {
     elapsed.as_nanos() as f64 / n as f64
 }
 
-// ------------------------------------------------------------- machine ---
-
-fn sh(cmd: &str) -> String {
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn machine() -> String {
-    format!(
-        "nproc {} | {} | Linux {} | load {}",
-        sh("nproc"),
-        sh("lscpu | sed -n 's/^Model name: *//p' | head -1"),
-        sh("uname -r"),
-        loadavg()
-    )
-}
-
-// ---------------------------------------------------------- procfs, mm ---
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(p).unwrap_or(4096)
-}
-
-/// (VmSize, VmRSS) of this process in bytes, from /proc/self/statm.
-fn statm() -> (u64, u64) {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let mut f = s.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
-    let page = page_size() as u64;
-    let size = f.next().unwrap_or(0) * page;
-    let rss = f.next().unwrap_or(0) * page;
-    (size, rss)
-}
-
-/// `VmPeak`, `VmSize`, `VmHWM`, `VmRSS` of a process, in bytes.
-#[derive(Debug, Clone, Copy, Default)]
-struct VmStatus {
-    peak: u64,
-    size: u64,
-    hwm: u64,
-    rss: u64,
-}
-
-fn vm_status(pid: u32) -> VmStatus {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let mut v = VmStatus::default();
-    for line in s.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(k), Some(n)) = (it.next(), it.next()) else {
-            continue;
-        };
-        let bytes = n.parse::<u64>().unwrap_or(0) * 1024;
-        match k {
-            "VmPeak:" => v.peak = bytes,
-            "VmSize:" => v.size = bytes,
-            "VmHWM:" => v.hwm = bytes,
-            "VmRSS:" => v.rss = bytes,
-            _ => {}
-        }
-    }
-    v
-}
+// ------------------------------------------------------------------ mm ---
 
 /// Copies `src` into a fresh private anonymous mapping (the machine's
 /// first-touch rate: page faults plus zeroing, the floor under any restore
@@ -293,10 +205,8 @@ struct ModuleSrc {
 }
 
 fn agents_dir() -> PathBuf {
-    std::env::var_os("LOCKSTEP_AGENTS_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/agents"),
-        PathBuf::from,
-    )
+    std::env::var_os("LOCKSTEP_AGENTS_DIR")
+        .map_or_else(|| workspace_root().join("target/agents"), PathBuf::from)
 }
 
 fn modules(_tmp: &Path) -> Vec<ModuleSrc> {
@@ -723,7 +633,7 @@ fn probe(module_name: &str) {
     let rt = w.runtime().clone();
     // First instantiation (lazy per-module set-up) outside the measurement.
     drop(Agent::instantiate(&rt, module.clone(), 0, limits()).expect("warm-up"));
-    let (vm0, rss0) = statm();
+    let (vm0, rss0) = statm_self();
     let t0 = Instant::now();
     let mut agents: Vec<Agent> = (1..=n as u64)
         .map(|id| Agent::instantiate(&rt, module.clone(), id, limits()).expect("instantiate"))
@@ -738,7 +648,7 @@ fn probe(module_name: &str) {
     for a in &mut agents {
         assert!(a.step(1, None, 0).fault.is_none());
     }
-    let (vm1, rss1) = statm();
+    let (vm1, rss1) = statm_self();
     let mut lin_size = 0u64;
     let mut lin_resident = 0u64;
     for a in &mut agents {
@@ -1076,7 +986,7 @@ fn main() {
     let (reaper, _deaths) = Reaper::start().expect("reaper");
     println!("# lockstep-worker benchmarks");
     println!();
-    println!("machine: {}", machine());
+    preamble();
     println!(
         "runs: {} (median, min–max over runs){}; {} steps per run in section 1; {} agents in sections 2 and 4; ring wait policy of the bench side: {}",
         cfg.runs,

@@ -1,8 +1,8 @@
 //! The Node.js peer of the specification's architecture
-//! (`../shared/peers/node-seed-tick`, or `LOCKSTEP_NODE_PEER`), run beside
-//! Lockstep's benches in the same run (`#[path]`-included by the bench
-//! binaries that compare with it).
+//! (`../shared/peers/node-seed-tick` beside the workspace, or
+//! `LOCKSTEP_NODE_PEER`), run beside Lockstep's benches in the same run.
 
+use crate::paths::workspace_root;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +11,7 @@ use std::process::Command;
 pub type PeerResults = BTreeMap<(String, u64), (f64, f64)>;
 
 /// A prepared copy of the peer.
+#[derive(Debug)]
 pub struct NodePeer {
     dir: PathBuf,
 }
@@ -37,8 +38,7 @@ impl NodePeer {
     pub fn prepare(scratch: &Path) -> Result<Self, String> {
         let src = std::env::var_os("LOCKSTEP_NODE_PEER").map_or_else(
             || {
-                let local =
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/node-seed-tick");
+                let local = workspace_root().join("../shared/peers/node-seed-tick");
                 if local.is_dir() {
                     local
                 } else {

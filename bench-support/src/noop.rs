@@ -1,5 +1,4 @@
-//! The minimal agent every benchmark measures against, shared by the bench
-//! binaries (`#[path]`-included: benches of different crates).
+//! The minimal agent every benchmark measures against.
 
 /// The ABI's exports; `agent_step` increments a global.
 pub const NOOP_WAT: &str = r#"(module

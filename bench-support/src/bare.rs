@@ -1,8 +1,7 @@
 //! Agents outside the worker's command path, for the benches' in-process
 //! floor: a `Store` per agent on the worker's runtime (same engine, linker,
 //! host state and limits), `agent_init` done and the step context of tick 1
-//! written into the agent's buffer.  Shared by the bench binaries
-//! (`#[path]`-included).
+//! written into the agent's buffer (feature `bare`).
 
 use lockstep_worker::agent::{Runtime, encode_context};
 use lockstep_worker::engine::AgentModule;
