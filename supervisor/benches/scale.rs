@@ -1,6 +1,6 @@
 //! Scale through the CLI a user runs (no Criterion): `cargo build --release
 //! --workspace --bins && cargo bench -p lockstep-supervisor --bench scale`.
-//! Results: docs/benchmarks.md.
+//! Results: docs/benchmarks.md, "Scale through the CLI".
 //!
 //! For each population (10 … 100,000 no-op agents of 64 KiB, 2 workers) it
 //! runs `lockstep run MANIFEST --no-board --no-metrics --json` — the
@@ -12,23 +12,33 @@
 //! Atomics variant) runs the same sizes in the same round; where it cannot
 //! run a size the table says so.
 //!
+//! The table is printed; with `LOCKSTEP_BENCH_WRITE_DOCS=1`, and only when
+//! every default size ran, it also replaces the table between the
+//! `scale-table` markers of docs/benchmarks.md (with the date, the rounds
+//! and the machine line).
+//!
 //! Knobs: `LOCKSTEP_BENCH_RUNS` (rounds, default 3), `LOCKSTEP_SCALE_SIZES`
-//! (default `10,100,1000,10000,100000`), `LOCKSTEP_NODE_PEER`.
+//! (default `10,100,1000,10000,100000`), `LOCKSTEP_NODE_PEER`,
+//! `LOCKSTEP_BENCH_WRITE_DOCS`.
 
+use lockstep_bench_support::docs::{self, utc_minute, write_docs_requested};
 use lockstep_bench_support::knobs::{env_list, env_or};
 use lockstep_bench_support::node_peer::NodePeer;
-use lockstep_bench_support::paths::{Scratch, target_bin};
+use lockstep_bench_support::paths::{Scratch, target_bin, workspace_root};
 use lockstep_bench_support::process::tree_rss_kib;
 use lockstep_bench_support::table::thousands_f64;
-use lockstep_bench_support::{NOOP_WAT, Stat, Table, preamble, thousands};
+use lockstep_bench_support::{Machine, NOOP_WAT, Stat, Table, preamble, thousands};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-/// The sizes a full run measures.
+/// The sizes a full run measures (and the docs' table shows).
 const SIZES: [u64; 5] = [10, 100, 1_000, 10_000, 100_000];
+/// The markers of the table in docs/benchmarks.md.
+const BEGIN: &str = "<!-- scale-table:begin -->";
+const END: &str = "<!-- scale-table:end -->";
 
 /// Ticks per run for `n` agents (the Node.js peer measures as many).
 fn ticks_for(n: u64) -> u64 {
@@ -115,7 +125,7 @@ fn run_cli(scratch: &Path, n: u64) -> Result<CliRun, String> {
     })
 }
 
-/// The table of a run.
+/// The table of a run, as it stands in the docs.
 fn table(
     sizes: &[u64],
     samples: &BTreeMap<(u64, &str), Vec<f64>>,
@@ -157,11 +167,25 @@ fn table(
     t
 }
 
+/// Writes the table into docs/benchmarks.md (between [`BEGIN`] and [`END`]).
+fn write_docs(machine: &Machine, rounds: usize, started: SystemTime, table: &Table) {
+    let doc = workspace_root().join("docs/benchmarks.md");
+    let content = format!(
+        "`cargo bench -p lockstep-supervisor --bench scale`, {}, {rounds} rounds.\n\
+         Machine: {machine}.\n\n{table}",
+        utc_minute(started)
+    );
+    match docs::write_between(&doc, BEGIN, END, &content) {
+        Ok(()) => println!("\nwrote the table into {}", doc.display()),
+        Err(e) => eprintln!("\nthe table was not written into the docs: {e}"),
+    }
+}
+
 fn main() {
     let rounds: usize = env_or("LOCKSTEP_BENCH_RUNS", 3);
     let sizes: Vec<u64> = env_list("LOCKSTEP_SCALE_SIZES", SIZES.to_vec());
     println!("# Scale through the CLI");
-    preamble();
+    let machine = preamble();
     let lockstep = target_bin("lockstep");
     if !lockstep.is_file() {
         eprintln!(
@@ -170,6 +194,7 @@ fn main() {
         );
         return;
     }
+    let started = SystemTime::now();
     let dir = Scratch::new("scale");
     let scratch = dir.path();
     std::fs::write(scratch.join("noop.wat"), NOOP_WAT).expect("noop.wat");
@@ -236,4 +261,17 @@ fn main() {
     let table = table(&sizes, &samples, &failures);
     println!();
     print!("{table}");
+    if write_docs_requested() {
+        // Every size of a full run, each run by Lockstep in every round.
+        let complete = SIZES.iter().all(|n| {
+            sizes.contains(n) && samples.get(&(*n, "p50")).is_some_and(|v| v.len() == rounds)
+        });
+        if complete && rounds > 0 {
+            write_docs(&machine, rounds, started, &table);
+        } else {
+            eprintln!(
+                "\nthe table was not written into the docs: not every size of {SIZES:?} ran in every round"
+            );
+        }
+    }
 }
