@@ -12,9 +12,10 @@
 # inference-host/benches/gpu.rs (MLP, Magika and MiniLM at batch 1, 64 and 1,024:
 # CPU vs CUDA latency p50/p99 and spread, throughput, registry overhead vs a
 # direct ort session, max abs difference CPU vs CUDA, CUDA run-to-run bit
-# equality), then the demo run with `--device cuda` and its `verify`, and
-# the same demo on the CPU for comparison.  Exits non-zero when the CUDA
-# demo or its verification fails.
+# equality), then the demo run with `--device cuda`, verified on CUDA
+# (bitwise) and on the CPU (every CUDA answer equal within its model's
+# tolerance), and the same demo on the CPU for comparison.  Exits non-zero
+# when the CUDA demo or either verification fails.
 #
 # Where the CUDA/cuDNN libraries are not in the loader's path or
 # .deps/cuda/lib, set LD_LIBRARY_PATH to their directories: the supervisor
@@ -70,7 +71,10 @@ status=0
 rm -rf "$out/demo-cuda" "$out/demo-cpu"
 if "$bin/lockstep" run "$repo/examples/demo.toml" --device cuda --run-dir "$out/demo-cuda" --json >"$out/demo-cuda.json"; then
     cat "$out/demo-cuda.json"
-    "$bin/lockstep" verify "$out/demo-cuda" || status=1
+    echo "-- verify on CUDA (the same device: bitwise)"
+    "$bin/lockstep" verify "$out/demo-cuda" --device cuda || status=1
+    echo "-- verify on the CPU (the answers of CUDA within tolerance)"
+    "$bin/lockstep" verify "$out/demo-cuda" --device cpu || status=1
 else
     log "the demo with --device cuda failed"
     status=1

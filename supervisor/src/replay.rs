@@ -251,7 +251,7 @@ impl Recorded {
         }
         match self.device.as_str() {
             "" | "cpu" => "cpu".into(),
-            d if resuming => d.to_owned(),
+            d if resuming && lockstep_common::is_device(d) => d.to_owned(),
             _ => "auto".into(),
         }
     }
