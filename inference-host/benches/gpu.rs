@@ -25,6 +25,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use lockstep_bench_support::knobs::env_or;
+use lockstep_bench_support::preamble;
+use lockstep_bench_support::stat::{coefficient_of_variation, percentile};
 use lockstep_common::text_model::{self, TextKind};
 use lockstep_inference_host::gpu;
 use lockstep_inference_host::{DevicePref, HostOptions, ModelRegistry, init_runtime};
@@ -108,13 +111,6 @@ const CASES: &[Case] = &[
 ];
 
 const BATCHES: &[u64] = &[1, 64, 1024];
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The library to load and whether CUDA can be tried with it.
 fn runtime() -> (Environment, String, bool) {
@@ -204,16 +200,15 @@ fn timed(iters: u64, budget: Duration, mut f: impl FnMut()) -> Vec<Duration> {
     out
 }
 
+/// The `p` quantile of sorted latencies.
 fn pct(v: &[Duration], p: f64) -> Duration {
-    v[((v.len() - 1) as f64 * p).round() as usize]
+    percentile(v, p).unwrap_or_default()
 }
 
 /// Coefficient of variation of the latencies, in %.
 fn spread(v: &[Duration]) -> f64 {
     let xs: Vec<f64> = v.iter().map(Duration::as_secs_f64).collect();
-    let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
-    100.0 * var.sqrt() / mean
+    coefficient_of_variation(&xs)
 }
 
 fn fmt(d: Duration) -> String {
@@ -309,9 +304,11 @@ fn measure(
 }
 
 fn main() {
+    println!("# Inference CPU vs CUDA\n");
+    preamble();
     let (env, lib, driver) = runtime();
-    let iters = knob("GPU_CHECK_ITERS", 100);
-    let budget = Duration::from_secs(knob("GPU_CHECK_SECONDS", 10));
+    let iters: u64 = env_or("GPU_CHECK_ITERS", 100);
+    let budget = Duration::from_secs(env_or("GPU_CHECK_SECONDS", 10));
     println!("ONNX Runtime: {lib}");
     println!(
         "| model | batch | device | p50 | p99 | spread (CV) | rows/s | registry vs direct ort | max abs diff CPU vs CUDA | CUDA run to run |"

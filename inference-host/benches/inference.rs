@@ -19,6 +19,9 @@
 mod common;
 
 use common::{blake3_hex, env, mlp_input, model};
+use lockstep_bench_support::knobs::env_or;
+use lockstep_bench_support::preamble;
+use lockstep_bench_support::stat::{percentile, quantile};
 use lockstep_inference_host::{DevicePref, HostOptions, ModelRegistry};
 use lockstep_supervisor::child::{Child, ChildSpec};
 use lockstep_supervisor::reaper::Reaper;
@@ -40,16 +43,9 @@ const MODELS: &[(&str, &str, &str)] = &[
     ("magika", "standard_v3_3", "magika.onnx"),
 ];
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
-    v[v.len() / 2]
+    percentile(&v, 0.5).unwrap_or_default()
 }
 
 /// Median of `iters` timed calls.
@@ -219,8 +215,7 @@ fn latency_table(names: &[&str], paths: &[Vec<Duration>], mut overheads: Vec<f64
         medians.push(m);
         println!("| {name} | {} | {} | {} |", us(m), us(lo), us(hi));
     }
-    overheads.sort_by(f64::total_cmp);
-    let overhead = overheads[overheads.len() / 2];
+    let overhead = quantile(&mut overheads, 0.5);
     println!(
         "\nhost overhead per request (median over runs of host − direct): {:.1} µs ({:.1} % of the direct call); target ≤ 50 µs or ≤ 5 %",
         overhead * 1e6,
@@ -234,8 +229,11 @@ fn us(d: Duration) -> String {
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
-    let runs = knob("BENCH_RUNS", 7);
-    let iters = knob("BENCH_ITERS", 2000);
+    let runs: usize = env_or("BENCH_RUNS", 7);
+    let iters: usize = env_or("BENCH_ITERS", 2000);
+    println!("# Inference host benchmark\n");
+    preamble();
+    println!();
     let x1 = mlp_input(1, 1);
     let req = |i: u64| InferenceRequest {
         request_key: i,

@@ -29,6 +29,9 @@
 mod common;
 
 use common::{env, repo};
+use lockstep_bench_support::knobs::{env_list, env_or};
+use lockstep_bench_support::stat::percentile;
+use lockstep_bench_support::{Stat, preamble};
 use lockstep_common::text_model::{self, TextKind};
 use lockstep_inference_host::text::Tokenizer;
 use lockstep_inference_host::{DevicePref, HostOptions, ModelRegistry};
@@ -58,13 +61,6 @@ const TEXTS: [&str; 8] = [
     "Mortgage lenders tightened credit as house prices slipped and buyers waited for better offers.",
     "The goalkeeper saved a penalty in extra time.",
 ];
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn file(name: &str) -> PathBuf {
     let p = repo().join(".deps/models").join(name);
@@ -215,18 +211,12 @@ impl Host {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1e3)
-}
-
 fn main() {
-    let runs = knob("BENCH_RUNS", 3);
-    let iters = knob("BENCH_ITERS", 100);
+    let runs: usize = env_or("BENCH_RUNS", 3);
+    let iters: usize = env_or("BENCH_ITERS", 100);
+    println!("# Text embedding benchmark\n");
+    preamble();
+    println!();
     let mut registry = ModelRegistry::new(
         env(),
         HostOptions {
@@ -244,10 +234,7 @@ fn main() {
     let mut host = Host::start();
 
     println!("text embedding (all-MiniLM-L6-v2 int8), {runs} runs × {iters} calls per path");
-    let batches: Vec<usize> = std::env::var("BENCH_BATCHES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 32]);
+    let batches: Vec<usize> = env_list("BENCH_BATCHES", vec![1, 32]);
     for batch in batches {
         let reqs = requests(batch);
         let (shape, inputs) = padded(&tok, batch);
@@ -285,7 +272,10 @@ fn main() {
             }
             for (path, mut v) in times.into_iter().enumerate() {
                 v.sort();
-                table[path].push([percentile(&v, 0.5), percentile(&v, 0.99)]);
+                table[path].push([
+                    percentile(&v, 0.5).unwrap_or_default(),
+                    percentile(&v, 0.99).unwrap_or_default(),
+                ]);
             }
         }
         println!(
@@ -302,14 +292,8 @@ fn main() {
         .zip(&table)
         {
             let cell = |k: usize| {
-                let mut v: Vec<Duration> = rows.iter().map(|r| r[k]).collect();
-                v.sort();
-                format!(
-                    "{} ({}–{})",
-                    ms(v[v.len() / 2]),
-                    ms(v[0]),
-                    ms(v[v.len() - 1])
-                )
+                let v: Vec<f64> = rows.iter().map(|r| r[k].as_secs_f64() * 1e3).collect();
+                Stat::of(&v).show(2)
             };
             println!("| {name} | {} | {} |", cell(0), cell(1));
         }

@@ -47,6 +47,9 @@
 // crate-wide ban only protects the loom facade of the library itself.
 #![allow(clippy::disallowed_types)]
 
+use lockstep_bench_support::pin::{pin_or_warn, two_cpus};
+use lockstep_bench_support::quiet::CpuSnapshot;
+use lockstep_bench_support::{Stat, preamble};
 use shm_protocol::segment::{Backing, Segment, SegmentConfig};
 use shm_protocol::{Endpoint, PidFd, Receiver, Sender, WaitPolicy};
 use std::fmt::Write as _;
@@ -183,35 +186,12 @@ impl Config {
             batch: env_usize("LOCKSTEP_BENCH_BATCH").unwrap_or(64).max(1),
             pidfd: std::env::var("LOCKSTEP_BENCH_PIDFD").map_or(true, |v| v != "0"),
             filters,
-            cpus: pick_cpus(),
+            cpus: two_cpus(),
         }
     }
 
     fn selected(&self, row: &str) -> bool {
         self.filters.is_empty() || self.filters.iter().any(|f| row.contains(f.as_str()))
-    }
-}
-
-/// Two distinct CPUs this process may run on (parent, child), if any.
-fn pick_cpus() -> Option<(usize, usize)> {
-    use nix::sched::{CpuSet, sched_getaffinity};
-    let set = sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
-    let cpus: Vec<usize> = (0..CpuSet::count())
-        .filter(|&i| set.is_set(i).unwrap_or(false))
-        .collect();
-    match cpus.as_slice() {
-        [a, b, ..] => Some((*a, *b)),
-        _ => None,
-    }
-}
-
-fn pin_to(cpu: usize) {
-    use nix::sched::{CpuSet, sched_setaffinity};
-    let mut set = CpuSet::new();
-    if set.set(cpu).is_ok()
-        && let Err(e) = sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-    {
-        eprintln!("warning: cannot pin to CPU {cpu}: {e}");
     }
 }
 
@@ -899,7 +879,7 @@ fn child_main(spec: &str) {
         Mode::Park
     };
     if let Ok(cpu) = cpu.parse::<usize>() {
-        pin_to(cpu);
+        pin_or_warn(cpu);
     }
     let arg = std::env::var_os(ENV_ARG).expect("child argument");
     match t {
@@ -1049,29 +1029,8 @@ struct Row {
     runs: Vec<RunResult>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Stat {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn stat(mut v: Vec<f64>) -> Option<Stat> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Some(Stat {
-        median,
-        min: v[0],
-        max: v[n - 1],
-    })
+fn stat(v: Vec<f64>) -> Option<Stat> {
+    Some(Stat::of(&v)).filter(|s| !s.is_empty())
 }
 
 impl Row {
@@ -1128,18 +1087,18 @@ fn us(ns: f64) -> String {
 fn with_spread(s: Option<Stat>, f: impl Fn(f64) -> String, runs: usize) -> String {
     match s {
         None => "—".to_owned(),
-        Some(s) if runs > 1 => format!("{} ({}–{})", f(s.median), f(s.min), f(s.max)),
-        Some(s) => f(s.median),
+        Some(s) if runs > 1 => format!("{} ({}–{})", f(s.med), f(s.min), f(s.max)),
+        Some(s) => f(s.med),
     }
 }
 
 fn ratio(a: Option<Stat>, b: Option<Stat>, higher_is_better: bool) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if a.median > 0.0 && b.median > 0.0 => {
+        (Some(a), Some(b)) if a.med > 0.0 && b.med > 0.0 => {
             let r = if higher_is_better {
-                a.median / b.median
+                a.med / b.med
             } else {
-                b.median / a.median
+                b.med / a.med
             };
             format!("{r:.2}×")
         }
@@ -1165,11 +1124,7 @@ fn print_table(rows: &[Row], cfg: &Config) {
             .iter()
             .find(|s| s.t == Transport::Socketpair && s.size == r.size && s.mode == r.mode);
         let thr = r.throughput();
-        let gbs = thr.map(|s| Stat {
-            median: s.median * r.size as f64 / 1e9,
-            min: s.min * r.size as f64 / 1e9,
-            max: s.max * r.size as f64 / 1e9,
-        });
+        let gbs = thr.map(|s| s.map(|v| v * r.size as f64 / 1e9));
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -1186,84 +1141,6 @@ fn print_table(rows: &[Row], cfg: &Config) {
         );
     }
     print!("{out}");
-}
-
-/// CPU seconds spent so far by the whole machine (busy, steal) and by this
-/// bench (itself plus its waited-for children), to tell a quiet machine from
-/// a shared, busy one.
-#[derive(Debug, Clone, Copy)]
-struct CpuSnapshot {
-    at: Instant,
-    busy: f64,
-    steal: f64,
-    own: f64,
-}
-
-impl CpuSnapshot {
-    fn now() -> Option<Self> {
-        use nix::sys::resource::{UsageWho, getrusage};
-        // SAFETY: `sysconf` only reads a configuration value.
-        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        if tick <= 0 {
-            return None;
-        }
-        let tick = tick as f64;
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let v: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        // user nice system idle iowait irq softirq steal ...
-        let busy = [0, 1, 2, 5, 6]
-            .iter()
-            .filter_map(|&i| v.get(i))
-            .sum::<u64>();
-        let steal = v.get(7).copied().unwrap_or(0);
-        let secs = |u: nix::sys::resource::Usage| {
-            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-            t(u.user_time()) + t(u.system_time())
-        };
-        let own = secs(getrusage(UsageWho::RUSAGE_SELF).ok()?)
-            + secs(getrusage(UsageWho::RUSAGE_CHILDREN).ok()?);
-        Some(Self {
-            at: Instant::now(),
-            busy: busy as f64 / tick,
-            steal: steal as f64 / tick,
-            own,
-        })
-    }
-
-    /// (other processes' CPU use, steal) since `self`, as a share of all
-    /// online CPUs.
-    fn foreign_since(&self, ncpu: usize) -> Option<(f64, f64)> {
-        let now = Self::now()?;
-        let wall = now.at.duration_since(self.at).as_secs_f64() * ncpu as f64;
-        if wall <= 0.0 {
-            return None;
-        }
-        let other = (now.busy - self.busy) - (now.own - self.own);
-        Some((
-            (other / wall).clamp(0.0, 1.0),
-            ((now.steal - self.steal) / wall).clamp(0.0, 1.0),
-        ))
-    }
-}
-
-/// CPUs the machine has online (not just those this process may use).
-fn online_cpus() -> usize {
-    std::fs::read_to_string("/proc/stat")
-        .map(|s| {
-            s.lines()
-                .filter(|l| {
-                    l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
-                })
-                .count()
-        })
-        .unwrap_or(1)
-        .max(1)
 }
 
 /// Median cost of two back-to-back `Instant::now()` calls.
@@ -1288,6 +1165,8 @@ fn main() {
         return;
     }
     let cfg = Config::from_env();
+    println!("# Transport benchmark");
+    preamble();
     // A watchdog: a wedged run must not hang CI forever.
     static PROGRESS: AtomicU64 = AtomicU64::new(0);
     std::thread::spawn(|| {
@@ -1303,7 +1182,7 @@ fn main() {
         }
     });
     if let Some((p, _)) = cfg.cpus {
-        pin_to(p);
+        pin_or_warn(p);
     }
     let mut transports = vec![Transport::Shm];
     if cfg!(feature = "bench-iceoryx2") {
@@ -1350,7 +1229,6 @@ fn main() {
         timer_overhead_ns()
     );
     let started = Instant::now();
-    let ncpu = online_cpus();
     let whole = CpuSnapshot::now();
     // Runs are interleaved (run 1 of every row, then run 2, ...) so that a
     // noisy phase of the machine spreads over all rows instead of one.
@@ -1358,7 +1236,7 @@ fn main() {
         for row in rows.iter_mut() {
             let before = CpuSnapshot::now();
             let r = run_once(row.t, row.size, row.mode, &cfg);
-            let foreign = before.and_then(|b| b.foreign_since(ncpu));
+            let foreign = before.and_then(|b| b.other_load_since());
             PROGRESS.fetch_add(1, Ordering::Relaxed);
             eprintln!(
                 "  run {}/{} {:<32} {:>9} msg/s  rtt p50 {:>7} µs  p99.9 {:>7} µs  other load {:>4}",
@@ -1368,19 +1246,14 @@ fn main() {
                 r.msgs_per_s.map_or_else(|| "—".to_owned(), si),
                 r.rtt.map_or_else(|| "—".to_owned(), |p| us(p[0])),
                 r.rtt.map_or_else(|| "—".to_owned(), |p| us(p[2])),
-                foreign.map_or_else(|| "?".to_owned(), |(o, _)| format!("{:.0}%", o * 100.0)),
+                foreign.map_or_else(|| "?".to_owned(), |l| format!("{:.0}%", l.others * 100.0)),
             );
             row.runs.push(r);
         }
     }
     print_table(&rows, &cfg);
-    if let Some((other, steal)) = whole.and_then(|w| w.foreign_since(ncpu)) {
-        println!(
-            "\nOther processes used {:.1}% of the {ncpu} CPUs during the bench (steal {:.1}%); \
-             0% is a quiet machine.",
-            other * 100.0,
-            steal * 100.0
-        );
+    if let Some(l) = whole.and_then(|w| w.other_load_since()) {
+        println!("\nDuring the bench {l}; 0 % is a quiet machine.");
     }
     eprintln!(
         "transport bench: done in {:.1} s",

@@ -6,6 +6,9 @@
 //! `LOCKSTEP_BENCH_QUICK=1` for a smaller smoke run, `LOCKSTEP_BENCH_RUNS`
 //! for the number of repetitions, default 3).
 
+use lockstep_bench_support::knobs::{env_or, quick};
+use lockstep_bench_support::paths::target_bin;
+use lockstep_bench_support::{Stat, preamble};
 use lockstep_supervisor::manifest::Manifest;
 use lockstep_supervisor::replay;
 use lockstep_supervisor::run::{Run, RunConfig};
@@ -36,9 +39,7 @@ const AGENT: &str = r#"(module
   (func (export "agent_shutdown") (result i32) (i32.const 0)))"#;
 
 fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
+    let p = target_bin(name);
     assert!(
         p.is_file(),
         "{} missing: run `cargo build --release --workspace --bins`",
@@ -69,17 +70,11 @@ fn config(dir: &Path, agents: u64, workers: usize) -> RunConfig {
     cfg
 }
 
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
 fn main() {
-    let quick = std::env::var_os("LOCKSTEP_BENCH_QUICK").is_some();
-    let runs: usize = std::env::var("LOCKSTEP_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if quick { 1 } else { 3 });
+    let quick = quick();
+    let runs: usize = env_or("LOCKSTEP_BENCH_RUNS", if quick { 1 } else { 3 });
+    println!("# Checkpoint and recovery benchmark");
+    preamble();
     let agents: u64 = if quick { 100 } else { 1000 };
     let workers = 2;
     let (
@@ -123,8 +118,7 @@ fn main() {
             c.faults,
             run.state().agents.values().next().map(|a| &a.status)
         );
-        let (tick_med, _, _) = median(ticks);
-        tick_ms.push(tick_med);
+        tick_ms.push(Stat::of(&ticks).med);
         let before = pack(&run_dir);
         let t = Instant::now();
         let (file, _) = run.checkpoint().expect("checkpoint");
@@ -165,8 +159,11 @@ fn main() {
     );
     println!("{:<44} {:>12} {:>22}", "measure", "median", "range");
     let row = |name: &str, v: Vec<f64>, unit: &str| {
-        let (m, lo, hi) = median(v);
-        println!("{name:<44} {m:>9.1} {unit:<3} {lo:>9.1}–{hi:<9.1}");
+        let s = Stat::of(&v);
+        println!(
+            "{name:<44} {:>9.1} {unit:<3} {:>9.1}–{:<9.1}",
+            s.med, s.min, s.max
+        );
     };
     row("full checkpoint: time", full_ms, "ms");
     row("full checkpoint: bytes written", full_mb, "MB");

@@ -19,12 +19,16 @@
 //! Each figure is the median over rounds of the per-round p50/p99, with the
 //! min–max across rounds.
 
+use lockstep_bench_support::knobs::{env_or, quick, run_as_test};
+use lockstep_bench_support::paths::Scratch;
+use lockstep_bench_support::stat::quantile;
+use lockstep_bench_support::{Stat, Table, preamble};
 use lockstep_common::live::{
     AgentRow, ChildStatus, FLOW_WINDOW_TICKS, Flow, FlowEdge, FlowTarget, LIVE_STATE_VERSION,
     LiveState, MAX_FLOW_EDGES, RunStats,
 };
 use shm_protocol::board::{BoardReader, BoardWriter};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,16 +89,6 @@ fn state(agents: usize, tick: u64) -> LiveState {
                 .collect(),
         },
     }
-}
-
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 fn decode(bytes: &[u8]) -> LiveState {
@@ -231,16 +225,13 @@ fn main() {
         child(Path::new(b), Path::new(a));
         return;
     }
-    let quick = std::env::var("LOCKSTEP_BENCH_QUICK").is_ok_and(|v| v == "1")
-        || !std::env::args().any(|a| a == "--bench");
-    let runs: usize = std::env::var("LOCKSTEP_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 1 } else { 5 });
+    let quick = quick() || run_as_test();
+    let runs: usize = env_or("LOCKSTEP_BENCH_RUNS", if quick { 1 } else { 5 });
     let iters = if quick { 200 } else { 4_000 };
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("lockstep-bench-board-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    println!("# UI state board benchmark");
+    preamble();
+    let scratch = Scratch::new("board");
+    let dir = scratch.path();
     let sizes = [10usize, 256, 1024];
     let mut rows: Vec<Row> = sizes
         .iter()
@@ -253,36 +244,42 @@ fn main() {
         .collect();
     for _ in 0..runs {
         for (i, &n) in sizes.iter().enumerate() {
-            let s = round(&dir, n, iters);
+            let s = round(dir, n, iters);
             rows[i].publish.push(s.publish);
             rows[i].read.push(s.read);
             rows[i].visible.push(s.visible);
             rows[i].bytes = s.bytes;
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     let cell = |v: &[(f64, f64)], p99: bool| {
-        let (m, lo, hi) = median(v.iter().map(|x| if p99 { x.1 } else { x.0 }).collect());
-        format!("{m:.1} ({lo:.1}–{hi:.1})")
+        let v: Vec<f64> = v.iter().map(|x| if p99 { x.1 } else { x.0 }).collect();
+        Stat::of(&v).show(1)
     };
     println!(
         "UI state board: {runs} round(s) × {iters} publications; µs, median (min–max over rounds)"
     );
-    println!(
-        "| agent rows | state bytes | publish p50 | publish p99 | read p50 | read p99 | visible in another process p50 | p99 |"
-    );
-    println!("|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let mut t = Table::new([
+        "agent rows",
+        "state bytes",
+        "publish p50",
+        "publish p99",
+        "read p50",
+        "read p99",
+        "visible in another process p50",
+        "p99",
+    ]);
     for (i, &n) in sizes.iter().enumerate() {
         let r = &rows[i];
-        println!(
-            "| {n} | {} | {} | {} | {} | {} | {} | {} |",
-            r.bytes,
+        t.row([
+            n.to_string(),
+            r.bytes.to_string(),
             cell(&r.publish, false),
             cell(&r.publish, true),
             cell(&r.read, false),
             cell(&r.read, true),
             cell(&r.visible, false),
             cell(&r.visible, true),
-        );
+        ]);
     }
+    print!("{t}");
 }

@@ -19,6 +19,11 @@
 //!
 //! Each figure is the median over rounds, with the min–max across rounds.
 
+use lockstep_bench_support::knobs::{env_or, quick, run_as_test};
+use lockstep_bench_support::paths::Scratch;
+use lockstep_bench_support::process::cpu_seconds;
+use lockstep_bench_support::stat::quantile;
+use lockstep_bench_support::{Stat, Table, preamble};
 use lockstep_common::live::{
     AgentRow, ChildStatus, FLOW_WINDOW_TICKS, Flow, FlowEdge, FlowTarget, LIVE_STATE_VERSION,
     LiveState, MAX_FLOW_EDGES, RunStats,
@@ -94,34 +99,9 @@ fn publish(w: &mut BoardWriter, tick: u64) {
     w.publish(&enc).expect("publish");
 }
 
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
 /// The server's user + system CPU time so far, seconds.
-fn cpu_s(pid: u32, clk_tck: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    // Fields after the command name (which is in parentheses).
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 here.
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / clk_tck
-}
-
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+fn cpu_s(pid: u32) -> f64 {
+    cpu_seconds(pid).expect("the server's /proc/<pid>/stat")
 }
 
 /// One event-stream client: sends (tick, arrival) for each event.
@@ -196,7 +176,7 @@ struct Round {
     events_per_s: f64,
 }
 
-fn round(dir: &Path, clients: usize, pubs: u64, cpu_secs: f64, tck: f64) -> Round {
+fn round(dir: &Path, clients: usize, pubs: u64, cpu_secs: f64) -> Round {
     let board = dir.join(format!("state-{clients}.board"));
     let _ = std::fs::remove_file(&board);
     let mut w = BoardWriter::create(&board, CAPACITY).expect("create board");
@@ -244,7 +224,7 @@ fn round(dir: &Path, clients: usize, pubs: u64, cpu_secs: f64, tck: f64) -> Roun
     // CPU at the supervisor's publication rate.
     while rx.try_recv().is_ok() {}
     let pid = server.0.id();
-    let c0 = cpu_s(pid, tck);
+    let c0 = cpu_s(pid);
     let t0 = Instant::now();
     let mut next = t0;
     let mut events = 0u64;
@@ -260,7 +240,7 @@ fn round(dir: &Path, clients: usize, pubs: u64, cpu_secs: f64, tck: f64) -> Roun
         }
     }
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_s(pid, tck) - c0) / wall * 100.0;
+    let cpu = (cpu_s(pid) - c0) / wall * 100.0;
     drop(server);
     let _ = std::fs::remove_file(&board);
     Round {
@@ -271,16 +251,13 @@ fn round(dir: &Path, clients: usize, pubs: u64, cpu_secs: f64, tck: f64) -> Roun
 }
 
 fn main() {
-    let quick = std::env::var("LOCKSTEP_BENCH_QUICK").is_ok_and(|v| v == "1")
-        || !std::env::args().any(|a| a == "--bench");
-    let runs: usize = std::env::var("LOCKSTEP_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 1 } else { 5 });
+    let quick = quick() || run_as_test();
+    let runs: usize = env_or("LOCKSTEP_BENCH_RUNS", if quick { 1 } else { 5 });
     let (pubs, cpu_secs) = if quick { (10, 1.0) } else { (40, 5.0) };
-    let tck = clk_tck();
-    let dir = std::env::temp_dir().join(format!("lockstep-bench-dashboard-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    println!("# Web dashboard benchmark");
+    preamble();
+    let scratch = Scratch::new("dashboard");
+    let dir = scratch.path();
     let enc = shm_protocol::codec::encode(&state(1))
         .expect("encode")
         .len();
@@ -289,25 +266,26 @@ fn main() {
          latency over {pubs} publications 150 ms apart; CPU over {cpu_secs} s of 40 publications/s; \
          median (min–max over rounds)"
     );
-    println!(
-        "| event-stream clients | board → client p50 (ms) | p99 (ms) | server CPU (% of one core) | events/s per client |"
-    );
-    println!("|--:|--:|--:|--:|--:|");
+    let mut t = Table::new([
+        "event-stream clients",
+        "board → client p50 (ms)",
+        "p99 (ms)",
+        "server CPU (% of one core)",
+        "events/s per client",
+    ]);
     for clients in [1usize, 20] {
         let rounds: Vec<Round> = (0..runs)
-            .map(|_| round(&dir, clients, pubs, cpu_secs, tck))
+            .map(|_| round(dir, clients, pubs, cpu_secs))
             .collect();
-        let cell = |f: &dyn Fn(&Round) -> f64, digits: usize| {
-            let (m, lo, hi) = median(rounds.iter().map(f).collect());
-            format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
-        };
-        println!(
-            "| {clients} | {} | {} | {} | {} |",
-            cell(&|r| r.lat.0, 1),
-            cell(&|r| r.lat.1, 1),
-            cell(&|r| r.cpu, 1),
-            cell(&|r| r.events_per_s, 1),
-        );
+        let cell =
+            |f: &dyn Fn(&Round) -> f64| Stat::of(&rounds.iter().map(f).collect::<Vec<_>>()).show(1);
+        t.row([
+            clients.to_string(),
+            cell(&|r| r.lat.0),
+            cell(&|r| r.lat.1),
+            cell(&|r| r.cpu),
+            cell(&|r| r.events_per_s),
+        ]);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    print!("{t}");
 }
