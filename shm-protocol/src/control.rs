@@ -17,9 +17,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the control protocol and of the worker messages
-/// (`worker.rs`); both sides must agree exactly.  4: an agent's result
-/// reports its memory size.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// (`worker.rs`); both sides must agree exactly.  5: images carry their
+/// chunk lists sparsely.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// What a child process is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -426,12 +426,76 @@ pub struct AgentImage {
     pub module_hash: [u8; 32],
     /// Linear memory length in bytes (a multiple of [`CHUNK`]).
     pub memory_len: u64,
-    /// BLAKE3 of each chunk of memory.
+    /// BLAKE3 of each chunk of memory (encoded sparsely: the count and the
+    /// chunks that are not all zero, see [`sparse_chunks`]).
+    #[serde(with = "sparse_chunks")]
     pub chunks: Vec<[u8; 32]>,
     /// Every mutable global, in definition order.
     pub globals: Vec<GlobalValue>,
     /// Host-side counters.
     pub host: HostCounters,
+}
+
+/// Most chunks of most agents' memories are zero (a 64 KiB memory of an
+/// agent that uses 4 KiB has 15 of 16), so an image's chunk list is sent and
+/// stored as its length and the `(index, hash)` of each non-zero chunk, in
+/// increasing index order: 32 bytes per zero chunk become none.  Decoding
+/// refuses a list longer than [`sparse_chunks::MAX_CHUNKS`], an index out of
+/// range or out of order, or an entry holding the zero chunk's hash.
+pub mod sparse_chunks {
+    use super::zero_chunk_hash;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Longest chunk list accepted: a 4 GiB memory (wasm32's limit).
+    pub const MAX_CHUNKS: u32 = 1 << 20;
+
+    #[derive(Serialize, Deserialize)]
+    struct Sparse {
+        len: u32,
+        nonzero: Vec<(u32, [u8; 32])>,
+    }
+
+    /// Serializes a chunk list sparsely.
+    pub fn serialize<S: Serializer>(chunks: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+        let zero = zero_chunk_hash();
+        let len = u32::try_from(chunks.len())
+            .map_err(|_| serde::ser::Error::custom("chunk list longer than u32::MAX"))?;
+        Sparse {
+            len,
+            nonzero: chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| **h != zero)
+                .map(|(i, h)| (i as u32, *h))
+                .collect(),
+        }
+        .serialize(s)
+    }
+
+    /// Deserializes (and checks) a sparse chunk list.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
+        let sparse = Sparse::deserialize(d)?;
+        if sparse.len > MAX_CHUNKS {
+            return Err(D::Error::custom(format!(
+                "chunk list of {} chunks (at most {MAX_CHUNKS})",
+                sparse.len
+            )));
+        }
+        let zero = zero_chunk_hash();
+        let mut out = vec![zero; sparse.len as usize];
+        let mut next = 0u32;
+        for (i, h) in sparse.nonzero {
+            if i < next || i >= sparse.len || h == zero {
+                return Err(D::Error::custom(format!(
+                    "chunk list entry {i} is out of order, out of range or zero"
+                )));
+            }
+            out[i as usize] = h;
+            next = i + 1;
+        }
+        Ok(out)
+    }
 }
 
 impl AgentImage {
@@ -684,6 +748,74 @@ pub enum WorkerReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn image(chunks: Vec<[u8; 32]>) -> AgentImage {
+        AgentImage {
+            module_hash: [1; 32],
+            memory_len: chunks.len() as u64 * CHUNK as u64,
+            chunks,
+            globals: vec![GlobalValue::I32(3)],
+            host: HostCounters::default(),
+        }
+    }
+
+    proptest! {
+        /// Sparse chunk lists decode to the list encoded, and take no room
+        /// for zero chunks.
+        #[test]
+        fn sparse_chunk_lists_round_trip(pattern in proptest::collection::vec(0u8..4, 0..200)) {
+            let zero = zero_chunk_hash();
+            let chunks: Vec<[u8; 32]> = pattern
+                .iter()
+                .map(|&p| if p == 0 { zero } else { [p; 32] })
+                .collect();
+            let img = image(chunks);
+            let bytes = crate::codec::encode(&img).unwrap();
+            let back: AgentImage = crate::codec::decode(&bytes).unwrap();
+            prop_assert_eq!(&back, &img);
+            let nonzero = pattern.iter().filter(|&&p| p != 0).count();
+            prop_assert!(bytes.len() <= 120 + nonzero * 36, "{} bytes", bytes.len());
+        }
+    }
+
+    #[test]
+    fn bad_sparse_chunk_lists_are_refused() {
+        #[derive(Serialize)]
+        struct Raw {
+            module_hash: [u8; 32],
+            memory_len: u64,
+            len: u32,
+            nonzero: Vec<(u32, [u8; 32])>,
+            globals: Vec<GlobalValue>,
+            host: HostCounters,
+        }
+        let raw = |len: u32, nonzero: Vec<(u32, [u8; 32])>| {
+            crate::codec::encode(&Raw {
+                module_hash: [1; 32],
+                memory_len: u64::from(len) * CHUNK as u64,
+                len,
+                nonzero,
+                globals: Vec::new(),
+                host: HostCounters::default(),
+            })
+            .unwrap()
+        };
+        let ok: AgentImage = crate::codec::decode(&raw(3, vec![(1, [5; 32])])).unwrap();
+        assert_eq!(ok.chunks[1], [5; 32]);
+        for (what, bytes) in [
+            ("too long", raw(sparse_chunks::MAX_CHUNKS + 1, Vec::new())),
+            ("out of range", raw(2, vec![(2, [5; 32])])),
+            ("out of order", raw(4, vec![(2, [5; 32]), (1, [6; 32])])),
+            ("repeated", raw(4, vec![(1, [5; 32]), (1, [6; 32])])),
+            ("zero hash", raw(4, vec![(1, zero_chunk_hash())])),
+        ] {
+            assert!(
+                crate::codec::decode::<AgentImage>(&bytes).is_err(),
+                "{what} was accepted"
+            );
+        }
+    }
 
     /// Byte fields are serialized as byte strings (`serde_bytes`, one copy)
     /// rather than as sequences of `u8` (one call per byte); in postcard both

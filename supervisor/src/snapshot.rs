@@ -42,9 +42,9 @@ use std::path::{Path, PathBuf};
 
 /// Magic of snapshot files.
 pub const MAGIC: &[u8; 8] = b"LSSNAP\0\0";
-/// Snapshot format version (3: the state's model catalog includes the versions
-/// loaded while the run ran).
-pub const VERSION: u32 = 3;
+/// Snapshot format version (4: agent images keep their chunk lists
+/// sparsely, only the chunks that are not all zero).
+pub const VERSION: u32 = 4;
 const HEADER: usize = 56;
 
 /// A model loaded at snapshot time.

@@ -21,6 +21,14 @@ use shm_protocol::worker::{
 use std::collections::{BTreeMap, HashSet};
 use xxhash_rust::xxh3::xxh3_128;
 
+/// Whether `bytes` are all zero: 256-byte blocks OR-folded (vectorized),
+/// stopping at the first block that is not.
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(256)
+        .all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
+}
+
 /// What the imager remembers of one non-zero chunk.
 #[derive(Debug, Clone, Copy)]
 struct ChunkMemo {
@@ -90,7 +98,6 @@ pub struct Imager {
     /// Restores that failed since the last `RestoreDone`.
     errors: Vec<(u64, String)>,
     zero: [u8; 32],
-    zero_fingerprint: u128,
     /// The work of the last checkpoint.
     last: ImageStats,
 }
@@ -101,7 +108,6 @@ impl Default for Imager {
             memo: BTreeMap::new(),
             errors: Vec::new(),
             zero: zero_chunk_hash(),
-            zero_fingerprint: xxh3_128(&[0u8; CHUNK]),
             last: ImageStats::default(),
         }
     }
@@ -144,15 +150,12 @@ impl Imager {
                 let index = i as u32;
                 while old.next_if(|m| m.index < index).is_some() {}
                 let before = old.next_if(|m| m.index == index);
-                let fingerprint = xxh3_128(bytes);
-                if fingerprint == self.zero_fingerprint {
-                    // A zero chunk (the common case of a sparse memory);
-                    // its fingerprint is checked, not trusted: a zero
-                    // chunk is cheap to confirm.
-                    if bytes.iter().all(|&b| b == 0) {
-                        continue;
-                    }
+                if is_zero(bytes) {
+                    // A zero chunk (most chunks of a sparse memory): never
+                    // stored, sent or fingerprinted.
+                    continue;
                 }
+                let fingerprint = xxh3_128(bytes);
                 let unchanged = !full && before.is_some_and(|m| m.fingerprint == Some(fingerprint));
                 let hash = match before {
                     Some(m) if unchanged => m.hash,
