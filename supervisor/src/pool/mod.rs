@@ -642,8 +642,13 @@ impl WorkerPool {
         pages: &dyn ChunkSource,
     ) -> Result<(), PoolError> {
         self.rebase(base.clone());
-        for wi in 0..self.workers.len() {
-            if let Err(f) = self.restore_worker(wi, &base, pages, None) {
+        // Every worker gets its orders before any is waited for, so that
+        // the workers restore while the next one's chunks are read.
+        let sent: Vec<Result<(), RestoreFailure>> = (0..self.workers.len())
+            .map(|wi| self.send_restore(wi, &base, pages, None))
+            .collect();
+        for (wi, sent) in sent.into_iter().enumerate() {
+            if let Err(f) = sent.and_then(|()| self.finish_restore(wi)) {
                 match f {
                     RestoreFailure::Chunks(e) => return Err(PoolError::Restore(e)),
                     RestoreFailure::Worker(cause) => {
@@ -658,6 +663,20 @@ impl WorkerPool {
     /// Restores into worker `wi` the agents of `body` it hosts (only those
     /// in `subset`, if given).
     fn restore_worker(
+        &mut self,
+        wi: usize,
+        body: &SnapshotBody,
+        pages: &dyn ChunkSource,
+        subset: Option<&[u64]>,
+    ) -> Result<(), RestoreFailure> {
+        self.send_restore(wi, body, pages, subset)?;
+        self.finish_restore(wi)
+    }
+
+    /// Sends worker `wi` the restore orders of the agents of `body` it
+    /// hosts (only those in `subset`, if given), their chunks read from
+    /// `pages` (which verifies each).
+    fn send_restore(
         &mut self,
         wi: usize,
         body: &SnapshotBody,
@@ -699,6 +718,12 @@ impl WorkerPool {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Waits for worker `wi` to finish the restores it was sent.
+    fn finish_restore(&mut self, wi: usize) -> Result<(), RestoreFailure> {
+        let timeout = Duration::from_secs(600);
         match self.workers[wi].request(WorkerCommand::RestoreDone, timeout) {
             Ok(WorkerReply::Restored { errors }) if errors.is_empty() => Ok(()),
             Ok(WorkerReply::Restored { errors }) => {
