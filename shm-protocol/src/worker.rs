@@ -426,75 +426,119 @@ pub struct AgentImage {
     pub module_hash: [u8; 32],
     /// Linear memory length in bytes (a multiple of [`CHUNK`]).
     pub memory_len: u64,
-    /// BLAKE3 of each chunk of memory (encoded sparsely: the count and the
-    /// chunks that are not all zero, see [`sparse_chunks`]).
-    #[serde(with = "sparse_chunks")]
-    pub chunks: Vec<[u8; 32]>,
+    /// BLAKE3 of each chunk of memory.
+    pub chunks: ChunkList,
     /// Every mutable global, in definition order.
     pub globals: Vec<GlobalValue>,
     /// Host-side counters.
     pub host: HostCounters,
 }
 
-/// Most chunks of most agents' memories are zero (a 64 KiB memory of an
-/// agent that uses 4 KiB has 15 of 16), so an image's chunk list is sent and
-/// stored as its length and the `(index, hash)` of each non-zero chunk, in
-/// increasing index order: 32 bytes per zero chunk become none.  Decoding
-/// refuses a list longer than [`sparse_chunks::MAX_CHUNKS`], an index out of
-/// range or out of order, or an entry holding the zero chunk's hash.
-pub mod sparse_chunks {
-    use super::zero_chunk_hash;
-    use serde::de::Error as _;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+/// The BLAKE3 of every chunk of an agent's memory, kept (in memory, on the
+/// wire and in snapshots) as the list's length and the `(index, hash)` of
+/// each chunk that is not all zero, in increasing index order.  Most chunks
+/// of most agents' memories are zero (a 64 KiB memory of an agent that uses
+/// 4 KiB has 15 of 16), so 32 bytes per zero chunk become none.  Decoding
+/// refuses a list longer than [`ChunkList::MAX`], an index out of range or
+/// out of order, or an entry holding the zero chunk's hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChunkList {
+    len: u32,
+    nonzero: Vec<(u32, [u8; 32])>,
+}
 
-    /// Longest chunk list accepted: a 4 GiB memory (wasm32's limit).
-    pub const MAX_CHUNKS: u32 = 1 << 20;
+impl ChunkList {
+    /// Longest list accepted: a 4 GiB memory (wasm32's limit).
+    pub const MAX: u32 = 1 << 20;
 
-    #[derive(Serialize, Deserialize)]
-    struct Sparse {
-        len: u32,
-        nonzero: Vec<(u32, [u8; 32])>,
-    }
-
-    /// Serializes a chunk list sparsely.
-    pub fn serialize<S: Serializer>(chunks: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+    /// The list of `hashes` (one per chunk, zero chunks included).
+    ///
+    /// # Panics
+    /// If there are more than [`ChunkList::MAX`] hashes (a memory larger
+    /// than wasm32 allows).
+    pub fn from_hashes(hashes: &[[u8; 32]]) -> Self {
         let zero = zero_chunk_hash();
-        let len = u32::try_from(chunks.len())
-            .map_err(|_| serde::ser::Error::custom("chunk list longer than u32::MAX"))?;
-        Sparse {
-            len,
-            nonzero: chunks
+        assert!(hashes.len() <= Self::MAX as usize, "chunk list too long");
+        Self {
+            len: hashes.len() as u32,
+            nonzero: hashes
                 .iter()
                 .enumerate()
                 .filter(|(_, h)| **h != zero)
                 .map(|(i, h)| (i as u32, *h))
                 .collect(),
         }
-        .serialize(s)
     }
 
-    /// Deserializes (and checks) a sparse chunk list.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
-        let sparse = Sparse::deserialize(d)?;
-        if sparse.len > MAX_CHUNKS {
-            return Err(D::Error::custom(format!(
-                "chunk list of {} chunks (at most {MAX_CHUNKS})",
-                sparse.len
-            )));
+    /// A list of `len` chunks with these non-zero ones, checked.
+    pub fn from_nonzero(len: u32, nonzero: Vec<(u32, [u8; 32])>) -> Result<Self, String> {
+        if len > Self::MAX {
+            return Err(format!(
+                "chunk list of {len} chunks (at most {})",
+                Self::MAX
+            ));
         }
         let zero = zero_chunk_hash();
-        let mut out = vec![zero; sparse.len as usize];
         let mut next = 0u32;
-        for (i, h) in sparse.nonzero {
-            if i < next || i >= sparse.len || h == zero {
-                return Err(D::Error::custom(format!(
+        for &(i, h) in &nonzero {
+            if i < next || i >= len || h == zero {
+                return Err(format!(
                     "chunk list entry {i} is out of order, out of range or zero"
-                )));
+                ));
             }
-            out[i as usize] = h;
             next = i + 1;
         }
-        Ok(out)
+        Ok(Self { len, nonzero })
+    }
+
+    /// Number of chunks.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the memory has no chunks.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The chunks that are not all zero, `(index, hash)` in index order.
+    pub fn nonzero(&self) -> &[(u32, [u8; 32])] {
+        &self.nonzero
+    }
+
+    /// Every chunk's hash, in order (zero chunks' included).
+    pub fn iter(&self) -> impl Iterator<Item = [u8; 32]> + '_ {
+        let zero = zero_chunk_hash();
+        let mut rest = self.nonzero.iter().peekable();
+        (0..self.len).map(move |i| match rest.next_if(|(j, _)| *j == i) {
+            Some((_, h)) => *h,
+            None => zero,
+        })
+    }
+
+    /// The hash of chunk `i` (`None` past the end).
+    pub fn get(&self, i: usize) -> Option<[u8; 32]> {
+        if i >= self.len() {
+            return None;
+        }
+        Some(
+            match self.nonzero.binary_search_by_key(&(i as u32), |(j, _)| *j) {
+                Ok(k) => self.nonzero[k].1,
+                Err(_) => zero_chunk_hash(),
+            },
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            len: u32,
+            nonzero: Vec<(u32, [u8; 32])>,
+        }
+        let raw = Raw::deserialize(d)?;
+        Self::from_nonzero(raw.len, raw.nonzero).map_err(serde::de::Error::custom)
     }
 }
 
@@ -504,7 +548,7 @@ impl AgentImage {
         image_hash(
             &self.module_hash,
             self.memory_len,
-            &self.chunks,
+            self.chunks.iter(),
             &self.globals,
             &self.host,
         )
@@ -517,7 +561,7 @@ impl AgentImage {
 pub fn image_hash(
     module: &[u8; 32],
     memory_len: u64,
-    chunks: &[[u8; 32]],
+    chunks: impl IntoIterator<Item = [u8; 32]>,
     globals: &[GlobalValue],
     c: &HostCounters,
 ) -> [u8; 32] {
@@ -526,7 +570,7 @@ pub fn image_hash(
     h.update(module);
     h.update(&memory_len.to_le_bytes());
     for ch in chunks {
-        h.update(ch);
+        h.update(&ch);
     }
     h.update(&(globals.len() as u64).to_le_bytes());
     for g in globals {
@@ -754,7 +798,7 @@ mod tests {
         AgentImage {
             module_hash: [1; 32],
             memory_len: chunks.len() as u64 * CHUNK as u64,
-            chunks,
+            chunks: ChunkList::from_hashes(&chunks),
             globals: vec![GlobalValue::I32(3)],
             host: HostCounters::default(),
         }
@@ -770,10 +814,15 @@ mod tests {
                 .iter()
                 .map(|&p| if p == 0 { zero } else { [p; 32] })
                 .collect();
-            let img = image(chunks);
+            let img = image(chunks.clone());
             let bytes = crate::codec::encode(&img).unwrap();
             let back: AgentImage = crate::codec::decode(&bytes).unwrap();
             prop_assert_eq!(&back, &img);
+            prop_assert_eq!(back.chunks.iter().collect::<Vec<_>>(), chunks.clone());
+            for (i, h) in chunks.iter().enumerate() {
+                prop_assert_eq!(back.chunks.get(i), Some(*h));
+            }
+            prop_assert_eq!(back.chunks.get(chunks.len()), None);
             let nonzero = pattern.iter().filter(|&&p| p != 0).count();
             prop_assert!(bytes.len() <= 120 + nonzero * 36, "{} bytes", bytes.len());
         }
@@ -802,9 +851,9 @@ mod tests {
             .unwrap()
         };
         let ok: AgentImage = crate::codec::decode(&raw(3, vec![(1, [5; 32])])).unwrap();
-        assert_eq!(ok.chunks[1], [5; 32]);
+        assert_eq!(ok.chunks.get(1), Some([5; 32]));
         for (what, bytes) in [
-            ("too long", raw(sparse_chunks::MAX_CHUNKS + 1, Vec::new())),
+            ("too long", raw(ChunkList::MAX + 1, Vec::new())),
             ("out of range", raw(2, vec![(2, [5; 32])])),
             ("out of order", raw(4, vec![(2, [5; 32]), (1, [6; 32])])),
             ("repeated", raw(4, vec![(1, [5; 32]), (1, [6; 32])])),

@@ -159,7 +159,7 @@ impl Checkpointer {
         // Chunks restored from another run's snapshot live in its page
         // store: copy them into ours.
         for (id, img) in &images {
-            for h in &img.chunks {
+            for (_, h) in img.chunks.nonzero() {
                 if self.pages.own.contains(h) {
                     continue;
                 }
@@ -274,7 +274,7 @@ impl Checkpointer {
         for t in &self.kept {
             let body = snapshot::read(&self.run_dir.join(snapshot::file_name(*t)))?;
             for (_, img) in &body.agents {
-                live.extend(img.chunks.iter().copied());
+                live.extend(img.chunks.nonzero().iter().map(|(_, h)| *h));
             }
         }
         if self.pages.own.chunks() > 2 * live.len() + 1024 {

@@ -142,7 +142,7 @@ pub fn diff(recorded: &SnapshotBody, replayed: &SnapshotBody) -> Divergence {
                 }
                 let chunk = shm_protocol::worker::CHUNK as u64;
                 let mut run: Option<(u64, u64)> = None;
-                for (i, (p, q)) in x.chunks.iter().zip(&y.chunks).enumerate() {
+                for (i, (p, q)) in x.chunks.iter().zip(y.chunks.iter()).enumerate() {
                     let i = i as u64;
                     if p != q {
                         run = match run {

@@ -485,7 +485,7 @@ fn hex(b: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::manifest::Manifest;
-    use shm_protocol::worker::HostCounters;
+    use shm_protocol::worker::{ChunkList, HostCounters};
 
     fn body() -> SnapshotBody {
         let dir = std::env::temp_dir().join(format!("lockstep-snap-m-{}", std::process::id()));
@@ -501,7 +501,7 @@ mod tests {
         let img = AgentImage {
             module_hash: [7; 32],
             memory_len: CHUNK as u64 * 2,
-            chunks: vec![zero_chunk_hash(), [1; 32]],
+            chunks: ChunkList::from_hashes(&[zero_chunk_hash(), [1; 32]]),
             globals: vec![],
             host: HostCounters::default(),
         };

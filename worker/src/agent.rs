@@ -689,7 +689,7 @@ fn hash_parts(
     image_hash(
         module,
         memory.len() as u64,
-        &chunk_hashes(memory),
+        chunk_hashes(memory),
         globals,
         c,
     )

@@ -17,7 +17,7 @@
 
 use crate::service::Worker;
 use shm_protocol::worker::{
-    AgentImage, AgentState, CHUNK, ChunkData, RestoreOrder, WorkerReply, zero_chunk_hash,
+    AgentImage, AgentState, CHUNK, ChunkData, ChunkList, RestoreOrder, WorkerReply, zero_chunk_hash,
 };
 use std::collections::{BTreeMap, HashSet};
 use xxhash_rust::xxh3::xxh3_128;
@@ -52,27 +52,26 @@ struct AgentMemo {
 }
 
 impl AgentMemo {
-    /// The hash at every index (the image's chunk list).
-    fn hashes(&self, zero: &[u8; 32]) -> Vec<[u8; 32]> {
-        let mut out = vec![*zero; self.chunks as usize];
-        for m in &self.nonzero {
-            out[m.index as usize] = m.hash;
-        }
-        out
+    /// The image's chunk list.
+    fn list(&self) -> ChunkList {
+        ChunkList::from_nonzero(
+            self.chunks,
+            self.nonzero.iter().map(|m| (m.index, m.hash)).collect(),
+        )
+        .expect("chunks imaged in index order, none zero, within a wasm32 memory")
     }
 
     /// A memo of a chunk list whose fingerprints are unknown.
-    fn of_hashes(hashes: &[[u8; 32]], zero: &[u8; 32]) -> Self {
+    fn of_list(list: &ChunkList) -> Self {
         Self {
-            chunks: hashes.len() as u32,
-            nonzero: hashes
+            chunks: list.len() as u32,
+            nonzero: list
+                .nonzero()
                 .iter()
-                .enumerate()
-                .filter(|(_, h)| *h != zero)
-                .map(|(i, h)| ChunkMemo {
-                    index: i as u32,
+                .map(|&(index, hash)| ChunkMemo {
+                    index,
                     fingerprint: None,
-                    hash: *h,
+                    hash,
                 })
                 .collect(),
         }
@@ -189,7 +188,7 @@ impl Imager {
             let image = AgentImage {
                 module_hash,
                 memory_len: memory.len() as u64,
-                chunks: memo.hashes(&self.zero),
+                chunks: memo.list(),
                 globals,
                 host,
             };
@@ -214,7 +213,7 @@ impl Imager {
     /// for [`Imager::done`].
     pub fn restore(&mut self, worker: &mut Worker, order: RestoreOrder) {
         let id = order.agent_id;
-        if let Err(e) = Self::try_restore(worker, &mut self.memo, &self.zero, order) {
+        if let Err(e) = Self::try_restore(worker, &mut self.memo, order) {
             self.errors.push((id, e));
         }
     }
@@ -222,7 +221,6 @@ impl Imager {
     fn try_restore(
         worker: &mut Worker,
         memo: &mut BTreeMap<u64, AgentMemo>,
-        zero: &[u8; 32],
         o: RestoreOrder,
     ) -> Result<(), String> {
         let id = o.agent_id;
@@ -251,11 +249,9 @@ impl Imager {
             by_hash.insert(c.hash, c.bytes);
         }
         let mut memory = vec![0u8; len as usize];
-        for (i, h) in o.image.chunks.iter().enumerate() {
-            if h == zero {
-                continue;
-            }
-            let bytes = by_hash.get(h).ok_or_else(|| {
+        for &(i, h) in o.image.chunks.nonzero() {
+            let i = i as usize;
+            let bytes = by_hash.get(&h).ok_or_else(|| {
                 format!("restore of agent {id}: chunk {i} of its image was not sent")
             })?;
             memory[i * CHUNK..(i + 1) * CHUNK].copy_from_slice(bytes);
@@ -267,7 +263,7 @@ impl Imager {
             host: o.image.host,
         };
         worker.restore(id, o.module_id, o.tenant, o.limits, &state)?;
-        memo.insert(id, AgentMemo::of_hashes(&o.image.chunks, zero));
+        memo.insert(id, AgentMemo::of_list(&o.image.chunks));
         Ok(())
     }
 

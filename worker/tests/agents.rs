@@ -745,7 +745,8 @@ fn incremental_images_equal_full_images_and_hash_only_changed_chunks() {
         assert_eq!(images, full, "tick {t}: incremental and full images differ");
         have.extend(shipped);
         for (id, img) in &images {
-            for h in img.chunks.iter().filter(|h| **h != zero) {
+            for h in img.chunks.iter().filter(|h| *h != zero) {
+                let h = &h;
                 assert!(
                     have.contains(h),
                     "tick {t}: agent {id}'s chunk was never shipped"

@@ -23,7 +23,7 @@ use shm_protocol::control::{Down, Role, Up};
 use shm_protocol::segment::SegmentConfig;
 use shm_protocol::worker::{
     AgentImage, AgentResult, ChunkData, Fault, ModuleFacts, RestoreOrder, TickDone, TickWork,
-    WorkerCommand, WorkerReply, digest_add, zero_chunk_hash,
+    WorkerCommand, WorkerReply, digest_add,
 };
 use shm_protocol::{ChannelError, WaitPolicy};
 use std::collections::{BTreeMap, BTreeSet};
@@ -683,7 +683,6 @@ impl WorkerPool {
         pages: &dyn ChunkSource,
         subset: Option<&[u64]>,
     ) -> Result<(), RestoreFailure> {
-        let zero = zero_chunk_hash();
         let timeout = Duration::from_secs(600);
         for (id, rec) in &body.scheduler.agents {
             self.placement.note(*id, rec.tenant);
@@ -697,8 +696,8 @@ impl WorkerPool {
             };
             let mut seen = BTreeSet::new();
             let mut chunks = Vec::new();
-            for h in &img.chunks {
-                if *h == zero || !seen.insert(*h) {
+            for (_, h) in img.chunks.nonzero() {
+                if !seen.insert(*h) {
                     continue;
                 }
                 let bytes = pages.chunk(h).map_err(RestoreFailure::Chunks)?;
