@@ -27,7 +27,7 @@
 //! --bins` (which have the `fault-injection` feature).
 
 use lockstep_supervisor::journal::{AnswerSource, Entry, read_journal};
-use lockstep_tests::{TempDir, Watchdog, agent, bin, root};
+use lockstep_tests::{TempDir, Watchdog, agent, bin, model};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -35,16 +35,6 @@ use std::time::Duration;
 const INJECT: &str = "LOCKSTEP_INFERENCE_INJECT";
 /// The inferrers ask every 5 ticks; 3 of them over 40 ticks.
 const ANSWERS: usize = 3 * 8;
-
-fn model() -> String {
-    let p = root().join(".deps/models/mlp.onnx");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/gen-models.sh",
-        p.display()
-    );
-    p.display().to_string()
-}
 
 /// Three inferrers asking `mlp` and two counters, 40 ticks, a checkpoint
 /// every 10; `extra` is appended to the model's table.
@@ -56,7 +46,7 @@ fn manifest(dir: &Path, name: &str, extra: &str) -> PathBuf {
          [[models]]\nid = \"mlp\"\nversion = \"v1\"\npath = \"{}\"\n{extra}",
         agent("inferrer"),
         agent("counter"),
-        model(),
+        model("mlp.onnx"),
     );
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, text).unwrap();

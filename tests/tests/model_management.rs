@@ -18,21 +18,11 @@ use lockstep_supervisor::ctl::ErrorCode;
 use lockstep_supervisor::journal::{Entry, JournalWriter, read_journal};
 use lockstep_supervisor::run::Run;
 use lockstep_supervisor::sim::InferAnswer;
-use lockstep_tests::{ChildGuard, TempDir, Watchdog, agent, bin, config, journal_diff, root};
+use lockstep_tests::{ChildGuard, TempDir, Watchdog, agent, bin, config, journal_diff, model};
 use shm_protocol::inference::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn model(name: &str) -> String {
-    let p = root().join(".deps/models").join(name);
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/gen-models.sh",
-        p.display()
-    );
-    p.display().to_string()
-}
 
 /// Inferrers (asking `mlp` every 5 ticks) and counters, `models` appended.
 fn manifest(dir: &Path, name: &str, extra: &str) -> PathBuf {

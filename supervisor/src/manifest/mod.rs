@@ -1116,20 +1116,24 @@ pub fn fuzz_parse(bytes: &[u8]) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn latency_ticks_default_to_one_and_are_bounded() {
-        let dir = std::env::temp_dir().join(format!("lockstep-latency-{}", std::process::id()));
+    /// A manifest of one model `m` (a dummy file in a scratch directory
+    /// named after `label`) with `extra` appended to its table.
+    fn with_model(label: &str, extra: &str) -> Result<Manifest, ManifestError> {
+        let dir = std::env::temp_dir().join(format!("lockstep-{label}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("m.onnx"), b"x").unwrap();
-        let with = |extra: &str| {
-            Manifest::parse(
-                &format!(
-                    "[run]\nseed = 1\n\n[[models]]\nid = \"m\"\nversion = \"1\"\npath = \"m.onnx\"\n{extra}"
-                ),
-                "m.toml",
-                &dir,
-            )
-        };
+        Manifest::parse(
+            &format!(
+                "[run]\nseed = 1\n\n[[models]]\nid = \"m\"\nversion = \"1\"\npath = \"m.onnx\"\n{extra}"
+            ),
+            "m.toml",
+            &dir,
+        )
+    }
+
+    #[test]
+    fn latency_ticks_default_to_one_and_are_bounded() {
+        let with = |extra: &str| with_model("latency", extra);
         assert_eq!(with("").unwrap().models[0].latency_ticks, 1);
         assert_eq!(
             with("latency_ticks = 32\n").unwrap().models[0].latency_ticks,
@@ -1144,23 +1148,11 @@ mod tests {
             assert_eq!(e.field, "models[0].latency_ticks", "{bad}: {e}");
             assert!(e.message.contains("between 1 and 1024"), "{bad}: {e}");
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn tolerances_default_and_are_validated_naming_the_field() {
-        let dir = std::env::temp_dir().join(format!("lockstep-tolerance-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("m.onnx"), b"x").unwrap();
-        let with = |extra: &str| {
-            Manifest::parse(
-                &format!(
-                    "[run]\nseed = 1\n\n[[models]]\nid = \"m\"\nversion = \"1\"\npath = \"m.onnx\"\n{extra}"
-                ),
-                "m.toml",
-                &dir,
-            )
-        };
+        let with = |extra: &str| with_model("tolerance", extra);
         assert_eq!(with("").unwrap().models[0].tolerance, Tolerance::default());
         assert_eq!(
             with("tolerance = { atol = 1e-6, rtol = 0 }\n")
@@ -1208,7 +1200,6 @@ mod tests {
             assert_eq!(e.line, 8, "{bad}: {e}");
             assert!(e.message.contains(says), "{bad}: {e}");
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
