@@ -28,14 +28,11 @@ use lockstep_supervisor::reaper::Reaper;
 use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel};
 use ort::session::{Session, SessionInputValue};
 use shm_protocol::WaitPolicy;
-use shm_protocol::control::{Down, Role, Up};
+use shm_protocol::control::{Down, Up};
 use shm_protocol::inference::{DType, InferenceCommand, InferenceReply, InferenceRequest, Tensor};
-use shm_protocol::segment::SegmentConfig;
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-
-const HOST: &str = env!("CARGO_BIN_EXE_lockstep-inference-host");
 
 /// The models the host loads: (id, version, file).
 const MODELS: &[(&str, &str, &str)] = &[
@@ -128,19 +125,12 @@ impl Host {
     fn start() -> Self {
         let (reaper, _deaths) = Reaper::start().unwrap();
         let spec = ChildSpec {
-            role: Role::InferenceHost,
-            name: "bench-host".into(),
-            program: HOST.into(),
-            args: vec!["--device".into(), "cpu".into()],
-            rings: SegmentConfig::default(),
             policy: match std::env::var("BENCH_POLICY").as_deref() {
                 Ok("park") => WaitPolicy::PARK,
                 Ok("spin") => WaitPolicy::SPIN,
                 _ => WaitPolicy::ADAPTIVE,
             },
-            env: lockstep_supervisor::jail::inference_host_env(),
-            cgroup: None,
-            hang_timeout: None,
+            ..common::host_spec("bench-host", &["--device", "cpu"])
         };
         let mut child = Child::spawn(&spec, &reaper).unwrap();
         child.handshake(Duration::from_secs(30)).unwrap();

@@ -35,20 +35,16 @@ use lockstep_bench_support::{Stat, preamble};
 use lockstep_common::text_model::{self, TextKind};
 use lockstep_inference_host::text::Tokenizer;
 use lockstep_inference_host::{DevicePref, HostOptions, ModelRegistry};
-use lockstep_supervisor::child::{Child, ChildSpec};
+use lockstep_supervisor::child::Child;
 use lockstep_supervisor::reaper::Reaper;
 use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel};
 use ort::session::{Session, SessionInputValue};
-use shm_protocol::WaitPolicy;
-use shm_protocol::control::{Down, Role, Up};
+use shm_protocol::control::{Down, Up};
 use shm_protocol::inference::{DType, InferenceCommand, InferenceReply, InferenceRequest, Tensor};
-use shm_protocol::segment::SegmentConfig;
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-const HOST: &str = env!("CARGO_BIN_EXE_lockstep-inference-host");
 
 /// Sentences of 8 to 20 tokens, cycled to fill a batch.
 const TEXTS: [&str; 8] = [
@@ -156,17 +152,7 @@ struct Host {
 impl Host {
     fn start() -> Self {
         let (reaper, deaths) = Reaper::start().unwrap();
-        let spec = ChildSpec {
-            role: Role::InferenceHost,
-            name: "bench-host".into(),
-            program: HOST.into(),
-            args: vec!["--device".into(), "cpu".into()],
-            rings: SegmentConfig::default(),
-            policy: WaitPolicy::ADAPTIVE,
-            env: lockstep_supervisor::jail::inference_host_env(),
-            cgroup: None,
-            hang_timeout: None,
-        };
+        let spec = common::host_spec("bench-host", &["--device", "cpu"]);
         let mut child = Child::spawn(&spec, &reaper).unwrap();
         child.handshake(Duration::from_secs(30)).unwrap();
         let bytes = blob();

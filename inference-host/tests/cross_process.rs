@@ -8,11 +8,9 @@ use common::{bits, blake3_hex, env, mlp_input, model};
 use lockstep_inference_host::{DevicePref, HostOptions, ModelRegistry};
 use lockstep_supervisor::child::{Child, ChildSpec};
 use lockstep_supervisor::reaper::{ExitKind, Reaper};
-use shm_protocol::WaitPolicy;
-use shm_protocol::control::{Down, ExitCode, Role, Up};
+use shm_protocol::control::{Down, ExitCode, Up};
 use shm_protocol::inference::{DType, InferenceCommand, InferenceReply, InferenceRequest, Tensor};
 use shm_protocol::segment::SegmentConfig;
-use std::ffi::OsString;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -23,17 +21,7 @@ fn soon() -> Option<Instant> {
 }
 
 fn spawn(reaper: &Reaper, args: &[&str]) -> Child {
-    let spec = ChildSpec {
-        role: Role::InferenceHost,
-        name: "inference-host".into(),
-        program: HOST.into(),
-        args: args.iter().map(OsString::from).collect(),
-        rings: SegmentConfig::default(),
-        policy: WaitPolicy::ADAPTIVE,
-        env: lockstep_supervisor::jail::inference_host_env(),
-        cgroup: None,
-        hang_timeout: None,
-    };
+    let spec = common::host_spec("inference-host", args);
     let mut child = Child::spawn(&spec, reaper).unwrap();
     child.handshake(Duration::from_secs(30)).unwrap();
     child
@@ -287,21 +275,14 @@ fn host_process_serves_models_over_the_ring() {
 fn large_replies_are_carried_and_oversized_ones_become_errors() {
     let (reaper, _deaths) = Reaper::start().unwrap();
     let spawn_small = |extra: &[&str]| {
-        let mut args: Vec<OsString> = vec!["--device".into(), "cpu".into()];
-        args.extend(extra.iter().map(OsString::from));
+        let mut args = vec!["--device", "cpu"];
+        args.extend(extra);
         let spec = ChildSpec {
-            role: Role::InferenceHost,
-            name: "small-rings".into(),
-            program: HOST.into(),
-            args,
             rings: SegmentConfig {
                 to_attacher: 1 << 20,
                 to_creator: 1 << 12,
             },
-            policy: WaitPolicy::ADAPTIVE,
-            env: lockstep_supervisor::jail::inference_host_env(),
-            cgroup: None,
-            hang_timeout: None,
+            ..common::host_spec("small-rings", &args)
         };
         let mut child = Child::spawn(&spec, &reaper).unwrap();
         child.handshake(Duration::from_secs(30)).unwrap();
@@ -371,17 +352,7 @@ fn start_failure(args: &[&str]) -> (String, ExitKind) {
     let (reaper, deaths) = Reaper::start().unwrap();
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--disable", "cgroup"]);
-    let spec = ChildSpec {
-        role: Role::InferenceHost,
-        name: "inference-host".into(),
-        program: HOST.into(),
-        args: all.iter().map(OsString::from).collect(),
-        rings: SegmentConfig::default(),
-        policy: WaitPolicy::ADAPTIVE,
-        env: lockstep_supervisor::jail::inference_host_env(),
-        cgroup: None,
-        hang_timeout: None,
-    };
+    let spec = common::host_spec("inference-host", &all);
     let mut child = Child::spawn(&spec, &reaper).unwrap();
     let err = child
         .handshake(Duration::from_secs(60))

@@ -19,17 +19,13 @@ use common::{bits, env, repo};
 use lockstep_common::text_model::{self, TextKind};
 use lockstep_inference_host::text::{Tokenizer, mean_pool_normalize};
 use lockstep_inference_host::{DevicePref, HostOptions, InferenceError, ModelRegistry};
-use lockstep_supervisor::child::{Child, ChildSpec};
+use lockstep_supervisor::child::Child;
 use lockstep_supervisor::reaper::Reaper;
-use shm_protocol::WaitPolicy;
-use shm_protocol::control::{Down, Role, Up};
+use shm_protocol::control::{Down, Up};
 use shm_protocol::inference::{DType, InferenceCommand, InferenceReply, InferenceRequest, Tensor};
-use shm_protocol::segment::SegmentConfig;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const HOST: &str = env!("CARGO_BIN_EXE_lockstep-inference-host");
 const DIM: usize = 384;
 
 fn minilm_file(name: &str) -> PathBuf {
@@ -285,19 +281,7 @@ fn call(child: &mut Child, cmd: InferenceCommand) -> InferenceReply {
 #[test]
 fn host_process_embeds_text_over_the_ring() {
     let (reaper, deaths) = Reaper::start().unwrap();
-    let spec = ChildSpec {
-        role: Role::InferenceHost,
-        name: "inference-host".into(),
-        program: HOST.into(),
-        args: ["--device", "cpu"].iter().map(OsString::from).collect(),
-        rings: SegmentConfig::default(),
-        policy: WaitPolicy::ADAPTIVE,
-        // As the supervisor runs it (ONNX Runtime's telemetry uploader
-        // would be killed by the host's seccomp filter).
-        env: lockstep_supervisor::jail::inference_host_env(),
-        cgroup: None,
-        hang_timeout: None,
-    };
+    let spec = common::host_spec("inference-host", &["--device", "cpu"]);
     let mut child = Child::spawn(&spec, &reaper).unwrap();
     child.handshake(Duration::from_secs(30)).unwrap();
     let bytes = blob();

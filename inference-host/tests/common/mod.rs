@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use lockstep_inference_host::{init_runtime, locate_ort_library};
+use lockstep_supervisor::child::ChildSpec;
 use ort::environment::Environment;
 use shm_protocol::inference::Tensor;
 use std::path::PathBuf;
@@ -23,6 +24,25 @@ pub fn ort_lib() -> PathBuf {
 pub fn env() -> &'static Environment {
     static ENV: OnceLock<Environment> = OnceLock::new();
     ENV.get_or_init(|| init_runtime(&ort_lib()).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// How a test or bench starts this build's inference host with `args`: as
+/// the supervisor does (its environment, default rings, adaptive waiting),
+/// without a cgroup or a hang timeout.  Callers change what differs.
+pub fn host_spec(name: &str, args: &[&str]) -> ChildSpec {
+    ChildSpec {
+        role: shm_protocol::control::Role::InferenceHost,
+        name: name.into(),
+        program: env!("CARGO_BIN_EXE_lockstep-inference-host").into(),
+        args: args.iter().map(std::ffi::OsString::from).collect(),
+        rings: shm_protocol::segment::SegmentConfig::default(),
+        policy: shm_protocol::WaitPolicy::ADAPTIVE,
+        // ONNX Runtime's telemetry uploader would be killed by the host's
+        // seccomp filter: the supervisor's environment turns it off.
+        env: lockstep_supervisor::jail::inference_host_env(),
+        cgroup: None,
+        hang_timeout: None,
+    }
 }
 
 /// Repository root.
