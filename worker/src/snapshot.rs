@@ -17,7 +17,7 @@
 
 use crate::service::Worker;
 use shm_protocol::worker::{
-    AgentImage, AgentState, CHUNK, ChunkData, ChunkList, RestoreOrder, WorkerReply, zero_chunk_hash,
+    AgentImage, AgentState, CHUNK, ChunkData, ChunkList, RestoreOrder, WorkerReply,
 };
 use std::collections::{BTreeMap, HashSet};
 use xxhash_rust::xxh3::xxh3_128;
@@ -78,8 +78,7 @@ impl AgentMemo {
     }
 }
 
-/// How much work a checkpoint did (for the supervisor's telemetry and the
-/// benches).
+/// How much work a checkpoint did (what the tests check).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ImageStats {
     /// Chunks read (fingerprinted).
@@ -91,26 +90,12 @@ pub struct ImageStats {
 }
 
 /// Per-worker checkpoint bookkeeping.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Imager {
     /// What was last imaged of each agent.
     memo: BTreeMap<u64, AgentMemo>,
     /// Restores that failed since the last `RestoreDone`.
     errors: Vec<(u64, String)>,
-    zero: [u8; 32],
-    /// The work of the last checkpoint.
-    last: ImageStats,
-}
-
-impl Default for Imager {
-    fn default() -> Self {
-        Self {
-            memo: BTreeMap::new(),
-            errors: Vec::new(),
-            zero: zero_chunk_hash(),
-            last: ImageStats::default(),
-        }
-    }
 }
 
 impl Imager {
@@ -164,9 +149,6 @@ impl Imager {
                         *blake3::hash(bytes).as_bytes()
                     }
                 };
-                if hash == self.zero {
-                    continue;
-                }
                 memo.nonzero.push(ChunkMemo {
                     index,
                     fingerprint: Some(fingerprint),
@@ -200,13 +182,7 @@ impl Imager {
             })?;
         }
         emit(WorkerReply::Checkpointed { missing })?;
-        self.last = stats;
         Ok(stats)
-    }
-
-    /// The work of the last checkpoint.
-    pub fn last_stats(&self) -> ImageStats {
-        self.last
     }
 
     /// Re-creates one agent from an image and its chunks; a failure is kept
