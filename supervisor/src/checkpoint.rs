@@ -202,7 +202,7 @@ impl Checkpointer {
         journal: Option<&mut JournalWriter>,
         replaying: bool,
         inject: &crate::inject::Inject,
-    ) -> Result<String, CheckpointError> {
+    ) -> Result<(String, Arc<SnapshotBody>), CheckpointError> {
         let rel = snapshot::file_name(body.tick);
         if replaying {
             let base = self.origin.clone().unwrap_or_else(|| self.run_dir.clone());
@@ -215,8 +215,9 @@ impl Checkpointer {
                                 &recorded, &body,
                             ))));
                         }
-                        self.last = Some(Arc::new(body));
-                        return Ok(rel);
+                        let body = Arc::new(body);
+                        self.last = Some(body.clone());
+                        return Ok((rel, body));
                     }
                     // Our own damaged snapshot: the re-execution that reached
                     // this tick was checked hash by hash, so repair it.
@@ -229,6 +230,7 @@ impl Checkpointer {
         }
         let file = snapshot::write(&self.run_dir, &body)?;
         inject.at(body.tick, crate::inject::Phase::Checkpoint);
+        let body = Arc::new(body);
         if let Some(j) = journal
             && !replaying
         {
@@ -239,12 +241,12 @@ impl Checkpointer {
             })?;
             j.sync()?;
             self.kept.push_back(body.tick);
-            self.last = Some(Arc::new(body));
+            self.last = Some(body.clone());
             self.retain(j)?;
         } else {
-            self.last = Some(Arc::new(body));
+            self.last = Some(body.clone());
         }
-        Ok(file)
+        Ok((file, body))
     }
 
     /// Applies the retention policy after a checkpoint.

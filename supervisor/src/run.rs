@@ -865,21 +865,16 @@ impl Run {
     /// stores new chunks, writes the snapshot and journals it (or, while
     /// re-executing recorded ticks, checks it against the recorded one).
     /// Returns the snapshot's file name (relative to the run directory).
-    pub fn checkpoint(&mut self) -> Result<(String, SnapshotBody), RunError> {
+    pub fn checkpoint(&mut self) -> Result<(String, Arc<SnapshotBody>), RunError> {
         let t0 = Instant::now();
         let body = self.capture_state()?;
         // A recorded tick's checkpoint is reproduced if the journal has it,
         // taken (and journaled) if a crash cut the run before it.
         let replaying = self.replaying() && self.timeline.checkpoint_recorded(self.sim.tick);
-        let file = self.checkpointer.commit(
-            body.clone(),
-            self.journal.as_mut(),
-            replaying,
-            &self.inject,
-        )?;
-        if let Some(last) = self.checkpointer.last() {
-            self.pool.rebase(last.clone());
-        }
+        let (file, body) =
+            self.checkpointer
+                .commit(body, self.journal.as_mut(), replaying, &self.inject)?;
+        self.pool.rebase(body.clone());
         self.observers.checkpoint(&CheckpointTelemetry {
             tick: body.tick,
             file: file.clone(),
