@@ -528,6 +528,16 @@ impl Agent {
                 .map_err(|e| Fault::Instantiate(format!("growing memory: {e}")))?;
         }
         self.memory.data_mut(&mut self.store)[..memory.len()].copy_from_slice(memory);
+        self.set_globals_and_counters(globals, counters)
+    }
+
+    /// Sets the given mutable global values (or keeps the module's own)
+    /// and the host counters.
+    fn set_globals_and_counters(
+        &mut self,
+        globals: Option<&[GlobalValue]>,
+        counters: HostCounters,
+    ) -> Result<(), Fault> {
         for (g, v) in self.globals.iter().zip(globals.unwrap_or(&[])) {
             let val = match *v {
                 GlobalValue::I32(x) => Val::I32(x),
@@ -594,28 +604,54 @@ impl Agent {
         limits: AgentLimits,
         state: &AgentState,
     ) -> Result<Self, Fault> {
-        if state.module_hash != module.hash {
+        let parts = ImageParts {
+            module_hash: &state.module_hash,
+            memory_len: state.memory.len() as u64,
+            globals: &state.globals,
+            host: state.host,
+        };
+        Self::restore_with(rt, module, id, limits, parts, |m| {
+            m.copy_from_slice(&state.memory);
+            Ok(())
+        })
+    }
+
+    /// Re-creates an agent from the parts of an image: a fresh instance
+    /// whose memory is grown to `parts.memory_len` and handed to `fill`
+    /// (holding the module's initial contents) to be made the image's, in
+    /// place — no intermediate copy of the memory — and whose globals and
+    /// host counters are then set.
+    pub fn restore_with(
+        rt: &Runtime,
+        module: Arc<AgentModule>,
+        id: u64,
+        limits: AgentLimits,
+        parts: ImageParts<'_>,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), String>,
+    ) -> Result<Self, Fault> {
+        if *parts.module_hash != module.hash {
             return Err(Fault::Instantiate(format!(
                 "state was captured from module {}, not {} ({})",
-                hex(&state.module_hash),
+                hex(parts.module_hash),
                 module.name,
                 hex(&module.hash)
             )));
         }
-        if state.globals.len() != module.globals.len() {
+        if parts.globals.len() != module.globals.len() {
             return Err(Fault::Instantiate(format!(
                 "state has {} globals, module {} has {}",
-                state.globals.len(),
+                parts.globals.len(),
                 module.name,
                 module.globals.len()
             )));
         }
-        let len = state.memory.len();
-        if !len.is_multiple_of(PAGE) || len as u64 > limits.memory_bytes {
+        let len = parts.memory_len;
+        if !len.is_multiple_of(PAGE as u64) || len > limits.memory_bytes {
             return Err(Fault::Instantiate(format!(
                 "captured memory of {len} bytes is not a whole number of pages within the limit"
             )));
         }
+        let len = len as usize;
         let mut agent = Self::instantiate(rt, module, id, limits)?;
         let current = agent.memory.data_size(&agent.store);
         if len < current {
@@ -623,9 +659,29 @@ impl Agent {
                 "captured memory ({len} bytes) is smaller than the module's initial memory ({current})"
             )));
         }
-        agent.load_image(&state.memory, Some(&state.globals), state.host)?;
+        if len > current {
+            agent
+                .memory
+                .grow(&mut agent.store, ((len - current) / PAGE) as u64)
+                .map_err(|e| Fault::Instantiate(format!("growing memory: {e}")))?;
+        }
+        fill(&mut agent.memory.data_mut(&mut agent.store)[..len]).map_err(Fault::Instantiate)?;
+        agent.set_globals_and_counters(Some(parts.globals), parts.host)?;
         Ok(agent)
     }
+}
+
+/// What an image holds besides its memory, for [`Agent::restore_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct ImageParts<'a> {
+    /// The module the image was captured from.
+    pub module_hash: &'a [u8; 32],
+    /// Bytes of linear memory.
+    pub memory_len: u64,
+    /// Mutable globals, in module order.
+    pub globals: &'a [GlobalValue],
+    /// Host counters.
+    pub host: HostCounters,
 }
 
 /// The memory a hot-swapped agent continues with: its old memory, with the

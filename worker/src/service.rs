@@ -287,13 +287,46 @@ impl Worker {
         limits: AgentLimits,
         state: &shm_protocol::worker::AgentState,
     ) -> Result<(), String> {
-        let module = self
-            .modules
-            .get(&module_id)
-            .cloned()
-            .ok_or_else(|| format!("no module {module_id}"))?;
+        let module = self.module_for_restore(module_id)?;
         let agent =
             Agent::restore(&self.rt, module, id, limits, state).map_err(|f| f.to_string())?;
+        self.place_restored(id, module_id, tenant, limits, agent);
+        Ok(())
+    }
+
+    /// [`Worker::restore`] from an image's parts, its memory written in
+    /// place by `fill` (see [`Agent::restore_with`]).
+    pub fn restore_with(
+        &mut self,
+        id: u64,
+        module_id: u32,
+        tenant: u32,
+        limits: AgentLimits,
+        parts: crate::agent::ImageParts<'_>,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let module = self.module_for_restore(module_id)?;
+        let agent = Agent::restore_with(&self.rt, module, id, limits, parts, fill)
+            .map_err(|f| f.to_string())?;
+        self.place_restored(id, module_id, tenant, limits, agent);
+        Ok(())
+    }
+
+    fn module_for_restore(&self, module_id: u32) -> Result<Arc<AgentModule>, String> {
+        self.modules
+            .get(&module_id)
+            .cloned()
+            .ok_or_else(|| format!("no module {module_id}"))
+    }
+
+    fn place_restored(
+        &mut self,
+        id: u64,
+        module_id: u32,
+        tenant: u32,
+        limits: AgentLimits,
+        agent: Agent,
+    ) {
         let slot = Slot {
             id,
             tenant,
@@ -306,7 +339,6 @@ impl Worker {
             Ok(i) => self.slots[i] = slot,
             Err(i) => self.slots.insert(i, slot),
         }
-        Ok(())
     }
 
     fn record(slot: &mut Slot, out: CallOutcome, started: Option<Instant>) {

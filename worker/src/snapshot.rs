@@ -15,11 +15,10 @@
 //! hash by the supervisor as it read them — and the worker answers once for
 //! a whole batch.
 
+use crate::agent::ImageParts;
 use crate::service::Worker;
-use shm_protocol::worker::{
-    AgentImage, AgentState, CHUNK, ChunkData, ChunkList, RestoreOrder, WorkerReply,
-};
-use std::collections::{BTreeMap, HashSet};
+use shm_protocol::worker::{AgentImage, CHUNK, ChunkData, ChunkList, RestoreOrder, WorkerReply};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use xxhash_rust::xxh3::xxh3_128;
 
 /// Whether `bytes` are all zero: 256-byte blocks OR-folded (vectorized),
@@ -28,6 +27,59 @@ fn is_zero(bytes: &[u8]) -> bool {
     bytes
         .chunks(256)
         .all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
+}
+
+/// Makes `memory` (a fresh instance's, grown to the image's length) the
+/// image `list` whose distinct non-zero chunks are `chunks`, sent in the
+/// order they first appear in the list: each chunk is copied straight into
+/// place, and a chunk the image has zero is cleared only where the fresh
+/// instance is not already zero (its data segments).
+fn fill_memory(
+    id: u64,
+    memory: &mut [u8],
+    list: &ChunkList,
+    chunks: &[ChunkData],
+) -> Result<(), String> {
+    let mut sent = chunks.iter().peekable();
+    // Chunks repeated within the image: looked up once one repeats.
+    let mut seen: Option<HashMap<[u8; 32], usize>> = None;
+    let mut next_nonzero = 0usize;
+    for &(i, h) in list.nonzero() {
+        let i = i as usize;
+        for z in next_nonzero..i {
+            clear_if_dirty(&mut memory[z * CHUNK..(z + 1) * CHUNK]);
+        }
+        next_nonzero = i + 1;
+        let bytes = match sent.next_if(|c| c.hash == h) {
+            Some(c) => &c.bytes,
+            None => {
+                let index = seen.get_or_insert_with(|| {
+                    chunks
+                        .iter()
+                        .enumerate()
+                        .map(|(n, c)| (c.hash, n))
+                        .collect()
+                });
+                let n = *index.get(&h).ok_or_else(|| {
+                    format!("restore of agent {id}: chunk {i} of its image was not sent")
+                })?;
+                &chunks[n].bytes
+            }
+        };
+        memory[i * CHUNK..(i + 1) * CHUNK].copy_from_slice(bytes);
+    }
+    for z in next_nonzero..memory.len() / CHUNK {
+        clear_if_dirty(&mut memory[z * CHUNK..(z + 1) * CHUNK]);
+    }
+    Ok(())
+}
+
+/// Zeroes `chunk` unless it already is (reading a fresh instance's
+/// untouched memory costs no page of its own).
+fn clear_if_dirty(chunk: &mut [u8]) {
+    if !is_zero(chunk) {
+        chunk.fill(0);
+    }
 }
 
 /// What the imager remembers of one non-zero chunk.
@@ -214,31 +266,22 @@ impl Imager {
         // it from its page store, and nothing else writes this worker's
         // command ring: the chunks are not hashed again here (that doubled
         // a restore's hashing).  Their sizes are checked.
-        let mut by_hash: BTreeMap<[u8; 32], Vec<u8>> = BTreeMap::new();
-        for c in o.chunks {
-            if c.bytes.len() != CHUNK {
-                return Err(format!(
-                    "restore of agent {id}: a chunk of {} bytes (chunks have {CHUNK})",
-                    c.bytes.len()
-                ));
-            }
-            by_hash.insert(c.hash, c.bytes);
+        if let Some(c) = o.chunks.iter().find(|c| c.bytes.len() != CHUNK) {
+            return Err(format!(
+                "restore of agent {id}: a chunk of {} bytes (chunks have {CHUNK})",
+                c.bytes.len()
+            ));
         }
-        let mut memory = vec![0u8; len as usize];
-        for &(i, h) in o.image.chunks.nonzero() {
-            let i = i as usize;
-            let bytes = by_hash.get(&h).ok_or_else(|| {
-                format!("restore of agent {id}: chunk {i} of its image was not sent")
-            })?;
-            memory[i * CHUNK..(i + 1) * CHUNK].copy_from_slice(bytes);
-        }
-        let state = AgentState {
-            module_hash: o.image.module_hash,
-            memory,
-            globals: o.image.globals,
+        let parts = ImageParts {
+            module_hash: &o.image.module_hash,
+            memory_len: len,
+            globals: &o.image.globals,
             host: o.image.host,
         };
-        worker.restore(id, o.module_id, o.tenant, o.limits, &state)?;
+        let (list, chunks) = (&o.image.chunks, &o.chunks);
+        worker.restore_with(id, o.module_id, o.tenant, o.limits, parts, |memory| {
+            fill_memory(id, memory, list, chunks)
+        })?;
         memo.insert(id, AgentMemo::of_list(&o.image.chunks));
         Ok(())
     }
