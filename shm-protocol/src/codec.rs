@@ -50,6 +50,24 @@ pub fn encode_into<T: Serialize + ?Sized>(msg: &T, out: &mut Vec<u8>) -> Result<
     Ok(())
 }
 
+/// The number of bytes `msg` encodes to (a pass over it that writes
+/// nothing).
+pub fn encoded_len<T: Serialize + ?Sized>(msg: &T) -> Result<usize, CodecError> {
+    postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
+        .map_err(CodecError::Encode)
+}
+
+/// Encodes `msg` into `out`, which must be at least [`encoded_len`]
+/// bytes; returns the bytes written.
+pub fn encode_to_slice<T: Serialize + ?Sized>(
+    msg: &T,
+    out: &mut [u8],
+) -> Result<usize, CodecError> {
+    postcard::to_slice(msg, out)
+        .map(|b| b.len())
+        .map_err(CodecError::Encode)
+}
+
 /// Encodes `msg` into a new vector.
 pub fn encode<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, CodecError> {
     postcard::to_stdvec(msg).map_err(CodecError::Encode)

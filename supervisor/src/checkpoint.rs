@@ -17,9 +17,10 @@
 //! any kept checkpoint; a run's disk use stays bounded whatever its length.
 
 use crate::journal::{self, Entry, JournalError, JournalWriter};
+use crate::pages::PageStore;
 use crate::pool::{ChunkSource, PoolError, WorkerPool};
 use crate::sim::{AgentStatus, SimState};
-use crate::snapshot::{self, ModelState, PageStore, SnapshotBody, SnapshotError};
+use crate::snapshot::{self, ModelState, SnapshotBody, SnapshotError};
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,7 +54,7 @@ impl Pages {
     /// Opens `<dir>/pages.pack` (and `<origin>/pages.pack`).
     pub fn open(dir: &Path, origin: Option<&Path>) -> Result<Self, SnapshotError> {
         let origin = match origin {
-            Some(o) if o != dir => Some(PageStore::open(o)?),
+            Some(o) if o != dir => Some(PageStore::open_other(o)?),
             _ => None,
         };
         Ok(Self {
@@ -69,11 +70,11 @@ impl Pages {
 }
 
 impl ChunkSource for Pages {
-    fn chunk(&self, hash: &[u8; 32]) -> Result<Vec<u8>, String> {
-        match self.own.get(hash) {
-            Ok(b) => Ok(b),
+    fn chunk_into(&self, hash: &[u8; 32], buf: &mut [u8]) -> Result<(), String> {
+        match self.own.read_into(hash, buf) {
+            Ok(()) => Ok(()),
             Err(e) => match &self.origin {
-                Some(o) => o.get(hash).map_err(|e| e.to_string()),
+                Some(o) => o.read_into(hash, buf).map_err(|e| e.to_string()),
                 None => Err(e.to_string()),
             },
         }

@@ -84,6 +84,7 @@ pub mod manifest;
 pub mod modules;
 pub mod observe;
 pub mod openmetrics;
+pub mod pages;
 pub mod pool;
 pub mod progress;
 pub mod reaper;

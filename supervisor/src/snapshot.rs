@@ -14,10 +14,9 @@
 //! 56  body: postcard(SnapshotBody)
 //! ```
 //!
-//! `<run-dir>/pages.pack` holds every memory chunk ever checkpointed, once:
-//! records of `hash [32] | len u32 LE | bytes`, appended; a record is valid
-//! when its bytes hash to its hash.  Zero chunks are never stored.
-//! Successive checkpoints therefore only add the chunks that changed.
+//! Agents' memories are not in the snapshot: their images name 4 KiB chunks
+//! by hash, and the chunks live in the run's page store
+//! ([`crate::pages`]), each once.
 //!
 //! The body is canonical: it holds only ordered collections and no
 //! wall-clock time (the ATSD's `timestamp` is the logical tick), so the same
@@ -34,11 +33,10 @@
 
 use crate::sim::SimState;
 use serde::{Deserialize, Serialize};
-use shm_protocol::worker::{AgentImage, CHUNK, zero_chunk_hash};
-use std::collections::HashMap;
+use shm_protocol::worker::{AgentImage, CHUNK};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 
 /// Magic of snapshot files.
 pub const MAGIC: &[u8; 8] = b"LSSNAP\0\0";
@@ -166,7 +164,10 @@ pub enum SnapshotError {
     },
 }
 
-fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+pub(crate) fn io<'a>(
+    path: &'a Path,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
     move |source| SnapshotError::Io {
         path: path.display().to_string(),
         op,
@@ -299,193 +300,11 @@ pub fn read(path: &Path) -> Result<SnapshotBody, SnapshotError> {
     decode(&bytes, &path.display().to_string())
 }
 
-/// The content-addressed page store of a run.  Reads and writes take
-/// `&self` (a chunk can be read while a checkpoint adds others).
-#[derive(Debug)]
-pub struct PageStore {
-    path: PathBuf,
-    inner: std::sync::Mutex<PackFile>,
-}
-
-#[derive(Debug)]
-struct PackFile {
-    file: File,
-    index: HashMap<[u8; 32], u64>,
-    len: u64,
-}
-
-impl PageStore {
-    /// Opens (or creates) `<dir>/pages.pack`, indexing its records; a torn
-    /// final record is cut off.
-    pub fn open(dir: &Path) -> Result<Self, SnapshotError> {
-        let path = dir.join("pages.pack");
-        let inner = PackFile::open(&path)?;
-        Ok(Self {
-            path,
-            inner: std::sync::Mutex::new(inner),
-        })
-    }
-
-    fn pack(&self) -> std::sync::MutexGuard<'_, PackFile> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether the store holds `hash` (zero chunks are implied).
-    pub fn contains(&self, hash: &[u8; 32]) -> bool {
-        *hash == zero_chunk_hash() || self.pack().index.contains_key(hash)
-    }
-
-    /// Adds a chunk (ignored if already present or all zero).
-    pub fn put(&self, hash: &[u8; 32], bytes: &[u8]) -> Result<bool, SnapshotError> {
-        if self.contains(hash) {
-            return Ok(false);
-        }
-        if bytes.len() != CHUNK || blake3::hash(bytes).as_bytes() != hash {
-            return Err(SnapshotError::Pages {
-                path: self.path.display().to_string(),
-                reason: "a chunk does not match its hash".into(),
-            });
-        }
-        let mut rec = Vec::with_capacity(36 + CHUNK);
-        rec.extend_from_slice(hash);
-        rec.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        rec.extend_from_slice(bytes);
-        let mut p = self.pack();
-        p.file.write_all(&rec).map_err(io(&self.path, "write"))?;
-        let off = p.len + 36;
-        p.index.insert(*hash, off);
-        p.len += rec.len() as u64;
-        Ok(true)
-    }
-
-    /// Reads and verifies a chunk.
-    pub fn get(&self, hash: &[u8; 32]) -> Result<Vec<u8>, SnapshotError> {
-        if *hash == zero_chunk_hash() {
-            return Ok(vec![0; CHUNK]);
-        }
-        let bad = |reason: String| SnapshotError::Pages {
-            path: self.path.display().to_string(),
-            reason,
-        };
-        let p = self.pack();
-        let off = *p
-            .index
-            .get(hash)
-            .ok_or_else(|| bad(format!("chunk {} is missing", hex(&hash[..8]))))?;
-        let mut buf = vec![0u8; CHUNK];
-        std::os::unix::fs::FileExt::read_exact_at(&p.file, &mut buf, off)
-            .map_err(io(&self.path, "read"))?;
-        drop(p);
-        if blake3::hash(&buf).as_bytes() != hash {
-            return Err(bad(format!("chunk {} is damaged", hex(&hash[..8]))));
-        }
-        Ok(buf)
-    }
-
-    /// Flushes to stable storage.
-    pub fn sync(&self) -> Result<(), SnapshotError> {
-        self.pack()
-            .file
-            .sync_data()
-            .map_err(io(&self.path, "fdatasync"))
-    }
-
-    /// Rewrites the pack with only the chunks in `live` (atomically: a new
-    /// file is written, synced and renamed over the old one).
-    pub fn compact(&self, live: &std::collections::HashSet<[u8; 32]>) -> Result<(), SnapshotError> {
-        let tmp = self.path.with_extension("pack.tmp");
-        {
-            let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(io(&tmp, "create"))?);
-            let p = self.pack();
-            let mut buf = vec![0u8; CHUNK];
-            let mut kept: Vec<(&[u8; 32], &u64)> =
-                p.index.iter().filter(|(h, _)| live.contains(*h)).collect();
-            kept.sort_by_key(|(_, off)| **off);
-            for (h, off) in kept {
-                std::os::unix::fs::FileExt::read_exact_at(&p.file, &mut buf, *off)
-                    .map_err(io(&self.path, "read"))?;
-                out.write_all(h).map_err(io(&tmp, "write"))?;
-                out.write_all(&(CHUNK as u32).to_le_bytes())
-                    .map_err(io(&tmp, "write"))?;
-                out.write_all(&buf).map_err(io(&tmp, "write"))?;
-            }
-            let f = out
-                .into_inner()
-                .map_err(|e| io(&tmp, "write")(e.into_error()))?;
-            f.sync_all().map_err(io(&tmp, "fsync"))?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io(&self.path, "rename"))?;
-        *self.pack() = PackFile::open(&self.path)?;
-        Ok(())
-    }
-
-    /// Bytes in the pack.
-    pub fn len(&self) -> u64 {
-        self.pack().len
-    }
-
-    /// Whether the pack is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Distinct chunks stored.
-    pub fn chunks(&self) -> usize {
-        self.pack().index.len()
-    }
-}
-
-impl PackFile {
-    fn open(path: &Path) -> Result<Self, SnapshotError> {
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(io(path, "open"))?;
-        let size = file.metadata().map_err(io(path, "fstat"))?.len();
-        let mut index = HashMap::new();
-        let mut off = 0u64;
-        let mut head = [0u8; 36];
-        file.seek(SeekFrom::Start(0)).map_err(io(path, "seek"))?;
-        let mut reader = std::io::BufReader::new(&file);
-        while off + 36 <= size {
-            if reader.read_exact(&mut head).is_err() {
-                break;
-            }
-            let len = u32::from_le_bytes([head[32], head[33], head[34], head[35]]) as u64;
-            if len as usize != CHUNK || off + 36 + len > size {
-                break;
-            }
-            let mut hash = [0u8; 32];
-            hash.copy_from_slice(&head[..32]);
-            index.insert(hash, off + 36);
-            if reader.seek_relative(len as i64).is_err() {
-                break;
-            }
-            off += 36 + len;
-        }
-        drop(reader);
-        if off != size {
-            file.set_len(off).map_err(io(path, "truncate"))?;
-        }
-        Ok(Self {
-            file,
-            index,
-            len: off,
-        })
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::manifest::Manifest;
-    use shm_protocol::worker::{ChunkList, HostCounters};
+    use shm_protocol::worker::{ChunkList, HostCounters, zero_chunk_hash};
 
     fn body() -> SnapshotBody {
         let dir = std::env::temp_dir().join(format!("lockstep-snap-m-{}", std::process::id()));
@@ -605,41 +424,5 @@ mod tests {
             }
             fuzz_decode(&b);
         }
-    }
-
-    #[test]
-    fn page_store_dedups_verifies_and_survives_a_torn_tail() {
-        let dir = std::env::temp_dir().join(format!("lockstep-pages-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let chunk = vec![5u8; CHUNK];
-        let h = *blake3::hash(&chunk).as_bytes();
-        let p = PageStore::open(&dir).unwrap();
-        assert!(p.put(&h, &chunk).unwrap());
-        assert!(!p.put(&h, &chunk).unwrap());
-        assert!(p.put(&[0; 32], &chunk).is_err());
-        assert_eq!(p.get(&h).unwrap(), chunk);
-        assert_eq!(p.get(&zero_chunk_hash()).unwrap(), vec![0; CHUNK]);
-        p.sync().unwrap();
-        drop(p);
-        // A torn record at the end is dropped on open.
-        let pack = dir.join("pages.pack");
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&pack)
-            .unwrap();
-        f.write_all(&[1, 2, 3]).unwrap();
-        drop(f);
-        let p = PageStore::open(&dir).unwrap();
-        assert_eq!(p.chunks(), 1);
-        assert_eq!(p.len(), 36 + CHUNK as u64);
-        // Damage inside a record is caught when reading.
-        drop(p);
-        let mut bytes = std::fs::read(&pack).unwrap();
-        bytes[100] ^= 1;
-        std::fs::write(&pack, bytes).unwrap();
-        let p = PageStore::open(&dir).unwrap();
-        assert!(matches!(p.get(&h), Err(SnapshotError::Pages { .. })));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -22,8 +22,8 @@ use crate::snapshot::SnapshotBody;
 use shm_protocol::control::{Down, Role, Up};
 use shm_protocol::segment::SegmentConfig;
 use shm_protocol::worker::{
-    AgentImage, AgentResult, ChunkData, Fault, ModuleFacts, RestoreOrder, TickDone, TickWork,
-    WorkerCommand, WorkerReply, digest_add,
+    AgentImage, AgentResult, CHUNK, ChunkData, Fault, ModuleFacts, RestoreOrder, TickDone,
+    TickWork, WorkerCommand, WorkerReply, digest_add,
 };
 use shm_protocol::{ChannelError, WaitPolicy};
 use std::collections::{BTreeMap, BTreeSet};
@@ -164,9 +164,37 @@ pub struct ModuleImage {
 }
 
 /// Where a restore finds the bytes of memory chunks.
-pub trait ChunkSource {
-    /// The bytes of the chunk with this hash.
-    fn chunk(&self, hash: &[u8; 32]) -> Result<Vec<u8>, String>;
+pub trait ChunkSource: Sync {
+    /// Reads the chunk with this hash into `buf` ([`CHUNK`] bytes).
+    fn chunk_into(&self, hash: &[u8; 32], buf: &mut [u8]) -> Result<(), String>;
+}
+
+/// Reads into `chunks` (reusing its buffers) every distinct non-zero chunk
+/// of `img`, in the order they first appear in the image.
+fn read_chunks(
+    img: &AgentImage,
+    pages: &dyn ChunkSource,
+    chunks: &mut Vec<ChunkData>,
+) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    let mut used = 0;
+    for (_, h) in img.chunks.nonzero() {
+        if !seen.insert(*h) {
+            continue;
+        }
+        if used == chunks.len() {
+            chunks.push(ChunkData {
+                hash: [0; 32],
+                bytes: vec![0; CHUNK],
+            });
+        }
+        let c = &mut chunks[used];
+        c.hash = *h;
+        pages.chunk_into(h, &mut c.bytes)?;
+        used += 1;
+    }
+    chunks.truncate(used);
+    Ok(())
 }
 
 /// What to do with a tick besides the plan.
@@ -676,6 +704,11 @@ impl WorkerPool {
     /// Sends worker `wi` the restore orders of the agents of `body` it
     /// hosts (only those in `subset`, if given), their chunks read from
     /// `pages` (which verifies each).
+    ///
+    /// A reader thread reads and verifies the next agents' chunks while
+    /// this thread encodes and sends the current agent's order: reading,
+    /// hashing and sending a gigabyte each take about as long, and the
+    /// worker restoring the orders waits for them otherwise.
     fn send_restore(
         &mut self,
         wi: usize,
@@ -687,37 +720,64 @@ impl WorkerPool {
         for (id, rec) in &body.scheduler.agents {
             self.placement.note(*id, rec.tenant);
         }
-        for (id, img) in &body.agents {
-            if self.placement.worker_of(*id) != wi || subset.is_some_and(|s| !s.contains(id)) {
-                continue;
-            }
-            let Some(rec) = body.scheduler.agents.get(id) else {
-                continue;
-            };
-            let mut seen = BTreeSet::new();
-            let mut chunks = Vec::new();
-            for (_, h) in img.chunks.nonzero() {
-                if !seen.insert(*h) {
-                    continue;
+        let todo: Vec<(u64, &AgentImage, &crate::sim::AgentRec)> = body
+            .agents
+            .iter()
+            .filter(|(id, _)| {
+                self.placement.worker_of(*id) == wi && subset.is_none_or(|s| s.contains(id))
+            })
+            .filter_map(|(id, img)| Some((*id, img, body.scheduler.agents.get(id)?)))
+            .collect();
+        let images: Vec<&AgentImage> = todo.iter().map(|(_, img, _)| *img).collect();
+        let endpoint = self.workers[wi].child.endpoint();
+        let sent = std::thread::scope(|s| {
+            // Two orders ahead at most; their buffers come back for reuse.
+            let (full_tx, full_rx) = mpsc::sync_channel::<Result<Vec<ChunkData>, String>>(2);
+            let (empty_tx, empty_rx) = mpsc::channel::<Vec<ChunkData>>();
+            s.spawn(move || {
+                for img in images {
+                    let mut chunks = empty_rx.try_recv().unwrap_or_default();
+                    let read = read_chunks(img, pages, &mut chunks).map(|()| chunks);
+                    let failed = read.is_err();
+                    if full_tx.send(read).is_err() || failed {
+                        return;
+                    }
                 }
-                let bytes = pages.chunk(h).map_err(RestoreFailure::Chunks)?;
-                chunks.push(ChunkData { hash: *h, bytes });
+            });
+            for (id, img, rec) in &todo {
+                let chunks = match full_rx.recv() {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return Err(Err(RestoreFailure::Chunks(e))),
+                    Err(_) => {
+                        return Err(Err(RestoreFailure::Chunks(
+                            "the chunk reader stopped".to_owned(),
+                        )));
+                    }
+                };
+                let order = RestoreOrder {
+                    agent_id: *id,
+                    module_id: rec.module,
+                    tenant: rec.tenant,
+                    limits: rec.limits,
+                    image: (*img).clone(),
+                    chunks,
+                };
+                let msg = Down::Worker(WorkerCommand::Restore(order));
+                let sent = endpoint.send_msg_direct(&msg, Some(Instant::now() + timeout));
+                if let Down::Worker(WorkerCommand::Restore(order)) = msg {
+                    let _ = empty_tx.send(order.chunks);
+                }
+                sent.map_err(Ok)?;
             }
-            let order = RestoreOrder {
-                agent_id: *id,
-                module_id: rec.module,
-                tenant: rec.tenant,
-                limits: rec.limits,
-                image: img.clone(),
-                chunks,
-            };
-            if let Err(e) = self.workers[wi].send(WorkerCommand::Restore(order), timeout) {
-                return Err(RestoreFailure::Worker(
-                    self.cause_of_worker(wi, &e, timeout),
-                ));
-            }
+            Ok(())
+        });
+        match sent {
+            Ok(()) => Ok(()),
+            Err(Ok(e)) => Err(RestoreFailure::Worker(
+                self.cause_of_worker(wi, &e, timeout),
+            )),
+            Err(Err(f)) => Err(f),
         }
-        Ok(())
     }
 
     /// Waits for worker `wi` to finish the restores it was sent.
