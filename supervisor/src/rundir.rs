@@ -6,7 +6,8 @@
 //!   journal.lsj              the deterministic record (crate::journal)
 //!   manifest.toml            the manifest as run
 //!   snapshots/tick-<T>.lss   checkpoints (crate::snapshot)
-//!   pages.pack               their memory chunks, content-addressed
+//!   pages.pack               their memory chunks, content-addressed (crate::pages)
+//!   pages.idx                the pack's index (derived: rebuilt from the pack when missing)
 //!   modules/<BLAKE3>.wasm    every module the run loaded, as loaded
 //!   meta.json                versions, pid, wall time, settings (not deterministic)
 //!   summary.json             the final counters (not deterministic: wall time)
