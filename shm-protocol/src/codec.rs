@@ -68,6 +68,71 @@ pub fn encode_to_slice<T: Serialize + ?Sized>(
         .map_err(CodecError::Encode)
 }
 
+/// Encodes `msg` into `sink` piece by piece, through a 4 KiB buffer: the
+/// bytes of [`encode`] without a buffer the size of the message (hashing
+/// a large state, for instance).
+pub fn encode_to_sink<T: Serialize + ?Sized>(
+    msg: &T,
+    sink: &mut dyn FnMut(&[u8]),
+) -> Result<(), CodecError> {
+    postcard::serialize_with_flavor(
+        msg,
+        Streaming {
+            buf: [0; 4096],
+            len: 0,
+            sink,
+        },
+    )
+    .map_err(CodecError::Encode)
+}
+
+/// The postcard flavor of [`encode_to_sink`].
+struct Streaming<'a> {
+    buf: [u8; 4096],
+    len: usize,
+    sink: &'a mut dyn FnMut(&[u8]),
+}
+
+impl Streaming<'_> {
+    fn flush(&mut self) {
+        if self.len > 0 {
+            (self.sink)(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Streaming<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        if self.len == self.buf.len() {
+            self.flush();
+        }
+        self.buf[self.len] = data;
+        self.len += 1;
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() > self.buf.len() - self.len {
+            self.flush();
+            if data.len() >= self.buf.len() {
+                (self.sink)(data);
+                return Ok(());
+            }
+        }
+        self.buf[self.len..self.len + data.len()].copy_from_slice(data);
+        self.len += data.len();
+        Ok(())
+    }
+
+    fn finalize(mut self) -> postcard::Result<()> {
+        self.flush();
+        Ok(())
+    }
+}
+
 /// Encodes `msg` into a new vector.
 pub fn encode<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, CodecError> {
     postcard::to_stdvec(msg).map_err(CodecError::Encode)
@@ -108,6 +173,31 @@ mod tests {
             build: "0.1.0".into(),
         });
         assert_eq!(decode::<Up>(&encode(&m).unwrap()).unwrap(), m);
+    }
+
+    proptest::proptest! {
+        /// Streamed, sized, sliced and plain encodings are the same bytes,
+        /// whatever the mix of small fields and large byte strings.
+        #[test]
+        fn every_encoding_path_gives_the_same_bytes(
+            parts in proptest::collection::vec(
+                (proptest::prelude::any::<u64>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..9000)),
+                0..12,
+            )
+        ) {
+            let msg: Vec<(u64, serde_bytes::ByteBuf)> = parts
+                .into_iter()
+                .map(|(n, b)| (n, serde_bytes::ByteBuf::from(b)))
+                .collect();
+            let plain = encode(&msg).unwrap();
+            let mut streamed = Vec::new();
+            encode_to_sink(&msg, &mut |b: &[u8]| streamed.extend_from_slice(b)).unwrap();
+            proptest::prop_assert_eq!(&streamed, &plain);
+            proptest::prop_assert_eq!(encoded_len(&msg).unwrap(), plain.len());
+            let mut sliced = vec![0u8; plain.len()];
+            proptest::prop_assert_eq!(encode_to_slice(&msg, &mut sliced).unwrap(), plain.len());
+            proptest::prop_assert_eq!(&sliced, &plain);
+        }
     }
 
     #[test]

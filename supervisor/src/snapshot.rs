@@ -89,7 +89,11 @@ pub fn global_hash(
 ) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(b"lockstep-state-v1");
-    h.update(&shm_protocol::codec::encode(scheduler).unwrap_or_default());
+    // Streamed into the hasher: the scheduler of 100,000 agents encodes to
+    // megabytes that a checkpoint need not hold.
+    let _ = shm_protocol::codec::encode_to_sink(scheduler, &mut |b: &[u8]| {
+        h.update(b);
+    });
     for (id, img) in agents {
         h.update(&id.to_le_bytes());
         h.update(&img.state_hash());
@@ -182,17 +186,36 @@ pub fn file_name(tick: u64) -> String {
 
 /// Encodes a snapshot file's bytes.
 pub fn encode(body: &SnapshotBody) -> Vec<u8> {
-    frame(&shm_protocol::codec::encode(body).unwrap_or_default())
+    // The body is encoded after a placeholder header, which is then filled
+    // in: one buffer the size of the file, not two.
+    let mut out = vec![0u8; HEADER];
+    if shm_protocol::codec::encode_into(body, &mut out).is_err() {
+        out.truncate(HEADER);
+    }
+    let len = (out.len() - HEADER) as u64;
+    let sum = *blake3::hash(&out[HEADER..]).as_bytes();
+    out[..HEADER].copy_from_slice(&header(len, &sum));
+    out
+}
+
+/// The header of a snapshot file whose payload has `len` bytes and BLAKE3
+/// `sum`.
+fn header(len: u64, sum: &[u8; 32]) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&len.to_le_bytes());
+    h[24..56].copy_from_slice(sum);
+    h
 }
 
 /// A snapshot file around `payload`: header, length, checksum.
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(blake3::hash(payload).as_bytes());
+    out.extend_from_slice(&header(
+        payload.len() as u64,
+        blake3::hash(payload).as_bytes(),
+    ));
     out.extend_from_slice(payload);
     out
 }
@@ -343,6 +366,8 @@ mod tests {
     fn encoding_is_canonical_and_round_trips() {
         let b = body();
         assert_eq!(encode(&b), encode(&b.clone()));
+        // The file is the framed encoding of the body, header filled in place.
+        assert_eq!(encode(&b), frame(&shm_protocol::codec::encode(&b).unwrap()));
         assert_eq!(decode(&encode(&b), "x").unwrap(), b);
     }
 
