@@ -188,7 +188,11 @@ pub fn file_name(tick: u64) -> String {
 pub fn encode(body: &SnapshotBody) -> Vec<u8> {
     // The body is encoded after a placeholder header, which is then filled
     // in: one buffer the size of the file, not two.
-    let mut out = vec![0u8; HEADER];
+    // Sized first (a pass that writes nothing): one allocation of the
+    // file's size instead of a doubling series of them.
+    let len = shm_protocol::codec::encoded_len(body).unwrap_or(0);
+    let mut out = Vec::with_capacity(HEADER + len);
+    out.resize(HEADER, 0);
     if shm_protocol::codec::encode_into(body, &mut out).is_err() {
         out.truncate(HEADER);
     }

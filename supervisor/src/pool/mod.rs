@@ -978,15 +978,16 @@ impl WorkerPool {
             let mut attempts = 0;
             let mut failed = asked[wi].take();
             loop {
+                let mark = images.len();
                 let result = match failed.take() {
                     Some(f) => Err(f),
-                    None => self.collect_images(wi, ids, put),
+                    None => self.collect_images(wi, ids, put, &mut images),
                 };
+                if result.is_err() {
+                    images.truncate(mark);
+                }
                 match result {
-                    Ok(mut im) => {
-                        images.append(&mut im);
-                        break;
-                    }
+                    Ok(()) => break,
                     Err(CaptureFailure::Store(e)) => return Err(PoolError::Restore(e)),
                     Err(CaptureFailure::Worker(cause)) => {
                         attempts += 1;
@@ -1023,16 +1024,18 @@ impl WorkerPool {
             .map_err(|e| CaptureFailure::Worker(self.cause_of_worker(wi, &e, timeout)))
     }
 
-    /// Reads worker `wi`'s images of `ids`, putting their new chunks (each
-    /// checked against its hash) into the page store.
+    /// Reads worker `wi`'s images of `ids` into `images` (appended: one
+    /// vector for all workers), putting their new chunks (each checked
+    /// against its hash) into the page store.
     fn collect_images(
         &mut self,
         wi: usize,
         ids: &[u64],
         put: &mut dyn FnMut(&ChunkData) -> Result<(), String>,
-    ) -> Result<Vec<(u64, AgentImage)>, CaptureFailure> {
+        images: &mut Vec<(u64, AgentImage)>,
+    ) -> Result<(), CaptureFailure> {
         let timeout = Duration::from_secs(600);
-        let mut images = Vec::with_capacity(ids.len());
+        let first = images.len();
         loop {
             let reply = match self.workers[wi].recv(timeout) {
                 Ok(r) => r,
@@ -1062,16 +1065,16 @@ impl WorkerPool {
                     images.push((agent_id, image));
                 }
                 WorkerReply::Checkpointed { missing } => {
-                    if images.len() + missing.len() != ids.len() {
+                    let imaged = images.len() - first;
+                    if imaged + missing.len() != ids.len() {
                         self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
                         return Err(CaptureFailure::Worker(Cause::Protocol(format!(
-                            "imaged {} and missed {} of {} agents",
-                            images.len(),
+                            "imaged {imaged} and missed {} of {} agents",
                             missing.len(),
                             ids.len()
                         ))));
                     }
-                    return Ok(images);
+                    return Ok(());
                 }
                 other => {
                     self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
