@@ -48,6 +48,7 @@
 pub(crate) mod region;
 pub(crate) mod sync;
 
+pub mod alloc;
 pub mod board;
 pub mod codec;
 pub mod control;
