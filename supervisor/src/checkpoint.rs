@@ -71,12 +71,16 @@ impl Pages {
 
 impl ChunkSource for Pages {
     fn chunk_into(&self, hash: &[u8; 32], buf: &mut [u8]) -> Result<(), String> {
-        match self.own.read_into(hash, buf) {
-            Ok(()) => Ok(()),
-            Err(e) => match &self.origin {
-                Some(o) => o.read_into(hash, buf).map_err(|e| e.to_string()),
-                None => Err(e.to_string()),
-            },
+        let own = self.own.read_if_present(hash, buf);
+        if matches!(own, Ok(true)) {
+            return Ok(());
+        }
+        // Missing here (a fork or replay restores from its origin's
+        // store) or damaged here: the origin's copy.
+        match (&self.origin, own) {
+            (Some(o), _) => o.read_into(hash, buf).map_err(|e| e.to_string()),
+            (None, Err(e)) => Err(e.to_string()),
+            (None, Ok(_)) => self.own.read_into(hash, buf).map_err(|e| e.to_string()),
         }
     }
 }

@@ -130,6 +130,17 @@ impl PageStore {
 
     /// Reads and verifies a chunk into `buf` (`CHUNK` bytes).
     pub fn read_into(&self, hash: &[u8; 32], buf: &mut [u8]) -> Result<(), SnapshotError> {
+        if self.read_if_present(hash, buf)? {
+            Ok(())
+        } else {
+            Err(self.bad(format!("chunk {} is missing", hex(&hash[..8]))))
+        }
+    }
+
+    /// [`PageStore::read_into`], answering `false` (cheaply: no error is
+    /// built) when the store does not hold the chunk — a restore from
+    /// another run's store asks this run's store first for every chunk.
+    pub fn read_if_present(&self, hash: &[u8; 32], buf: &mut [u8]) -> Result<bool, SnapshotError> {
         if buf.len() != CHUNK {
             return Err(self.bad(format!(
                 "a read of {} bytes (chunks have {CHUNK})",
@@ -138,37 +149,38 @@ impl PageStore {
         }
         if *hash == zero_chunk_hash() {
             buf.fill(0);
-            return Ok(());
+            return Ok(true);
         }
         match self.try_read(hash, buf)? {
+            None => return Ok(false),
+            Some(true) => return Ok(true),
             // The bytes the index pointed at are not the chunk: if the
             // index came from `pages.idx`, rebuild it from the pack (once).
-            false if self.pack().from_index => {
+            Some(false) if self.pack().from_index => {
                 tracing::warn!(pack = %self.path.display(), "a chunk read through pages.idx is wrong: re-indexing the pack");
                 let fresh = PackFile::open(&self.path, &self.index_path, self.owner, false)?;
                 *self.pack() = fresh;
-                if self.try_read(hash, buf)? {
-                    return Ok(());
+                if self.try_read(hash, buf)? == Some(true) {
+                    return Ok(true);
                 }
             }
-            false => {}
-            true => return Ok(()),
+            Some(false) => {}
         }
         Err(self.bad(format!("chunk {} is damaged", hex(&hash[..8]))))
     }
 
-    /// Reads `hash` into `buf`: whether the bytes hash to it.
-    fn try_read(&self, hash: &[u8; 32], buf: &mut [u8]) -> Result<bool, SnapshotError> {
+    /// Reads `hash` into `buf`: whether the bytes hash to it (`None`: the
+    /// store does not hold it).
+    fn try_read(&self, hash: &[u8; 32], buf: &mut [u8]) -> Result<Option<bool>, SnapshotError> {
         let p = self.pack();
-        let off = *p
-            .index
-            .get(hash)
-            .ok_or_else(|| self.bad(format!("chunk {} is missing", hex(&hash[..8]))))?;
+        let Some(&off) = p.index.get(hash) else {
+            return Ok(None);
+        };
         p.file
             .read_exact_at(buf, off)
             .map_err(io(&self.path, "read"))?;
         drop(p);
-        Ok(blake3::hash(buf).as_bytes() == hash)
+        Ok(Some(blake3::hash(buf).as_bytes() == hash))
     }
 
     fn bad(&self, reason: String) -> SnapshotError {

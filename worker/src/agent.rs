@@ -604,13 +604,7 @@ impl Agent {
         limits: AgentLimits,
         state: &AgentState,
     ) -> Result<Self, Fault> {
-        let parts = ImageParts {
-            module_hash: &state.module_hash,
-            memory_len: state.memory.len() as u64,
-            globals: &state.globals,
-            host: state.host,
-        };
-        Self::restore_with(rt, module, id, limits, parts, |m| {
+        Self::restore_with(rt, module, id, limits, ImageParts::of(state), |m| {
             m.copy_from_slice(&state.memory);
             Ok(())
         })
@@ -682,6 +676,18 @@ pub struct ImageParts<'a> {
     pub globals: &'a [GlobalValue],
     /// Host counters.
     pub host: HostCounters,
+}
+
+impl<'a> ImageParts<'a> {
+    /// The parts of a captured state.
+    pub fn of(state: &'a AgentState) -> Self {
+        Self {
+            module_hash: &state.module_hash,
+            memory_len: state.memory.len() as u64,
+            globals: &state.globals,
+            host: state.host,
+        }
+    }
 }
 
 /// The memory a hot-swapped agent continues with: its old memory, with the

@@ -287,11 +287,11 @@ impl Worker {
         limits: AgentLimits,
         state: &shm_protocol::worker::AgentState,
     ) -> Result<(), String> {
-        let module = self.module_for_restore(module_id)?;
-        let agent =
-            Agent::restore(&self.rt, module, id, limits, state).map_err(|f| f.to_string())?;
-        self.place_restored(id, module_id, tenant, limits, agent);
-        Ok(())
+        let parts = crate::agent::ImageParts::of(state);
+        self.restore_with(id, module_id, tenant, limits, parts, |m| {
+            m.copy_from_slice(&state.memory);
+            Ok(())
+        })
     }
 
     /// [`Worker::restore`] from an image's parts, its memory written in
@@ -305,28 +305,13 @@ impl Worker {
         parts: crate::agent::ImageParts<'_>,
         fill: impl FnOnce(&mut [u8]) -> Result<(), String>,
     ) -> Result<(), String> {
-        let module = self.module_for_restore(module_id)?;
-        let agent = Agent::restore_with(&self.rt, module, id, limits, parts, fill)
-            .map_err(|f| f.to_string())?;
-        self.place_restored(id, module_id, tenant, limits, agent);
-        Ok(())
-    }
-
-    fn module_for_restore(&self, module_id: u32) -> Result<Arc<AgentModule>, String> {
-        self.modules
+        let module = self
+            .modules
             .get(&module_id)
             .cloned()
-            .ok_or_else(|| format!("no module {module_id}"))
-    }
-
-    fn place_restored(
-        &mut self,
-        id: u64,
-        module_id: u32,
-        tenant: u32,
-        limits: AgentLimits,
-        agent: Agent,
-    ) {
+            .ok_or_else(|| format!("no module {module_id}"))?;
+        let agent = Agent::restore_with(&self.rt, module, id, limits, parts, fill)
+            .map_err(|f| f.to_string())?;
         let slot = Slot {
             id,
             tenant,
@@ -339,6 +324,7 @@ impl Worker {
             Ok(i) => self.slots[i] = slot,
             Err(i) => self.slots.insert(i, slot),
         }
+        Ok(())
     }
 
     fn record(slot: &mut Slot, out: CallOutcome, started: Option<Instant>) {

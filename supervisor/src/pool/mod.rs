@@ -728,14 +728,14 @@ impl WorkerPool {
             })
             .filter_map(|(id, img)| Some((*id, img, body.scheduler.agents.get(id)?)))
             .collect();
-        let images: Vec<&AgentImage> = todo.iter().map(|(_, img, _)| *img).collect();
         let endpoint = self.workers[wi].child.endpoint();
         let sent = std::thread::scope(|s| {
             // Two orders ahead at most; their buffers come back for reuse.
             let (full_tx, full_rx) = mpsc::sync_channel::<Result<Vec<ChunkData>, String>>(2);
             let (empty_tx, empty_rx) = mpsc::channel::<Vec<ChunkData>>();
+            let queue = &todo;
             s.spawn(move || {
-                for img in images {
+                for (_, img, _) in queue {
                     let mut chunks = empty_rx.try_recv().unwrap_or_default();
                     let read = read_chunks(img, pages, &mut chunks).map(|()| chunks);
                     let failed = read.is_err();
