@@ -11,7 +11,7 @@ use shm_protocol::worker::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use wasmtime::{Engine, Global, Instance, Linker, Memory, Store, TypedFunc, Val};
+use wasmtime::{Engine, Func, Global, Instance, Linker, Memory, Store, TypedFunc, Val};
 
 /// Size of the fixed part of the step context (docs/abi.md).
 pub const CTX_SIZE: usize = 64;
@@ -87,12 +87,17 @@ impl Runtime {
     }
 }
 
-/// An agent's exports that a tick rarely calls.
+/// An agent's exports that a tick rarely calls, untyped (a typed function
+/// also holds its type: with 100,000 agents the difference is 19 MB); their
+/// signatures were checked at load, and each call checks its own again.
 struct ColdExports {
-    f_buffer: TypedFunc<i32, i32>,
-    f_init: TypedFunc<(), i32>,
-    f_shutdown: TypedFunc<(), i32>,
-    f_migrate: Option<TypedFunc<i32, i32>>,
+    /// `agent_step` itself: plain steps go through the step entry when the
+    /// module has one.
+    f_step: Func,
+    f_buffer: Func,
+    f_init: Func,
+    f_shutdown: Func,
+    f_migrate: Option<Func>,
 }
 
 /// A live agent.
@@ -101,7 +106,10 @@ pub struct Agent {
     store: Store<AgentHost>,
     memory: Memory,
     globals: Vec<Global>,
-    f_step: TypedFunc<i32, i32>,
+    /// The step entry instrumentation added, if it did
+    /// ([`crate::instrument`]): `(ctx_ptr, tick, agent_id, mailbox_len |
+    /// flags << 32)`.
+    f_entry: Option<TypedFunc<(i32, i64, i64, i64), i32>>,
     f_receive: TypedFunc<i32, i32>,
     /// The exports a tick rarely calls, out of line: the worker walks its
     /// agents in order every tick, and a smaller agent is fewer cache lines
@@ -113,8 +121,10 @@ pub struct Agent {
     /// Where the host buffer was at the last call (an address for cache
     /// hints only: it may be stale after the memory grows or moves).
     buffer_hint: usize,
-    /// The bytes of the host buffer the current call's context or message
-    /// occupies (offset, length), cleared when the call returns.
+    /// The bytes of the host buffer the host has placed something in and
+    /// not yet zeroed (offset, length): the current call's context or
+    /// message, or the last plain step's context, which stays until
+    /// [`Agent::settle`] (see [`Agent::step`]).
     placed: Option<(usize, usize)>,
 }
 
@@ -195,27 +205,29 @@ impl Agent {
                 .ok_or_else(|| inst_fault(format!("global export {} missing", g.export)))?;
             globals.push(global);
         }
-        let f_buffer = instance
-            .get_typed_func(&mut store, "agent_buffer")
-            .map_err(inst_fault)?;
-        let f_init = instance
-            .get_typed_func(&mut store, "agent_init")
-            .map_err(inst_fault)?;
-        let f_step = instance
-            .get_typed_func(&mut store, "agent_step")
-            .map_err(inst_fault)?;
+        let export = |store: &mut Store<AgentHost>, name: &str| {
+            instance
+                .get_func(&mut *store, name)
+                .ok_or_else(|| inst_fault(format!("export {name} missing")))
+        };
+        let f_buffer = export(&mut store, "agent_buffer")?;
+        let f_init = export(&mut store, "agent_init")?;
+        let f_step = export(&mut store, "agent_step")?;
+        let f_entry = if module.step_entry {
+            Some(
+                instance
+                    .get_typed_func(&mut store, crate::instrument::STEP_ENTRY_EXPORT)
+                    .map_err(inst_fault)?,
+            )
+        } else {
+            None
+        };
         let f_receive = instance
             .get_typed_func(&mut store, "agent_receive")
             .map_err(inst_fault)?;
-        let f_shutdown = instance
-            .get_typed_func(&mut store, "agent_shutdown")
-            .map_err(inst_fault)?;
+        let f_shutdown = export(&mut store, "agent_shutdown")?;
         let f_migrate = if module.has_migrate {
-            Some(
-                instance
-                    .get_typed_func(&mut store, "agent_migrate")
-                    .map_err(inst_fault)?,
-            )
+            Some(export(&mut store, "agent_migrate")?)
         } else {
             None
         };
@@ -224,9 +236,10 @@ impl Agent {
             store,
             memory,
             globals,
-            f_step,
+            f_entry,
             f_receive,
             cold: Box::new(ColdExports {
+                f_step,
                 f_buffer,
                 f_init,
                 f_shutdown,
@@ -307,19 +320,24 @@ impl Agent {
     }
 
     /// Runs `f` as one call with the per-call fuel limit and watchdog.
+    /// `entry_fuel` is what a host entry point the call goes through
+    /// consumes before the agent's own code starts (and nothing after): it
+    /// is added to the limit and not counted as the agent's.
     fn call(
         &mut self,
         tick: u64,
+        entry_fuel: u64,
         f: impl FnOnce(&mut Self) -> wasmtime::Result<i32>,
     ) -> CallOutcome {
         let limit = self.store.data().limits.fuel_per_call;
+        let given = limit.saturating_add(entry_fuel);
         {
             let h = self.store.data_mut();
             h.tick = tick;
             h.fault = None;
             h.call_outputs = 0;
         }
-        if self.store.set_fuel(limit).is_err() {
+        if self.store.set_fuel(given).is_err() {
             return CallOutcome {
                 fuel: 0,
                 fault: Some(Fault::OutOfFuel),
@@ -328,11 +346,8 @@ impl Agent {
         self.store
             .set_epoch_deadline(self.deadline.load(Ordering::Relaxed) as u64);
         let r = f(self);
-        if let Some((start, len)) = self.placed.take() {
-            self.clear_placed(start, len);
-        }
         let left = self.store.get_fuel().unwrap_or(0);
-        let fuel = limit.saturating_sub(left);
+        let fuel = given.saturating_sub(left).saturating_sub(entry_fuel);
         let fault = match r {
             Ok(0) => None,
             Ok(code) => Some(Fault::AgentError(code)),
@@ -350,15 +365,21 @@ impl Agent {
     /// Places `head` followed by `tail` in the agent's host buffer (asking
     /// the agent for a larger one if needed) and returns its address.  The
     /// parts are copied straight into linear memory (no intermediate
-    /// buffer; one memory look-up for the bounds check and the copies).
+    /// buffer; one memory look-up for the bounds check and the copies),
+    /// and what an earlier placement left beyond them is zeroed in the same
+    /// pass.
     fn place<const N: usize>(&mut self, head: &[u8; N], tail: &[&[u8]]) -> wasmtime::Result<i32> {
         let need: usize = N + tail.iter().map(|p| p.len()).sum::<usize>();
         let (mut ptr, mut cap) = self.store.data().counters.buffer;
         if (cap as usize) < need {
+            // The agent runs (`agent_buffer`) with its buffer all zero.
+            self.settle();
             let want = need.next_power_of_two().max(256);
             let want = i32::try_from(want)
                 .map_err(|_| HostTrap(Fault::BadHostCall("message too large".into())))?;
-            let p = self.cold.f_buffer.call(&mut self.store, want)?;
+            let p = (self.cold.f_buffer)
+                .typed::<i32, i32>(&self.store)?
+                .call(&mut self.store, want)?;
             ptr = p as u32;
             cap = want as u32;
             if p == 0 || ptr % 8 != 0 {
@@ -369,8 +390,17 @@ impl Agent {
             self.store.data_mut().counters.buffer = (ptr, cap);
         }
         let start = ptr as usize;
+        let stale_end = match self.placed {
+            Some((s, len)) if s == start => start + len,
+            Some(_) => {
+                self.settle();
+                0
+            }
+            None => 0,
+        };
         let dst = start
             .checked_add(need)
+            .map(|end| end.max(stale_end))
             .and_then(|end| self.memory.data_mut(&mut self.store).get_mut(start..end));
         let Some(dst) = dst else {
             let f = Fault::BadHostCall(format!("agent buffer {ptr:#x}+{need} is outside memory"));
@@ -386,17 +416,19 @@ impl Agent {
             d.copy_from_slice(p);
             rest = r;
         }
+        rest.fill(0);
         Ok(ptr as i32)
     }
 
-    /// Zeroes what the host placed in the agent's buffer once the call that
-    /// read it has returned.  The buffer belongs to the host between calls
+    /// Zeroes what the host placed in the agent's buffer (see
+    /// [`Agent::settle`]).  The buffer belongs to the host between calls
     /// (docs/abi.md), and a context written into every agent's memory
     /// every tick would otherwise change a page of every agent between any
     /// two checkpoints: cleared, the memory of an agent that writes nothing
     /// stays the same, and checkpoints ship and hash only what agents
     /// themselves wrote.
     fn clear_placed(&mut self, start: usize, len: usize) {
+        self.placed = None;
         let data = self.memory.data_mut(&mut self.store);
         if let Some(d) = start
             .checked_add(len)
@@ -406,9 +438,23 @@ impl Agent {
         }
     }
 
+    /// Zeroes what the host left in the agent's buffer (the last plain
+    /// step's context): before any other call, and before anything reads
+    /// the agent's memory, the buffer is all zero as the ABI says.
+    fn settle(&mut self) {
+        if let Some((start, len)) = self.placed {
+            self.clear_placed(start, len);
+        }
+    }
+
     /// `agent_init`.
     pub fn init(&mut self, tick: u64) -> CallOutcome {
-        let out = self.call(tick, |a| a.cold.f_init.call(&mut a.store, ()));
+        self.settle();
+        let out = self.call(tick, 0, |a| {
+            (a.cold.f_init)
+                .typed::<(), i32>(&a.store)?
+                .call(&mut a.store, ())
+        });
         if out.fault.is_none() {
             self.store.data_mut().counters.live = true;
             self.first_step = true;
@@ -419,10 +465,12 @@ impl Agent {
     /// `agent_receive` for one message.
     pub fn receive(&mut self, tick: u64, msg: &WireMessage) -> CallOutcome {
         let head = message_header(msg);
-        self.call(tick, |a| {
+        let out = self.call(tick, 0, |a| {
             let p = a.place(&head, &[msg.topic.as_bytes(), &msg.payload])?;
             a.f_receive.call(&mut a.store, p)
-        })
+        });
+        self.settle();
+        out
     }
 
     /// Starts loading what the agent's next call touches first (its host
@@ -435,32 +483,75 @@ impl Agent {
     }
 
     /// `agent_step`.
+    ///
+    /// A plain step (no task) of an agent whose buffer holds a context
+    /// goes through the step entry, which writes the context inside wasm
+    /// ([`crate::instrument`]); the context then stays in the buffer until
+    /// the next placement overwrites it or [`Agent::settle`] zeroes it —
+    /// nothing reads the memory in between (no agent code runs, and every
+    /// host read of the memory settles first), so what agents and
+    /// checkpoints see is what they would if it were zeroed on return.
     pub fn step(&mut self, tick: u64, task: Option<&TaskRef>, mailbox_len: u32) -> CallOutcome {
         let first = std::mem::replace(&mut self.first_step, false);
+        let (ptr, cap) = self.store.data().counters.buffer;
+        if task.is_none() && cap as usize >= CTX_SIZE && self.f_entry.is_some() {
+            let start = ptr as usize;
+            if self.placed != Some((start, CTX_SIZE)) {
+                self.settle();
+            }
+            let id = self.id();
+            let mailbox_and_flags = u64::from(mailbox_len) | (u64::from(first) << 32);
+            let out = self.call(tick, crate::instrument::STEP_ENTRY_FUEL, |a| {
+                let args = (ptr as i32, tick as i64, id as i64, mailbox_and_flags as i64);
+                match &a.f_entry {
+                    Some(entry) => entry.call(&mut a.store, args),
+                    None => Err(HostTrap(Fault::Unknown("no step entry".into())).into()),
+                }
+            });
+            self.placed = Some((start, CTX_SIZE));
+            if out.fault.is_some() {
+                self.settle();
+            }
+            return out;
+        }
         let head = context_header(tick, self.id(), task, mailbox_len, first);
         let payload: &[u8] = task.map_or(&[], |t| &t.payload);
-        self.call(tick, |a| {
+        let out = self.call(tick, 0, |a| {
             let p = a.place(&head, &[payload])?;
-            a.f_step.call(&mut a.store, p)
-        })
+            (a.cold.f_step)
+                .typed::<i32, i32>(&a.store)?
+                .call(&mut a.store, p)
+        });
+        self.settle();
+        out
     }
 
     /// `agent_shutdown`.
     pub fn shutdown(&mut self, tick: u64) -> CallOutcome {
-        let out = self.call(tick, |a| a.cold.f_shutdown.call(&mut a.store, ()));
+        self.settle();
+        let out = self.call(tick, 0, |a| {
+            (a.cold.f_shutdown)
+                .typed::<(), i32>(&a.store)?
+                .call(&mut a.store, ())
+        });
         self.store.data_mut().counters.live = false;
         out
     }
 
     /// `agent_migrate(from)` after a hot-swap, if the module exports it.
     pub fn migrate(&mut self, tick: u64, from_version: i32) -> Option<CallOutcome> {
-        let f = self.cold.f_migrate.clone()?;
-        Some(self.call(tick, |a| f.call(&mut a.store, from_version)))
+        let f = self.cold.f_migrate?;
+        self.settle();
+        Some(self.call(tick, 0, |a| {
+            f.typed::<i32, i32>(&a.store)?
+                .call(&mut a.store, from_version)
+        }))
     }
 
     /// The agent's linear memory, mutable globals and host counters, as
     /// they are between calls (for imaging without copying memory).
     pub fn parts(&mut self) -> (&[u8], Vec<GlobalValue>, HostCounters) {
+        self.settle();
         let globals = self
             .globals
             .iter()
@@ -538,6 +629,18 @@ impl Agent {
         globals: Option<&[GlobalValue]>,
         counters: HostCounters,
     ) -> Result<(), Fault> {
+        // A captured buffer is one `agent_buffer` returned: aligned, and
+        // room for a context inside the memory (restored images are
+        // untrusted bytes).
+        let (ptr, cap) = counters.buffer;
+        let fits = (ptr as usize)
+            .checked_add((cap as usize).min(CTX_SIZE))
+            .is_some_and(|end| end <= self.memory.data_size(&self.store));
+        if cap != 0 && (ptr == 0 || ptr % 8 != 0 || !fits) {
+            return Err(Fault::Instantiate(format!(
+                "captured host buffer {ptr:#x}+{cap} is not one the agent could have given"
+            )));
+        }
         for (g, v) in self.globals.iter().zip(globals.unwrap_or(&[])) {
             let val = match *v {
                 GlobalValue::I32(x) => Val::I32(x),
@@ -556,6 +659,7 @@ impl Agent {
 
     /// Flips one byte of linear memory (test-only fault injection).
     pub fn flip_byte(&mut self, offset: usize) {
+        self.settle();
         let data = self.memory.data_mut(&mut self.store);
         if let Some(b) = data.get_mut(offset) {
             *b ^= 0xFF;
@@ -564,6 +668,7 @@ impl Agent {
 
     /// Captures the agent's complete mutable state (between calls).
     pub fn capture(&mut self) -> AgentState {
+        self.settle();
         let memory = self.memory.data(&self.store).to_vec();
         let globals = self
             .globals
@@ -581,6 +686,7 @@ impl Agent {
     /// BLAKE3 of the agent's state, computed in place (same value as
     /// [`state_hash`] of [`Agent::capture`]).
     pub fn state_hash(&mut self) -> [u8; 32] {
+        self.settle();
         let globals: Vec<GlobalValue> = self
             .globals
             .iter()

@@ -1,5 +1,6 @@
-//! The deterministic wasmtime engine, module validation and instrumentation,
-//! and compilation to (and loading from) the supervisor's compiled form.
+//! The deterministic wasmtime engine, the module interface checks, and
+//! compilation to (and loading from) the supervisor's compiled form
+//! (validation and instrumentation of the bytes: [`crate::instrument`]).
 //!
 //! Workers never read module files or a compiled-module cache: the
 //! supervisor sends the module bytes, and the compiled form produced by a
@@ -23,7 +24,6 @@
 
 use crate::error::LoadError;
 use shm_protocol::worker::ModuleFacts;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,8 +36,6 @@ pub const ABI_MAJOR: u32 = 1;
 pub const ABI_MINOR: u32 = 0;
 /// Engine epoch period (the watchdog's resolution).
 pub const EPOCH_PERIOD: Duration = Duration::from_millis(10);
-/// Prefix of the exports added for unexported mutable globals.
-pub const GLOBAL_EXPORT_PREFIX: &str = "__lockstep_global_";
 
 /// Builds the deterministic engine (see the module docs).
 pub fn deterministic_engine() -> Result<Engine, LoadError> {
@@ -172,6 +170,9 @@ pub struct AgentModule {
     /// the memory contents an instance starts with besides zeros (a
     /// hot-swap tells state from static data by comparing against them).
     pub data: Arc<Vec<(u32, Vec<u8>)>>,
+    /// Whether instrumentation added the step entry
+    /// ([`crate::instrument::STEP_ENTRY_EXPORT`]).
+    pub step_entry: bool,
     /// Initial memory size in bytes.
     pub min_memory: u64,
     /// Its `agent_abi_version` (0 until checked).
@@ -210,231 +211,9 @@ fn fmt_sig(sig: Sig) -> String {
     format!("({}) -> ({})", f(sig.0), f(sig.1))
 }
 
-/// What a pre-compilation scan of the module found.
-#[derive(Debug, Default)]
-struct Scan {
-    /// (global index, mutable, exported name, type).
-    globals: Vec<(u32, bool, Option<String>, String)>,
-    /// Active data segments of memory 0 with a constant offset.
-    data: Vec<(u32, Vec<u8>)>,
-}
-
-/// Parses and validates the module bytes, rejects what ABI v1 forbids, and
-/// returns the facts instrumentation needs.
-fn scan(name: &str, bytes: &[u8]) -> Result<Scan, LoadError> {
-    use wasmparser::{Operator, Parser, Payload, TypeRef};
-    let invalid = |reason: String| LoadError::Invalid {
-        module: name.to_owned(),
-        reason,
-    };
-    let mut features = wasmparser::WasmFeatures::default();
-    features.remove(wasmparser::WasmFeatures::THREADS);
-    features.remove(wasmparser::WasmFeatures::SHARED_EVERYTHING_THREADS);
-    features.remove(wasmparser::WasmFeatures::RELAXED_SIMD);
-    features.remove(wasmparser::WasmFeatures::MULTI_MEMORY);
-    features.remove(wasmparser::WasmFeatures::MEMORY64);
-    features.remove(wasmparser::WasmFeatures::COMPONENT_MODEL);
-    let mut validator = wasmparser::Validator::new_with_features(features);
-    validator
-        .validate_all(bytes)
-        .map_err(|e| invalid(e.to_string()))?;
-    let mut out = Scan::default();
-    let mut imported_globals = 0u32;
-    let mut exports: HashMap<u32, String> = HashMap::new();
-    for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(|e| invalid(e.to_string()))? {
-            Payload::ImportSection(r) => {
-                for imp in r.into_imports() {
-                    let imp = imp.map_err(|e| invalid(e.to_string()))?;
-                    if let TypeRef::Global(_) = imp.ty {
-                        imported_globals += 1;
-                    }
-                }
-            }
-            Payload::GlobalSection(r) => {
-                for (i, g) in r.into_iter().enumerate() {
-                    let g = g.map_err(|e| invalid(e.to_string()))?;
-                    let index = imported_globals + i as u32;
-                    if g.ty.mutable
-                        && !matches!(
-                            g.ty.content_type,
-                            wasmparser::ValType::I32
-                                | wasmparser::ValType::I64
-                                | wasmparser::ValType::F32
-                                | wasmparser::ValType::F64
-                                | wasmparser::ValType::V128
-                        )
-                    {
-                        return Err(LoadError::Forbidden {
-                            module: name.to_owned(),
-                            item: format!("mutable reference-typed global {index}"),
-                            why: "its value cannot be captured in a snapshot".into(),
-                        });
-                    }
-                    let ty = match g.ty.content_type {
-                        wasmparser::ValType::I32 => "i32",
-                        wasmparser::ValType::I64 => "i64",
-                        wasmparser::ValType::F32 => "f32",
-                        wasmparser::ValType::F64 => "f64",
-                        wasmparser::ValType::V128 => "v128",
-                        wasmparser::ValType::Ref(_) => "ref",
-                    };
-                    out.globals.push((index, g.ty.mutable, None, ty.to_owned()));
-                }
-            }
-            Payload::ExportSection(r) => {
-                for e in r {
-                    let e = e.map_err(|e| invalid(e.to_string()))?;
-                    if e.kind == wasmparser::ExternalKind::Global {
-                        exports.entry(e.index).or_insert_with(|| e.name.to_owned());
-                    }
-                }
-            }
-            Payload::DataSection(r) => {
-                for d in r {
-                    let d = d.map_err(|e| invalid(e.to_string()))?;
-                    if let wasmparser::DataKind::Active {
-                        memory_index: 0,
-                        offset_expr,
-                    } = d.kind
-                    {
-                        let mut ops = offset_expr.get_operators_reader();
-                        if let Ok(Operator::I32Const { value }) = ops.read() {
-                            out.data.push((value as u32, d.data.to_vec()));
-                        }
-                    }
-                }
-            }
-            Payload::CodeSectionEntry(body) => {
-                let mut ops = body
-                    .get_operators_reader()
-                    .map_err(|e| invalid(e.to_string()))?;
-                while !ops.eof() {
-                    let op = ops.read().map_err(|e| invalid(e.to_string()))?;
-                    let forbidden = match op {
-                        Operator::TableSet { .. }
-                        | Operator::TableGrow { .. }
-                        | Operator::TableFill { .. }
-                        | Operator::TableCopy { .. }
-                        | Operator::TableInit { .. }
-                        | Operator::ElemDrop { .. } => Some("table mutation"),
-                        Operator::DataDrop { .. } => Some("data.drop"),
-                        _ => None,
-                    };
-                    if let Some(what) = forbidden {
-                        return Err(LoadError::Forbidden {
-                            module: name.to_owned(),
-                            item: format!("instruction {what} at offset {}", ops.original_position()),
-                            why: "ABI v1 keeps tables and data segments immutable so that state capture is complete".into(),
-                        });
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    for g in &mut out.globals {
-        g.2 = exports.get(&g.0).cloned();
-    }
-    Ok(out)
-}
-
-/// Adds an export for every mutable global that has none, so that state
-/// capture can read and restore it (as Wizer does).  Returns the new bytes
-/// and the export name of every mutable global.
-fn instrument(
-    name: &str,
-    bytes: &[u8],
-    scan: &Scan,
-) -> Result<(Vec<u8>, Vec<MutableGlobal>), LoadError> {
-    use wasm_encoder::{ExportKind, ExportSection, RawSection};
-    use wasmparser::{Parser, Payload};
-    let invalid = |reason: String| LoadError::Invalid {
-        module: name.to_owned(),
-        reason,
-    };
-    let mut globals = Vec::new();
-    let mut added = Vec::new();
-    for (index, mutable, export, ty) in &scan.globals {
-        if !mutable {
-            continue;
-        }
-        let export = match export {
-            Some(e) => e.clone(),
-            None => {
-                let e = format!("{GLOBAL_EXPORT_PREFIX}{index}");
-                added.push((e.clone(), *index));
-                e
-            }
-        };
-        globals.push(MutableGlobal {
-            index: *index,
-            export,
-            ty: ty.clone(),
-        });
-    }
-    if added.is_empty() {
-        return Ok((bytes.to_vec(), globals));
-    }
-    let mut module = wasm_encoder::Module::new();
-    let mut wrote_exports = false;
-    let write_exports = |module: &mut wasm_encoder::Module,
-                         existing: Option<wasmparser::ExportSectionReader<'_>>|
-     -> Result<(), LoadError> {
-        let mut sec = ExportSection::new();
-        if let Some(r) = existing {
-            for e in r {
-                let e = e.map_err(|e| invalid(e.to_string()))?;
-                let kind = match e.kind {
-                    wasmparser::ExternalKind::Func => ExportKind::Func,
-                    wasmparser::ExternalKind::Table => ExportKind::Table,
-                    wasmparser::ExternalKind::Memory => ExportKind::Memory,
-                    wasmparser::ExternalKind::Global => ExportKind::Global,
-                    wasmparser::ExternalKind::Tag => ExportKind::Tag,
-                    other => return Err(invalid(format!("unsupported export kind {other:?}"))),
-                };
-                sec.export(e.name, kind, e.index);
-            }
-        }
-        for (n, i) in &added {
-            sec.export(n, ExportKind::Global, *i);
-        }
-        module.section(&sec);
-        Ok(())
-    };
-    for payload in Parser::new(0).parse_all(bytes) {
-        let payload = payload.map_err(|e| invalid(e.to_string()))?;
-        match payload {
-            Payload::Version { .. } | Payload::End(_) => {}
-            Payload::ExportSection(r) => {
-                write_exports(&mut module, Some(r))?;
-                wrote_exports = true;
-            }
-            other => {
-                if let Some((id, range)) = other.as_section() {
-                    // Start (8), element (9), data count (12), code (10) and
-                    // data (11) follow the export section's slot.
-                    if !wrote_exports && matches!(id, 8..=12) {
-                        write_exports(&mut module, None)?;
-                        wrote_exports = true;
-                    }
-                    let data = bytes
-                        .get(range.clone())
-                        .ok_or_else(|| invalid("section out of range".into()))?;
-                    module.section(&RawSection { id, data });
-                }
-            }
-        }
-    }
-    if !wrote_exports {
-        write_exports(&mut module, None)?;
-    }
-    Ok((module.finish(), globals))
-}
-
-/// The key of an engine configuration: compiled modules load only into an
-/// engine with the same key (wasmtime checks the same compatibility hash
-/// again when deserializing).
+/// The key of an engine configuration and of the instrumentation: compiled
+/// modules load only into an engine with the same key (wasmtime checks the
+/// same compatibility hash again when deserializing).
 pub fn engine_key(engine: &Engine) -> String {
     use std::hash::{Hash, Hasher};
     // The compatibility hash implements `Hash`; fold it through a fixed
@@ -451,6 +230,8 @@ pub fn engine_key(engine: &Engine) -> String {
     }
     let mut h = B3(blake3::Hasher::new());
     engine.precompile_compatibility_hash().hash(&mut h);
+    // What instrumentation adds is compiled in too.
+    crate::instrument::VERSION.hash(&mut h);
     format!("{:016x}", h.finish())
 }
 
@@ -483,8 +264,8 @@ pub fn load_module(
             .into_owned();
         &binary[..]
     };
-    let scan = scan(name, bytes)?;
-    let (code, globals) = instrument(name, bytes, &scan)?;
+    let scan = crate::instrument::scan(name, bytes)?;
+    let (code, globals, step_entry) = crate::instrument::instrument(name, bytes, &scan)?;
     let module = match compiled {
         // SAFETY: `compiled` comes from the supervisor, which only hands
         // out bytes that `Module::serialize` produced for these very module
@@ -501,6 +282,17 @@ pub fn load_module(
         })?,
     };
     let min_memory = check_interface(name, &module, memory_limit)?;
+    if step_entry
+        && !matches!(
+            module.get_export(crate::instrument::STEP_ENTRY_EXPORT),
+            Some(ExternType::Func(_))
+        )
+    {
+        return Err(LoadError::Invalid {
+            module: name.to_owned(),
+            reason: "its compiled form lacks the step entry its instrumentation adds (compiled by another version)".into(),
+        });
+    }
     let has_migrate = module.get_export("agent_migrate").is_some();
     Ok(AgentModule {
         name: name.to_owned(),
@@ -509,6 +301,7 @@ pub fn load_module(
         globals,
         has_migrate,
         data: Arc::new(scan.data),
+        step_entry,
         min_memory,
         abi_version: 0,
     })

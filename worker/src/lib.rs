@@ -27,9 +27,11 @@
 //!
 //! # Core concepts
 //!
-//! * [`engine`] — the deterministic engine configuration, module validation
-//!   against the ABI, instrumentation (every mutable global exported so it
-//!   can be captured), and loading the supervisor's compiled form.
+//! * [`engine`] — the deterministic engine configuration, the module
+//!   interface checks, and loading the supervisor's compiled form.
+//! * [`instrument`] — validation of module bytes and the entry points added
+//!   for the host (every mutable global exported so it can be captured; the
+//!   step entry that writes a plain step's context inside wasm).
 //! * [`host`] — the `lockstep` imports every agent may call, with pointer
 //!   validation and fuel charging.
 //! * [`agent::Agent`] — one agent: its own `Store` and memory, calls with
@@ -55,6 +57,7 @@ pub mod error;
 pub mod host;
 #[cfg(feature = "fault-injection")]
 pub mod inject;
+pub mod instrument;
 pub mod oom;
 pub mod service;
 pub mod snapshot;
