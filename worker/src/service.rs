@@ -62,8 +62,12 @@ struct Slot {
     acc: Acc,
 }
 
-/// How many agents ahead of the one stepping the worker prefetches.
-const PREFETCH_AHEAD: usize = 8;
+/// The worker prefetches what the agents' calls touch first in batches of
+/// this many, one batch ahead of the agents stepping: with thousands of
+/// agents each of those lines is also a TLB miss, and the page walks of
+/// prefetches issued back to back overlap, where one prefetch per agent
+/// waits for its own walk.
+const PREFETCH_BATCH: usize = 8;
 
 /// A worker's agents and modules.
 #[derive(Debug)]
@@ -575,8 +579,12 @@ impl Worker {
         }
         if work.step_all {
             for i in 0..self.slots.len() {
-                if let Some(ahead) = self.slots.get(i + PREFETCH_AHEAD) {
-                    ahead.agent.prefetch();
+                if i % PREFETCH_BATCH == 0 {
+                    let next = (i + PREFETCH_BATCH).min(self.slots.len());
+                    let end = (i + 2 * PREFETCH_BATCH).min(self.slots.len());
+                    for ahead in &self.slots[next..end] {
+                        ahead.agent.prefetch();
+                    }
                 }
                 let slot = &mut self.slots[i];
                 if slot.agent.is_live() {
@@ -676,7 +684,17 @@ impl Worker {
         let mut gone = std::mem::take(&mut self.gone);
         gone.sort_by_key(|(_, r)| r.agent_id);
         let mut gone = gone.into_iter().peekable();
-        for slot in &mut self.slots {
+        for i in 0..self.slots.len() {
+            // The slots are read in order, but each spans several lines and
+            // a run of them a page: prefetched in batches as in `tick`.
+            if i % PREFETCH_BATCH == 0 {
+                let next = (i + PREFETCH_BATCH).min(self.slots.len());
+                let end = (i + 2 * PREFETCH_BATCH).min(self.slots.len());
+                for ahead in &self.slots[next..end] {
+                    shm_protocol::prefetch::prefetch(std::ptr::from_ref(&ahead.acc) as usize);
+                }
+            }
+            let slot = &mut self.slots[i];
             while let Some((_, r)) = gone.next_if(|(_, r)| r.agent_id < slot.id) {
                 Self::fold(&mut done, &r);
                 done.results.push(r);
