@@ -123,8 +123,8 @@ pub struct Agent {
     buffer_hint: usize,
     /// The bytes of the host buffer the host has placed something in and
     /// not yet zeroed (offset, length): the current call's context or
-    /// message, or the last plain step's context, which stays until
-    /// [`Agent::settle`] (see [`Agent::step`]).
+    /// message, or the last message or plain step's context, which stays
+    /// until the next placement or [`Agent::settle`] (see [`Agent::step`]).
     placed: Option<(usize, usize)>,
 }
 
@@ -438,9 +438,9 @@ impl Agent {
         }
     }
 
-    /// Zeroes what the host left in the agent's buffer (the last plain
-    /// step's context): before any other call, and before anything reads
-    /// the agent's memory, the buffer is all zero as the ABI says.
+    /// Zeroes what the host left in the agent's buffer (the last message or
+    /// plain step's context): before any other call, and before anything
+    /// reads the agent's memory, the buffer is all zero as the ABI says.
     fn settle(&mut self) {
         if let Some((start, len)) = self.placed {
             self.clear_placed(start, len);
@@ -469,7 +469,11 @@ impl Agent {
             let p = a.place(&head, &[msg.topic.as_bytes(), &msg.payload])?;
             a.f_receive.call(&mut a.store, p)
         });
-        self.settle();
+        // Left in place like a plain step's context: the next message
+        // overwrites it and zeroes what it leaves of it.
+        if out.fault.is_some() {
+            self.settle();
+        }
         out
     }
 

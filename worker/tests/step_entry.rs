@@ -42,6 +42,9 @@ const RECORDER: &str = r#"(module
     (i32.const 0))
   (func (export "agent_shutdown") (result i32) (i32.const 0)))"#;
 
+/// Fuel enough for every step (the longest loop is 1,000,000 iterations).
+const AMPLE: u64 = 100_000_000;
+
 fn worker(step_entry: bool) -> Worker {
     let mut w = Worker::new().unwrap();
     let mut m = engine::load_module(
@@ -81,7 +84,9 @@ fn work(t: u64) -> TickWork {
     if t.is_multiple_of(3) {
         w.deliveries.push(Delivery {
             agent_id: 1,
-            messages: vec![msg(2, 1), msg(3, 40)],
+            // The longer first: the shorter one after it must find the
+            // buffer zero beyond itself.
+            messages: vec![msg(3, 40), msg(2, 1)],
         });
     }
     if t.is_multiple_of(5) {
@@ -145,13 +150,18 @@ fn run(step_entry: bool, fuel_per_call: u64) -> Trace {
 
 #[test]
 fn the_step_entry_is_invisible() {
-    let direct = run(false, 10_000_000);
-    let entry = run(true, 10_000_000);
+    let direct = run(false, AMPLE);
+    let entry = run(true, AMPLE);
     assert_eq!(direct.len(), entry.len());
     for (t, (d, e)) in direct.iter().zip(&entry).enumerate() {
         assert_eq!(d.0, e.0, "tick {t}: results differ");
         assert_eq!(d.1, e.1, "tick {t}: states differ");
     }
+    let faults = entry
+        .iter()
+        .flat_map(|(d, _)| &d.results)
+        .filter(|r| r.fault.is_some());
+    assert_eq!(faults.count(), 0);
     // The agents did step, send and get messages.
     assert!(
         direct
@@ -167,6 +177,31 @@ fn the_step_entry_is_invisible() {
         memory[4096..4096 + 256].iter().all(|&b| b == 0),
         "the buffer reads as zero"
     );
+}
+
+/// What agents see is what docs/abi.md says, whichever way it is written:
+/// the last context or message, followed by zeros.
+#[test]
+fn agents_see_exactly_the_current_context_or_message() {
+    use lockstep_worker::agent::{encode_context, encode_message};
+    for step_entry in [true, false] {
+        let trace = run(step_entry, AMPLE);
+        // Tick 36: messages (36 % 3 == 0) before the step; agent 1's state
+        // is read after it (36 % 4 == 0).
+        let memory = &trace[36].1[0].1;
+        let mut ctx = encode_context(36, 1, None, 2, false);
+        ctx.resize(96, 0);
+        assert_eq!(&memory[8192..8288], &ctx[..], "entry {step_entry}: context");
+        let last = work(36).deliveries[0].messages[1].clone();
+        let mut msg = encode_message(&last);
+        assert!(msg.len() < 60, "the last message is the shorter one");
+        msg.resize(96, 0);
+        assert_eq!(
+            &memory[12288..12384],
+            &msg[..],
+            "entry {step_entry}: message"
+        );
+    }
 }
 
 #[test]
