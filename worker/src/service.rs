@@ -52,6 +52,101 @@ impl DigestMemo {
     }
 }
 
+/// A tick's results as they are gathered, slot by slot in agent order.
+struct Collect {
+    done: TickDone,
+    tenant_fuel: BTreeMap<u32, u64>,
+    /// The tenant of the slots just collected and their fuel so far.
+    tenant_run: Option<(u32, u64)>,
+}
+
+impl Collect {
+    fn new(tick: u64) -> Self {
+        Self {
+            done: TickDone {
+                tick,
+                ..TickDone::default()
+            },
+            tenant_fuel: BTreeMap::new(),
+            tenant_run: None,
+        }
+    }
+
+    /// Collects a slot's accumulator (not a tripped one's) and resets it.
+    fn slot(&mut self, slot: &mut Slot, timed: bool) {
+        let memo = slot.acc.memo;
+        let acc = std::mem::replace(
+            &mut slot.acc,
+            Acc {
+                memo,
+                ..Acc::default()
+            },
+        );
+        if !acc.called && !acc.report {
+            return;
+        }
+        let done = &mut self.done;
+        done.agents_called += 1;
+        done.calls += u64::from(acc.calls);
+        // Consecutive slots mostly share a tenant: sum runs, then add.
+        match &mut self.tenant_run {
+            Some((t, f)) if *t == slot.tenant => *f += acc.fuel,
+            run => {
+                if let Some((t, f)) = run.replace((slot.tenant, acc.fuel)) {
+                    *self.tenant_fuel.entry(t).or_default() += f;
+                }
+            }
+        }
+        let term = slot.acc.memo.term(slot.id, acc.fuel, acc.calls);
+        digest_add(&mut done.digest, term);
+        // Every call goes through `run`, which sets `host_pending` when,
+        // after a call, the agent had outputs or suppressed logs; without
+        // it neither can have changed since, so the host data (a cache
+        // miss with thousands of agents) need not be read.
+        if !(acc.report || acc.host_pending || timed) {
+            return;
+        }
+        let host = slot.agent.host();
+        let suppressed = host.logs_suppressed();
+        let has_outputs = !host.outputs.is_empty();
+        if acc.report || has_outputs || timed || suppressed > 0 {
+            let outputs = std::mem::take(&mut host.outputs);
+            done.results.push(AgentResult {
+                agent_id: slot.id,
+                fuel: acc.fuel,
+                calls: acc.calls,
+                outputs,
+                fault: acc.fault,
+                wall_ns: acc.wall_ns,
+                logs_suppressed: suppressed,
+                memory_bytes: if timed {
+                    slot.agent.memory_size() as u64
+                } else {
+                    0
+                },
+            });
+        }
+    }
+
+    /// Adds a result that did not come from a slot's accumulator (a failed
+    /// spawn, a stop, a tripped agent).
+    fn other(&mut self, r: AgentResult) {
+        let done = &mut self.done;
+        done.agents_called += 1;
+        done.calls += u64::from(r.calls);
+        digest_add(&mut done.digest, digest_term(r.agent_id, r.fuel, r.calls));
+        done.results.push(r);
+    }
+
+    fn finish(mut self) -> TickDone {
+        if let Some((t, f)) = self.tenant_run {
+            *self.tenant_fuel.entry(t).or_default() += f;
+        }
+        self.done.tenant_fuel = self.tenant_fuel.into_iter().collect();
+        self.done
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     id: u64,
@@ -577,7 +672,16 @@ impl Worker {
                 Self::run(slot, timed, |a| a.receive(tick, m));
             }
         }
+        // When the step of every agent is its last call this tick (no
+        // task steps or stops follow, no result without a slot waits), each
+        // agent's result is collected right after its step, while its slot
+        // is in the cache, instead of in a second pass over every slot.
+        let mut inline: Option<(Collect, bool)> = None;
         if work.step_all {
+            let fold = work.steps.is_empty() && work.stops.is_empty() && self.gone.is_empty();
+            let mut collect = fold.then(|| Collect::new(tick));
+            // Whether a slot was left for the second pass (a tripped one).
+            let mut left = false;
             for i in 0..self.slots.len() {
                 if i % PREFETCH_BATCH == 0 {
                     let next = (i + PREFETCH_BATCH).min(self.slots.len());
@@ -591,7 +695,15 @@ impl Worker {
                     let mailbox = slot.acc.mailbox;
                     Self::run(slot, timed, |a| a.step(tick, None, mailbox));
                 }
+                if let Some(c) = &mut collect {
+                    if slot.acc.tripped {
+                        left = true;
+                    } else {
+                        c.slot(slot, timed);
+                    }
+                }
             }
+            inline = collect.map(|c| (c, left));
         }
         for s in &work.steps {
             let Ok(i) = self.find(s.agent_id) else {
@@ -623,7 +735,16 @@ impl Worker {
             stopped.push(id);
         }
         self.tick_wall_ns += t0.elapsed().as_nanos() as u64;
-        let mut done = self.collect(tick, timed);
+        let mut done = match inline {
+            Some((c, false)) => c.finish(),
+            Some((c, true)) => {
+                let mut done = self.collect(c, timed);
+                // Slots collected inline came first.
+                done.results.sort_by_key(|r| r.agent_id);
+                done
+            }
+            None => self.collect(Collect::new(tick), timed),
+        };
         for id in stopped {
             if let Ok(i) = self.find(id) {
                 self.slots.remove(i);
@@ -660,14 +781,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Gathers this tick's results and resets the accumulators.
-    fn collect(&mut self, tick: u64, timed: bool) -> TickDone {
-        let mut done = TickDone {
-            tick,
-            ..TickDone::default()
-        };
-        let mut tenant_fuel: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut tenant_run: Option<(u32, u64)> = None;
+    /// Gathers this tick's results (into `c`, which may hold slots already
+    /// collected) and resets the accumulators.
+    fn collect(&mut self, mut c: Collect, timed: bool) -> TickDone {
         // Tripped agents first get their fresh instance (or lose theirs).
         let tripped: Vec<usize> = (0..self.slots.len())
             .filter(|&i| self.slots[i].acc.tripped)
@@ -696,84 +812,22 @@ impl Worker {
             }
             let slot = &mut self.slots[i];
             while let Some((_, r)) = gone.next_if(|(_, r)| r.agent_id < slot.id) {
-                Self::fold(&mut done, &r);
-                done.results.push(r);
+                c.other(r);
             }
-            let memo = slot.acc.memo;
-            let acc = std::mem::replace(
-                &mut slot.acc,
-                Acc {
-                    memo,
+            if slot.acc.tripped {
+                slot.acc = Acc {
+                    memo: slot.acc.memo,
                     ..Acc::default()
-                },
-            );
-            if acc.tripped {
-                let r = watchdog_result(slot.id);
-                Self::fold(&mut done, &r);
-                done.results.push(r);
+                };
+                c.other(watchdog_result(slot.id));
                 continue;
             }
-            if !acc.called && !acc.report {
-                continue;
-            }
-            done.agents_called += 1;
-            done.calls += u64::from(acc.calls);
-            // Consecutive slots mostly share a tenant: sum runs, then add.
-            match &mut tenant_run {
-                Some((t, f)) if *t == slot.tenant => *f += acc.fuel,
-                run => {
-                    if let Some((t, f)) = run.replace((slot.tenant, acc.fuel)) {
-                        *tenant_fuel.entry(t).or_default() += f;
-                    }
-                }
-            }
-            let term = slot.acc.memo.term(slot.id, acc.fuel, acc.calls);
-            digest_add(&mut done.digest, term);
-            // Every call goes through `run`, which sets `host_pending` when,
-            // after a call, the agent had outputs or suppressed logs; without
-            // it neither can have changed since, so the host data (a cache
-            // miss with thousands of agents) need not be read.
-            if !(acc.report || acc.host_pending || timed) {
-                continue;
-            }
-            let host = slot.agent.host();
-            let suppressed = host.logs_suppressed();
-            let has_outputs = !host.outputs.is_empty();
-            if acc.report || has_outputs || timed || suppressed > 0 {
-                let outputs = std::mem::take(&mut host.outputs);
-                done.results.push(AgentResult {
-                    agent_id: slot.id,
-                    fuel: acc.fuel,
-                    calls: acc.calls,
-                    outputs,
-                    fault: acc.fault,
-                    wall_ns: acc.wall_ns,
-                    logs_suppressed: suppressed,
-                    memory_bytes: if timed {
-                        slot.agent.memory_size() as u64
-                    } else {
-                        0
-                    },
-                });
-            }
+            c.slot(slot, timed);
         }
         for (_, r) in gone {
-            Self::fold(&mut done, &r);
-            done.results.push(r);
+            c.other(r);
         }
-        if let Some((t, f)) = tenant_run {
-            *tenant_fuel.entry(t).or_default() += f;
-        }
-        done.tenant_fuel = tenant_fuel.into_iter().collect();
-        done
-    }
-
-    /// Folds a result that did not come from a slot's accumulator (a failed
-    /// spawn, a tripped agent) into the tick's digest.
-    fn fold(done: &mut TickDone, r: &AgentResult) {
-        done.agents_called += 1;
-        done.calls += u64::from(r.calls);
-        digest_add(&mut done.digest, digest_term(r.agent_id, r.fuel, r.calls));
+        c.finish()
     }
 
     /// Hex BLAKE3 of an agent's captured state (tests).
