@@ -384,3 +384,36 @@ pub(crate) fn instrument(
     }
     Ok((module.finish(), globals, step.is_some()))
 }
+
+/// Fuzz entry point: loads arbitrary bytes (binary or text) as an agent
+/// module; never panics, and whenever instrumentation added the step entry
+/// the compiled module exports it with its signature.
+#[doc(hidden)]
+pub fn fuzz_load(bytes: &[u8]) {
+    use std::sync::OnceLock;
+    use wasmtime::ValType;
+    static ENGINE: OnceLock<Option<wasmtime::Engine>> = OnceLock::new();
+    let Some(engine) = ENGINE.get_or_init(|| crate::engine::deterministic_engine().ok()) else {
+        return;
+    };
+    let Ok(m) = crate::engine::load_module(engine, "fuzz", bytes, None, 1 << 24) else {
+        return;
+    };
+    if m.step_entry {
+        let ty = m
+            .module
+            .get_export(STEP_ENTRY_EXPORT)
+            .and_then(|e| e.func().cloned())
+            .expect("the step entry is exported");
+        let params: Vec<ValType> = ty.params().collect();
+        let results: Vec<ValType> = ty.results().collect();
+        assert!(
+            params.len() == 4
+                && ValType::eq(&params[0], &ValType::I32)
+                && params[1..].iter().all(|p| ValType::eq(p, &ValType::I64))
+                && results.len() == 1
+                && ValType::eq(&results[0], &ValType::I32),
+            "step entry signature {params:?} -> {results:?}"
+        );
+    }
+}

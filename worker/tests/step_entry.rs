@@ -316,3 +316,105 @@ fn a_restored_buffer_outside_the_memory_is_refused() {
         );
     }
 }
+
+/// Steps one agent of `wat` for `ticks` ticks with or without the step
+/// entry: every tick's result and every captured memory.
+fn trace_of(wat: &str, step_entry: bool, ticks: u64) -> Vec<(TickDone, Vec<u8>)> {
+    let mut w = Worker::new().unwrap();
+    let mut m = engine::load_module(&w.runtime().engine, "m", wat.as_bytes(), None, 1 << 24)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(m.step_entry, "instrumentation adds the step entry");
+    m.step_entry = step_entry;
+    w.insert_module(1, m);
+    w.tick(&TickWork {
+        spawns: vec![SpawnOrder {
+            agent_id: 9,
+            module_id: 1,
+            tenant: 0,
+            limits: AgentLimits::default(),
+        }],
+        ..TickWork::default()
+    });
+    (1..=ticks)
+        .map(|t| {
+            let mut d = w.tick(&TickWork {
+                tick: t,
+                step_all: true,
+                ..TickWork::default()
+            });
+            d.wall_ns = 0;
+            (d, w.agent_mut(9).unwrap().capture().memory)
+        })
+        .collect()
+}
+
+/// Instrumentation keeps every other section as it was: imports shift the
+/// function index space, a start function, a table with an element segment
+/// holding `agent_step`, passive data with a data count section, several
+/// types shared by several functions, `agent_step` exported twice.
+#[test]
+fn instrumentation_keeps_every_section() {
+    let wat = r#"(module
+  (type $v (func (result i32)))
+  (type $ii (func (param i32) (result i32)))
+  (import "lockstep" "random" (func $random (result i64)))
+  (import "lockstep" "tick" (func $tick (result i64)))
+  (import "lockstep" "agent_id" (func $id (result i64)))
+  (memory (export "memory") 1)
+  (table 2 funcref)
+  (elem (i32.const 0) $step $zero)
+  (global $started (mut i32) (i32.const 0))
+  (data $greeting "hello")
+  (func $start (global.set $started (i32.const 1)))
+  (start $start)
+  (func $zero (type $v) (i32.const 0))
+  (func (export "agent_abi_version") (type $v) (i32.const 0x10000))
+  (func (export "agent_buffer") (type $ii) (i32.const 2048))
+  (func (export "agent_init") (type $v)
+    (memory.init $greeting (i32.const 100) (i32.const 0) (i32.const 5))
+    (call_indirect (type $v) (i32.const 1)))
+  (func $step (export "agent_step") (export "step_too") (type $ii)
+    (i64.store (i32.const 200) (i64.add (i64.load (i32.const 200)) (i64.load offset=8 (local.get 0))))
+    (i64.store (i32.const 208) (call $id))
+    (i32.store (i32.const 216) (global.get $started))
+    (i32.const 0))
+  (func (export "agent_receive") (type $ii) (i32.const 0))
+  (func (export "agent_shutdown") (type $v) (i32.const 0)))"#;
+    let direct = trace_of(wat, false, 5);
+    let entry = trace_of(wat, true, 5);
+    assert_eq!(direct, entry);
+    let memory = &entry.last().unwrap().1;
+    assert_eq!(&memory[100..105], b"hello");
+    assert_eq!(u64::from_le_bytes(memory[200..208].try_into().unwrap()), 15); // 1 + … + 5
+    assert_eq!(u64::from_le_bytes(memory[208..216].try_into().unwrap()), 9);
+    assert_eq!(memory[216], 1, "the start function ran");
+}
+
+/// The fuzz target's function on mutations of a valid module (most fail
+/// validation; the rest exercise instrumentation on varied modules).
+mod mutated_modules {
+    use proptest::prelude::*;
+
+    fn base() -> Vec<u8> {
+        wat::parse_str(super::RECORDER).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+        #[test]
+        fn loading_never_panics(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..4),
+        ) {
+            let mut b = base();
+            for (at, byte, kind) in edits {
+                let at = at % (b.len() + 1);
+                match kind {
+                    0 if at < b.len() => b[at] = byte,
+                    1 => b.insert(at, byte),
+                    _ => b.truncate(at.max(8)),
+                }
+            }
+            lockstep_worker::instrument::fuzz_load(&b);
+        }
+    }
+}
