@@ -61,6 +61,19 @@ fn worker(step_entry: bool) -> Worker {
     w
 }
 
+/// Tick 0's work: agent `agent_id` of module 1 spawns, default limits.
+fn spawn_one(agent_id: u64) -> TickWork {
+    TickWork {
+        spawns: vec![SpawnOrder {
+            agent_id,
+            module_id: 1,
+            tenant: 0,
+            limits: AgentLimits::default(),
+        }],
+        ..TickWork::default()
+    }
+}
+
 /// Tick `t`'s work: every agent steps; some ticks also deliver messages
 /// (before the steps) or run a task (after them).
 fn work(t: u64) -> TickWork {
@@ -243,15 +256,7 @@ fn modules_that_claim_the_entry_name_run_without_it() {
     );
     let mut w = w;
     w.insert_module(1, m);
-    w.tick(&TickWork {
-        spawns: vec![SpawnOrder {
-            agent_id: 1,
-            module_id: 1,
-            tenant: 0,
-            limits: AgentLimits::default(),
-        }],
-        ..TickWork::default()
-    });
+    w.tick(&spawn_one(1));
     for t in 1..=3 {
         let d = w.tick(&TickWork {
             tick: t,
@@ -284,15 +289,7 @@ fn a_restored_buffer_outside_the_memory_is_refused() {
         .unwrap(),
     );
     w.insert_module(1, (*module).clone());
-    w.tick(&TickWork {
-        spawns: vec![SpawnOrder {
-            agent_id: 1,
-            module_id: 1,
-            tenant: 0,
-            limits: AgentLimits::default(),
-        }],
-        ..TickWork::default()
-    });
+    w.tick(&spawn_one(1));
     w.tick(&work(1));
     let state = w.agent_mut(1).unwrap().capture();
     assert_eq!(state.host.buffer, (4096, 256));
@@ -326,15 +323,7 @@ fn trace_of(wat: &str, step_entry: bool, ticks: u64) -> Vec<(TickDone, Vec<u8>)>
     assert!(m.step_entry, "instrumentation adds the step entry");
     m.step_entry = step_entry;
     w.insert_module(1, m);
-    w.tick(&TickWork {
-        spawns: vec![SpawnOrder {
-            agent_id: 9,
-            module_id: 1,
-            tenant: 0,
-            limits: AgentLimits::default(),
-        }],
-        ..TickWork::default()
-    });
+    w.tick(&spawn_one(9));
     (1..=ticks)
         .map(|t| {
             let mut d = w.tick(&TickWork {
