@@ -111,7 +111,7 @@ impl Cluster {
                 args: Vec::new(),
                 rings: cfg.rings,
                 policy: cfg.policy,
-                env: crate::jail::passed_env(),
+                env: crate::jail::worker_env(),
                 cgroup: None,
                 hang_timeout: None,
             })

@@ -3,7 +3,8 @@
 //! the command line), the cgroup tree, and for each child it starts its
 //! sandbox arguments, its cgroup and its environment.
 //!
-//! Children start with an empty environment but for [`PASSED_ENV`]; each
+//! Children start with an empty environment but for [`PASSED_ENV`] (and,
+//! for workers, [`WORKER_MALLOC_TUNABLES`]); each
 //! gets its own cgroup (limits per class, below its tenant's group for a
 //! tenant with process isolation) and the arguments that make it jail
 //! itself (ARCHITECTURE.md, "Bring-up").  Layers that are off — turned off
@@ -75,6 +76,28 @@ pub fn passed_env() -> Vec<(String, String)> {
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
         .collect()
+}
+
+/// glibc's allocator settings for workers: the heap — every agent's
+/// wasmtime store and instance — on transparent huge pages, grown 4 MiB at
+/// a time so that whole aligned 2 MiB ranges of it exist when it is first
+/// touched (with 2 MiB, half the workers got none, depending on where the
+/// heap started).  With thousands of
+/// agents per worker a step's page walks through the store and instance
+/// are then mostly TLB hits (10,000 agents: tick p50 −10 %), for ≈ 0.1 KiB
+/// more per agent at 100,000 and a few MB per worker at small sizes
+/// (docs/benchmarks.md).  Allocation placement reaches no result.
+pub const WORKER_MALLOC_TUNABLES: &str = "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=4194304";
+
+/// The environment of a worker: [`passed_env`], plus
+/// `GLIBC_TUNABLES` = [`WORKER_MALLOC_TUNABLES`].
+pub fn worker_env() -> Vec<(String, String)> {
+    let mut env = passed_env();
+    env.push((
+        "GLIBC_TUNABLES".to_owned(),
+        WORKER_MALLOC_TUNABLES.to_owned(),
+    ));
+    env
 }
 
 /// The environment of an inference host: [`passed_env`], plus
@@ -309,7 +332,7 @@ impl Jails {
         }
         let env = match class {
             ChildClass::Inference => inference_host_env(),
-            _ => passed_env(),
+            ChildClass::Worker => worker_env(),
         };
         Ok(Prepared { args, cgroup, env })
     }
