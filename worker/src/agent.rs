@@ -482,7 +482,12 @@ impl Agent {
     /// agents per worker each call otherwise begins with cache and TLB
     /// misses; issued a few agents ahead, those misses overlap.
     pub fn prefetch(&self) {
-        shm_protocol::prefetch::prefetch(std::ptr::from_ref(self.store.data()) as usize);
+        // Every line of the host data: a call reads and writes fields all
+        // over it (its tick, fault, limits, counters, outputs, logs).
+        let host = std::ptr::from_ref(self.store.data()) as usize;
+        for line in (0..std::mem::size_of::<AgentHost>()).step_by(64) {
+            shm_protocol::prefetch::prefetch(host + line);
+        }
         shm_protocol::prefetch::prefetch(self.buffer_hint);
     }
 
