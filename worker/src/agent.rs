@@ -496,7 +496,7 @@ impl Agent {
     /// A plain step (no task) of an agent whose buffer holds a context
     /// goes through the step entry, which writes the context inside wasm
     /// ([`crate::instrument`]); the context then stays in the buffer until
-    /// the next placement overwrites it or [`Agent::settle`] zeroes it —
+    /// the next placement overwrites it or the host zeroes it (`settle`) —
     /// nothing reads the memory in between (no agent code runs, and every
     /// host read of the memory settles first), so what agents and
     /// checkpoints see is what they would if it were zeroed on return.
