@@ -420,30 +420,24 @@ impl Agent {
         Ok(ptr as i32)
     }
 
-    /// Zeroes what the host placed in the agent's buffer (see
-    /// [`Agent::settle`]).  The buffer belongs to the host between calls
-    /// (docs/abi.md), and a context written into every agent's memory
-    /// every tick would otherwise change a page of every agent between any
-    /// two checkpoints: cleared, the memory of an agent that writes nothing
-    /// stays the same, and checkpoints ship and hash only what agents
-    /// themselves wrote.
-    fn clear_placed(&mut self, start: usize, len: usize) {
-        self.placed = None;
+    /// Zeroes what the host left in the agent's buffer (the last context or
+    /// message): before any call that is not given something new in its
+    /// place, and before anything reads the agent's memory, the buffer is
+    /// all zero as the ABI says.  Without it a context written into every
+    /// agent's memory every tick would change a page of every agent between
+    /// any two checkpoints: cleared, the memory of an agent that writes
+    /// nothing stays the same, and checkpoints ship and hash only what
+    /// agents themselves wrote.
+    fn settle(&mut self) {
+        let Some((start, len)) = self.placed.take() else {
+            return;
+        };
         let data = self.memory.data_mut(&mut self.store);
         if let Some(d) = start
             .checked_add(len)
             .and_then(|end| data.get_mut(start..end))
         {
             d.fill(0);
-        }
-    }
-
-    /// Zeroes what the host left in the agent's buffer (the last message or
-    /// plain step's context): before any other call, and before anything
-    /// reads the agent's memory, the buffer is all zero as the ABI says.
-    fn settle(&mut self) {
-        if let Some((start, len)) = self.placed {
-            self.clear_placed(start, len);
         }
     }
 
@@ -469,11 +463,8 @@ impl Agent {
             let p = a.place(&head, &[msg.topic.as_bytes(), &msg.payload])?;
             a.f_receive.call(&mut a.store, p)
         });
-        // Left in place like a plain step's context: the next message
-        // overwrites it and zeroes what it leaves of it.
-        if out.fault.is_some() {
-            self.settle();
-        }
+        // Left in place (see `step`): the next placement overwrites it and
+        // zeroes what it leaves of it.
         out
     }
 
@@ -495,10 +486,11 @@ impl Agent {
     ///
     /// A plain step (no task) of an agent whose buffer holds a context
     /// goes through the step entry, which writes the context inside wasm
-    /// ([`crate::instrument`]); the context then stays in the buffer until
-    /// the next placement overwrites it or the host zeroes it (`settle`) —
-    /// nothing reads the memory in between (no agent code runs, and every
-    /// host read of the memory settles first), so what agents and
+    /// ([`crate::instrument`]).  Every context or message stays in the
+    /// buffer after its call, faulted or not, until the next placement
+    /// overwrites it or the host zeroes it (`settle`) — nothing reads the
+    /// memory in between (no agent code runs, and every other call and
+    /// every host read of the memory settles first), so what agents and
     /// checkpoints see is what they would if it were zeroed on return.
     pub fn step(&mut self, tick: u64, task: Option<&TaskRef>, mailbox_len: u32) -> CallOutcome {
         let first = std::mem::replace(&mut self.first_step, false);
@@ -518,21 +510,16 @@ impl Agent {
                 }
             });
             self.placed = Some((start, CTX_SIZE));
-            if out.fault.is_some() {
-                self.settle();
-            }
             return out;
         }
         let head = context_header(tick, self.id(), task, mailbox_len, first);
         let payload: &[u8] = task.map_or(&[], |t| &t.payload);
-        let out = self.call(tick, 0, |a| {
+        self.call(tick, 0, |a| {
             let p = a.place(&head, &[payload])?;
             (a.cold.f_step)
                 .typed::<i32, i32>(&a.store)?
                 .call(&mut a.store, p)
-        });
-        self.settle();
-        out
+        })
     }
 
     /// `agent_shutdown`.

@@ -31,6 +31,20 @@ struct Acc {
     memo: DigestMemo,
 }
 
+impl Acc {
+    /// This tick's accumulator, leaving a fresh one (with the memo).
+    fn take(&mut self) -> Acc {
+        let memo = self.memo;
+        std::mem::replace(
+            self,
+            Acc {
+                memo,
+                ..Acc::default()
+            },
+        )
+    }
+}
+
 /// The last [`digest_term`] computed for an agent.  The term is a pure
 /// function of (agent id, fuel, calls), and most agents repeat the same fuel
 /// and call count tick after tick, so its BLAKE3 (50–100 ns, the largest
@@ -74,14 +88,7 @@ impl Collect {
 
     /// Collects a slot's accumulator (not a tripped one's) and resets it.
     fn slot(&mut self, slot: &mut Slot, timed: bool) {
-        let memo = slot.acc.memo;
-        let acc = std::mem::replace(
-            &mut slot.acc,
-            Acc {
-                memo,
-                ..Acc::default()
-            },
-        );
+        let acc = slot.acc.take();
         if !acc.called && !acc.report {
             return;
         }
@@ -163,6 +170,17 @@ struct Slot {
 /// prefetches issued back to back overlap, where one prefetch per agent
 /// waits for its own walk.
 const PREFETCH_BATCH: usize = 8;
+
+/// What to prefetch on reaching slot `i` of a pass in order: at the start
+/// of each batch, the next batch.
+fn batch_ahead(slots: &[Slot], i: usize) -> &[Slot] {
+    if !i.is_multiple_of(PREFETCH_BATCH) {
+        return &[];
+    }
+    let next = (i + PREFETCH_BATCH).min(slots.len());
+    let end = (i + 2 * PREFETCH_BATCH).min(slots.len());
+    &slots[next..end]
+}
 
 /// A worker's agents and modules.
 #[derive(Debug)]
@@ -683,12 +701,8 @@ impl Worker {
             // Whether a slot was left for the second pass (a tripped one).
             let mut left = false;
             for i in 0..self.slots.len() {
-                if i % PREFETCH_BATCH == 0 {
-                    let next = (i + PREFETCH_BATCH).min(self.slots.len());
-                    let end = (i + 2 * PREFETCH_BATCH).min(self.slots.len());
-                    for ahead in &self.slots[next..end] {
-                        ahead.agent.prefetch();
-                    }
+                for ahead in batch_ahead(&self.slots, i) {
+                    ahead.agent.prefetch();
                 }
                 let slot = &mut self.slots[i];
                 if slot.agent.is_live() {
@@ -803,22 +817,15 @@ impl Worker {
         for i in 0..self.slots.len() {
             // The slots are read in order, but each spans several lines and
             // a run of them a page: prefetched in batches as in `tick`.
-            if i % PREFETCH_BATCH == 0 {
-                let next = (i + PREFETCH_BATCH).min(self.slots.len());
-                let end = (i + 2 * PREFETCH_BATCH).min(self.slots.len());
-                for ahead in &self.slots[next..end] {
-                    shm_protocol::prefetch::prefetch(std::ptr::from_ref(&ahead.acc) as usize);
-                }
+            for ahead in batch_ahead(&self.slots, i) {
+                shm_protocol::prefetch::prefetch(std::ptr::from_ref(&ahead.acc) as usize);
             }
             let slot = &mut self.slots[i];
             while let Some((_, r)) = gone.next_if(|(_, r)| r.agent_id < slot.id) {
                 c.other(r);
             }
             if slot.acc.tripped {
-                slot.acc = Acc {
-                    memo: slot.acc.memo,
-                    ..Acc::default()
-                };
+                slot.acc.take();
                 c.other(watchdog_result(slot.id));
                 continue;
             }

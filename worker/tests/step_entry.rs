@@ -407,3 +407,19 @@ mod mutated_modules {
         }
     }
 }
+
+/// A compiled form made without the step entry (by a version that did not
+/// add it, e.g. from an old compiled-module cache) is refused at load, not
+/// left to fault every agent at instantiation.
+#[test]
+fn a_compiled_form_without_the_entry_is_refused() {
+    let w = Worker::new().unwrap();
+    let engine = &w.runtime().engine;
+    let bare = wasmtime::Module::new(engine, RECORDER.as_bytes())
+        .unwrap()
+        .serialize()
+        .unwrap();
+    let e = engine::load_module(engine, "old", RECORDER.as_bytes(), Some(&bare), 1 << 24)
+        .expect_err("a compiled form without the step entry");
+    assert!(e.to_string().contains("step entry"), "{e}");
+}
