@@ -9,6 +9,10 @@ cd "$root"
 
 scripts/setup.sh
 
+# A one-off build gains nothing from incremental artefacts (gigabytes of them).
+export CARGO_INCREMENTAL=0
+df -h . | sed 's/^/== disk: /'
+
 # Headless Chromium for the web dashboard's browser test
 # (tests/tests/dashboard.rs; without it that test says it skipped).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
