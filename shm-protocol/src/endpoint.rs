@@ -310,6 +310,19 @@ impl Sender {
         Ok(())
     }
 
+    /// Sends a message already encoded with [`codec::encode`] (split into
+    /// fragments if it must be) and publishes it: for a sender that keeps
+    /// the bytes it sent.
+    pub fn send_encoded(
+        &mut self,
+        bytes: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), ChannelError> {
+        self.push_split(bytes, deadline)?;
+        self.prod.publish();
+        Ok(())
+    }
+
     /// Publishes every committed frame.
     pub fn publish(&mut self) -> bool {
         self.prod.publish()
@@ -554,6 +567,16 @@ impl Endpoint {
         self.tx.send_msg(msg, deadline)
     }
 
+    /// Sends an encoded message and publishes it (see
+    /// [`Sender::send_encoded`]).
+    pub fn send_encoded(
+        &mut self,
+        bytes: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), ChannelError> {
+        self.tx.send_encoded(bytes, deadline)
+    }
+
     /// Receives and decodes a message.
     pub fn recv_msg<T: DeserializeOwned>(
         &mut self,
@@ -623,6 +646,25 @@ mod tests {
             }
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn encoded_messages_arrive_as_sent_whole_or_in_fragments() {
+        let (mut a, mut b) = pair(WaitPolicy::PARK);
+        let t = std::thread::spawn(move || {
+            // 100 bytes fits one frame; 20,000 needs fragments of a
+            // 4 KiB ring.
+            for len in [0usize, 100, 20_000] {
+                let msg = vec![len as u8; len];
+                let bytes = codec::encode(&msg).unwrap();
+                a.send_encoded(&bytes, soon()).unwrap();
+            }
+            a
+        });
+        for len in [0usize, 100, 20_000] {
+            assert_eq!(b.recv_msg::<Vec<u8>>(soon()).unwrap(), vec![len as u8; len]);
+        }
+        t.join().unwrap();
     }
 
     #[test]

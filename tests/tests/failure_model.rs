@@ -370,6 +370,64 @@ fn watchdog_trips_are_journaled_and_verify() {
     );
 }
 
+/// Workers killed after watchdog trips are recovered by re-executing the
+/// work logged since the checkpoint, which preempts the tripped agent (a
+/// re-execution runs without the watchdog: without the preemption in the
+/// log the spinning agent would run until the tick times out); the journal
+/// equals the undisturbed run's.
+#[test]
+fn recovery_after_watchdog_trips_preempts_them() {
+    let _w = Watchdog::new("watchdog-recovery", Duration::from_secs(300));
+    let tmp = TempDir::new("watchdog-recovery");
+    let manifest = tmp.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[run]\nseed = 3\nworkers = 2\ncheckpoint_every = 10\n\n\
+             [[agents]]\nname = \"spin\"\nmodule = \"{}\"\nfuel = 1000000000000\nrestart = {{ max = 2, within = 100 }}\n\n\
+             [[agents]]\nname = \"counter\"\nmodule = \"{}\"\ncount = 3\n",
+            agent("spin"),
+            agent("counter")
+        ),
+    )
+    .unwrap();
+    let cfg = |name: &str| {
+        let mut cfg = config(&manifest, tmp.path().join(name), 2);
+        cfg.watchdog = Duration::from_millis(200);
+        cfg
+    };
+    let (clean_hash, _) = run_to(cfg("clean"), 8);
+    let mut run = Run::start(cfg("killed")).unwrap();
+    let mut recovery = Duration::ZERO;
+    while run.state().tick < 8 {
+        let next = run.state().tick + 1;
+        if next == 5 {
+            // After the trips of ticks 1–3, before the checkpoint at 10.
+            for pid in run.worker_pids() {
+                signal(pid, Signal::SIGKILL);
+            }
+        }
+        let t0 = Instant::now();
+        run.tick().unwrap();
+        if next == 5 {
+            recovery = t0.elapsed();
+        }
+    }
+    let hash = hex(&run.state().hash);
+    let recoveries = run.recoveries();
+    run.finish().unwrap();
+    assert_eq!(recoveries, 2, "both workers were replaced");
+    assert_eq!(
+        journal_diff(
+            &tmp.path().join("clean/journal.lsj"),
+            &tmp.path().join("killed/journal.lsj")
+        ),
+        None
+    );
+    assert_eq!(hash, clean_hash);
+    eprintln!("recovery after 3 watchdog trips: {recovery:?}");
+}
+
 /// A stopped worker or inference host (SIGSTOP) is detected by its stalled
 /// heartbeat within about a second, killed and replaced; the journal equals
 /// the undisturbed run's.

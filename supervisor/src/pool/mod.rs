@@ -19,6 +19,7 @@ use crate::failure::{Cause, ChildFailure, chain};
 use crate::reaper::{ChildExit, Reaper};
 use crate::sim::{Decision, TickPlan};
 use crate::snapshot::SnapshotBody;
+use serde_bytes::ByteBuf;
 use shm_protocol::control::{Down, Role, Up};
 use shm_protocol::segment::SegmentConfig;
 use shm_protocol::worker::{
@@ -825,9 +826,13 @@ impl WorkerPool {
         let mut works = partition(plan, ctx, &self.placement, k);
         let timeout = self.cfg.tick_timeout;
         let mut failed: Vec<Option<Cause>> = vec![None; k];
+        // Each worker's work as sent, for the log (`None` once the work
+        // changed after sending: it is encoded again).
+        let mut sent: Vec<Option<Vec<u8>>> = vec![None; k];
         for (wi, w) in works.iter_mut().enumerate() {
-            if let Err(e) = self.workers[wi].send_tick(w, timeout) {
-                failed[wi] = Some(self.cause_of_worker(wi, &e, timeout));
+            match self.workers[wi].send_tick(w, timeout) {
+                Ok(bytes) => sent[wi] = Some(bytes),
+                Err(e) => failed[wi] = Some(self.cause_of_worker(wi, &e, timeout)),
             }
         }
         let mut out = TickOutcome {
@@ -846,15 +851,18 @@ impl WorkerPool {
             };
             let done = match got {
                 Ok(d) => d,
-                Err(cause) => self.recover(
-                    wi,
-                    tick,
-                    &mut works[wi],
-                    cause,
-                    pages,
-                    known,
-                    &mut out.decisions,
-                )?,
+                Err(cause) => {
+                    sent[wi] = None;
+                    self.recover(
+                        wi,
+                        tick,
+                        &mut works[wi],
+                        cause,
+                        pages,
+                        known,
+                        &mut out.decisions,
+                    )?
+                }
             };
             out.worker_us.push(done.wall_ns / 1000);
             digest_add(&mut out.digest, done.digest);
@@ -887,18 +895,29 @@ impl WorkerPool {
         for r in &out.results {
             if r.fault == Some(Fault::Watchdog) {
                 out.decisions.push(Decision::Watchdog { agent: r.agent_id });
-                let w = &mut works[self.placement.worker_of(r.agent_id)];
+                let wi = self.placement.worker_of(r.agent_id);
+                let w = &mut works[wi];
                 if !w.preempt.contains(&r.agent_id) {
                     w.preempt.push(r.agent_id);
+                    sent[wi] = None;
                 }
             }
         }
         out.decisions.sort_by_key(decision_order);
         out.decisions.dedup();
+        let logged = works
+            .iter_mut()
+            .zip(sent)
+            .map(|(w, bytes)| match bytes {
+                Some(b) => Ok(ByteBuf::from(b)),
+                None => worklog::encode_work(w).map(ByteBuf::from),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PoolError::Restore(format!("cannot log the work of tick {tick}: {e}")))?;
         self.log
             .push(LoggedTick {
                 tick,
-                works,
+                works: logged,
                 digests,
             })
             .map_err(|e| PoolError::Restore(format!("cannot log the work of tick {tick}: {e}")))?;
@@ -1123,18 +1142,17 @@ impl Proc {
             .send_msg(&Down::Worker(cmd), Some(Instant::now() + timeout))
     }
 
-    /// Sends a tick's work without copying it (it is moved into the
-    /// message for encoding and back).
-    fn send_tick(&mut self, work: &mut TickWork, timeout: Duration) -> Result<(), ChannelError> {
-        let msg = Down::Worker(WorkerCommand::Tick(std::mem::take(work)));
-        let sent = self
-            .child
+    /// Sends a tick's work; returns the message as sent (for the work log).
+    fn send_tick(
+        &mut self,
+        work: &mut TickWork,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ChannelError> {
+        let bytes = worklog::encode_work(work)?;
+        self.child
             .endpoint()
-            .send_msg(&msg, Some(Instant::now() + timeout));
-        if let Down::Worker(WorkerCommand::Tick(w)) = msg {
-            *work = w;
-        }
-        sent
+            .send_encoded(&bytes, Some(Instant::now() + timeout))?;
+        Ok(bytes)
     }
 
     fn recv(&mut self, timeout: Duration) -> Result<WorkerReply, ChannelError> {

@@ -249,10 +249,14 @@ impl WorkerPool {
         })?;
         let timeout = self.cfg.tick_timeout;
         for lt in log {
-            let Some(w) = lt.works.get(wi) else { continue };
+            let w = match lt.work(wi) {
+                None => continue,
+                Some(Ok(w)) => w,
+                Some(Err(e)) => return Err(ReplaceError::Fatal(PoolError::Restore(e))),
+            };
             let mut w = match subset {
-                Some(s) => filter_work(w, |a| s.contains(&a)),
-                None => w.clone(),
+                Some(s) => filter_work(&w, |a| s.contains(&a)),
+                None => w,
             };
             w.watchdog = false;
             if let Err(e) = self.workers[wi].send_tick(&mut w, timeout) {
@@ -295,10 +299,18 @@ impl WorkerPool {
             .log
             .ticks()
             .map_err(|e| PoolError::Restore(format!("cannot read the work log: {e}")))?;
-        for w in log.iter().filter_map(|l| l.works.get(wi)).chain([work]) {
+        let mut note = |w: &TickWork| {
             s.extend(w.spawns.iter().map(|x| x.agent_id));
             s.extend(w.restarts.iter().map(|x| x.agent_id));
+        };
+        for l in &log {
+            match l.work(wi) {
+                None => {}
+                Some(Ok(w)) => note(&w),
+                Some(Err(e)) => return Err(PoolError::Restore(e)),
+            }
         }
+        note(work);
         Ok(s.into_iter().collect())
     }
 
@@ -375,7 +387,7 @@ impl WorkerPool {
                 let timeout = self.cfg.tick_timeout;
                 match self.workers[wi].send_tick(&mut w, timeout) {
                     Err(e) => Ok(Some(self.cause_of_worker(wi, &e, timeout))),
-                    Ok(()) => match self.workers[wi].recv(timeout) {
+                    Ok(_) => match self.workers[wi].recv(timeout) {
                         Ok(WorkerReply::TickDone(_)) => Ok(None),
                         Ok(_) => Ok(Some(Cause::Protocol(
                             "answered something else than the tick".into(),

@@ -10,22 +10,60 @@
 //! supervisor's memory does not grow with the length of the run whatever
 //! the checkpoint interval.
 
-use shm_protocol::worker::TickWork;
+use serde_bytes::ByteBuf;
+use shm_protocol::codec::{self, CodecError};
+use shm_protocol::control::Down;
+use shm_protocol::worker::{TickWork, WorkerCommand};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// One tick as sent to every worker.
+///
+/// Each worker's work is kept as the message it was sent, encoded: logging
+/// a tick costs no second encoding and no walk over its messages, the log
+/// holds compact bytes instead of a structure per message, and spilling
+/// is a copy.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LoggedTick {
     /// The tick.
     pub tick: u64,
-    /// The work of each worker (as finally executed: after quarantines,
-    /// with the preempted agents of watchdog trips).
-    pub works: Vec<TickWork>,
+    /// The work of each worker, encoded by [`encode_work`] (as finally
+    /// executed: after quarantines, with the preempted agents of watchdog
+    /// trips).
+    pub works: Vec<ByteBuf>,
     /// The digest each worker answered with.
     pub digests: Vec<[u64; 4]>,
+}
+
+impl LoggedTick {
+    /// Worker `wi`'s work, decoded (`None`: the tick had no worker `wi`).
+    pub fn work(&self, wi: usize) -> Option<Result<TickWork, String>> {
+        let bytes = self.works.get(wi)?;
+        Some(match codec::decode::<Down>(bytes) {
+            Ok(Down::Worker(WorkerCommand::Tick(w))) => Ok(w),
+            Ok(_) => Err(format!(
+                "the work log holds something else than tick {}'s work for worker {wi}",
+                self.tick
+            )),
+            Err(e) => Err(format!(
+                "the work log's entry for worker {wi} at tick {} is unreadable: {e}",
+                self.tick
+            )),
+        })
+    }
+}
+
+/// The message that gives a worker `work` (it is moved into the message
+/// for encoding and back, not copied): what is sent and what is logged.
+pub fn encode_work(work: &mut TickWork) -> Result<Vec<u8>, CodecError> {
+    let msg = Down::Worker(WorkerCommand::Tick(std::mem::take(work)));
+    let bytes = codec::encode(&msg);
+    if let Down::Worker(WorkerCommand::Tick(w)) = msg {
+        *work = w;
+    }
+    bytes
 }
 
 /// The log (see the module docs).
@@ -38,34 +76,6 @@ pub struct WorkLog {
     file: Option<BufWriter<File>>,
     /// Ticks in the file.
     spilled: usize,
-}
-
-/// Memory a tick's work takes: its structures (every vector's capacity)
-/// and every message and task payload.
-fn work_size(w: &TickWork) -> usize {
-    use shm_protocol::worker::{Delivery, SpawnOrder, StepOrder, UpgradeOrder, WireMessage};
-    use std::mem::size_of;
-    size_of::<TickWork>()
-        + w.spawns.capacity() * size_of::<SpawnOrder>()
-        + w.restarts.capacity() * size_of::<SpawnOrder>()
-        + w.upgrades.capacity() * size_of::<UpgradeOrder>()
-        + w.deliveries.capacity() * size_of::<Delivery>()
-        + w.deliveries
-            .iter()
-            .map(|d| {
-                d.messages.capacity() * size_of::<WireMessage>()
-                    + d.messages
-                        .iter()
-                        .map(|m| m.topic.capacity() + m.payload.capacity())
-                        .sum::<usize>()
-            })
-            .sum::<usize>()
-        + w.steps.capacity() * size_of::<StepOrder>()
-        + w.steps
-            .iter()
-            .map(|s| s.task.as_ref().map_or(0, |t| t.payload.capacity()))
-            .sum::<usize>()
-        + 8 * (w.stops.capacity() + w.evict.capacity() + w.preempt.capacity())
 }
 
 impl WorkLog {
@@ -88,8 +98,8 @@ impl WorkLog {
     pub fn push(&mut self, t: LoggedTick) -> std::io::Result<()> {
         let size = std::mem::size_of::<LoggedTick>()
             + t.digests.capacity() * 32
-            + t.works.capacity() * std::mem::size_of::<TickWork>()
-            + t.works.iter().map(work_size).sum::<usize>();
+            + t.works.capacity() * std::mem::size_of::<ByteBuf>()
+            + t.works.iter().map(|w| w.capacity()).sum::<usize>();
         self.mem_bytes += size;
         self.mem.push_back((t, size));
         while self.mem_bytes > Self::MEMORY && self.mem.len() > 1 {
@@ -176,24 +186,29 @@ mod tests {
     use shm_protocol::worker::{Delivery, WireMessage};
 
     fn tick(t: u64, payload: usize) -> LoggedTick {
+        let mut work = work(t, payload);
         LoggedTick {
             tick: t,
-            works: vec![TickWork {
-                tick: t,
-                deliveries: vec![Delivery {
-                    agent_id: 1,
-                    messages: vec![WireMessage {
-                        kind: 0,
-                        sender: 2,
-                        sent_tick: t,
-                        seq: t,
-                        topic: String::new(),
-                        payload: vec![t as u8; payload],
-                    }],
-                }],
-                ..TickWork::default()
-            }],
+            works: vec![ByteBuf::from(encode_work(&mut work).unwrap())],
             digests: vec![[t; 4]],
+        }
+    }
+
+    fn work(t: u64, payload: usize) -> TickWork {
+        TickWork {
+            tick: t,
+            deliveries: vec![Delivery {
+                agent_id: 1,
+                messages: vec![WireMessage {
+                    kind: 0,
+                    sender: 2,
+                    sent_tick: t,
+                    seq: t,
+                    topic: String::new(),
+                    payload: vec![t as u8; payload],
+                }],
+            }],
+            ..TickWork::default()
         }
     }
 
@@ -217,11 +232,32 @@ mod tests {
                 .enumerate()
                 .all(|(i, t)| *t == tick(i as u64 + 1, big))
         );
+        // Each tick's work decodes back to what was sent.
+        for (i, t) in ticks.iter().enumerate() {
+            assert_eq!(t.work(0).unwrap().unwrap(), work(i as u64 + 1, big));
+            assert!(t.work(1).is_none());
+        }
         // Appending after a read keeps the order.
         log.push(tick(21, 10)).unwrap();
         assert_eq!(log.ticks().unwrap().last().unwrap().tick, 21);
         log.clear();
         assert!(log.is_empty() && !path.exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_entry_that_is_not_a_tick_is_an_error_naming_the_worker() {
+        let t = LoggedTick {
+            tick: 7,
+            works: vec![
+                ByteBuf::from(codec::encode(&Down::Shutdown).unwrap()),
+                ByteBuf::from(vec![0xff; 3]),
+            ],
+            digests: vec![],
+        };
+        let e = t.work(0).unwrap().unwrap_err();
+        assert!(e.contains("tick 7") && e.contains("worker 0"), "{e}");
+        let e = t.work(1).unwrap().unwrap_err();
+        assert!(e.contains("unreadable") && e.contains("worker 1"), "{e}");
     }
 }
