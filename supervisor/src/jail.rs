@@ -86,8 +86,14 @@ pub fn passed_env() -> Vec<(String, String)> {
 /// agents per worker a step's page walks through the store and instance
 /// are then mostly TLB hits (10,000 agents: tick p50 −10 %), for ≈ 0.1 KiB
 /// more per agent at 100,000 and a few MB per worker at small sizes
-/// (docs/benchmarks.md).  Allocation placement reaches no result.
-pub const WORKER_MALLOC_TUNABLES: &str = "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=4194304";
+/// (docs/benchmarks.md).  The per-thread cache keeps up to 65,535 free
+/// chunks of each small size instead of 7: a tick that delivers and sends
+/// thousands of messages allocates and frees a payload for each, and past
+/// 7 every free went through glibc's bins and consolidation (a third of a
+/// message-heavy worker's time; with the cache 12 %, no change in memory
+/// at 100,000 idle agents).  Allocation placement reaches no result.
+pub const WORKER_MALLOC_TUNABLES: &str =
+    "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=4194304:glibc.malloc.tcache_count=65535";
 
 /// The environment of a worker: [`passed_env`], plus
 /// `GLIBC_TUNABLES` = [`WORKER_MALLOC_TUNABLES`].
