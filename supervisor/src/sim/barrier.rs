@@ -192,7 +192,7 @@ impl SimState {
         tick: u64,
         sum: &mut TickSummary,
     ) -> (Outbox, Vec<Membership>) {
-        let mut outbox = Outbox::default();
+        let mut outbox = std::mem::take(&mut self.derived.outbox);
         let mut membership: Vec<Membership> = Vec::new();
         let mut infer_count: BTreeMap<u32, u64> = BTreeMap::new();
         for r in results.iter_mut() {

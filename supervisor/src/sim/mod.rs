@@ -471,6 +471,11 @@ struct Derived {
     /// an entry whose agent no longer waits for that restart is stale and
     /// skipped.
     restart_due: BTreeSet<(u64, u64)>,
+    /// The barrier's routing scratch, empty between ticks: kept so that
+    /// each tick writes its messages into memory the last one used (a
+    /// new one per tick was written into cold memory — a quarter of the
+    /// barrier's own time at 10,000 messages).
+    outbox: Outbox,
 }
 
 /// Derived data never makes two states differ.
@@ -484,7 +489,7 @@ impl Eq for Derived {}
 
 /// Messages routed at a tick barrier, in canonical order, not yet in the
 /// mailboxes (see [`SimState::deliver`]).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Outbox {
     msgs: Vec<Option<WireMessage>>,
     /// (recipient, index into `msgs`).
@@ -813,6 +818,9 @@ impl SimState {
                 self.counters.messages += 1;
             }
         }
+        out.msgs.clear();
+        out.keys.clear();
+        self.derived.outbox = out;
     }
 
     /// How many of `ids` are live.
