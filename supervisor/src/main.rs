@@ -235,6 +235,12 @@ struct RunArgs {
     /// Do not write metrics.jsonl.
     #[arg(long)]
     no_metrics: bool,
+    /// Leave the first N ticks of this run out of the tick latency it
+    /// reports (p50, p99): they run and are journaled like every other,
+    /// but the first instantiates every agent and the next few warm the
+    /// caches — as benchmarks leave out their warm-up.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    warmup: u64,
     /// Keep running (serving `ctl`) until `lockstep ctl <dir> stop` or Ctrl-C.
     #[arg(long)]
     forever: bool,
@@ -497,6 +503,13 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     let manifest = Manifest::load(&args.manifest)?;
     let seed = args.seed.unwrap_or(manifest.seed);
     let ticks = args.ticks.unwrap_or(manifest.ticks);
+    if !args.forever && args.warmup > 0 && args.warmup >= ticks {
+        return Err(format!(
+            "--warmup {} leaves none of the run's {ticks} ticks to measure (run more with --ticks)",
+            args.warmup
+        )
+        .into());
+    }
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         let stem = args
             .manifest
@@ -631,6 +644,9 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         }
         run.tick()?;
         done += 1;
+        if done == args.warmup {
+            run.restart_latency();
+        }
         if let Some(e) = &exporter
             && last_refresh.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
         {

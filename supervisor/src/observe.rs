@@ -213,6 +213,12 @@ impl Observers {
         self.agg.quantile(q)
     }
 
+    /// Counts tick latency from the next tick on (see
+    /// [`Aggregates::restart_latency`]).
+    pub fn restart_latency(&mut self) {
+        self.agg.restart_latency();
+    }
+
     /// Publishes the live state on the board — while running at most every
     /// [`BOARD_INTERVAL`] (building it costs a scan of every agent), always
     /// for another phase.  When it is published never affects the run.

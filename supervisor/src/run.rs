@@ -1050,6 +1050,12 @@ impl Run {
         self.observers.quantile(q)
     }
 
+    /// Counts tick latency ([`Run::tick_quantile`]) from the next tick on:
+    /// for leaving warm-up ticks out of a measurement.  Observation only.
+    pub fn restart_latency(&mut self) {
+        self.observers.restart_latency();
+    }
+
     /// The run's configuration.
     pub fn config(&self) -> &RunConfig {
         &self.cfg

@@ -310,6 +310,12 @@ impl Aggregates {
         self.infer_pending = t.infer_pending;
     }
 
+    /// Starts the tick latency window afresh (the ticks recorded so far
+    /// no longer count in [`Aggregates::quantile`]).
+    pub fn restart_latency(&mut self) {
+        self.recent.clear();
+    }
+
     /// Recent ticks' wait for inference answers: (total µs, ticks that
     /// waited at all).
     pub fn infer_wait(&self) -> (u64, u64) {

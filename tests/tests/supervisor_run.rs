@@ -686,3 +686,80 @@ fn progress_bars_only_on_a_terminal() {
         "{out}"
     );
 }
+
+/// `--warmup N` leaves the first N ticks out of the latency the run
+/// reports: an agent that computes for its first 3 steps (tens of
+/// milliseconds each) and returns at once afterwards dominates the p99 of
+/// a run that counts every tick and is absent from one that leaves 3 out;
+/// a warm-up that leaves nothing to measure is refused, naming the flag.
+#[test]
+fn warmup_ticks_are_left_out_of_the_reported_latency() {
+    let _w = Watchdog::new("warmup", Duration::from_secs(120));
+    let tmp = TempDir::new("warmup");
+    let wat = tmp.path().join("slow-start.wat");
+    std::fs::write(
+        &wat,
+        r#"(module (memory (export "memory") 1)
+  (global $n (mut i32) (i32.const 0))
+  (func (export "agent_abi_version") (result i32) (i32.const 0x10000))
+  (func (export "agent_buffer") (param i32) (result i32) (i32.const 1024))
+  (func (export "agent_init") (result i32) (i32.const 0))
+  (func (export "agent_step") (param i32) (result i32) (local $i i32)
+    (global.set $n (i32.add (global.get $n) (i32.const 1)))
+    (if (i32.le_u (global.get $n) (i32.const 3))
+      (then (loop $l
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $l (i32.lt_u (local.get $i) (i32.const 40000000))))))
+    (i32.const 0))
+  (func (export "agent_receive") (param i32) (result i32) (i32.const 0))
+  (func (export "agent_shutdown") (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let manifest = tmp.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        "[run]\nseed = 1\nticks = 23\nworkers = 1\n\n\
+         [[agents]]\nname = \"slow-start\"\nmodule = \"slow-start.wat\"\nfuel = 1000000000\n",
+    )
+    .unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        Command::new(bin("lockstep"))
+            .arg("run")
+            .arg(&manifest)
+            .args(["--no-board", "--no-metrics", "--json", "--run-dir"])
+            .arg(tmp.path().join(name))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let p99 = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["ticks"], 23, "every tick ran: {v}");
+        v["tick_p99_us"].as_u64().unwrap()
+    };
+    let all = p99(&run("all", &[]));
+    let warm = p99(&run("warm", &["--warmup", "3"]));
+    eprintln!("p99 counting every tick {all} µs, after 3 warm-up ticks {warm} µs");
+    assert!(all >= 5_000, "the slow steps take milliseconds: {all} µs");
+    assert!(warm * 10 < all, "{warm} µs vs {all} µs");
+    // Both runs journaled the same ticks.
+    assert_eq!(
+        journal_diff(
+            &tmp.path().join("all/journal.lsj"),
+            &tmp.path().join("warm/journal.lsj")
+        ),
+        None
+    );
+    let refused = run("none-left", &["--warmup", "23"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--warmup 23") && err.contains("--ticks"),
+        "{err}"
+    );
+}
