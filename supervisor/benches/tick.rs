@@ -669,7 +669,11 @@ fn main() {
                         "* within {limit}× of the in-process bound, N={}, {w} worker(s), {q}: {:.2}× → {}",
                         thousands(n),
                         ours / bound,
-                        if ours <= limit * bound { "met" } else { "MISSED" }
+                        if ours <= limit * bound {
+                            "met"
+                        } else {
+                            "MISSED"
+                        }
                     );
                 }
             }

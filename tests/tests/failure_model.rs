@@ -323,6 +323,32 @@ fn invalid_control_commands_are_refused_before_the_journal() {
     assert!(matches!(v, Verdict::Identical { .. }), "{v:?}");
 }
 
+/// A manifest in `dir`: a spinning agent with a huge fuel budget (which
+/// only the watchdog stops; restarted at most twice) and 3 counters, on 2
+/// workers.
+fn spin_manifest(dir: &Path, checkpoint_every: u64) -> PathBuf {
+    let manifest = dir.join("m.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[run]\nseed = 3\nworkers = 2\ncheckpoint_every = {checkpoint_every}\n\n\
+             [[agents]]\nname = \"spin\"\nmodule = \"{}\"\nfuel = 1000000000000\nrestart = {{ max = 2, within = 100 }}\n\n\
+             [[agents]]\nname = \"counter\"\nmodule = \"{}\"\ncount = 3\n",
+            agent("spin"),
+            agent("counter")
+        ),
+    )
+    .unwrap();
+    manifest
+}
+
+/// A run of [`spin_manifest`] in `dir` with a 200 ms watchdog.
+fn spin_config(manifest: &Path, dir: &Path) -> lockstep_supervisor::config::RunConfig {
+    let mut cfg = config(manifest, dir.to_path_buf(), 2);
+    cfg.watchdog = Duration::from_millis(200);
+    cfg
+}
+
 /// A spinning agent with a huge fuel budget is stopped by the wall-clock
 /// watchdog: the trips are journaled decisions, two runs journal the same
 /// bytes, and `verify` (which preempts the journaled trips instead of
@@ -331,23 +357,8 @@ fn invalid_control_commands_are_refused_before_the_journal() {
 fn watchdog_trips_are_journaled_and_verify() {
     let _w = Watchdog::new("watchdog", Duration::from_secs(300));
     let tmp = TempDir::new("watchdog");
-    let manifest = tmp.path().join("m.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[run]\nseed = 3\nworkers = 2\ncheckpoint_every = 5\n\n\
-             [[agents]]\nname = \"spin\"\nmodule = \"{}\"\nfuel = 1000000000000\nrestart = {{ max = 2, within = 100 }}\n\n\
-             [[agents]]\nname = \"counter\"\nmodule = \"{}\"\ncount = 3\n",
-            agent("spin"),
-            agent("counter")
-        ),
-    )
-    .unwrap();
-    let run = |name: &str| {
-        let mut cfg = config(&manifest, tmp.path().join(name), 2);
-        cfg.watchdog = Duration::from_millis(200);
-        run_to(cfg, 12)
-    };
+    let manifest = spin_manifest(tmp.path(), 5);
+    let run = |name: &str| run_to(spin_config(&manifest, &tmp.path().join(name)), 12);
     let (a, ja) = run("a");
     let (b, jb) = run("b");
     let trips: Vec<(u64, Decision)> = decisions(&tmp.path().join("a"));
@@ -379,23 +390,8 @@ fn watchdog_trips_are_journaled_and_verify() {
 fn recovery_after_watchdog_trips_preempts_them() {
     let _w = Watchdog::new("watchdog-recovery", Duration::from_secs(300));
     let tmp = TempDir::new("watchdog-recovery");
-    let manifest = tmp.path().join("m.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[run]\nseed = 3\nworkers = 2\ncheckpoint_every = 10\n\n\
-             [[agents]]\nname = \"spin\"\nmodule = \"{}\"\nfuel = 1000000000000\nrestart = {{ max = 2, within = 100 }}\n\n\
-             [[agents]]\nname = \"counter\"\nmodule = \"{}\"\ncount = 3\n",
-            agent("spin"),
-            agent("counter")
-        ),
-    )
-    .unwrap();
-    let cfg = |name: &str| {
-        let mut cfg = config(&manifest, tmp.path().join(name), 2);
-        cfg.watchdog = Duration::from_millis(200);
-        cfg
-    };
+    let manifest = spin_manifest(tmp.path(), 10);
+    let cfg = |name: &str| spin_config(&manifest, &tmp.path().join(name));
     let (clean_hash, _) = run_to(cfg("clean"), 8);
     let mut run = Run::start(cfg("killed")).unwrap();
     let mut recovery = Duration::ZERO;
