@@ -102,6 +102,18 @@ pub enum InferenceError {
         /// The loader's or runtime's complaint.
         message: String,
     },
+    /// The library exists but this process may not read it: the host runs
+    /// as an unprivileged user in its sandbox, and a directory on the
+    /// library's path is closed to that user.
+    #[error(
+        "the ONNX Runtime library {path} cannot be read by this process (uid {uid}): a directory on its path is closed to that user — the sandboxed host runs unprivileged, so the library must not sit under a directory only its owner may enter (a 0700 home or temporary directory); make the directories on its path searchable by others (chmod o+x) or pass --ort-lib with a copy that is"
+    )]
+    RuntimeUnreadable {
+        /// The library.
+        path: PathBuf,
+        /// This process's user.
+        uid: u32,
+    },
     /// `--device cuda` was asked for but CUDA cannot be used.
     #[error("CUDA is not available: {0}")]
     CudaUnavailable(String),
@@ -356,6 +368,15 @@ pub fn init_runtime(lib: &Path) -> Result<Environment, InferenceError> {
         path: lib.to_path_buf(),
         message,
     };
+    // The loader would only say that loading failed.
+    if let Err(e) = std::fs::File::open(lib)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Err(InferenceError::RuntimeUnreadable {
+            path: lib.to_path_buf(),
+            uid: rustix::process::getuid().as_raw(),
+        });
+    }
     let builder = ort::init_from(lib).map_err(|e| init_err(e.to_string()))?;
     let env = builder
         .with_name("lockstep-inference-host")

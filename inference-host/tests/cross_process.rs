@@ -393,6 +393,15 @@ fn missing_library_or_cuda_exit_with_runtime_code() {
     } else {
         for device in ["cuda", "cuda:1"] {
             let (err, kind) = start_failure(&["--device", device]);
+            if err.contains("cannot be read by this process") {
+                // A checkout under a directory closed to others (a 0700
+                // temporary directory): the sandboxed host never gets to
+                // CUDA (`a_library_closed_to_the_sandbox_user_is_named`).
+                eprintln!(
+                    "skipped the no-CUDA start failures: the sandboxed host cannot read this checkout's ONNX Runtime ({err})"
+                );
+                break;
+            }
             assert_eq!(kind, runtime_exit, "{err}");
             assert!(err.contains("CUDA is not available"), "{err}");
             assert!(err.contains("no NVIDIA driver"), "{err}");
@@ -406,6 +415,34 @@ fn missing_library_or_cuda_exit_with_runtime_code() {
     assert_eq!(code, Some(ExitCode::Usage as i32));
     let (code, _) = run(&["--device", "tpu"]);
     assert_eq!(code, Some(ExitCode::Usage as i32));
+}
+
+/// A library the sandboxed CUDA host may not read — a directory on its
+/// path is closed to all but its owner — is reported as such, with the fix,
+/// instead of as the loader's bare failure; the host exits with
+/// `ExitCode::Runtime`.
+#[test]
+fn a_library_closed_to_the_sandbox_user_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: only a host started as root runs as another user");
+        return;
+    }
+    let closed = std::env::temp_dir().join(format!("lockstep-closed-{}", std::process::id()));
+    let lib_dir = closed.join("lib");
+    std::fs::create_dir_all(&lib_dir).unwrap();
+    let lib = lib_dir.join("libonnxruntime.so");
+    std::fs::copy(common::ort_lib(), &lib).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A CUDA host sees the machine's own file system (the driver needs
+    // it), so the library's real path is what it must reach.
+    let (err, kind) = start_failure(&["--device", "cuda", "--ort-lib", lib.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&closed);
+    assert_eq!(kind, ExitKind::Exited(ExitCode::Runtime as i32), "{err}");
+    assert!(
+        err.contains("cannot be read by this process") && err.contains("chmod o+x"),
+        "{err}"
+    );
 }
 
 /// Each model runs on a lane of its own: a fast model's batches are
