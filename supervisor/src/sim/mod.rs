@@ -784,9 +784,13 @@ impl SimState {
     /// long as no agent's status changes meanwhile, with one look-up per
     /// recipient instead of two per message.
     fn deliver(&mut self, mut out: Outbox, drops: &mut u64) {
-        // (recipient, position) keys are unique: an unstable sort keeps
-        // every recipient's messages in their original order.
-        out.keys.sort_unstable();
+        // Keys were pushed in canonical order: a stable sort by recipient
+        // keeps every recipient's messages in that order.  A radix sort
+        // (two byte-wide passes for ids below 65,536; digits every key
+        // shares are skipped) instead of a comparison sort, which was a
+        // seventh of the supervisor's time in a tick routing 10,000
+        // messages.
+        radsort::sort_by_key(&mut out.keys, |k| k.0);
         let cap = self.mailbox_capacity as usize;
         for group in out.keys.chunk_by(|a, b| a.0 == b.0) {
             let to = group[0].0;
