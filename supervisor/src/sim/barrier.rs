@@ -126,7 +126,6 @@ impl SimState {
             calls: report.calls,
             ..TickSummary::default()
         };
-        let seal = Seal::open(&self.hash, tick, inputs, decisions, &report);
         let mut drops = 0u64;
         let messages_before = self.counters.messages;
         let faulted: BTreeSet<u64> = report
@@ -140,9 +139,11 @@ impl SimState {
         // those agents (no scan of every agent).
         let touched: BTreeSet<u64> = faulted.iter().chain(&plan.stops).copied().collect();
         let live_before = self.count_live(&touched);
+        let seal = Seal::open(&self.hash, tick, inputs, decisions, &report);
         self.apply_faults(report.results, tick, &mut sum);
-        let (outbox, membership) = self.route(report.results, tick, &mut sum);
-        self.deliver(outbox, &mut drops);
+        let (mut outbox, membership) = self.route(report.results, tick, &mut sum);
+        outbox.sort();
+        self.deliver(outbox, report.results, tick, &mut drops);
         self.complete_tasks(plan, &faulted, tick, &mut drops);
         self.apply_membership(membership);
         self.apply_stops(plan, tick);
@@ -188,29 +189,20 @@ impl SimState {
     /// messages are moved, not copied.
     fn route(
         &mut self,
-        results: &mut [AgentResult],
+        results: &[AgentResult],
         tick: u64,
         sum: &mut TickSummary,
     ) -> (Outbox, Vec<Membership>) {
         let mut outbox = std::mem::take(&mut self.derived.outbox);
         let mut membership: Vec<Membership> = Vec::new();
         let mut infer_count: BTreeMap<u32, u64> = BTreeMap::new();
-        for r in results.iter_mut() {
+        for (ri, r) in results.iter().enumerate() {
             let from = r.agent_id;
             let tenant = self.agents.get(&from).map_or(0, |a| a.tenant);
-            for o in &mut r.outputs {
+            for (oi, o) in r.outputs.iter().enumerate() {
                 match o {
-                    Output::Send { to, seq, payload } => {
-                        let msg = WireMessage {
-                            kind: kind::DIRECT,
-                            sender: from,
-                            sent_tick: tick,
-                            seq: *seq,
-                            topic: String::new(),
-                            payload: std::mem::take(payload),
-                        };
-                        outbox.push(*to, msg);
-                    }
+                    // Moved out of the result when delivered.
+                    Output::Send { to, .. } => outbox.push_send(*to, ri, oi),
                     Output::Publish {
                         topic,
                         seq,
