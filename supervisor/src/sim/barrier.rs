@@ -6,8 +6,11 @@
 //!    routing moves payloads out of them);
 //! 2. [`SimState::apply_faults`] — faults, by the restart policy;
 //! 3. [`SimState::route`] — every output, in canonical order (agent id, then
-//!    the order the agent produced it), into an outbox; membership changes
-//!    are set aside; then the outbox is delivered recipient by recipient;
+//!    the order the agent produced it), into an outbox of (recipient, where
+//!    the message is) keys — a direct message stays in its result until it
+//!    is delivered; membership changes are set aside; then the keys are
+//!    grouped by recipient (a stable radix sort) and each message moves
+//!    into its mailbox;
 //! 4. [`SimState::complete_tasks`] — tasks that ran complete (or fail with
 //!    their agent, cancelling their dependents);
 //! 5. [`SimState::apply_membership`] — subscriptions and channel changes,
