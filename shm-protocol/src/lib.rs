@@ -54,6 +54,7 @@ pub mod codec;
 pub mod control;
 pub mod inference;
 pub mod oom;
+pub mod payload;
 pub mod prefetch;
 pub mod ring;
 pub mod worker;

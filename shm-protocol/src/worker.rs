@@ -6,6 +6,7 @@
 //! agent id it does not host, a result for an agent that was not asked to
 //! run, or an output that breaks a limit is a protocol error of that worker.
 
+pub use crate::payload::Payload;
 use serde::{Deserialize, Serialize};
 
 /// Per-agent resource limits.
@@ -53,8 +54,7 @@ pub struct WireMessage {
     /// Topic or channel name (empty for direct messages).
     pub topic: String,
     /// Payload.
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
+    pub payload: Payload,
 }
 
 /// A task handed to an agent's step.
@@ -225,8 +225,7 @@ pub enum Output {
         /// Sender sequence.
         seq: u64,
         /// Payload.
-        #[serde(with = "serde_bytes")]
-        payload: Vec<u8>,
+        payload: Payload,
     },
     /// Topic publication.
     Publish {
@@ -235,8 +234,7 @@ pub enum Output {
         /// Sender sequence.
         seq: u64,
         /// Payload.
-        #[serde(with = "serde_bytes")]
-        payload: Vec<u8>,
+        payload: Payload,
     },
     /// Channel message.
     ChannelSend {
@@ -245,8 +243,7 @@ pub enum Output {
         /// Sender sequence.
         seq: u64,
         /// Payload.
-        #[serde(with = "serde_bytes")]
-        payload: Vec<u8>,
+        payload: Payload,
     },
     /// Subscribe to a topic.
     Subscribe(String),
@@ -883,7 +880,7 @@ mod tests {
         let out = Output::Send {
             to: 3,
             seq: 9,
-            payload: bytes.clone(),
+            payload: bytes.as_slice().into(),
         };
         let enc = crate::codec::encode(&out).unwrap();
         assert!(enc.ends_with(&bytes));

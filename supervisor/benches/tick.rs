@@ -312,7 +312,7 @@ fn route_only(cfg: &Cfg, dir: &Path, n: u64, k: u32) -> (f64, f64) {
                         Output::Send {
                             to: (id + j) % n + 1,
                             seq: seq[id as usize],
-                            payload: seq[id as usize].to_le_bytes().to_vec(),
+                            payload: seq[id as usize].to_le_bytes().to_vec().into(),
                         }
                     })
                     .collect(),

@@ -7,7 +7,7 @@
 //! per [`IMPORT_BYTES_PER_FUEL`] bytes copied) so a guest cannot do unbounded
 //! host work within a bounded fuel budget.
 
-use shm_protocol::worker::{AgentLimits, Fault, HostCounters, Output};
+use shm_protocol::worker::{AgentLimits, Fault, HostCounters, Output, Payload};
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
 
 /// Fixed fuel cost of every import call.
@@ -185,7 +185,14 @@ fn charge(caller: &mut C<'_>, bytes: usize) -> wasmtime::Result<()> {
 }
 
 /// Copies `[ptr, ptr+len)` out of the agent's memory, validating both.
-fn read(caller: &mut C<'_>, what: &str, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
+/// Copies `len` bytes at `ptr` out of the agent's memory (into a
+/// [`Payload`] for messages: short ones need no allocation).
+fn read<T: for<'a> From<&'a [u8]>>(
+    caller: &mut C<'_>,
+    what: &str,
+    ptr: i32,
+    len: i32,
+) -> wasmtime::Result<T> {
     if len < 0 {
         return Err(bad(caller, format!("{what}: negative length {len}")));
     }
@@ -196,7 +203,7 @@ fn read(caller: &mut C<'_>, what: &str, ptr: i32, len: i32) -> wasmtime::Result<
     let start = ptr as u32 as usize;
     let end = start.checked_add(len as usize);
     match end {
-        Some(end) if end <= data.len() => Ok(data[start..end].to_vec()),
+        Some(end) if end <= data.len() => Ok(T::from(&data[start..end])),
         _ => {
             let size = data.len();
             Err(bad(
@@ -215,7 +222,7 @@ fn read_name(
     ptr: i32,
     len: i32,
 ) -> wasmtime::Result<Option<String>> {
-    let bytes = read(caller, what, ptr, len)?;
+    let bytes: Vec<u8> = read(caller, what, ptr, len)?;
     if bytes.is_empty() || bytes.len() > MAX_NAME {
         return Ok(None);
     }
@@ -254,7 +261,7 @@ pub fn add_imports(linker: &mut Linker<AgentHost>) -> wasmtime::Result<()> {
         "lockstep",
         "send",
         |mut c: C<'_>, to: i64, ptr: i32, len: i32| -> wasmtime::Result<i32> {
-            let payload = read(&mut c, "send payload", ptr, len)?;
+            let payload: Payload = read(&mut c, "send payload", ptr, len)?;
             charge(&mut c, payload.len())?;
             if to <= 0 {
                 return Ok(rc::INVALID);
@@ -279,7 +286,7 @@ pub fn add_imports(linker: &mut Linker<AgentHost>) -> wasmtime::Result<()> {
         "publish",
         |mut c: C<'_>, tp: i32, tl: i32, ptr: i32, len: i32| -> wasmtime::Result<i32> {
             let topic = read_name(&mut c, "publish topic", tp, tl)?;
-            let payload = read(&mut c, "publish payload", ptr, len)?;
+            let payload: Payload = read(&mut c, "publish payload", ptr, len)?;
             charge(&mut c, payload.len() + tl.max(0) as usize)?;
             let Some(topic) = topic else {
                 return Ok(rc::INVALID);
@@ -304,7 +311,7 @@ pub fn add_imports(linker: &mut Linker<AgentHost>) -> wasmtime::Result<()> {
         "channel_send",
         |mut c: C<'_>, np: i32, nl: i32, ptr: i32, len: i32| -> wasmtime::Result<i32> {
             let channel = read_name(&mut c, "channel_send name", np, nl)?;
-            let payload = read(&mut c, "channel_send payload", ptr, len)?;
+            let payload: Payload = read(&mut c, "channel_send payload", ptr, len)?;
             charge(&mut c, payload.len() + nl.max(0) as usize)?;
             let Some(channel) = channel else {
                 return Ok(rc::INVALID);
@@ -358,12 +365,12 @@ pub fn add_imports(linker: &mut Linker<AgentHost>) -> wasmtime::Result<()> {
          dp: i32,
          dl: i32|
          -> wasmtime::Result<i64> {
-            let payload = read(&mut c, "schedule_task payload", ptr, len)?;
+            let payload: Vec<u8> = read(&mut c, "schedule_task payload", ptr, len)?;
             if dl < 0 || dl as usize > MAX_DEPS {
                 charge(&mut c, payload.len())?;
                 return Ok(i64::from(rc::INVALID));
             }
-            let deps_bytes = read(&mut c, "schedule_task deps", dp, dl.saturating_mul(8))?;
+            let deps_bytes: Vec<u8> = read(&mut c, "schedule_task deps", dp, dl.saturating_mul(8))?;
             charge(&mut c, payload.len() + deps_bytes.len())?;
             if agent <= 0 {
                 return Ok(i64::from(rc::INVALID));
@@ -396,7 +403,7 @@ pub fn add_imports(linker: &mut Linker<AgentHost>) -> wasmtime::Result<()> {
         "infer",
         |mut c: C<'_>, mp: i32, ml: i32, ip: i32, il: i32| -> wasmtime::Result<i64> {
             let model = read_name(&mut c, "infer model", mp, ml)?;
-            let input = read(&mut c, "infer input", ip, il)?;
+            let input: Vec<u8> = read(&mut c, "infer input", ip, il)?;
             charge(&mut c, input.len() + ml.max(0) as usize)?;
             let Some(model) = model else {
                 return Ok(i64::from(rc::INVALID));
@@ -422,7 +429,7 @@ pub fn add_imports(linker: &mut Linker<AgentHost>) -> wasmtime::Result<()> {
         "lockstep",
         "log",
         |mut c: C<'_>, level: i32, ptr: i32, len: i32| -> wasmtime::Result<i32> {
-            let bytes = read(&mut c, "log line", ptr, len)?;
+            let bytes: Vec<u8> = read(&mut c, "log line", ptr, len)?;
             charge(&mut c, bytes.len())?;
             let h = c.data_mut();
             if h.logs.0 != h.tick {

@@ -121,12 +121,12 @@ fn step_counts_and_outputs() {
             Output::Send {
                 to: 7,
                 seq: 1,
-                payload: b"news".to_vec()
+                payload: b"news".to_vec().into()
             },
             Output::Publish {
                 topic: "news".into(),
                 seq: 2,
-                payload: b"ne".to_vec()
+                payload: b"ne".to_vec().into()
             },
             Output::ScheduleTask {
                 task_id: (1 << 32) | 1,
@@ -155,7 +155,7 @@ fn messages_and_tasks_reach_the_agent() {
         sent_tick: 0,
         seq: 1,
         topic: String::new(),
-        payload: vec![1, 2],
+        payload: vec![1, 2].into(),
     };
     let work = TickWork {
         tick: 1,
@@ -626,7 +626,9 @@ fn real_agents_capture_restore_round_trip() {
             sent_tick: t,
             seq: t,
             topic: "sensors".into(),
-            payload: [t.to_le_bytes(), (t * 7 % 1000).to_le_bytes()].concat(),
+            payload: [t.to_le_bytes(), (t * 7 % 1000).to_le_bytes()]
+                .concat()
+                .into(),
         };
         let work = |t: u64| TickWork {
             tick: t,

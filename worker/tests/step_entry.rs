@@ -87,7 +87,7 @@ fn work(t: u64) -> TickWork {
         } else {
             String::new()
         },
-        payload: vec![t as u8; len],
+        payload: vec![t as u8; len].into(),
     };
     let mut w = TickWork {
         tick: t,

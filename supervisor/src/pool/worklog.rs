@@ -205,7 +205,7 @@ mod tests {
                     sent_tick: t,
                     seq: t,
                     topic: String::new(),
-                    payload: vec![t as u8; payload],
+                    payload: vec![t as u8; payload].into(),
                 }],
             }],
             ..TickWork::default()

@@ -23,7 +23,7 @@ use super::{
     AgentStatus, Decision, Event, HASH_PIECE, InferRequest, Input, Outbox, RUNTIME_SENDER,
     SimState, Task, TickPlan, TickSummary, kind, notice,
 };
-use shm_protocol::worker::{AgentResult, Output, WireMessage};
+use shm_protocol::worker::{AgentResult, Output, Payload, WireMessage};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the workers reported for one tick, merged: results in ascending
@@ -270,7 +270,7 @@ impl SimState {
                                 sent_tick: tick,
                                 seq: *request_id,
                                 topic: model.clone(),
-                                payload: b"inference quota exceeded".to_vec(),
+                                payload: Payload::from(b"inference quota exceeded"),
                             };
                             outbox.push(from, msg);
                             sum.events.push(Event::InferRefused {
@@ -440,6 +440,6 @@ fn fan_out(kind: u32, from: u64, tick: u64, seq: u64, name: &str, payload: &[u8]
         sent_tick: tick,
         seq,
         topic: name.to_owned(),
-        payload: payload.to_vec(),
+        payload: Payload::from(payload),
     }
 }

@@ -163,7 +163,7 @@ impl SimState {
                 sent_tick: tick,
                 seq: a.request_id,
                 topic: r.model.clone(),
-                payload,
+                payload: payload.into(),
             };
             self.push_message(a.agent, msg, &mut drops);
         }

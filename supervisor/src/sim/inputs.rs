@@ -140,7 +140,7 @@ impl SimState {
                         sent_tick: tick,
                         seq,
                         topic: topic.clone(),
-                        payload: payload.0.clone(),
+                        payload: payload.0.as_slice().into(),
                     };
                     self.push_message(*s, msg, &mut drops);
                 }
@@ -163,7 +163,7 @@ impl SimState {
                     sent_tick: tick,
                     seq: self.notice_seq,
                     topic: String::new(),
-                    payload: payload.0.clone(),
+                    payload: payload.0.as_slice().into(),
                 };
                 let mut drops = 0;
                 self.push_message(id, msg, &mut drops);

@@ -563,7 +563,7 @@ fn notice(seq: u64, tick: u64, text: String) -> WireMessage {
         sent_tick: tick,
         seq,
         topic: String::new(),
-        payload: text.into_bytes(),
+        payload: text.into(),
     }
 }
 

@@ -61,7 +61,7 @@ fn send(to: u64, seq: u64) -> Output {
     Output::Send {
         to,
         seq,
-        payload: vec![seq as u8],
+        payload: vec![seq as u8].into(),
     }
 }
 
@@ -107,7 +107,7 @@ fn publish_fans_out_and_subscriptions_apply_from_the_next_tick() {
     let publish = || Output::Publish {
         topic: "t".into(),
         seq: 1,
-        payload: vec![7],
+        payload: vec![7].into(),
     };
     // Agent 4 subscribes and publishes in the same tick: it does not get
     // its own publication yet (membership changes apply after routing).
@@ -155,7 +155,7 @@ fn channels_reach_current_members_only() {
     let cs = || Output::ChannelSend {
         channel: "c".into(),
         seq: 1,
-        payload: vec![],
+        payload: vec![].into(),
     };
     tick(
         &mut s,
