@@ -24,26 +24,16 @@ use std::fmt;
 use std::ops::Deref;
 
 /// The bytes of a message (see the module docs).
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Payload(SmallVec<[u8; Payload::INLINE]>);
 
 impl Payload {
     /// Payloads up to this many bytes are stored inline.
     pub const INLINE: usize = 16;
 
-    /// An empty payload.
-    pub fn new() -> Self {
-        Self(SmallVec::new())
-    }
-
     /// The bytes, as a vector.
     pub fn into_vec(self) -> Vec<u8> {
         self.0.into_vec()
-    }
-
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.0
     }
 }
 
@@ -114,26 +104,8 @@ impl PartialEq<[u8]> for Payload {
     }
 }
 
-impl PartialEq<&[u8]> for Payload {
-    fn eq(&self, other: &&[u8]) -> bool {
-        self.0[..] == **other
-    }
-}
-
 impl<const N: usize> PartialEq<[u8; N]> for Payload {
     fn eq(&self, other: &[u8; N]) -> bool {
-        self.0[..] == other[..]
-    }
-}
-
-impl<const N: usize> PartialEq<&[u8; N]> for Payload {
-    fn eq(&self, other: &&[u8; N]) -> bool {
-        self.0[..] == other[..]
-    }
-}
-
-impl PartialEq<Vec<u8>> for Payload {
-    fn eq(&self, other: &Vec<u8>) -> bool {
         self.0[..] == other[..]
     }
 }
