@@ -19,9 +19,12 @@
 //! naming the limit — unless the worker serves one tenant with process
 //! isolation alone, in which case that tenant exceeded its own limits and
 //! its agents on the worker are quarantined (journaled decisions), while
-//! every other tenant goes on untouched.  If the whole set does not fail in a scratch process,
-//! the failures were not caused by the tick (an operator, the machine) and
-//! recovery simply goes on.
+//! every other tenant goes on untouched.  Replacements leave quarantined
+//! agents out (their state serves nothing any more).  If the whole set
+//! does not fail in a scratch process, the failures were not caused by the
+//! tick (an operator, the machine) and recovery simply goes on; a failure
+//! at the same tick after that searches again, since near a limit whether
+//! a process fails may turn on a few pages of its own.
 
 use super::{
     ChunkSource, MAX_FAILURES_PER_TICK, POISON_AFTER, PoolError, RestoreFailure, WorkerPool,
@@ -113,7 +116,7 @@ impl WorkerPool {
                         // The worker holds one tenant's agents alone: the
                         // tenant exceeded its own limits, and only its
                         // agents on this worker are stopped.
-                        let hosted = self.suspects(wi, work)?;
+                        let hosted = self.hosted(wi, Some(work))?;
                         *work = filter_work(work, |a| !hosted.contains(&a));
                         for &agent in &hosted {
                             work.evict.push(agent);
@@ -128,6 +131,10 @@ impl WorkerPool {
                         self.notes.push(line);
                     }
                     Bisect::NotReproduced => {
+                        // Near a limit, whether a process fails may depend
+                        // on a few pages of its own: a later failure at the
+                        // same tick searches again.
+                        self.bisected.remove(&(tick, wi));
                         tracing::warn!(
                             worker = wi,
                             tick,
@@ -136,7 +143,7 @@ impl WorkerPool {
                     }
                 }
             }
-            match self.replace(wi, pages) {
+            match self.replace(wi, pages, &work.evict) {
                 Ok(()) => {}
                 Err(ReplaceError::Fatal(e)) => return Err(e),
                 Err(ReplaceError::Failed(c)) => {
@@ -177,7 +184,7 @@ impl WorkerPool {
         let tick = self.tick;
         for _ in 0..MAX_FAILURES_PER_TICK {
             self.note(wi, tick, &cause);
-            match self.replace(wi, pages) {
+            match self.replace(wi, pages, &[]) {
                 Ok(()) => return Ok(()),
                 Err(ReplaceError::Fatal(e)) => return Err(e),
                 Err(ReplaceError::Failed(c)) => cause = c,
@@ -201,14 +208,55 @@ impl WorkerPool {
     }
 
     /// Replaces worker `wi` by a fresh process at the state the run reached.
-    fn replace(&mut self, wi: usize, pages: &dyn ChunkSource) -> Result<(), ReplaceError> {
+    ///
+    /// Agents evicted since the checkpoint (quarantined: by the logged work
+    /// or by `evicting`, the interrupted tick's evictions) are left out of
+    /// the replacement: their state serves nothing any more, and what made
+    /// them fail — memory they filled, say — must not make the replacement
+    /// fail too.  Without them the logged ticks cannot reproduce their
+    /// recorded digests, which are then not checked.
+    fn replace(
+        &mut self,
+        wi: usize,
+        pages: &dyn ChunkSource,
+        evicting: &[u64],
+    ) -> Result<(), ReplaceError> {
         let name = format!("worker-{wi}");
+        let evicted = self.evicted(wi, evicting).map_err(ReplaceError::Fatal)?;
+        let keep = if evicted.is_empty() {
+            None
+        } else {
+            let mut hosted = self.hosted(wi, None).map_err(ReplaceError::Fatal)?;
+            hosted.retain(|a| !evicted.contains(a));
+            Some(hosted)
+        };
         self.workers[wi].child.kill_and_wait(Duration::from_secs(5));
         let fresh = self
             .spawn(&name, false, Some(wi))
             .map_err(|f| ReplaceError::Failed(f.cause))?;
         self.workers[wi] = fresh;
-        self.prepare(wi, pages, None, true)
+        match &keep {
+            None => self.prepare(wi, pages, None, true),
+            Some(keep) => self.prepare(wi, pages, Some(keep), false),
+        }
+    }
+
+    /// The agents of worker `wi` evicted by the work logged since the
+    /// checkpoint, and those in `evicting`.
+    fn evicted(&mut self, wi: usize, evicting: &[u64]) -> Result<BTreeSet<u64>, PoolError> {
+        let mut s: BTreeSet<u64> = evicting.iter().copied().collect();
+        let log = self
+            .log
+            .ticks()
+            .map_err(|e| PoolError::Restore(format!("cannot read the work log: {e}")))?;
+        for l in &log {
+            match l.work(wi) {
+                None => {}
+                Some(Ok(w)) => s.extend(w.evict.iter().copied()),
+                Some(Err(e)) => return Err(PoolError::Restore(e)),
+            }
+        }
+        Ok(s)
     }
 
     /// Brings worker `wi` (fresh) to the last completed tick: modules, the
@@ -284,8 +332,9 @@ impl WorkerPool {
         Ok(())
     }
 
-    /// The agents worker `wi` hosts or started since the checkpoint.
-    fn suspects(&mut self, wi: usize, work: &TickWork) -> Result<Vec<u64>, PoolError> {
+    /// The agents worker `wi` hosts or started since the checkpoint (and,
+    /// with `work`, starts in it).
+    fn hosted(&mut self, wi: usize, work: Option<&TickWork>) -> Result<Vec<u64>, PoolError> {
         let mut s: BTreeSet<u64> = BTreeSet::new();
         if let Some(base) = &self.base {
             s.extend(
@@ -310,7 +359,9 @@ impl WorkerPool {
                 Some(Err(e)) => return Err(PoolError::Restore(e)),
             }
         }
-        note(work);
+        if let Some(w) = work {
+            note(w);
+        }
         Ok(s.into_iter().collect())
     }
 
@@ -322,7 +373,7 @@ impl WorkerPool {
         work: &TickWork,
         pages: &dyn ChunkSource,
     ) -> Result<Bisect, PoolError> {
-        let mut suspects = self.suspects(wi, work)?;
+        let mut suspects = self.hosted(wi, Some(work))?;
         tracing::warn!(
             worker = wi,
             tick,
