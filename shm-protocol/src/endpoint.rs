@@ -31,7 +31,7 @@ pub struct WaitPolicy {
 impl WaitPolicy {
     /// One spin of a wait.
     #[inline]
-    fn pause(&self) {
+    pub fn pause(&self) {
         if self.yielding {
             std::thread::yield_now();
         } else {
@@ -365,6 +365,12 @@ impl Receiver {
     /// Marks this direction closed (the peer sees it after draining).
     pub fn close(&mut self) {
         self.cons.close();
+    }
+
+    /// Whether a frame is already there to receive (a broken ring counts
+    /// as one: receiving then reports it).
+    pub fn has_data(&mut self) -> bool {
+        self.cons.has_data().unwrap_or(true)
     }
 
     /// Returns a frame if one is already there.

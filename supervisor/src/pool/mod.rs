@@ -301,6 +301,8 @@ pub struct WorkerPool {
     spawned: u64,
     /// Which worker hosts which agent.
     placement: Placement,
+    /// How the supervisor waits for its workers.
+    wait: WaitPolicy,
 }
 
 impl WorkerPool {
@@ -327,6 +329,7 @@ impl WorkerPool {
             stats: PoolStats::default(),
             notes: Vec::new(),
             spawned: 0,
+            wait: supervisor_policy(spare_core(placement.workers())),
             placement,
             cfg,
         };
@@ -843,11 +846,13 @@ impl WorkerPool {
                 .collect(),
             ..TickOutcome::default()
         };
+        let mut ready = self.replies_as_they_come(tick, known, &mut failed);
         let mut digests = Vec::with_capacity(k);
         for wi in 0..k {
-            let got = match failed[wi].take() {
-                Some(c) => Err(c),
-                None => self.recv_tick(wi, tick, known),
+            let got = match (ready[wi].take(), failed[wi].take()) {
+                (Some(done), _) => Ok(done),
+                (None, Some(c)) => Err(c),
+                (None, None) => self.recv_tick(wi, tick, known),
             };
             let done = match got {
                 Ok(d) => d,
@@ -926,6 +931,43 @@ impl WorkerPool {
     }
 
     /// Receives worker `wi`'s result of `tick` and checks it.
+    /// Receives the workers' replies to a tick in the order they arrive,
+    /// while more than one is awaited and for as long as the supervisor
+    /// would poll before parking: a reply is decoded while the other
+    /// workers still step, not after the slowest.  Returns the replies
+    /// received, by worker; a worker whose reply failed gets its cause in
+    /// `failed`.  What is left is received in worker order afterwards (as
+    /// is every failure handled), so the order of arrival changes nothing
+    /// but when the decoding happens.
+    fn replies_as_they_come(
+        &mut self,
+        tick: u64,
+        known: &dyn Fn(u64) -> bool,
+        failed: &mut [Option<Cause>],
+    ) -> Vec<Option<TickDone>> {
+        let k = self.workers.len();
+        let mut ready: Vec<Option<TickDone>> = (0..k).map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..k).filter(|&wi| failed[wi].is_none()).collect();
+        let policy = self.wait;
+        let mut spins = 0;
+        while pending.len() > 1 && spins < policy.spin {
+            let Some(at) = pending
+                .iter()
+                .position(|&wi| self.workers[wi].child.endpoint().rx.has_data())
+            else {
+                spins += 1;
+                policy.pause();
+                continue;
+            };
+            let wi = pending.remove(at);
+            match self.recv_tick(wi, tick, known) {
+                Ok(done) => ready[wi] = Some(done),
+                Err(c) => failed[wi] = Some(c),
+            }
+        }
+        ready
+    }
+
     fn recv_tick(
         &mut self,
         wi: usize,
