@@ -312,14 +312,22 @@ impl Recorded {
         device: String,
         tag: &str,
         env: &[(String, String)],
-    ) -> Result<(Run, PathBuf), ReplayError> {
-        let scratch = std::env::temp_dir().join(format!(
-            "lockstep-{tag}-{}-{}",
-            std::process::id(),
-            body.tick
-        ));
-        let _ = std::fs::remove_dir_all(&scratch);
-        let mut cfg = self.config(scratch.clone(), workers, device)?;
+    ) -> Result<(Run, tempfile::TempDir), ReplayError> {
+        // A fresh directory of an unpredictable name (created, never
+        // reused: nothing another user placed in the temporary directory
+        // can stand in for it), removed when dropped.  Readable as any run
+        // directory is.
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("lockstep-{tag}-{}-", body.tick))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .tempdir()
+            .map_err(|e| {
+                ReplayError::Usage(format!(
+                    "cannot create a scratch run directory in {}: {e}",
+                    std::env::temp_dir().display()
+                ))
+            })?;
+        let mut cfg = self.config(scratch.path().to_path_buf(), workers, device)?;
         cfg.origin = Some(self.dir.clone());
         cfg.board = false;
         cfg.control_socket = false;
@@ -415,7 +423,7 @@ pub fn replay_reporting(
     let hash = hex(&run.state().hash);
     let checks = run.take_answer_checks();
     let _ = run.finish();
-    let _ = std::fs::remove_dir_all(scratch);
+    drop(scratch);
     result?;
     Ok(ReplayReport {
         from: from_tick,
@@ -552,7 +560,7 @@ pub fn verify_reporting(
                     }
                     (_, Err(e)) => {
                         let _ = run.finish();
-                        let _ = std::fs::remove_dir_all(&scratch);
+                        drop(scratch);
                         return Err(e.into());
                     }
                     _ => None,
@@ -565,13 +573,13 @@ pub fn verify_reporting(
             }
             Err(e) => {
                 let _ = run.finish();
-                let _ = std::fs::remove_dir_all(&scratch);
+                drop(scratch);
                 return Err(e.into());
             }
         };
         checks.merge(run.take_answer_checks());
         let _ = run.finish();
-        let _ = std::fs::remove_dir_all(&scratch);
+        drop(scratch);
         if let Some(mut d) = state {
             d.answer = answer;
             return Ok(Verdict::Diverged(Box::new(d)));
