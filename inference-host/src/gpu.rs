@@ -103,8 +103,11 @@ mod tests {
 
     #[test]
     fn the_gpu_runtime_is_found_above_the_executable() {
-        let root = std::env::temp_dir().join(format!("lockstep-gpu-locate-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let tmp = tempfile::Builder::new()
+            .prefix("lockstep-gpu-locate-")
+            .tempdir()
+            .unwrap();
+        let root = tmp.path();
         let bin = root.join("target/debug/lockstep-inference-host");
         assert_eq!(locate_gpu_runtime(Some(&bin)), None);
         let gpu = root.join(".deps/onnxruntime-gpu");
@@ -116,7 +119,6 @@ mod tests {
         std::fs::create_dir_all(root.join(".deps/cuda/lib")).unwrap();
         let found = locate_gpu_runtime(Some(&bin)).unwrap();
         assert_eq!(found.cuda_libs, Some(root.join(".deps/cuda/lib")));
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

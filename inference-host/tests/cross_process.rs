@@ -428,16 +428,20 @@ fn a_library_closed_to_the_sandbox_user_is_named() {
         eprintln!("skipped: only a host started as root runs as another user");
         return;
     }
-    let closed = std::env::temp_dir().join(format!("lockstep-closed-{}", std::process::id()));
+    let tmp = tempfile::Builder::new()
+        .prefix("lockstep-closed-")
+        .tempdir()
+        .unwrap();
+    let closed = tmp.path();
     let lib_dir = closed.join("lib");
     std::fs::create_dir_all(&lib_dir).unwrap();
     let lib = lib_dir.join("libonnxruntime.so");
     std::fs::copy(common::ort_lib(), &lib).unwrap();
-    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(closed, std::fs::Permissions::from_mode(0o700)).unwrap();
     // A CUDA host sees the machine's own file system (the driver needs
     // it), so the library's real path is what it must reach.
     let (err, kind) = start_failure(&["--device", "cuda", "--ort-lib", lib.to_str().unwrap()]);
-    let _ = std::fs::remove_dir_all(&closed);
+    drop(tmp);
     assert_eq!(kind, ExitKind::Exited(ExitCode::Runtime as i32), "{err}");
     assert!(
         err.contains("cannot be read by this process") && err.contains("chmod o+x"),

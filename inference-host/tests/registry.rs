@@ -389,7 +389,11 @@ fn self_test_and_more_threads() {
 
 #[test]
 fn library_lookup() {
-    let tmp = std::env::temp_dir().join(format!("lockstep-ortlib-{}", std::process::id()));
+    let dir = tempfile::Builder::new()
+        .prefix("lockstep-ortlib-")
+        .tempdir()
+        .unwrap();
+    let tmp = dir.path();
     let bin = tmp.join("a/b/target/debug");
     std::fs::create_dir_all(&bin).unwrap();
     let exe = bin.join("lockstep-inference-host");
@@ -422,7 +426,6 @@ fn library_lookup() {
     );
     let e = locate_ort_library_from(Some(&tmp.join("missing.so")), None, Some(&exe)).unwrap_err();
     assert!(e.to_string().contains("missing.so"), "{e}");
-    std::fs::remove_dir_all(&tmp).unwrap();
 }
 
 /// A real model (Magika's file-type classifier from PyPI, i32 input, Conv

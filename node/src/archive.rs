@@ -247,9 +247,11 @@ mod tests {
     /// modules and the models loaded at run time; temporary files are not.
     #[test]
     fn object_files_cover_checkpoints_modules_and_loaded_models() {
-        let dir =
-            std::env::temp_dir().join(format!("lockstep-archive-list-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::Builder::new()
+            .prefix("lockstep-archive-list-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         for (sub, file) in [
             ("snapshots", "000100.snap"),
             ("modules", "ab.wasm"),
@@ -259,7 +261,7 @@ mod tests {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
             std::fs::write(dir.join(sub).join(file), b"x").unwrap();
         }
-        let names: Vec<String> = object_files(&dir).into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = object_files(dir).into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             names,
             [
@@ -270,6 +272,5 @@ mod tests {
                 "snapshots/000100.snap"
             ]
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

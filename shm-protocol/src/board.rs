@@ -569,15 +569,18 @@ pub fn loom_board(capacity: usize) -> (BoardWriter, BoardReader) {
 mod tests {
     use super::*;
 
-    fn dir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("lockstep-board-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A fresh scratch directory, removed when the value is dropped.
+    fn dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("lockstep-board-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn reader_sees_latest_state() {
-        let d = dir("latest");
+        let tmp = dir("latest");
+        let d = tmp.path();
         let path = d.join("board");
         let mut w = BoardWriter::create(&path, 1000).unwrap();
         let r = BoardReader::open(&path).unwrap();
@@ -587,23 +590,23 @@ mod tests {
         let s = r.read().unwrap();
         assert_eq!((s.generation, s.data.as_slice()), (2, &b"second state"[..]));
         assert_eq!(r.writer_pid(), std::process::id());
-        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
     fn oversized_state_is_refused() {
-        let d = dir("big");
+        let tmp = dir("big");
+        let d = tmp.path();
         let mut w = BoardWriter::create(&d.join("b"), 16).unwrap();
         assert!(matches!(
             w.publish(&[0; 17]),
             Err(BoardError::TooLarge { .. })
         ));
-        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
     fn reader_mapping_is_read_only() {
-        let d = dir("ro");
+        let tmp = dir("ro");
+        let d = tmp.path();
         let path = d.join("b");
         let _w = BoardWriter::create(&path, 64).unwrap();
         let r = BoardReader::open(&path).unwrap();
@@ -612,12 +615,12 @@ mod tests {
         let f = std::fs::File::open(&path).unwrap();
         assert!(memmap2::MmapRaw::map_raw(&f).is_err());
         drop(r);
-        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
     fn corrupt_or_foreign_files_are_refused() {
-        let d = dir("bad");
+        let tmp = dir("bad");
+        let d = tmp.path();
         let p = d.join("junk");
         std::fs::write(&p, vec![7u8; 4096]).unwrap();
         assert!(matches!(
@@ -638,19 +641,16 @@ mod tests {
             BoardReader::open(&p),
             Err(BoardError::Corrupt { .. })
         ));
-        std::fs::remove_dir_all(d).unwrap();
     }
 
     fn good_board() -> &'static Vec<u8> {
         static GOOD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
         GOOD.get_or_init(|| {
             let d = dir("fuzz");
-            let good = d.join("good");
+            let good = d.path().join("good");
             let mut w = BoardWriter::create(&good, 64).unwrap();
             w.publish(b"state").unwrap();
-            let base = std::fs::read(&good).unwrap();
-            let _ = std::fs::remove_dir_all(d);
-            base
+            std::fs::read(&good).unwrap()
         })
     }
 
@@ -674,7 +674,8 @@ mod tests {
 
     #[test]
     fn concurrent_reads_are_never_torn() {
-        let d = dir("torn");
+        let tmp = dir("torn");
+        let d = tmp.path();
         let path = d.join("b");
         let mut w = BoardWriter::create(&path, 4096).unwrap();
         w.publish(&[0u8; 4096]).unwrap();
@@ -699,7 +700,6 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(reader.join().unwrap() > 0);
-        std::fs::remove_dir_all(d).unwrap();
     }
 }
 

@@ -741,15 +741,16 @@ mod tests {
 
     #[test]
     fn file_backing_is_unlinked_on_drop() {
-        let dir = std::env::temp_dir().join(format!("lockstep-seg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("seg");
+        let dir = tempfile::Builder::new()
+            .prefix("lockstep-seg-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("seg");
         let seg = Segment::create(SegmentConfig::default(), Backing::File(path.clone())).unwrap();
         let other = Segment::attach_path(&path).unwrap();
         assert_eq!(other.info().total_size, seg.info().total_size);
         drop(seg);
         assert!(!path.exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

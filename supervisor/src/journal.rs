@@ -841,17 +841,18 @@ mod tests {
         p
     }
 
-    fn tmp(name: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("lockstep-journal-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A fresh scratch directory, removed when the value is dropped.
+    fn tmp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("lockstep-journal-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn round_trip() {
         let d = tmp("rt");
-        let r = read_journal(&write(&d)).unwrap();
+        let r = read_journal(&write(d.path())).unwrap();
         assert_eq!(r.entries, sample());
         assert!(!r.torn_tail);
     }
@@ -921,8 +922,7 @@ mod tests {
         assert_eq!(split, vec![vec![1], vec![2, 3], vec![4]]);
         // Every frame is written and read back, in order.
         let d = tmp("split");
-        let p = d.join("j");
-        let _ = std::fs::remove_file(&p);
+        let p = d.path().join("j");
         let mut w = JournalWriter::create(&p).unwrap();
         for e in &entries {
             w.write(e).unwrap();
@@ -942,7 +942,7 @@ mod tests {
     #[test]
     fn journals_of_earlier_formats_are_refused_naming_both_versions() {
         let d = tmp("old");
-        let p = write(&d);
+        let p = write(d.path());
         let mut b = std::fs::read(&p).unwrap();
         b[8..12].copy_from_slice(&4u32.to_le_bytes());
         std::fs::write(&p, &b).unwrap();
@@ -958,7 +958,7 @@ mod tests {
     #[test]
     fn torn_tail_is_ignored_and_cut_on_append() {
         let d = tmp("torn");
-        let p = write(&d);
+        let p = write(d.path());
         let full = std::fs::read(&p).unwrap();
         for cut in 1..20 {
             std::fs::write(&p, &full[..full.len() - cut]).unwrap();
@@ -974,7 +974,7 @@ mod tests {
     #[test]
     fn corruption_in_the_middle_is_reported_with_offset() {
         let d = tmp("corrupt");
-        let p = write(&d);
+        let p = write(d.path());
         let mut b = std::fs::read(&p).unwrap();
         b[12 + 12 + 3] ^= 0xFF; // inside the first frame's payload
         std::fs::write(&p, &b).unwrap();
@@ -989,13 +989,13 @@ mod tests {
 
     #[test]
     fn follower_reads_whole_frames_as_they_come() {
-        let d = tmp("follow");
+        let dir = tmp("follow");
+        let d = dir.path();
         let p = d.join("j");
-        let _ = std::fs::remove_file(&p);
         let mut f = JournalFollower::new(&p);
         // No journal yet, then only part of its header.
         assert!(f.poll(1 << 20).unwrap().entries.is_empty());
-        let full = std::fs::read(write(&d)).unwrap();
+        let full = std::fs::read(write(d)).unwrap();
         std::fs::write(&p, &full[..7]).unwrap();
         assert!(f.poll(1 << 20).unwrap().entries.is_empty());
         // Byte by byte: each frame once it is whole, never a torn one.
@@ -1048,7 +1048,10 @@ mod tests {
         /// error or a shorter journal, never a panic.
         #[test]
         fn random_bytes_never_panic(pos in 0usize..1 << 20, flip in 1u8.., cut: bool) {
-            let good = GOOD.get_or_init(|| std::fs::read(write(&tmp("fuzz"))).unwrap());
+            let good = GOOD.get_or_init(|| {
+                let d = tmp("fuzz");
+                std::fs::read(write(d.path())).unwrap()
+            });
             let mut b = good.clone();
             let pos = 12 + pos % (b.len() - 12);
             b[pos] ^= flip;

@@ -382,18 +382,20 @@ mod tests {
         }
     }
 
-    fn dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("lockstep-modules-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A fresh scratch directory, removed when the value is dropped.
+    fn dir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("lockstep-modules-{tag}-"))
+            .tempdir()
+            .unwrap()
     }
 
     /// A cache entry swapped for another module's entry fails its MAC
     /// (and so does one edited in place): the module is compiled afresh.
     #[test]
     fn swapped_or_edited_cache_entries_are_refused() {
-        let d = dir("mac");
+        let tmp = dir("mac");
+        let d = tmp.path();
         let (a, b) = (d.join("a.wasm"), d.join("b.wasm"));
         std::fs::write(&a, b"module a").unwrap();
         std::fs::write(&b, b"module b").unwrap();
@@ -430,14 +432,14 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     /// A run keeps a copy of every module: a pinned module that changed on
     /// disk is read from the copy.
     #[test]
     fn the_run_directory_keeps_the_bytes_it_ran() {
-        let d = dir("copy");
+        let tmp = dir("copy");
+        let d = tmp.path();
         let m = d.join("m.wasm");
         std::fs::write(&m, b"version 1").unwrap();
         let run = d.join("run");
@@ -458,6 +460,5 @@ mod tests {
             .prepare("m", m.to_str().unwrap(), Some(&pin), &mut c)
             .unwrap_err();
         assert!(matches!(e, ModuleError::Hash { .. }), "{e}");
-        let _ = std::fs::remove_dir_all(&d);
     }
 }

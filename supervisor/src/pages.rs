@@ -404,11 +404,12 @@ fn hex(b: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn store_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("lockstep-pages-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh scratch directory, removed when the value is dropped.
+    fn store_dir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("lockstep-pages-{tag}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn chunk(k: u8) -> (Vec<u8>, [u8; 32]) {
@@ -419,9 +420,10 @@ mod tests {
 
     #[test]
     fn page_store_dedups_verifies_and_survives_a_torn_tail() {
-        let dir = store_dir("torn");
+        let tmp = store_dir("torn");
+        let dir = tmp.path();
         let (c, h) = chunk(5);
-        let p = PageStore::open(&dir).unwrap();
+        let p = PageStore::open(dir).unwrap();
         assert!(p.put(&h, &c).unwrap());
         assert!(!p.put(&h, &c).unwrap());
         assert!(p.put(&[0; 32], &c).is_err());
@@ -437,7 +439,7 @@ mod tests {
             .unwrap();
         f.write_all(&[1, 2, 3]).unwrap();
         drop(f);
-        let p = PageStore::open(&dir).unwrap();
+        let p = PageStore::open(dir).unwrap();
         assert_eq!(p.chunks(), 1);
         assert_eq!(p.len(), RECORD);
         // Damage inside a record is caught when reading.
@@ -445,9 +447,8 @@ mod tests {
         let mut bytes = std::fs::read(&pack).unwrap();
         bytes[100] ^= 1;
         std::fs::write(&pack, bytes).unwrap();
-        let p = PageStore::open(&dir).unwrap();
+        let p = PageStore::open(dir).unwrap();
         assert!(matches!(p.get(&h), Err(SnapshotError::Pages { .. })));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Every way the index can be wrong — missing, torn, damaged, stale,
@@ -455,10 +456,11 @@ mod tests {
     /// exact contents.
     #[test]
     fn a_wrong_or_missing_index_never_changes_what_the_store_holds() {
-        let dir = store_dir("index");
+        let tmp = store_dir("index");
+        let dir = tmp.path();
         let idx = dir.join("pages.idx");
         let chunks: Vec<_> = (1..=6).map(chunk).collect();
-        let p = PageStore::open(&dir).unwrap();
+        let p = PageStore::open(dir).unwrap();
         for (c, h) in &chunks[..4] {
             p.put(h, c).unwrap();
         }
@@ -471,14 +473,14 @@ mod tests {
         drop(p);
         let good = std::fs::read(&idx).unwrap();
         let check = |what: &str| {
-            let p = PageStore::open(&dir).unwrap();
+            let p = PageStore::open(dir).unwrap();
             assert_eq!(p.chunks(), 6, "{what}");
             for (c, h) in &chunks {
                 assert_eq!(&p.get(h).unwrap(), c, "{what}");
             }
             drop(p);
             // The owner's open indexed every record.
-            let p = PageStore::open_other(&dir).unwrap();
+            let p = PageStore::open_other(dir).unwrap();
             assert!(p.pack().from_index, "{what}: index not rewritten");
             assert_eq!(p.chunks(), 6, "{what}");
         };
@@ -496,8 +498,9 @@ mod tests {
         std::fs::remove_file(&idx).unwrap();
         check("no index");
         // An index of another pack (same length, other chunks): refused.
-        let other = store_dir("index-other");
-        let q = PageStore::open(&other).unwrap();
+        let other_tmp = store_dir("index-other");
+        let other = other_tmp.path();
+        let q = PageStore::open(other).unwrap();
         for k in 11..=16 {
             let (c, h) = chunk(k);
             q.put(&h, &c).unwrap();
@@ -511,13 +514,11 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
         f.set_len(3 * RECORD + 10).unwrap();
         drop(f);
-        let p = PageStore::open(&dir).unwrap();
+        let p = PageStore::open(dir).unwrap();
         assert_eq!(p.chunks(), 3);
         assert_eq!(p.len(), 3 * RECORD);
         assert!(p.get(&chunks[3].1).is_err());
         drop(p);
-        std::fs::remove_dir_all(&dir).unwrap();
-        std::fs::remove_dir_all(&other).unwrap();
     }
 
     /// An index whose entries check but name the wrong chunks (written by
@@ -525,9 +526,10 @@ mod tests {
     /// index from the pack instead of failing.
     #[test]
     fn a_read_through_a_lying_index_rebuilds_it() {
-        let dir = store_dir("lying");
+        let tmp = store_dir("lying");
+        let dir = tmp.path();
         let chunks: Vec<_> = (1..=3).map(chunk).collect();
-        let p = PageStore::open(&dir).unwrap();
+        let p = PageStore::open(dir).unwrap();
         for (c, h) in &chunks {
             p.put(h, c).unwrap();
         }
@@ -541,7 +543,7 @@ mod tests {
             bytes.extend_from_slice(&index_entry(h, offs[k]));
         }
         std::fs::write(dir.join("pages.idx"), bytes).unwrap();
-        let p = PageStore::open_other(&dir).unwrap();
+        let p = PageStore::open_other(dir).unwrap();
         assert!(p.pack().from_index);
         // Chunk 1 is not indexed at all: missing (no re-index for that).
         assert!(p.get(&chunks[1].1).is_err());
@@ -551,6 +553,5 @@ mod tests {
         assert_eq!(p.get(&chunks[0].1).unwrap(), chunks[0].0);
         assert_eq!(p.get(&chunks[1].1).unwrap(), chunks[1].0);
         assert!(!p.pack().from_index);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -217,7 +217,11 @@ mod tests {
 
     #[test]
     fn every_template_is_filled_in() {
-        let tmp = std::env::temp_dir().join(format!("lockstep-scaffold-{}", std::process::id()));
+        let dir = tempfile::Builder::new()
+            .prefix("lockstep-scaffold-")
+            .tempdir()
+            .unwrap();
+        let tmp = dir.path();
         let agents = tmp.join("checkout/agents");
         std::fs::create_dir_all(agents.join("sdk")).unwrap();
         for lang in [Lang::Rust, Lang::C, Lang::Ts] {
@@ -229,7 +233,6 @@ mod tests {
             assert!(c.manifest_lines.contains("name = \"hello-1\""));
             assert!(create("hello-1", lang, &tmp.join(format!("{lang:?}")), &agents).is_err());
         }
-        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     fn walk(d: &Path) -> Vec<PathBuf> {

@@ -334,13 +334,15 @@ mod tests {
     use shm_protocol::worker::{ChunkList, HostCounters, zero_chunk_hash};
 
     fn body() -> SnapshotBody {
-        let dir = std::env::temp_dir().join(format!("lockstep-snap-m-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("a.wasm"), b"\0asm").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("lockstep-snap-m-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("a.wasm"), b"\0asm").unwrap();
         let m = Manifest::parse(
             "[[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\ncount = 2\n",
             "m.toml",
-            &dir,
+            dir.path(),
         )
         .unwrap();
         let sim = SimState::new(&m, 3).unwrap();

@@ -349,8 +349,11 @@ mod tests {
 
     #[test]
     fn metrics_rotate_and_stay_bounded() {
-        let dir = std::env::temp_dir().join(format!("lockstep-metrics-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("lockstep-metrics-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         let path = dir.join("metrics.jsonl");
         let mut sink = JsonlSink::with_limit(&path, 10_000).unwrap();
         for tick in 0..5_000 {
@@ -365,6 +368,5 @@ mod tests {
         assert!(size(&dir.join("metrics.1.jsonl")) <= 10_000);
         let last = std::fs::read_to_string(&path).unwrap();
         assert!(last.lines().last().unwrap().contains("\"tick\":4999"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

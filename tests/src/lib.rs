@@ -107,31 +107,28 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A fresh temporary directory for one test (removed on drop).
+/// A fresh temporary directory for one test (removed on drop), readable by
+/// every user as a run directory is (the sandbox tests' children run as an
+/// unprivileged user).
 #[derive(Debug)]
-pub struct TempDir(pub PathBuf);
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
-    /// Creates `$TMPDIR/lockstep-test-<label>-<pid>-<n>`.
+    /// Creates `$TMPDIR/lockstep-test-<label>-<random>`.
     pub fn new(label: &str) -> Self {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p =
-            std::env::temp_dir().join(format!("lockstep-test-{label}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
+        use std::os::unix::fs::PermissionsExt;
+        Self(
+            tempfile::Builder::new()
+                .prefix(&format!("lockstep-test-{label}-"))
+                .permissions(std::fs::Permissions::from_mode(0o755))
+                .tempdir()
+                .expect("create temp dir"),
+        )
     }
 
     /// The path.
     pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 

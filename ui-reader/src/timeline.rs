@@ -656,9 +656,11 @@ mod tests {
     fn journal_decisions_and_end_are_read_once_through_a_rewrite() {
         use lockstep_supervisor::journal::JournalWriter;
         use lockstep_supervisor::sim::Decision;
-        let dir = std::env::temp_dir().join(format!("lockstep-ui-journal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("lockstep-ui-journal-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         let header = Entry::Header {
             manifest_hash: [1; 32],
             seed: 7,
@@ -703,7 +705,7 @@ mod tests {
         ];
         let path = dir.join("journal.lsj");
         write(&path, &first);
-        let mut t = Timeline::new(&dir);
+        let mut t = Timeline::new(dir);
         t.scan();
         let kinds =
             |t: &Timeline| -> Vec<String> { t.events().into_iter().map(|e| e.kind).collect() };
@@ -765,7 +767,6 @@ mod tests {
         t.scan();
         assert_eq!(kinds(&t), ["watchdog"]);
         assert_eq!(t.journal().0, 1);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -787,8 +788,11 @@ mod tests {
 
     #[test]
     fn tailing_follows_appends_partial_lines_and_rotation() {
-        let dir = std::env::temp_dir().join(format!("lockstep-ui-timeline-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::Builder::new()
+            .prefix("lockstep-ui-timeline-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         std::fs::create_dir_all(dir.join("snapshots")).unwrap();
         std::fs::write(dir.join("snapshots/tick-000000000500.lss"), b"").unwrap();
         let m = dir.join("metrics.jsonl");
@@ -797,7 +801,7 @@ mod tests {
             b"{\"type\":\"failure\",\"tick\":1,\"line\":\"a\"}\n{\"type\":\"fail",
         )
         .unwrap();
-        let mut t = Timeline::new(&dir);
+        let mut t = Timeline::new(dir);
         t.scan();
         assert_eq!(t.events().len(), 1);
         assert_eq!(t.checkpoints(), [500]);
@@ -810,6 +814,5 @@ mod tests {
         std::fs::write(&m, b"{\"type\":\"failure\",\"tick\":3,\"line\":\"c\"}\n").unwrap();
         t.scan();
         assert_eq!(t.events().len(), 3);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

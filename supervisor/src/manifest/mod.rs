@@ -1119,15 +1119,17 @@ mod tests {
     /// A manifest of one model `m` (a dummy file in a scratch directory
     /// named after `label`) with `extra` appended to its table.
     fn with_model(label: &str, extra: &str) -> Result<Manifest, ManifestError> {
-        let dir = std::env::temp_dir().join(format!("lockstep-{label}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("m.onnx"), b"x").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("lockstep-{label}-"))
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("m.onnx"), b"x").unwrap();
         Manifest::parse(
             &format!(
                 "[run]\nseed = 1\n\n[[models]]\nid = \"m\"\nversion = \"1\"\npath = \"m.onnx\"\n{extra}"
             ),
             "m.toml",
-            &dir,
+            dir.path(),
         )
     }
 
@@ -1202,11 +1204,22 @@ mod tests {
         }
     }
 
+    /// A scratch directory holding a module `a.wasm` (removed on drop).
+    fn manifest_dir() -> tempfile::TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix("lockstep-manifest-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("a.wasm"), b"\0asm").unwrap();
+        dir
+    }
+
+    fn parse_in(dir: &Path, text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, "m.toml", dir)
+    }
+
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let dir = std::env::temp_dir().join(format!("lockstep-manifest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("a.wasm"), b"\0asm").unwrap();
-        Manifest::parse(text, "m.toml", &dir)
+        parse_in(manifest_dir().path(), text)
     }
 
     #[test]
@@ -1269,9 +1282,9 @@ mod tests {
 
     #[test]
     fn models_get_max_batch_and_checked_versions() {
-        let dir = std::env::temp_dir().join(format!("lockstep-manifest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("m.onnx"), b"onnx").unwrap();
+        let dir = manifest_dir();
+        std::fs::write(dir.path().join("m.onnx"), b"onnx").unwrap();
+        let parse = |text: &str| parse_in(dir.path(), text);
         let m = parse("[[models]]\nid = \"mlp\"\nversion = \"1\"\npath = \"m.onnx\"\n[[models]]\nid = \"mlp\"\nversion = \"2\"\npath = \"m.onnx\"\nmax_batch = 4\n").unwrap();
         assert_eq!(m.models[0].max_batch, DEFAULT_MAX_BATCH);
         assert_eq!(m.models[1].max_batch, 4);
@@ -1314,51 +1327,55 @@ mod tests {
         b"0x7fffffffffffffff",
     ];
 
-    fn fuzz_dir() -> &'static std::path::PathBuf {
-        static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-        DIR.get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("lockstep-mfuzz-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("a.wasm"), b"\0asm").unwrap();
-            std::fs::write(dir.join("m.onnx"), b"onnx").unwrap();
-            dir
-        })
+    /// A scratch directory holding the files `FULL` names (removed on drop).
+    fn fuzz_dir() -> tempfile::TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix("lockstep-mfuzz-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("a.wasm"), b"\0asm").unwrap();
+        std::fs::write(dir.path().join("m.onnx"), b"onnx").unwrap();
+        dir
     }
 
     #[test]
     fn the_full_manifest_parses() {
-        let parsed = Manifest::parse(FULL, "full.toml", fuzz_dir());
+        let dir = fuzz_dir();
+        let parsed = Manifest::parse(FULL, "full.toml", dir.path());
         assert!(parsed.is_ok(), "{:?}", parsed.err());
     }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(100_000))]
-
-        /// The fuzz target's function on damaged variants of a manifest
-        /// that uses every section (TOML syntax errors, wrong types, huge
-        /// and negative numbers, unknown references): errors, never panics.
-        #[test]
-        fn damaged_manifests_never_panic(
-            pos in 0usize..4096,
-            flip in 1u8..,
-            how in 0u8..3,
-            noise in 0usize..NOISE.len(),
-            span in 0usize..8,
-        ) {
-            let mut b = FULL.as_bytes().to_vec();
-            let pos = pos % b.len();
-            match how {
-                0 => b[pos] ^= flip,
-                1 => b.truncate(pos),
-                _ => {
-                    let end = (pos + span).min(b.len());
-                    b.splice(pos..end, NOISE[noise].iter().copied());
+    /// The fuzz target's function on damaged variants of a manifest
+    /// that uses every section (TOML syntax errors, wrong types, huge
+    /// and negative numbers, unknown references): errors, never panics.
+    #[test]
+    fn damaged_manifests_never_panic() {
+        // One scratch directory for every case, removed when the test ends.
+        let dir = fuzz_dir();
+        proptest::proptest!(
+            proptest::prelude::ProptestConfig::with_cases(100_000),
+            |(
+                pos in 0usize..4096,
+                flip in 1u8..,
+                how in 0u8..3,
+                noise in 0usize..NOISE.len(),
+                span in 0usize..8,
+            )| {
+                let mut b = FULL.as_bytes().to_vec();
+                let pos = pos % b.len();
+                match how {
+                    0 => b[pos] ^= flip,
+                    1 => b.truncate(pos),
+                    _ => {
+                        let end = (pos + span).min(b.len());
+                        b.splice(pos..end, NOISE[noise].iter().copied());
+                    }
                 }
+                if let Ok(t) = std::str::from_utf8(&b) {
+                    let _ = Manifest::parse(t, "fuzz.toml", dir.path());
+                }
+                fuzz_parse(&b);
             }
-            if let Ok(t) = std::str::from_utf8(&b) {
-                let _ = Manifest::parse(t, "fuzz.toml", fuzz_dir());
-            }
-            fuzz_parse(&b);
-        }
+        );
     }
 }

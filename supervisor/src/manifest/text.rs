@@ -121,9 +121,11 @@ mod tests {
 
     #[test]
     fn text_models_need_a_known_kind_and_their_tokenizer() {
-        let dir =
-            std::env::temp_dir().join(format!("lockstep-text-manifest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("lockstep-text-manifest-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
         for f in ["a.wasm", "m.onnx", "tok.json"] {
             std::fs::write(dir.join(f), b"x").unwrap();
         }
@@ -166,6 +168,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("tokenizer_blake3"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

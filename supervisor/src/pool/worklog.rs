@@ -214,9 +214,11 @@ mod tests {
 
     #[test]
     fn a_large_log_moves_to_its_file_and_reads_back_in_order() {
-        let dir = std::env::temp_dir().join(format!("lockstep-worklog-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("recovery.log");
+        let dir = tempfile::Builder::new()
+            .prefix("lockstep-worklog-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("recovery.log");
         let mut log = WorkLog::new(&path);
         let big = WorkLog::MEMORY / 8;
         for t in 1..=20 {
@@ -242,7 +244,6 @@ mod tests {
         assert_eq!(log.ticks().unwrap().last().unwrap().tick, 21);
         log.clear();
         assert!(log.is_empty() && !path.exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

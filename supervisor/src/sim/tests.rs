@@ -27,10 +27,12 @@ fn finish(
 }
 
 fn manifest(extra: &str, agents: &str) -> Manifest {
-    let dir = std::env::temp_dir().join(format!("lockstep-sim-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("a.wasm"), b"\0asm").unwrap();
-    Manifest::parse(&format!("{extra}\n{agents}"), "m.toml", &dir).unwrap()
+    let dir = tempfile::Builder::new()
+        .prefix("lockstep-sim-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(dir.path().join("a.wasm"), b"\0asm").unwrap();
+    Manifest::parse(&format!("{extra}\n{agents}"), "m.toml", dir.path()).unwrap()
 }
 
 fn agents(n: u64) -> String {
