@@ -40,12 +40,14 @@ impl Payload {
 impl Deref for Payload {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
         &self.0
     }
 }
 
 impl AsRef<[u8]> for Payload {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
         &self.0
     }
@@ -58,6 +60,7 @@ impl fmt::Debug for Payload {
 }
 
 impl From<&[u8]> for Payload {
+    #[inline]
     fn from(b: &[u8]) -> Self {
         Self(SmallVec::from_slice(b))
     }
