@@ -1329,11 +1329,7 @@ mod tests {
 
     /// A scratch directory holding the files `FULL` names (removed on drop).
     fn fuzz_dir() -> tempfile::TempDir {
-        let dir = tempfile::Builder::new()
-            .prefix("lockstep-mfuzz-")
-            .tempdir()
-            .unwrap();
-        std::fs::write(dir.path().join("a.wasm"), b"\0asm").unwrap();
+        let dir = manifest_dir();
         std::fs::write(dir.path().join("m.onnx"), b"onnx").unwrap();
         dir
     }
