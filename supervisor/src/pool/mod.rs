@@ -930,7 +930,6 @@ impl WorkerPool {
         Ok(out)
     }
 
-    /// Receives worker `wi`'s result of `tick` and checks it.
     /// Receives the workers' replies to a tick in the order they arrive,
     /// while more than one is awaited and for as long as the supervisor
     /// would poll before parking: a reply is decoded while the other
@@ -968,6 +967,7 @@ impl WorkerPool {
         ready
     }
 
+    /// Receives worker `wi`'s result of `tick` and checks it.
     fn recv_tick(
         &mut self,
         wi: usize,
