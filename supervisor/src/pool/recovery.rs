@@ -116,7 +116,7 @@ impl WorkerPool {
                         // The worker holds one tenant's agents alone: the
                         // tenant exceeded its own limits, and only its
                         // agents on this worker are stopped.
-                        let hosted = self.hosted(wi, Some(work))?;
+                        let hosted = self.agents_of(wi, Some(work))?.0;
                         *work = filter_work(work, |a| !hosted.contains(&a));
                         for &agent in &hosted {
                             work.evict.push(agent);
@@ -222,11 +222,11 @@ impl WorkerPool {
         evicting: &[u64],
     ) -> Result<(), ReplaceError> {
         let name = format!("worker-{wi}");
-        let evicted = self.evicted(wi, evicting).map_err(ReplaceError::Fatal)?;
+        let (mut hosted, mut evicted) = self.agents_of(wi, None).map_err(ReplaceError::Fatal)?;
+        evicted.extend(evicting.iter().copied());
         let keep = if evicted.is_empty() {
             None
         } else {
-            let mut hosted = self.hosted(wi, None).map_err(ReplaceError::Fatal)?;
             hosted.retain(|a| !evicted.contains(a));
             Some(hosted)
         };
@@ -239,24 +239,6 @@ impl WorkerPool {
             None => self.prepare(wi, pages, None, true),
             Some(keep) => self.prepare(wi, pages, Some(keep), false),
         }
-    }
-
-    /// The agents of worker `wi` evicted by the work logged since the
-    /// checkpoint, and those in `evicting`.
-    fn evicted(&mut self, wi: usize, evicting: &[u64]) -> Result<BTreeSet<u64>, PoolError> {
-        let mut s: BTreeSet<u64> = evicting.iter().copied().collect();
-        let log = self
-            .log
-            .ticks()
-            .map_err(|e| PoolError::Restore(format!("cannot read the work log: {e}")))?;
-        for l in &log {
-            match l.work(wi) {
-                None => {}
-                Some(Ok(w)) => s.extend(w.evict.iter().copied()),
-                Some(Err(e)) => return Err(PoolError::Restore(e)),
-            }
-        }
-        Ok(s)
     }
 
     /// Brings worker `wi` (fresh) to the last completed tick: modules, the
@@ -333,9 +315,15 @@ impl WorkerPool {
     }
 
     /// The agents worker `wi` hosts or started since the checkpoint (and,
-    /// with `work`, starts in it).
-    fn hosted(&mut self, wi: usize, work: Option<&TickWork>) -> Result<Vec<u64>, PoolError> {
+    /// with `work`, starts in it), and those the work logged since the
+    /// checkpoint evicted from it (one read of the log for both).
+    fn agents_of(
+        &mut self,
+        wi: usize,
+        work: Option<&TickWork>,
+    ) -> Result<(Vec<u64>, BTreeSet<u64>), PoolError> {
         let mut s: BTreeSet<u64> = BTreeSet::new();
+        let mut evicted: BTreeSet<u64> = BTreeSet::new();
         if let Some(base) = &self.base {
             s.extend(
                 base.agents
@@ -355,14 +343,17 @@ impl WorkerPool {
         for l in &log {
             match l.work(wi) {
                 None => {}
-                Some(Ok(w)) => note(&w),
+                Some(Ok(w)) => {
+                    note(&w);
+                    evicted.extend(w.evict.iter().copied());
+                }
                 Some(Err(e)) => return Err(PoolError::Restore(e)),
             }
         }
         if let Some(w) = work {
             note(w);
         }
-        Ok(s.into_iter().collect())
+        Ok((s.into_iter().collect(), evicted))
     }
 
     /// Searches worker `wi`'s agents for one that makes `tick` fail alone.
@@ -373,7 +364,7 @@ impl WorkerPool {
         work: &TickWork,
         pages: &dyn ChunkSource,
     ) -> Result<Bisect, PoolError> {
-        let mut suspects = self.hosted(wi, Some(work))?;
+        let mut suspects = self.agents_of(wi, Some(work))?.0;
         tracing::warn!(
             worker = wi,
             tick,
