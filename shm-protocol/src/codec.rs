@@ -241,6 +241,50 @@ pub fn fuzz_decode(bytes: &[u8]) {
     let _ = decode::<crate::control::Up>(bytes);
 }
 
+/// Writes `v` as postcard writes a `u64` (a varint) at `b[n..]`; returns
+/// the end.  With [`put_short`] and [`append_array`], for hot encoders
+/// that put a record together in a fixed-size array: no capacity check and
+/// no `memcpy` call per field.
+///
+/// # Panics
+///
+/// If the array is too short (its size is a constant of the caller's).
+#[inline]
+pub fn put_varint<const N: usize>(b: &mut [u8; N], mut n: usize, mut v: u64) -> usize {
+    while v >= 0x80 {
+        b[n] = v as u8 | 0x80;
+        n += 1;
+        v >>= 7;
+    }
+    b[n] = v as u8;
+    n + 1
+}
+
+/// Writes `s` as postcard writes a byte string (its length, then the
+/// bytes, byte by byte) at `b[n..]`; returns the end.
+///
+/// # Panics
+///
+/// If the array is too short.
+#[inline]
+pub fn put_short<const N: usize>(b: &mut [u8; N], n: usize, s: &[u8]) -> usize {
+    let mut n = put_varint(b, n, s.len() as u64);
+    for &x in s {
+        b[n] = x;
+        n += 1;
+    }
+    n
+}
+
+/// Appends the first `n` bytes of `b` to `out`: the whole array is copied
+/// (a fixed-size copy: a few vector stores) and the vector cut back.
+#[inline]
+pub fn append_array<const N: usize>(out: &mut Vec<u8>, b: &[u8; N], n: usize) {
+    let start = out.len();
+    out.extend_from_slice(b);
+    out.truncate(start + n.min(N));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

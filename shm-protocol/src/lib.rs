@@ -53,6 +53,7 @@ pub mod board;
 pub mod codec;
 pub mod control;
 pub mod inference;
+pub mod messages;
 pub mod oom;
 pub mod payload;
 pub mod prefetch;

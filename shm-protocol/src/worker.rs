@@ -6,6 +6,7 @@
 //! agent id it does not host, a result for an agent that was not asked to
 //! run, or an output that breaks a limit is a protocol error of that worker.
 
+pub use crate::messages::{MessageRef, Messages};
 pub use crate::payload::Payload;
 use serde::{Deserialize, Serialize};
 
@@ -106,7 +107,7 @@ pub struct Delivery {
     /// The recipient.
     pub agent_id: u64,
     /// Messages, in canonical order.
-    pub messages: Vec<WireMessage>,
+    pub messages: Messages,
 }
 
 /// The work of one tick for one worker.  The worker performs, in order:
@@ -309,6 +310,45 @@ pub struct AgentResult {
     /// part of a hash or of the journal.
     pub memory_bytes: u64,
 }
+
+impl AgentResult {
+    /// Appends postcard's encoding of `(agent_id, fuel, calls, &outputs,
+    /// &fault, logs_suppressed)` — what the tick hash covers of a result
+    /// (not its telemetry) — to `out`.  Direct messages with short
+    /// payloads, most of a busy tick's outputs, are written without serde
+    /// (the same bytes, by [`codec::put_varint`](crate::codec::put_varint)).
+    pub fn encode_hashed(&self, out: &mut Vec<u8>) {
+        use crate::codec::{append_array, encode_into, put_short, put_varint};
+        let mut b = [0u8; 40];
+        let mut n = put_varint(&mut b, 0, self.agent_id);
+        n = put_varint(&mut b, n, self.fuel);
+        n = put_varint(&mut b, n, u64::from(self.calls));
+        n = put_varint(&mut b, n, self.outputs.len() as u64);
+        append_array(out, &b, n);
+        for o in &self.outputs {
+            match o {
+                Output::Send { to, seq, payload } if payload.len() <= SHORT_SEND => {
+                    let mut b = [0u8; 1 + 10 + 10 + 10 + SHORT_SEND];
+                    // Variant 0.
+                    let mut n = put_varint(&mut b, 0, 0);
+                    n = put_varint(&mut b, n, *to);
+                    n = put_varint(&mut b, n, *seq);
+                    n = put_short(&mut b, n, payload);
+                    append_array(out, &b, n);
+                }
+                _ => {
+                    // Encoding into a vector cannot fail.
+                    let _ = encode_into(o, out);
+                }
+            }
+        }
+        let _ = encode_into(&(&self.fault, self.logs_suppressed), out);
+    }
+}
+
+/// Payload bytes of a direct message that [`AgentResult::encode_hashed`]
+/// writes without serde.
+const SHORT_SEND: usize = 32;
 
 /// Result of [`TickWork`].
 ///
@@ -790,6 +830,69 @@ pub enum WorkerReply {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn output() -> impl Strategy<Value = Output> {
+        prop_oneof![
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..48)
+            )
+                .prop_map(|(to, seq, p)| Output::Send {
+                    to,
+                    seq,
+                    payload: p.into()
+                }),
+            (
+                "[a-z]{0,8}",
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..8)
+            )
+                .prop_map(|(topic, seq, p)| Output::Publish {
+                    topic,
+                    seq,
+                    payload: p.into()
+                }),
+            (any::<u8>(), "[a-z ]{0,12}").prop_map(|(level, line)| Output::Log { level, line }),
+        ]
+    }
+
+    proptest! {
+        /// What the tick hash covers of a result is postcard's encoding of
+        /// those fields, whatever the outputs.
+        #[test]
+        fn encode_hashed_is_the_fields_as_postcard_encodes_them(
+            agent_id in any::<u64>(),
+            fuel in any::<u64>(),
+            calls in any::<u32>(),
+            outputs in proptest::collection::vec(output(), 0..12),
+            fault in proptest::option::of(Just(Fault::OutOfFuel)),
+            logs_suppressed in any::<u32>(),
+        ) {
+            let r = AgentResult {
+                agent_id,
+                fuel,
+                calls,
+                outputs,
+                fault,
+                wall_ns: 5,
+                logs_suppressed,
+                memory_bytes: 7,
+            };
+            let mut fast = vec![9u8];
+            r.encode_hashed(&mut fast);
+            let reference = postcard::to_stdvec(&(
+                r.agent_id,
+                r.fuel,
+                r.calls,
+                &r.outputs,
+                &r.fault,
+                r.logs_suppressed,
+            ))
+            .unwrap();
+            prop_assert_eq!(&fast[1..], &reference[..]);
+        }
+    }
 
     fn image(chunks: Vec<[u8; 32]>) -> AgentImage {
         AgentImage {

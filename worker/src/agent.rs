@@ -5,7 +5,7 @@ use crate::engine::{ABI_MAJOR, ABI_MINOR, AgentModule, EPOCH_PERIOD};
 use crate::error::LoadError;
 use crate::host::{AgentHost, HostTrap};
 use shm_protocol::worker::{
-    AgentLimits, AgentState, CHUNK, Fault, GlobalValue, HostCounters, TaskRef, WireMessage,
+    AgentLimits, AgentState, CHUNK, Fault, GlobalValue, HostCounters, MessageRef, TaskRef,
     image_hash,
 };
 use std::sync::Arc;
@@ -457,10 +457,10 @@ impl Agent {
     }
 
     /// `agent_receive` for one message.
-    pub fn receive(&mut self, tick: u64, msg: &WireMessage) -> CallOutcome {
+    pub fn receive(&mut self, tick: u64, msg: MessageRef<'_>) -> CallOutcome {
         let head = message_header(msg);
         let out = self.call(tick, 0, |a| {
-            let p = a.place(&head, &[msg.topic.as_bytes(), &msg.payload])?;
+            let p = a.place(&head, &[msg.topic.as_bytes(), msg.payload])?;
             a.f_receive.call(&mut a.store, p)
         });
         // Left in place (see `step`): the next placement overwrites it and
@@ -921,7 +921,7 @@ pub fn encode_context(
 
 /// The fixed part of a message (docs/abi.md "Message"); the topic and the
 /// payload follow it.
-pub fn message_header(m: &WireMessage) -> [u8; MSG_SIZE] {
+pub fn message_header(m: MessageRef<'_>) -> [u8; MSG_SIZE] {
     let mut b = [0u8; MSG_SIZE];
     b[0..4].copy_from_slice(&(MSG_SIZE as u32).to_le_bytes());
     b[4..8].copy_from_slice(&m.kind.to_le_bytes());
@@ -935,10 +935,10 @@ pub fn message_header(m: &WireMessage) -> [u8; MSG_SIZE] {
 }
 
 /// Encodes a message (docs/abi.md "Message").
-pub fn encode_message(m: &WireMessage) -> Vec<u8> {
+pub fn encode_message(m: MessageRef<'_>) -> Vec<u8> {
     let mut b = Vec::with_capacity(MSG_SIZE + m.topic.len() + m.payload.len());
     b.extend_from_slice(&message_header(m));
     b.extend_from_slice(m.topic.as_bytes());
-    b.extend_from_slice(&m.payload);
+    b.extend_from_slice(m.payload);
     b
 }

@@ -682,7 +682,7 @@ impl Worker {
                 continue;
             };
             let slot = &mut self.slots[i];
-            for m in &d.messages {
+            for m in d.messages.iter() {
                 if !slot.agent.is_live() || slot.acc.tripped {
                     break;
                 }

@@ -161,7 +161,7 @@ fn messages_and_tasks_reach_the_agent() {
         tick: 1,
         deliveries: vec![Delivery {
             agent_id: 5,
-            messages: vec![msg(3), msg(4)],
+            messages: vec![msg(3), msg(4)].into(),
         }],
         steps: vec![StepOrder {
             agent_id: 5,
@@ -635,7 +635,7 @@ fn real_agents_capture_restore_round_trip() {
             step_all: true,
             deliveries: vec![Delivery {
                 agent_id: 1,
-                messages: vec![msg(t)],
+                messages: vec![msg(t)].into(),
             }],
             ..TickWork::default()
         };

@@ -99,7 +99,7 @@ fn work(t: u64) -> TickWork {
             agent_id: 1,
             // The longer first: the shorter one after it must find the
             // buffer zero beyond itself.
-            messages: vec![msg(3, 40), msg(2, 1)],
+            messages: vec![msg(3, 40), msg(2, 1)].into(),
         });
     }
     if t.is_multiple_of(5) {
@@ -205,8 +205,9 @@ fn agents_see_exactly_the_current_context_or_message() {
         let mut ctx = encode_context(36, 1, None, 2, false);
         ctx.resize(96, 0);
         assert_eq!(&memory[8192..8288], &ctx[..], "entry {step_entry}: context");
-        let last = work(36).deliveries[0].messages[1].clone();
-        let mut msg = encode_message(&last);
+        let w = work(36);
+        let last = w.deliveries[0].messages.iter().nth(1).unwrap();
+        let mut msg = encode_message(last);
         assert!(msg.len() < 60, "the last message is the shorter one");
         msg.resize(96, 0);
         assert_eq!(

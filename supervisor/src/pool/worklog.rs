@@ -59,7 +59,12 @@ impl LoggedTick {
 /// for encoding and back, not copied): what is sent and what is logged.
 pub fn encode_work(work: &mut TickWork) -> Result<Vec<u8>, CodecError> {
     let msg = Down::Worker(WorkerCommand::Tick(std::mem::take(work)));
-    let bytes = codec::encode(&msg);
+    // Sized first (a walk that copies nothing): one allocation, where
+    // growing a vector as it is written copies it at every doubling.
+    let bytes = codec::encoded_len(&msg).and_then(|len| {
+        let mut out = Vec::with_capacity(len);
+        codec::encode_into(&msg, &mut out).map(|()| out)
+    });
     if let Down::Worker(WorkerCommand::Tick(w)) = msg {
         *work = w;
     }
@@ -122,9 +127,18 @@ impl WorkLog {
         let (Some(w), Some((t, size))) = (self.file.as_mut(), self.mem.pop_front()) else {
             return Ok(());
         };
-        let bytes = shm_protocol::codec::encode(&t).map_err(std::io::Error::other)?;
-        w.write_all(&(bytes.len() as u64).to_le_bytes())?;
-        w.write_all(&bytes)?;
+        // Streamed into the file's buffer: no vector the size of the tick
+        // (grown, and copied at each growth, as it was encoded).
+        let len = codec::encoded_len(&t).map_err(std::io::Error::other)?;
+        w.write_all(&(len as u64).to_le_bytes())?;
+        let mut written = Ok(());
+        codec::encode_to_sink(&t, &mut |b| {
+            if written.is_ok() {
+                written = w.write_all(b);
+            }
+        })
+        .map_err(std::io::Error::other)?;
+        written?;
         self.spilled += 1;
         self.mem_bytes -= size;
         Ok(())
@@ -206,7 +220,8 @@ mod tests {
                     seq: t,
                     topic: String::new(),
                     payload: vec![t as u8; payload].into(),
-                }],
+                }]
+                .into(),
             }],
             ..TickWork::default()
         }

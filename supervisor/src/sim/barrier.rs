@@ -9,8 +9,8 @@
 //!    the order the agent produced it), into an outbox of (recipient, where
 //!    the message is) keys — a direct message stays in its result until it
 //!    is delivered; membership changes are set aside; then the keys are
-//!    grouped by recipient (a stable radix sort) and each message moves
-//!    into its mailbox;
+//!    grouped by recipient (a stable radix sort) and each message is
+//!    encoded into its mailbox (as the worker will hand it to the agent);
 //! 4. [`SimState::complete_tasks`] — tasks that ran complete (or fail with
 //!    their agent, cancelling their dependents);
 //! 5. [`SimState::apply_membership`] — subscriptions and channel changes,
@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// the number of calls.
 #[derive(Debug)]
 pub struct WorkReport<'a> {
-    /// Results (payloads of direct messages are moved out into mailboxes).
+    /// Results, in ascending agent id.
     pub results: &'a mut [AgentResult],
     /// The workers' order-independent digests, summed.
     pub digest: [u64; 4],
@@ -79,17 +79,7 @@ impl Seal {
             .iter()
             .filter(|r| !r.outputs.is_empty() || r.fault.is_some() || r.logs_suppressed > 0)
         {
-            let _ = shm_protocol::codec::encode_into(
-                &(
-                    r.agent_id,
-                    r.fuel,
-                    r.calls,
-                    &r.outputs,
-                    &r.fault,
-                    r.logs_suppressed,
-                ),
-                &mut seal.buf,
-            );
+            r.encode_hashed(&mut seal.buf);
             if seal.buf.len() >= HASH_PIECE {
                 seal.hasher.update(&seal.buf);
                 seal.buf.clear();
@@ -188,8 +178,8 @@ impl SimState {
     /// Phase 3: routes every output in canonical order (by agent id, then
     /// output order).  No agent's status changes while routing, so the
     /// messages are collected and then put into the mailboxes recipient by
-    /// recipient (each recipient's in that same order).  Payloads of direct
-    /// messages are moved, not copied.
+    /// recipient (each recipient's in that same order).  A direct message
+    /// is read from its result once, when it is encoded into its mailbox.
     fn route(
         &mut self,
         results: &[AgentResult],
@@ -204,7 +194,7 @@ impl SimState {
             let tenant = self.agents.get(&from).map_or(0, |a| a.tenant);
             for (oi, o) in r.outputs.iter().enumerate() {
                 match o {
-                    // Moved out of the result when delivered.
+                    // Read from the result when delivered.
                     Output::Send { to, .. } => outbox.push_send(*to, ri, oi),
                     Output::Publish {
                         topic,

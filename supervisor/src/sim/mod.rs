@@ -26,8 +26,8 @@ use crate::ctl::{ErrorCode, Refusal};
 use crate::manifest::{Manifest, Mode, Overflow, RestartPolicy, Tenant};
 use serde::{Deserialize, Serialize};
 use shm_protocol::worker::{
-    AgentLimits, AgentResult, Delivery, Fault, Output, SpawnOrder, StepOrder, UpgradeOrder,
-    WireMessage,
+    AgentLimits, AgentResult, Delivery, Fault, MessageRef, Messages, Output, SpawnOrder, StepOrder,
+    UpgradeOrder, WireMessage,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -407,8 +407,10 @@ pub struct SimState {
     pub agents: BTreeMap<u64, AgentRec>,
     /// Instance name → id.
     pub names: BTreeMap<String, u64>,
-    /// Messages waiting for delivery in the next tick.
-    pub mailboxes: BTreeMap<u64, VecDeque<WireMessage>>,
+    /// Messages waiting for delivery in the next tick, encoded as the
+    /// workers receive them (serialized as the messages themselves).
+    #[serde(with = "mailbox_serde")]
+    pub mailboxes: BTreeMap<u64, Messages>,
     /// Topic → subscribers.
     pub topics: BTreeMap<String, BTreeSet<u64>>,
     /// Channel → members.
@@ -496,7 +498,7 @@ impl Eq for Derived {}
 #[derive(Debug, Clone, Default)]
 struct Outbox {
     /// Messages made while routing.
-    msgs: Vec<Option<WireMessage>>,
+    msgs: Vec<WireMessage>,
     /// (recipient, source), in canonical order.
     keys: Vec<(u64, Source)>,
 }
@@ -515,7 +517,7 @@ impl Outbox {
     fn push(&mut self, to: u64, msg: WireMessage) {
         self.keys
             .push((to, Source(Source::MADE | self.msgs.len() as u64)));
-        self.msgs.push(Some(msg));
+        self.msgs.push(msg);
     }
 
     /// Groups the messages by recipient.  Keys were pushed in canonical
@@ -534,25 +536,52 @@ impl Outbox {
             .push((to, Source(((result as u64) << 32) | output as u64)));
     }
 
-    /// The message `src` names, moved out of the outbox or of `results`
-    /// (`None` if it was already taken or is not a direct message).
-    fn take(&mut self, src: Source, results: &mut [AgentResult], tick: u64) -> Option<WireMessage> {
+    /// The message `src` names, in the outbox or in `results` (`None` if
+    /// it is not there or is not a direct message).
+    fn view<'a>(
+        &'a self,
+        src: Source,
+        results: &'a [AgentResult],
+        tick: u64,
+    ) -> Option<MessageRef<'a>> {
         if src.0 & Source::MADE != 0 {
-            return self.msgs.get_mut((src.0 & !Source::MADE) as usize)?.take();
+            return self
+                .msgs
+                .get((src.0 & !Source::MADE) as usize)
+                .map(WireMessage::view);
         }
-        let r = results.get_mut((src.0 >> 32) as usize)?;
-        let sender = r.agent_id;
-        match r.outputs.get_mut((src.0 & u64::from(u32::MAX)) as usize)? {
-            Output::Send { seq, payload, .. } => Some(WireMessage {
+        let r = results.get((src.0 >> 32) as usize)?;
+        match r.outputs.get((src.0 & u64::from(u32::MAX)) as usize)? {
+            Output::Send { seq, payload, .. } => Some(MessageRef {
                 kind: kind::DIRECT,
-                sender,
+                sender: r.agent_id,
                 sent_tick: tick,
                 seq: *seq,
-                topic: String::new(),
-                payload: std::mem::take(payload),
+                topic: "",
+                payload,
             }),
             _ => None,
         }
+    }
+}
+
+/// The mailboxes in snapshots: each as the sequence of its messages.
+mod mailbox_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use shm_protocol::worker::{Messages, WireMessage};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<u64, Messages>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(id, mb)| (id, mb.as_seq())))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u64, Messages>, D::Error> {
+        let m = BTreeMap::<u64, Vec<WireMessage>>::deserialize(d)?;
+        Ok(m.into_iter()
+            .map(|(id, v)| (id, Messages::from(v)))
+            .collect())
     }
 }
 
@@ -822,28 +851,26 @@ impl SimState {
             *drops += 1;
             self.counters.dropped += 1;
             match self.overflow {
-                Overflow::DropOldest => {
-                    mb.pop_front();
-                }
+                Overflow::DropOldest => mb.drop_front(1),
                 Overflow::DropNewest => return,
             }
         }
-        mb.push_back(msg);
+        mb.push(msg.view());
         self.counters.messages += 1;
     }
 
     /// Puts the messages of `out` (sorted by [`Outbox::sort`]) into the
-    /// mailboxes: exactly what
-    /// [`SimState::push_message`] on each message in `out`'s order does, as
-    /// long as no agent's status changes meanwhile, with one look-up per
-    /// recipient instead of two per message.
-    fn deliver(
-        &mut self,
-        mut out: Outbox,
-        results: &mut [AgentResult],
-        tick: u64,
-        drops: &mut u64,
-    ) {
+    /// mailboxes: exactly what [`SimState::push_message`] on each message
+    /// in `out`'s order does, as long as no agent's status changes
+    /// meanwhile, with one look-up per recipient instead of two per
+    /// message, and each message encoded straight into its mailbox.
+    ///
+    /// One recipient's messages in a row: of its `m` queued and `n` new
+    /// ones, `grow = min(n, capacity − m)` fit.  Dropping the oldest, each
+    /// of the other `n − grow` pushes drops the mailbox's first message —
+    /// so the first `n − grow` of the queued-then-new sequence go; dropping
+    /// the newest, the last `n − grow` new ones are refused.
+    fn deliver(&mut self, mut out: Outbox, results: &[AgentResult], tick: u64, drops: &mut u64) {
         let cap = self.mailbox_capacity as usize;
         let keys = std::mem::take(&mut out.keys);
         for group in keys.chunk_by(|a, b| a.0 == b.0) {
@@ -856,24 +883,31 @@ impl SimState {
                 self.counters.undeliverable += group.len() as u64;
                 continue;
             }
+            let new = group
+                .iter()
+                .filter_map(|&(_, src)| out.view(src, results, tick));
+            let n = new.clone().count();
             let mb = self.mailboxes.entry(to).or_default();
-            mb.reserve(group.len().min(cap.saturating_sub(mb.len())));
-            for &(_, src) in group {
-                let Some(msg) = out.take(src, results, tick) else {
-                    continue;
-                };
-                if mb.len() >= cap {
-                    *drops += 1;
-                    self.counters.dropped += 1;
-                    match self.overflow {
-                        Overflow::DropOldest => {
-                            mb.pop_front();
-                        }
-                        Overflow::DropNewest => continue,
+            let grow = n.min(cap.saturating_sub(mb.len()));
+            let dropped = n - grow;
+            *drops += dropped as u64;
+            self.counters.dropped += dropped as u64;
+            mb.reserve(grow);
+            match self.overflow {
+                Overflow::DropOldest => {
+                    let from_queue = dropped.min(mb.len());
+                    mb.drop_front(from_queue);
+                    for m in new.skip(dropped - from_queue) {
+                        mb.push(m);
                     }
+                    self.counters.messages += n as u64;
                 }
-                mb.push_back(msg);
-                self.counters.messages += 1;
+                Overflow::DropNewest => {
+                    for m in new.take(grow) {
+                        mb.push(m);
+                    }
+                    self.counters.messages += grow as u64;
+                }
             }
         }
         out.msgs.clear();

@@ -75,6 +75,7 @@ impl SimState {
         plan.live = self.derived.live;
         self.counters.restarts += plan.restarts.len() as u64;
         // Deliveries: everything queued, to agents that are live.
+        plan.deliveries.reserve(self.mailboxes.len());
         for (id, mb) in std::mem::take(&mut self.mailboxes) {
             if mb.is_empty() {
                 continue;
@@ -85,7 +86,7 @@ impl SimState {
             ) {
                 plan.deliveries.push(Delivery {
                     agent_id: id,
-                    messages: mb.into(),
+                    messages: mb,
                 });
             } else {
                 self.counters.undeliverable += mb.len() as u64;
