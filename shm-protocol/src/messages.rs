@@ -1,13 +1,14 @@
 //! [`Messages`]: the messages for one agent in one tick, held as their
 //! wire encoding.
 //!
-//! A tick that routes thousands of messages used to hand each worker a
-//! vector of [`WireMessage`]s: the supervisor serialised them field by field
-//! into the work, the worker deserialised them into a vector again and then
-//! copied each into the agent's memory.  A [`Messages`] is built once, when
-//! the supervisor plans the tick, by a straight-line encoder; the work
-//! carries it as one byte string (a copy); the worker validates it as it
-//! decodes the work and walks it with [`Messages::iter`], which borrows
+//! A tick that routes thousands of messages would, with a vector of
+//! [`WireMessage`]s per recipient, serialise each message field by field
+//! into the work, deserialise it into a vector again in the worker and then
+//! copy it into the agent's memory.  A [`Messages`] block is written once —
+//! the supervisor's mailboxes are blocks, and the barrier encodes each
+//! message into its recipient's with a straight-line encoder; the work
+//! carries the block as one byte string (a copy); the worker checks it as
+//! it decodes the work and walks it with [`Messages::iter`], which borrows
 //! every topic and payload from the block — no allocation and no second
 //! structure per message on the worker's side.
 //!

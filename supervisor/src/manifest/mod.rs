@@ -586,6 +586,15 @@ impl Manifest {
             "scheduler.mailbox_capacity",
             1024,
         )?;
+        if let Some(s) = sched.as_ref().and_then(|s| s.mailbox_capacity.as_ref())
+            && *s.get_ref() > u64::from(u32::MAX)
+        {
+            return cx.err(
+                Some(s.span()),
+                "scheduler.mailbox_capacity",
+                format!("must be at most {} messages", u32::MAX),
+            );
+        }
         let retain_checkpoints = match run.as_ref().and_then(|r| r.retain_checkpoints.clone()) {
             Some(r) => Some(positive(&Some(r), "run.retain_checkpoints", 1)?),
             None => None,
@@ -1256,6 +1265,27 @@ mod tests {
         assert_eq!((e.line, e.field.as_str()), (4, "agents[0].memory"));
         let e = parse("[run]\nworkers = 0\n").unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (2, "run.workers"));
+        for (cap, says) in [
+            ("0", "at least 1"),
+            ("4294967296", "at most 4294967295 messages"),
+        ] {
+            let e = parse(&format!(
+                "[scheduler]\nmailbox_capacity = {cap}\n\n[[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\n"
+            ))
+            .unwrap_err();
+            assert_eq!(
+                (e.line, e.field.as_str()),
+                (2, "scheduler.mailbox_capacity"),
+                "{e}"
+            );
+            assert!(e.message.contains(says), "{e}");
+        }
+        assert_eq!(
+            parse("[scheduler]\nmailbox_capacity = 4294967295\n\n[[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\n")
+                .unwrap()
+                .mailbox_capacity,
+            u64::from(u32::MAX)
+        );
         let e = parse("[run]\nsede = 1\n").unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.message.contains("sede"), "{e}");

@@ -579,9 +579,15 @@ mod mailbox_serde {
         d: D,
     ) -> Result<BTreeMap<u64, Messages>, D::Error> {
         let m = BTreeMap::<u64, Vec<WireMessage>>::deserialize(d)?;
-        Ok(m.into_iter()
-            .map(|(id, v)| (id, Messages::from(v)))
-            .collect())
+        m.into_iter()
+            .map(|(id, v)| match u32::try_from(v.len()) {
+                Ok(_) => Ok((id, Messages::from(v))),
+                Err(_) => Err(serde::de::Error::custom(format!(
+                    "the mailbox of agent {id} holds more than {} messages",
+                    u32::MAX
+                ))),
+            })
+            .collect()
     }
 }
 
@@ -845,7 +851,7 @@ impl SimState {
             self.counters.undeliverable += 1;
             return;
         }
-        let cap = self.mailbox_capacity as usize;
+        let cap = self.mailbox_cap();
         let mb = self.mailboxes.entry(to).or_default();
         if mb.len() >= cap {
             *drops += 1;
@@ -871,7 +877,7 @@ impl SimState {
     /// so the first `n − grow` of the queued-then-new sequence go; dropping
     /// the newest, the last `n − grow` new ones are refused.
     fn deliver(&mut self, mut out: Outbox, results: &[AgentResult], tick: u64, drops: &mut u64) {
-        let cap = self.mailbox_capacity as usize;
+        let cap = self.mailbox_cap();
         let keys = std::mem::take(&mut out.keys);
         for group in keys.chunk_by(|a, b| a.0 == b.0) {
             let to = group[0].0;
@@ -914,6 +920,13 @@ impl SimState {
         out.keys = keys;
         out.keys.clear();
         self.derived.outbox = out;
+    }
+
+    /// The mailbox capacity, in messages: the manifest's, at most
+    /// `u32::MAX` (what a [`Messages`] block counts; a manifest asking for
+    /// more is refused, a snapshot saying more is held to it).
+    fn mailbox_cap(&self) -> usize {
+        self.mailbox_capacity.min(u64::from(u32::MAX)) as usize
     }
 
     /// How many of `ids` are live.
