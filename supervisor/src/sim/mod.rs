@@ -892,8 +892,18 @@ impl SimState {
             let new = group
                 .iter()
                 .filter_map(|&(_, src)| out.view(src, results, tick));
-            let n = new.clone().count();
             let mb = self.mailboxes.entry(to).or_default();
+            if mb.len() + group.len() <= cap {
+                // Everything fits (the usual case): one pass, no count first.
+                mb.reserve(group.len());
+                let before = mb.len();
+                for m in new {
+                    mb.push(m);
+                }
+                self.counters.messages += (mb.len() - before) as u64;
+                continue;
+            }
+            let n = new.clone().count();
             let grow = n.min(cap.saturating_sub(mb.len()));
             let dropped = n - grow;
             *drops += dropped as u64;
