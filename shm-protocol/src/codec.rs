@@ -285,6 +285,51 @@ pub fn append_array<const N: usize>(out: &mut Vec<u8>, b: &[u8; N], n: usize) {
     out.truncate(start + n.min(N));
 }
 
+/// Reads a varint as postcard writes one, of at most `max` bytes (5 for a
+/// `u32`, 10 for a `u64`) whose value fits in `max * 7` bits, or in 64 for
+/// a ten-byte one; `None` if the bytes end first, the value is too large
+/// or the varint is longer than it needs to be (a final zero byte after
+/// the first: postcard never writes one, so every value has one encoding).
+#[inline(always)]
+pub fn take_varint(b: &[u8], pos: &mut usize, max: u32) -> Option<u64> {
+    // One byte: most lengths, sequence numbers and small ids.
+    let first = *b.get(*pos)?;
+    if first < 0x80 {
+        *pos += 1;
+        return Some(u64::from(first));
+    }
+    take_long_varint(b, pos, max)
+}
+
+/// [`take_varint`] of two bytes or more.
+#[inline]
+fn take_long_varint(b: &[u8], pos: &mut usize, max: u32) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..max {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        if (i == 9 && byte > 1) || (i > 0 && byte == 0) {
+            return None;
+        }
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Reads a byte string as postcard writes one (its length, then the
+/// bytes), borrowed from `b`.
+#[inline(always)]
+pub fn take_bytes<'a>(b: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+    let len = usize::try_from(take_varint(b, pos, 10)?).ok()?;
+    let end = pos.checked_add(len)?;
+    let s = b.get(*pos..end)?;
+    *pos = end;
+    Some(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

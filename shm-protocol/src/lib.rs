@@ -55,6 +55,7 @@ pub mod control;
 pub mod inference;
 pub mod messages;
 pub mod oom;
+pub mod outputs;
 pub mod payload;
 pub mod prefetch;
 pub mod ring;

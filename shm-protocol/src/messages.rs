@@ -37,7 +37,7 @@
 //! assert_eq!(block.to_vec(), vec![m.clone(), m]);
 //! ```
 
-use crate::codec::{put_short, put_varint};
+use crate::codec::{put_short, put_varint, take_bytes, take_varint};
 use crate::worker::WireMessage;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -319,34 +319,6 @@ const PUSH_INLINE: usize = 32;
 
 /// The array: four varints, two lengths and the inline bytes.
 const PUSH_ARRAY: usize = 4 * 10 + 2 * 10 + PUSH_INLINE;
-
-/// A varint of at most `max` bytes whose value fits in `max * 7` bits, or
-/// in 64 for a ten-byte one (what postcard accepts for a `u32`/`u64`).
-#[inline]
-fn take_varint(b: &[u8], pos: &mut usize, max: u32) -> Option<u64> {
-    let mut v = 0u64;
-    for i in 0..max {
-        let byte = *b.get(*pos)?;
-        *pos += 1;
-        if i == 9 && byte > 1 {
-            return None;
-        }
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-#[inline]
-fn take_bytes<'a>(b: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
-    let len = usize::try_from(take_varint(b, pos, 10)?).ok()?;
-    let end = pos.checked_add(len)?;
-    let s = b.get(*pos..end)?;
-    *pos = end;
-    Some(s)
-}
 
 #[inline]
 fn parse<'a>(b: &'a [u8], pos: &mut usize) -> Option<MessageRef<'a>> {

@@ -7,6 +7,7 @@
 //! run, or an output that breaks a limit is a protocol error of that worker.
 
 pub use crate::messages::{MessageRef, Messages};
+pub use crate::outputs::{OutputRef, Outputs};
 pub use crate::payload::Payload;
 use serde::{Deserialize, Serialize};
 
@@ -297,7 +298,7 @@ pub struct AgentResult {
     /// Calls made into it (init, receives, step, shutdown).
     pub calls: u32,
     /// Its outputs, in the order it produced them.
-    pub outputs: Vec<Output>,
+    pub outputs: Outputs,
     /// The fault that ended its last call, if any (the agent is then
     /// `faulted` until restarted).
     pub fault: Option<Fault>,
@@ -314,41 +315,27 @@ pub struct AgentResult {
 impl AgentResult {
     /// Appends postcard's encoding of `(agent_id, fuel, calls, &outputs,
     /// &fault, logs_suppressed)` — what the tick hash covers of a result
-    /// (not its telemetry) — to `out`.  Direct messages with short
-    /// payloads, most of a busy tick's outputs, are written without serde
-    /// (the same bytes, by [`codec::put_varint`](crate::codec::put_varint)).
+    /// (not its telemetry) — to `out`.  The outputs are copied as they are:
+    /// a block's count and bytes are the encoding of the vector of its
+    /// outputs.
     pub fn encode_hashed(&self, out: &mut Vec<u8>) {
-        use crate::codec::{append_array, encode_into, put_short, put_varint};
+        use crate::codec::{append_array, encode_into, put_varint};
         let mut b = [0u8; 40];
         let mut n = put_varint(&mut b, 0, self.agent_id);
         n = put_varint(&mut b, n, self.fuel);
         n = put_varint(&mut b, n, u64::from(self.calls));
         n = put_varint(&mut b, n, self.outputs.len() as u64);
         append_array(out, &b, n);
-        for o in &self.outputs {
-            match o {
-                Output::Send { to, seq, payload } if payload.len() <= SHORT_SEND => {
-                    let mut b = [0u8; 1 + 10 + 10 + 10 + SHORT_SEND];
-                    // Variant 0.
-                    let mut n = put_varint(&mut b, 0, 0);
-                    n = put_varint(&mut b, n, *to);
-                    n = put_varint(&mut b, n, *seq);
-                    n = put_short(&mut b, n, payload);
-                    append_array(out, &b, n);
-                }
-                _ => {
-                    // Encoding into a vector cannot fail.
-                    let _ = encode_into(o, out);
-                }
-            }
+        out.extend_from_slice(self.outputs.as_bytes());
+        if self.fault.is_none() && self.logs_suppressed < 0x80 {
+            // `None`, then a one-byte varint.
+            out.extend_from_slice(&[0, self.logs_suppressed as u8]);
+        } else {
+            // Encoding into a vector cannot fail.
+            let _ = encode_into(&(&self.fault, self.logs_suppressed), out);
         }
-        let _ = encode_into(&(&self.fault, self.logs_suppressed), out);
     }
 }
-
-/// Payload bytes of a direct message that [`AgentResult::encode_hashed`]
-/// writes without serde.
-const SHORT_SEND: usize = 32;
 
 /// Result of [`TickWork`].
 ///
@@ -831,31 +818,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn output() -> impl Strategy<Value = Output> {
-        prop_oneof![
-            (
-                any::<u64>(),
-                any::<u64>(),
-                proptest::collection::vec(any::<u8>(), 0..48)
-            )
-                .prop_map(|(to, seq, p)| Output::Send {
-                    to,
-                    seq,
-                    payload: p.into()
-                }),
-            (
-                "[a-z]{0,8}",
-                any::<u64>(),
-                proptest::collection::vec(any::<u8>(), 0..8)
-            )
-                .prop_map(|(topic, seq, p)| Output::Publish {
-                    topic,
-                    seq,
-                    payload: p.into()
-                }),
-            (any::<u8>(), "[a-z ]{0,12}").prop_map(|(level, line)| Output::Log { level, line }),
-        ]
-    }
+    use crate::outputs::tests::output;
 
     proptest! {
         /// What the tick hash covers of a result is postcard's encoding of
@@ -866,14 +829,14 @@ mod tests {
             fuel in any::<u64>(),
             calls in any::<u32>(),
             outputs in proptest::collection::vec(output(), 0..12),
-            fault in proptest::option::of(Just(Fault::OutOfFuel)),
+            fault in proptest::option::of(prop_oneof![Just(Fault::OutOfFuel), "[a-z]{0,4}".prop_map(Fault::Trap)]),
             logs_suppressed in any::<u32>(),
         ) {
             let r = AgentResult {
                 agent_id,
                 fuel,
                 calls,
-                outputs,
+                outputs: Outputs::from(&outputs[..]),
                 fault,
                 wall_ns: 5,
                 logs_suppressed,
@@ -885,7 +848,7 @@ mod tests {
                 r.agent_id,
                 r.fuel,
                 r.calls,
-                &r.outputs,
+                &outputs,
                 &r.fault,
                 r.logs_suppressed,
             ))

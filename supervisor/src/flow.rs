@@ -24,7 +24,7 @@
 //! docs/benchmarks.md).
 
 use lockstep_common::live::{FLOW_WINDOW_TICKS, Flow, FlowEdge, FlowTarget, MAX_FLOW_EDGES};
-use shm_protocol::worker::{AgentResult, Output};
+use shm_protocol::worker::{AgentResult, OutputRef};
 use std::cmp::{Ordering, Reverse};
 use std::collections::HashMap;
 
@@ -46,11 +46,11 @@ pub enum Dest<'a> {
 
 impl<'a> Dest<'a> {
     /// The destination of a routed output, if it is a message.
-    pub fn of(o: &'a Output) -> Option<Self> {
+    pub fn of(o: OutputRef<'a>) -> Option<Self> {
         match o {
-            Output::Send { to, .. } => Some(Self::Agent(*to)),
-            Output::Publish { topic, .. } => Some(Self::Topic(topic)),
-            Output::ChannelSend { channel, .. } => Some(Self::Channel(channel)),
+            OutputRef::Send { to, .. } => Some(Self::Agent(to)),
+            OutputRef::Publish { topic, .. } => Some(Self::Topic(topic)),
+            OutputRef::ChannelSend { channel, .. } => Some(Self::Channel(channel)),
             _ => None,
         }
     }

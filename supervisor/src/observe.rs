@@ -18,7 +18,7 @@ use lockstep_common::live::{
     AgentRow, ChildStatus, LIVE_STATE_VERSION, LiveState, MAX_AGENT_ROWS, MAX_EXTRA_ROWS, RunStats,
 };
 use shm_protocol::board::BoardWriter;
-use shm_protocol::worker::{AgentResult, Output};
+use shm_protocol::worker::{AgentResult, OutputRef};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -175,8 +175,8 @@ impl Observers {
     /// viewers' log).
     pub fn agent_logs(&mut self, sim: &SimState, results: &[AgentResult]) {
         for r in results {
-            for o in &r.outputs {
-                if let Output::Log { level, line } = o {
+            for o in r.outputs.iter() {
+                if let OutputRef::Log { level, line } = o {
                     let name = sim.agents.get(&r.agent_id).map_or("?", |a| a.name.as_str());
                     match level {
                         0 => tracing::error!(agent = r.agent_id, "{line}"),
@@ -186,15 +186,15 @@ impl Observers {
                         _ => tracing::trace!(agent = r.agent_id, "{line}"),
                     }
                     let lvl =
-                        ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"][usize::from(*level).min(4)];
+                        ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"][usize::from(level).min(4)];
                     self.log(format!("[{lvl}] {name}: {line}"));
                     if !self.hooks.is_empty() {
                         let l = crate::telemetry::AgentLogTelemetry {
                             tick: sim.tick,
                             agent: r.agent_id,
                             name: name.to_owned(),
-                            level: *level,
-                            line: line.clone(),
+                            level,
+                            line: line.to_owned(),
                         };
                         for h in &mut self.hooks {
                             h.on_log(&l);

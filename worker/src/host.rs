@@ -7,7 +7,7 @@
 //! per [`IMPORT_BYTES_PER_FUEL`] bytes copied) so a guest cannot do unbounded
 //! host work within a bounded fuel budget.
 
-use shm_protocol::worker::{AgentLimits, Fault, HostCounters, Output, Payload};
+use shm_protocol::worker::{AgentLimits, Fault, HostCounters, Output, Outputs, Payload};
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
 
 /// Fixed fuel cost of every import call.
@@ -56,7 +56,7 @@ pub struct AgentHost {
     /// Counters captured with the agent's state.
     pub counters: HostCounters,
     /// Outputs of the current tick.
-    pub outputs: Vec<Output>,
+    pub outputs: Outputs,
     /// Outputs made during the current call.
     pub call_outputs: u32,
     /// Output payload bytes this tick: (tick, bytes).
@@ -79,7 +79,7 @@ impl AgentHost {
             limits,
             memory: None,
             counters: HostCounters::default(),
-            outputs: Vec::new(),
+            outputs: Outputs::new(),
             call_outputs: 0,
             tick_bytes: (u64::MAX, 0),
             rand: (u64::MAX, 0, 0),
@@ -184,34 +184,42 @@ fn charge(caller: &mut C<'_>, bytes: usize) -> wasmtime::Result<()> {
     caller.set_fuel(fuel - cost)
 }
 
-/// Copies `[ptr, ptr+len)` out of the agent's memory, validating both.
-/// Copies `len` bytes at `ptr` out of the agent's memory (into a
-/// [`Payload`] for messages: short ones need no allocation).
-fn read<T: for<'a> From<&'a [u8]>>(
+/// Checks `[ptr, ptr+len)` against the agent's memory: the memory and
+/// the range, or a [`Fault::BadHostCall`] naming `what`.
+fn range(
     caller: &mut C<'_>,
     what: &str,
     ptr: i32,
     len: i32,
-) -> wasmtime::Result<T> {
+) -> wasmtime::Result<(Memory, std::ops::Range<usize>)> {
     if len < 0 {
         return Err(bad(caller, format!("{what}: negative length {len}")));
     }
     let Some(mem) = caller.data().memory else {
         return Err(bad(caller, format!("{what}: agent has no memory")));
     };
-    let data = mem.data(&*caller);
+    let size = mem.data_size(&*caller);
     let start = ptr as u32 as usize;
-    let end = start.checked_add(len as usize);
-    match end {
-        Some(end) if end <= data.len() => Ok(T::from(&data[start..end])),
-        _ => {
-            let size = data.len();
-            Err(bad(
-                caller,
-                format!("{what}: range {start}+{len} is outside the memory of {size} bytes"),
-            ))
-        }
+    match start.checked_add(len as usize) {
+        Some(end) if end <= size => Ok((mem, start..end)),
+        _ => Err(bad(
+            caller,
+            format!("{what}: range {start}+{len} is outside the memory of {size} bytes"),
+        )),
     }
+}
+
+/// Copies `len` bytes at `ptr` out of the agent's memory (into a
+/// [`Payload`] for messages: short ones need no allocation), validating
+/// both.
+fn read<T: for<'a> From<&'a [u8]>>(
+    caller: &mut C<'_>,
+    what: &str,
+    ptr: i32,
+    len: i32,
+) -> wasmtime::Result<T> {
+    let (mem, r) = range(caller, what, ptr, len)?;
+    Ok(T::from(&mem.data(&*caller)[r]))
 }
 
 /// Reads a topic or channel name; `Ok(None)` when it is not a valid name
@@ -236,7 +244,7 @@ fn admit(caller: &mut C<'_>, payload: usize) -> Option<i32> {
     if payload > h.limits.max_payload as usize {
         return Some(rc::TOO_LARGE);
     }
-    if h.call_outputs >= h.limits.max_outputs_per_call {
+    if h.call_outputs >= h.limits.max_outputs_per_call || !h.outputs.has_room() {
         return Some(rc::QUOTA);
     }
     if h.tick_bytes.0 != h.tick {
@@ -252,7 +260,7 @@ fn admit(caller: &mut C<'_>, payload: usize) -> Option<i32> {
 fn push(caller: &mut C<'_>, out: Output) {
     let h = caller.data_mut();
     h.call_outputs += 1;
-    h.outputs.push(out);
+    h.outputs.push(&out);
 }
 
 /// Registers every `lockstep` import.
@@ -261,7 +269,9 @@ pub fn add_imports(linker: &mut Linker<AgentHost>) -> wasmtime::Result<()> {
         "lockstep",
         "send",
         |mut c: C<'_>, to: i64, ptr: i32, len: i32| -> wasmtime::Result<i32> {
-            let payload: Payload = read(&mut c, "send payload", ptr, len)?;
+            // The payload goes from the agent's memory straight into the
+            // outputs block.
+            let (mem, payload) = range(&mut c, "send payload", ptr, len)?;
             charge(&mut c, payload.len())?;
             if to <= 0 {
                 return Ok(rc::INVALID);
@@ -269,15 +279,10 @@ pub fn add_imports(linker: &mut Linker<AgentHost>) -> wasmtime::Result<()> {
             if let Some(code) = admit(&mut c, payload.len()) {
                 return Ok(code);
             }
-            let seq = c.data_mut().next_seq();
-            push(
-                &mut c,
-                Output::Send {
-                    to: to as u64,
-                    seq,
-                    payload,
-                },
-            );
+            let (data, h) = mem.data_and_store_mut(&mut c);
+            let seq = h.next_seq();
+            h.call_outputs += 1;
+            h.outputs.push_send(to as u64, seq, &data[payload]);
             Ok(rc::OK)
         },
     )?;
@@ -439,12 +444,15 @@ pub fn add_imports(linker: &mut Linker<AgentHost>) -> wasmtime::Result<()> {
                 h.logs.2 += 1;
                 return Ok(rc::QUOTA);
             }
+            if !h.outputs.has_room() {
+                return Ok(rc::QUOTA);
+            }
             h.logs.1 += 1;
             let mut line =
                 String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_LOG_LINE)]).into_owned();
             line.retain(|ch| ch != '\n' && ch != '\r');
             let level = level.clamp(0, 4) as u8;
-            h.outputs.push(Output::Log { level, line });
+            h.outputs.push(&Output::Log { level, line });
             Ok(rc::OK)
         },
     )?;

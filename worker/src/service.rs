@@ -468,7 +468,7 @@ impl Worker {
         if slot.acc.tripped {
             return;
         }
-        let before = slot.agent.host().outputs.len();
+        let before = slot.agent.host().outputs.mark();
         let t = timed.then(Instant::now);
         let out = f(&mut slot.agent);
         if out.fault.is_some() {
@@ -775,7 +775,7 @@ impl Worker {
                 agent_id: id,
                 fuel: 0,
                 calls: 0,
-                outputs: Vec::new(),
+                outputs: Default::default(),
                 fault: Some(fault),
                 wall_ns: 0,
                 logs_suppressed: 0,
@@ -852,7 +852,7 @@ pub fn watchdog_result(agent_id: u64) -> AgentResult {
         agent_id,
         fuel: 0,
         calls: 0,
-        outputs: Vec::new(),
+        outputs: Default::default(),
         fault: Some(Fault::Watchdog),
         wall_ns: 0,
         logs_suppressed: 0,

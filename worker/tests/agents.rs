@@ -116,7 +116,7 @@ fn step_counts_and_outputs() {
     let r = &d.results[0];
     assert_eq!(r.calls, 1);
     assert_eq!(
-        r.outputs,
+        r.outputs.to_vec(),
         vec![
             Output::Send {
                 to: 7,
@@ -140,7 +140,7 @@ fn step_counts_and_outputs() {
     // Sequence numbers continue across ticks.
     let d = w.tick(&step_all(2));
     assert!(matches!(
-        d.results[0].outputs[0],
+        d.results[0].outputs.to_vec()[0],
         Output::Send { seq: 3, .. }
     ));
 }
@@ -580,7 +580,7 @@ fn logs_are_rate_limited() {
     let logs = d.results[0]
         .outputs
         .iter()
-        .filter(|o| matches!(o, Output::Log { .. }))
+        .filter(|o| matches!(o, shm_protocol::worker::OutputRef::Log { .. }))
         .count();
     assert_eq!(logs, 16);
     assert_eq!(d.results[0].logs_suppressed, 34);

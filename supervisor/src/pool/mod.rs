@@ -886,7 +886,7 @@ impl WorkerPool {
                     agent_id: *agent,
                     fuel: 0,
                     calls: 0,
-                    outputs: Vec::new(),
+                    outputs: Default::default(),
                     fault: Some(Fault::CrashedWorker),
                     wall_ns: 0,
                     logs_suppressed: 0,

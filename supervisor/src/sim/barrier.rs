@@ -23,7 +23,7 @@ use super::{
     AgentStatus, Decision, Event, HASH_PIECE, InferRequest, Input, Outbox, RUNTIME_SENDER,
     SimState, Task, TickPlan, TickSummary, kind, notice,
 };
-use shm_protocol::worker::{AgentResult, Output, Payload, WireMessage};
+use shm_protocol::worker::{AgentResult, Output, OutputRef, Payload, WireMessage};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the workers reported for one tick, merged: results in ascending
@@ -192,40 +192,44 @@ impl SimState {
         for (ri, r) in results.iter().enumerate() {
             let from = r.agent_id;
             let tenant = self.agents.get(&from).map_or(0, |a| a.tenant);
-            for (oi, o) in r.outputs.iter().enumerate() {
+            let mut outputs = r.outputs.entries();
+            loop {
+                // A direct message is read from its result when delivered.
+                if let Some((at, to)) = outputs.next_send() {
+                    outbox.push_send(to, ri, at);
+                    continue;
+                }
+                let Some((at, o)) = outputs.next() else { break };
                 match o {
-                    // Read from the result when delivered.
-                    Output::Send { to, .. } => outbox.push_send(*to, ri, oi),
-                    Output::Publish {
+                    OutputRef::Send { to, .. } => outbox.push_send(to, ri, at),
+                    OutputRef::Publish {
                         topic,
                         seq,
                         payload,
                     } => {
                         let subs = self.topics.get(topic).map(|s| s.iter().copied());
                         for s in subs.into_iter().flatten() {
-                            outbox.push(s, fan_out(kind::TOPIC, from, tick, *seq, topic, payload));
+                            outbox.push(s, fan_out(kind::TOPIC, from, tick, seq, topic, payload));
                         }
                     }
-                    Output::ChannelSend {
+                    OutputRef::ChannelSend {
                         channel,
                         seq,
                         payload,
                     } => {
                         let members = self.channels.get(channel).map(|s| s.iter().copied());
                         for m in members.into_iter().flatten() {
-                            outbox.push(
-                                m,
-                                fan_out(kind::CHANNEL, from, tick, *seq, channel, payload),
-                            );
+                            outbox
+                                .push(m, fan_out(kind::CHANNEL, from, tick, seq, channel, payload));
                         }
                     }
-                    Output::Subscribe(_)
-                    | Output::Unsubscribe(_)
-                    | Output::Join(_)
-                    | Output::Leave(_) => {
-                        membership.push((from, o.clone()));
+                    OutputRef::Subscribe(_)
+                    | OutputRef::Unsubscribe(_)
+                    | OutputRef::Join(_)
+                    | OutputRef::Leave(_) => {
+                        membership.push((from, o.to_output()));
                     }
-                    Output::ScheduleTask {
+                    OutputRef::ScheduleTask {
                         task_id,
                         target,
                         priority,
@@ -233,17 +237,17 @@ impl SimState {
                         deps,
                     } => {
                         let task = Task {
-                            id: *task_id,
-                            agent: *target,
-                            priority: *priority,
-                            payload: payload.clone(),
-                            deps: deps.clone(),
+                            id: task_id,
+                            agent: target,
+                            priority,
+                            payload: payload.to_vec(),
+                            deps: deps.iter().collect(),
                             seq: 0,
                             submitted: tick,
                         };
                         self.submit_agent_task(from, task, tick, &mut outbox, sum);
                     }
-                    Output::Infer {
+                    OutputRef::Infer {
                         request_id,
                         model,
                         input,
@@ -258,14 +262,14 @@ impl SimState {
                                 kind: kind::INFER_ERR,
                                 sender: RUNTIME_SENDER,
                                 sent_tick: tick,
-                                seq: *request_id,
-                                topic: model.clone(),
+                                seq: request_id,
+                                topic: model.to_owned(),
                                 payload: Payload::from(b"inference quota exceeded"),
                             };
                             outbox.push(from, msg);
                             sum.events.push(Event::InferRefused {
                                 agent: from,
-                                request: *request_id,
+                                request: request_id,
                             });
                         } else {
                             *n += 1;
@@ -274,16 +278,16 @@ impl SimState {
                             let latency = self.model_latency.get(&pinned).copied().unwrap_or(1);
                             self.infer_queue.push(InferRequest {
                                 agent: from,
-                                request_id: *request_id,
-                                model: model.clone(),
+                                request_id,
+                                model: model.to_owned(),
                                 pinned,
                                 asked: tick,
                                 due: tick + u64::from(latency) - 1,
-                                input: input.clone(),
+                                input: input.to_vec(),
                             });
                         }
                     }
-                    Output::Log { .. } => {}
+                    OutputRef::Log { .. } => {}
                 }
             }
         }

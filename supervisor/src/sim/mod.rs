@@ -25,8 +25,9 @@ pub use barrier::{Seal, WorkReport};
 use crate::ctl::{ErrorCode, Refusal};
 use crate::manifest::{Manifest, Mode, Overflow, RestartPolicy, Tenant};
 use serde::{Deserialize, Serialize};
+use shm_protocol::outputs::Offset;
 use shm_protocol::worker::{
-    AgentLimits, AgentResult, Delivery, Fault, MessageRef, Messages, Output, SpawnOrder, StepOrder,
+    AgentLimits, AgentResult, Delivery, Fault, MessageRef, Messages, SpawnOrder, StepOrder,
     UpgradeOrder, WireMessage,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -505,7 +506,8 @@ struct Outbox {
 
 /// Where a routed message is: the index of a message in
 /// [`Outbox::msgs`] with [`Source::MADE`] set, or else `result << 32 |
-/// output`, an [`Output::Send`] of the tick's results.
+/// offset`, an [`Output::Send`](shm_protocol::worker::Output::Send) of the tick's results (where it starts in
+/// the result's outputs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Source(u64);
 
@@ -530,10 +532,10 @@ impl Outbox {
         radsort::sort_by_key(&mut self.keys, |k| k.0);
     }
 
-    /// Output `output` of result `result`, an [`Output::Send`] to `to`.
-    fn push_send(&mut self, to: u64, result: usize, output: usize) {
+    /// The output at `at` of result `result`, an [`Output::Send`](shm_protocol::worker::Output::Send) to `to`.
+    fn push_send(&mut self, to: u64, result: usize, at: Offset) {
         self.keys
-            .push((to, Source(((result as u64) << 32) | output as u64)));
+            .push((to, Source(((result as u64) << 32) | u64::from(at))));
     }
 
     /// The message `src` names, in the outbox or in `results` (`None` if
@@ -551,17 +553,15 @@ impl Outbox {
                 .map(WireMessage::view);
         }
         let r = results.get((src.0 >> 32) as usize)?;
-        match r.outputs.get((src.0 & u64::from(u32::MAX)) as usize)? {
-            Output::Send { seq, payload, .. } => Some(MessageRef {
-                kind: kind::DIRECT,
-                sender: r.agent_id,
-                sent_tick: tick,
-                seq: *seq,
-                topic: "",
-                payload,
-            }),
-            _ => None,
-        }
+        let (_, seq, payload) = r.outputs.send_at(src.0 as Offset)?;
+        Some(MessageRef {
+            kind: kind::DIRECT,
+            sender: r.agent_id,
+            sent_tick: tick,
+            seq,
+            topic: "",
+            payload,
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::manifest::Manifest;
-use shm_protocol::worker::{AgentResult, Fault, Output};
+use shm_protocol::worker::{AgentResult, Fault, Output, Outputs};
 use std::collections::BTreeMap;
 
 /// Runs the barrier of `plan` with synthetic results.
@@ -51,7 +51,7 @@ fn out(agent: u64, outputs: Vec<Output>) -> AgentResult {
         agent_id: agent,
         fuel: 10,
         calls: 1,
-        outputs,
+        outputs: outputs.into(),
         fault: None,
         wall_ns: 0,
         logs_suppressed: 0,
@@ -493,16 +493,16 @@ proptest::proptest! {
         // Agent 1's outputs, routed: direct sends stay in the result, made
         // messages (notices standing in for topic copies) go in the outbox.
         let mut outbox = Outbox::default();
-        let mut outputs = Vec::new();
+        let mut outputs = Outputs::new();
         for (i, &(to, made)) in sends.iter().enumerate() {
             if made {
                 outbox.push(to, notice(i as u64, 2, format!("m{i}")));
             } else {
-                outbox.push_send(to, 0, outputs.len());
-                outputs.push(send(to, i as u64));
+                outbox.push_send(to, 0, outputs.as_bytes().len() as u32);
+                outputs.push(&send(to, i as u64));
             }
         }
-        let results = vec![out(1, outputs)];
+        let results = vec![out(1, outputs.to_vec())];
         outbox.sort();
         let mut model = s.clone();
         let mut model_drops = 0;
