@@ -335,6 +335,16 @@ impl Outputs {
         self.entries().map(|(_, o)| o)
     }
 
+    /// The outputs other than direct messages, in order (direct messages
+    /// are skipped without being read whole).
+    pub fn others(&self) -> impl Iterator<Item = OutputRef<'_>> {
+        let mut entries = self.entries();
+        std::iter::from_fn(move || {
+            while entries.next_send().is_some() {}
+            entries.next().map(|(_, o)| o)
+        })
+    }
+
     /// The outputs in order, each with where it starts.
     pub fn entries(&self) -> Entries<'_> {
         Entries {
@@ -690,6 +700,15 @@ pub(crate) mod tests {
             prop_assert_eq!(as_vec, postcard::to_stdvec(&outs).unwrap());
             let wire = codec::encode(&block).unwrap();
             prop_assert_eq!(&codec::decode::<Outputs>(&wire).unwrap(), &block);
+            let others: Vec<Output> = outs
+                .iter()
+                .filter(|o| !matches!(o, Output::Send { .. }))
+                .cloned()
+                .collect();
+            prop_assert_eq!(
+                block.others().map(|o| o.to_output()).collect::<Vec<_>>(),
+                others
+            );
             for ((at, o), orig) in block.entries().zip(&outs) {
                 let sent = block.send_at(at);
                 match orig {

@@ -175,7 +175,7 @@ impl Observers {
     /// viewers' log).
     pub fn agent_logs(&mut self, sim: &SimState, results: &[AgentResult]) {
         for r in results {
-            for o in r.outputs.iter() {
+            for o in r.outputs.others() {
                 if let OutputRef::Log { level, line } = o {
                     let name = sim.agents.get(&r.agent_id).map_or("?", |a| a.name.as_str());
                     match level {
