@@ -49,6 +49,7 @@ pub(crate) mod region;
 pub(crate) mod sync;
 
 pub mod alloc;
+pub mod block;
 pub mod board;
 pub mod codec;
 pub mod control;

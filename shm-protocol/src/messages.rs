@@ -37,16 +37,27 @@
 //! assert_eq!(block.to_vec(), vec![m.clone(), m]);
 //! ```
 
+use crate::block::{Block, Record};
 use crate::codec::{put_short, put_varint, take_bytes, take_varint};
 use crate::worker::WireMessage;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::fmt;
+use serde::{Serialize, Serializer};
 
 /// Messages in canonical order, encoded (see the module docs).
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Messages {
-    count: u32,
-    bytes: Vec<u8>,
+pub type Messages = Block<MessageRecord>;
+
+/// The records of a [`Messages`] block: each a [`WireMessage`] as
+/// postcard encodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageRecord {}
+
+impl Record for MessageRecord {
+    type Ref<'a> = MessageRef<'a>;
+    const NAME: &'static str = "message";
+
+    #[inline]
+    fn parse<'a>(b: &'a [u8], pos: &mut usize) -> Option<MessageRef<'a>> {
+        parse(b, pos)
+    }
 }
 
 /// One message of a [`Messages`] block, borrowed from it.  It serializes
@@ -97,29 +108,7 @@ impl WireMessage {
     }
 }
 
-impl Messages {
-    /// No messages.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Number of messages.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.count as usize
-    }
-
-    /// Whether there are none.
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// The encoded messages, back to back.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
+impl Block<MessageRecord> {
     /// Appends a message.
     ///
     /// # Panics
@@ -172,33 +161,6 @@ impl Messages {
         }
     }
 
-    /// The messages in order.
-    pub fn iter(&self) -> Iter<'_> {
-        Iter {
-            bytes: &self.bytes,
-            pos: 0,
-            left: self.count,
-        }
-    }
-
-    /// Removes the first `k` messages (all of them if there are fewer).
-    pub fn drop_front(&mut self, k: usize) {
-        if k >= self.len() {
-            self.count = 0;
-            self.bytes.clear();
-            return;
-        }
-        let mut pos = 0;
-        for _ in 0..k {
-            if parse(&self.bytes, &mut pos).is_none() {
-                // Cannot happen for a block that was built or checked.
-                break;
-            }
-        }
-        self.bytes.drain(..pos);
-        self.count -= k as u32;
-    }
-
     /// The messages as a sequence of [`WireMessage`]s for serde: the same
     /// encoding as a `Vec<WireMessage>` holding them.
     pub fn as_seq(&self) -> AsSeq<'_> {
@@ -208,27 +170,6 @@ impl Messages {
     /// Owned copies of the messages.
     pub fn to_vec(&self) -> Vec<WireMessage> {
         self.iter().map(|m| m.to_message()).collect()
-    }
-
-    /// A block from its parts, checked: exactly `count` well-formed
-    /// messages (topics in UTF-8) and nothing after them.
-    pub fn from_parts(count: u32, bytes: Vec<u8>) -> Result<Self, String> {
-        let mut pos = 0;
-        for i in 0..count {
-            if parse(&bytes, &mut pos).is_none() {
-                return Err(format!(
-                    "message {i} of {count} is malformed (at byte {pos} of {})",
-                    bytes.len()
-                ));
-            }
-        }
-        if pos != bytes.len() {
-            return Err(format!(
-                "{} bytes after the last of {count} messages",
-                bytes.len() - pos
-            ));
-        }
-        Ok(Self { count, bytes })
     }
 }
 
@@ -255,12 +196,6 @@ impl From<Vec<WireMessage>> for Messages {
     }
 }
 
-impl fmt::Debug for Messages {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
-
 /// [`Messages::as_seq`].
 #[derive(Debug, Clone, Copy)]
 pub struct AsSeq<'a>(&'a Messages);
@@ -268,48 +203,6 @@ pub struct AsSeq<'a>(&'a Messages);
 impl Serialize for AsSeq<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.iter())
-    }
-}
-
-/// The messages of a [`Messages`] block, in order.
-#[derive(Debug, Clone)]
-pub struct Iter<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    left: u32,
-}
-
-impl<'a> Iterator for Iter<'a> {
-    type Item = MessageRef<'a>;
-
-    #[inline]
-    fn next(&mut self) -> Option<MessageRef<'a>> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let m = parse(self.bytes, &mut self.pos);
-        if m.is_none() {
-            // Cannot happen for a block that was built or checked; stop.
-            self.left = 0;
-        }
-        m
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        // Exact: a block holds `count` well-formed messages.
-        (self.left as usize, Some(self.left as usize))
-    }
-}
-
-impl ExactSizeIterator for Iter<'_> {}
-
-impl<'a> IntoIterator for &'a Messages {
-    type Item = MessageRef<'a>;
-    type IntoIter = Iter<'a>;
-
-    fn into_iter(self) -> Iter<'a> {
-        self.iter()
     }
 }
 
@@ -339,37 +232,6 @@ fn parse<'a>(b: &'a [u8], pos: &mut usize) -> Option<MessageRef<'a>> {
 }
 
 /// On the wire: `(count, bytes)`.
-#[derive(Serialize)]
-struct RawRef<'a> {
-    count: u32,
-    #[serde(with = "serde_bytes")]
-    bytes: &'a [u8],
-}
-
-#[derive(Deserialize)]
-struct Raw {
-    count: u32,
-    #[serde(with = "serde_bytes")]
-    bytes: Vec<u8>,
-}
-
-impl Serialize for Messages {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        RawRef {
-            count: self.count,
-            bytes: &self.bytes,
-        }
-        .serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Messages {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Raw::deserialize(d)?;
-        Self::from_parts(raw.count, raw.bytes).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,17 +35,28 @@
 //! assert_eq!(block.to_vec()[1], Output::Subscribe("prices".into()));
 //! ```
 
+use crate::block::{Block, Iter, Record};
 use crate::codec::{append_array, encode_into, put_short, put_varint, take_bytes, take_varint};
 use crate::worker::Output;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// An agent's outputs in the order it produced them, encoded (see the
 /// module docs).
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Outputs {
-    count: u32,
-    bytes: Vec<u8>,
+pub type Outputs = Block<OutputRecord>;
+
+/// The records of an [`Outputs`] block: each an [`Output`] as postcard
+/// encodes it, canonical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputRecord {}
+
+impl Record for OutputRecord {
+    type Ref<'a> = OutputRef<'a>;
+    const NAME: &'static str = "output";
+
+    #[inline(always)]
+    fn parse<'a>(b: &'a [u8], pos: &mut usize) -> Option<OutputRef<'a>> {
+        parse(b, pos)
+    }
 }
 
 /// One output of an [`Outputs`] block, borrowed from it: the [`Output`]
@@ -213,7 +224,7 @@ impl OutputRef<'_> {
     }
 }
 
-/// Where an output starts in its block ([`Outputs::entries`],
+/// Where an output starts in its block ([`Iter::offset`],
 /// [`Outputs::send_at`]).
 pub type Offset = u32;
 
@@ -224,29 +235,7 @@ pub struct Mark {
     len: usize,
 }
 
-impl Outputs {
-    /// No outputs.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Number of outputs.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.count as usize
-    }
-
-    /// Whether there are none.
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// The encoded outputs, back to back.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
+impl Block<OutputRecord> {
     /// Whether another output fits (a block counts at most `u32::MAX`
     /// outputs and holds at most `u32::MAX` bytes before the last one, so
     /// that an [`Offset`] can name each).
@@ -324,38 +313,18 @@ impl Outputs {
         }
     }
 
-    /// Removes every output (keeps the allocation).
-    pub fn clear(&mut self) {
-        self.count = 0;
-        self.bytes.clear();
-    }
-
-    /// The outputs in order.
-    pub fn iter(&self) -> impl Iterator<Item = OutputRef<'_>> {
-        self.entries().map(|(_, o)| o)
-    }
-
     /// The outputs other than direct messages, in order (direct messages
     /// are skipped without being read whole).
     pub fn others(&self) -> impl Iterator<Item = OutputRef<'_>> {
-        let mut entries = self.entries();
+        let mut it = self.iter();
         std::iter::from_fn(move || {
-            while entries.next_send().is_some() {}
-            entries.next().map(|(_, o)| o)
+            while it.next_send().is_some() {}
+            it.next()
         })
     }
 
-    /// The outputs in order, each with where it starts.
-    pub fn entries(&self) -> Entries<'_> {
-        Entries {
-            bytes: &self.bytes,
-            pos: 0,
-            left: self.count,
-        }
-    }
-
-    /// The direct message at `at` (an offset [`entries`](Self::entries)
-    /// gave): its recipient, sequence number and payload; `None` if no
+    /// The direct message at `at` (an [`offset`](Iter::offset) the
+    /// iterator gave): its recipient, sequence number and payload; `None` if no
     /// direct message starts there.
     #[inline]
     pub fn send_at(&self, at: Offset) -> Option<(u64, u64, &[u8])> {
@@ -373,35 +342,6 @@ impl Outputs {
     /// Owned copies of the outputs.
     pub fn to_vec(&self) -> Vec<Output> {
         self.iter().map(|o| o.to_output()).collect()
-    }
-
-    /// A block from its parts, checked: exactly `count` well-formed,
-    /// canonically encoded outputs (names and lines in UTF-8) and nothing
-    /// after them.
-    pub fn from_parts(count: u32, bytes: Vec<u8>) -> Result<Self, String> {
-        let mut it = Entries {
-            bytes: &bytes,
-            pos: 0,
-            left: count,
-        };
-        while it.left > 0 {
-            let (i, at) = (count - it.left, it.pos);
-            let ok =
-                at <= Offset::MAX as usize && (it.next_send().is_some() || it.next().is_some());
-            if !ok {
-                return Err(format!(
-                    "output {i} of {count} is malformed (at byte {at} of {})",
-                    bytes.len()
-                ));
-            }
-        }
-        if it.pos != bytes.len() {
-            return Err(format!(
-                "{} bytes after the last of {count} outputs",
-                bytes.len() - it.pos
-            ));
-        }
-        Ok(Self { count, bytes })
     }
 }
 
@@ -438,48 +378,7 @@ impl FromIterator<Output> for Outputs {
     }
 }
 
-impl fmt::Debug for Outputs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
-
-/// The outputs of an [`Outputs`] block with their offsets, in order.
-#[derive(Debug, Clone)]
-pub struct Entries<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    left: u32,
-}
-
-impl<'a> Iterator for Entries<'a> {
-    type Item = (Offset, OutputRef<'a>);
-
-    #[inline]
-    fn next(&mut self) -> Option<(Offset, OutputRef<'a>)> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        // A block's outputs start below `Offset::MAX` (checked or pushed).
-        let at = self.pos as Offset;
-        let o = parse(self.bytes, &mut self.pos);
-        if o.is_none() {
-            // Cannot happen for a block that was built or checked; stop.
-            self.left = 0;
-        }
-        o.map(|o| (at, o))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        // Exact: a block holds `count` well-formed outputs.
-        (self.left as usize, Some(self.left as usize))
-    }
-}
-
-impl ExactSizeIterator for Entries<'_> {}
-
-impl Entries<'_> {
+impl Iter<'_, OutputRecord> {
     /// If the next output is a direct message: moves past it and returns
     /// where it starts and its recipient.  Routing reads only that much of
     /// most outputs, without an [`OutputRef`] in between.
@@ -492,7 +391,7 @@ impl Entries<'_> {
         let to = take_varint(self.bytes, &mut pos, 10)?;
         take_varint(self.bytes, &mut pos, 10)?;
         take_bytes(self.bytes, &mut pos)?;
-        // A block's outputs start below `Offset::MAX` (checked or pushed).
+        // A block holds at most `u32::MAX` bytes (checked or pushed).
         let at = self.pos as Offset;
         self.pos = pos;
         self.left -= 1;
@@ -582,37 +481,6 @@ fn parse_other<'a>(b: &'a [u8], pos: &mut usize) -> Option<OutputRef<'a>> {
         }
         _ => return None,
     })
-}
-
-#[derive(Serialize)]
-struct RawRef<'a> {
-    count: u32,
-    #[serde(with = "serde_bytes")]
-    bytes: &'a [u8],
-}
-
-#[derive(Deserialize)]
-struct Raw {
-    count: u32,
-    #[serde(with = "serde_bytes")]
-    bytes: Vec<u8>,
-}
-
-impl Serialize for Outputs {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        RawRef {
-            count: self.count,
-            bytes: &self.bytes,
-        }
-        .serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Outputs {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Raw::deserialize(d)?;
-        Self::from_parts(raw.count, raw.bytes).map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]
@@ -709,7 +577,10 @@ pub(crate) mod tests {
                 block.others().map(|o| o.to_output()).collect::<Vec<_>>(),
                 others
             );
-            for ((at, o), orig) in block.entries().zip(&outs) {
+            let mut it = block.iter();
+            for orig in &outs {
+                let at = it.offset() as Offset;
+                let o = it.next().unwrap();
                 let sent = block.send_at(at);
                 match orig {
                     Output::Send { to, seq, payload } => {
@@ -763,7 +634,7 @@ pub(crate) mod tests {
             let mut bytes = block.as_bytes().to_vec();
             let i = at.index(bytes.len());
             bytes[i] = byte;
-            if let Ok(b) = Outputs::from_parts(block.count, bytes.clone()) {
+            if let Ok(b) = Outputs::from_parts(block.len() as u32, bytes.clone()) {
                 let again = Outputs::from(b.to_vec());
                 prop_assert_eq!(again.as_bytes(), &bytes[..]);
             }

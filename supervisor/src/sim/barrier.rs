@@ -23,6 +23,7 @@ use super::{
     AgentStatus, Decision, Event, HASH_PIECE, InferRequest, Input, Outbox, RUNTIME_SENDER,
     SimState, Task, TickPlan, TickSummary, kind, notice,
 };
+use shm_protocol::outputs::Offset;
 use shm_protocol::worker::{AgentResult, Output, OutputRef, Payload, WireMessage};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -192,14 +193,16 @@ impl SimState {
         for (ri, r) in results.iter().enumerate() {
             let from = r.agent_id;
             let tenant = self.agents.get(&from).map_or(0, |a| a.tenant);
-            let mut outputs = r.outputs.entries();
+            let mut outputs = r.outputs.iter();
             loop {
                 // A direct message is read from its result when delivered.
                 if let Some((at, to)) = outputs.next_send() {
                     outbox.push_send(to, ri, at);
                     continue;
                 }
-                let Some((at, o)) = outputs.next() else { break };
+                // A block holds at most `u32::MAX` bytes.
+                let at = outputs.offset() as Offset;
+                let Some(o) = outputs.next() else { break };
                 match o {
                     OutputRef::Send { to, .. } => outbox.push_send(to, ri, at),
                     OutputRef::Publish {
