@@ -219,7 +219,11 @@ fn parse<'a>(b: &'a [u8], pos: &mut usize) -> Option<MessageRef<'a>> {
     let sender = take_varint(b, pos, 10)?;
     let sent_tick = take_varint(b, pos, 10)?;
     let seq = take_varint(b, pos, 10)?;
-    let topic = std::str::from_utf8(take_bytes(b, pos)?).ok()?;
+    let topic = match take_bytes(b, pos)? {
+        // A direct message's: no call into the UTF-8 check.
+        [] => "",
+        t => std::str::from_utf8(t).ok()?,
+    };
     let payload = take_bytes(b, pos)?;
     Some(MessageRef {
         kind,
