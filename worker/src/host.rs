@@ -184,6 +184,32 @@ fn charge(caller: &mut C<'_>, bytes: usize) -> wasmtime::Result<()> {
     caller.set_fuel(fuel - cost)
 }
 
+/// The bytes `[ptr, ptr+len)` of a memory of `size` bytes, if they are
+/// all in it.
+fn span(size: usize, ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
+    let len = usize::try_from(len).ok()?;
+    let start = ptr as u32 as usize;
+    let end = start.checked_add(len)?;
+    (end <= size).then_some(start..end)
+}
+
+/// The [`Fault::BadHostCall`] of a `[ptr, ptr+len)` that [`span`] refused,
+/// naming `what`.
+fn out_of_range(caller: &mut C<'_>, what: &str, ptr: i32, len: i32) -> wasmtime::Error {
+    if len < 0 {
+        return bad(caller, format!("{what}: negative length {len}"));
+    }
+    let Some(mem) = caller.data().memory else {
+        return bad(caller, format!("{what}: agent has no memory"));
+    };
+    let size = mem.data_size(&*caller);
+    let start = ptr as u32 as usize;
+    bad(
+        caller,
+        format!("{what}: range {start}+{len} is outside the memory of {size} bytes"),
+    )
+}
+
 /// Checks `[ptr, ptr+len)` against the agent's memory: the memory and
 /// the range, or a [`Fault::BadHostCall`] naming `what`.
 fn range(
@@ -192,21 +218,12 @@ fn range(
     ptr: i32,
     len: i32,
 ) -> wasmtime::Result<(Memory, std::ops::Range<usize>)> {
-    if len < 0 {
-        return Err(bad(caller, format!("{what}: negative length {len}")));
+    if let Some(mem) = caller.data().memory
+        && let Some(r) = span(mem.data_size(&*caller), ptr, len)
+    {
+        return Ok((mem, r));
     }
-    let Some(mem) = caller.data().memory else {
-        return Err(bad(caller, format!("{what}: agent has no memory")));
-    };
-    let size = mem.data_size(&*caller);
-    let start = ptr as u32 as usize;
-    match start.checked_add(len as usize) {
-        Some(end) if end <= size => Ok((mem, start..end)),
-        _ => Err(bad(
-            caller,
-            format!("{what}: range {start}+{len} is outside the memory of {size} bytes"),
-        )),
-    }
+    Err(out_of_range(caller, what, ptr, len))
 }
 
 /// Copies `len` bytes at `ptr` out of the agent's memory (into a
@@ -218,8 +235,13 @@ fn read<T: for<'a> From<&'a [u8]>>(
     ptr: i32,
     len: i32,
 ) -> wasmtime::Result<T> {
-    let (mem, r) = range(caller, what, ptr, len)?;
-    Ok(T::from(&mem.data(&*caller)[r]))
+    if let Some(mem) = caller.data().memory {
+        let data = mem.data(&*caller);
+        if let Some(r) = span(data.len(), ptr, len) {
+            return Ok(T::from(&data[r]));
+        }
+    }
+    Err(out_of_range(caller, what, ptr, len))
 }
 
 /// Reads a topic or channel name; `Ok(None)` when it is not a valid name
