@@ -327,13 +327,8 @@ impl AgentResult {
         n = put_varint(&mut b, n, self.outputs.len() as u64);
         append_array(out, &b, n);
         out.extend_from_slice(self.outputs.as_bytes());
-        if self.fault.is_none() && self.logs_suppressed < 0x80 {
-            // `None`, then a one-byte varint.
-            out.extend_from_slice(&[0, self.logs_suppressed as u8]);
-        } else {
-            // Encoding into a vector cannot fail.
-            let _ = encode_into(&(&self.fault, self.logs_suppressed), out);
-        }
+        // Encoding into a vector cannot fail.
+        let _ = encode_into(&(&self.fault, self.logs_suppressed), out);
     }
 }
 

@@ -506,8 +506,8 @@ struct Outbox {
 
 /// Where a routed message is: the index of a message in
 /// [`Outbox::msgs`] with [`Source::MADE`] set, or else `result << 32 |
-/// offset`, an [`Output::Send`](shm_protocol::worker::Output::Send) of the tick's results (where it starts in
-/// the result's outputs).
+/// offset`, a direct message of the tick's results (where it starts in
+/// the result's outputs block).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Source(u64);
 
@@ -532,7 +532,7 @@ impl Outbox {
         radsort::sort_by_key(&mut self.keys, |k| k.0);
     }
 
-    /// The output at `at` of result `result`, an [`Output::Send`](shm_protocol::worker::Output::Send) to `to`.
+    /// The output at `at` of result `result`, a direct message to `to`.
     fn push_send(&mut self, to: u64, result: usize, at: Offset) {
         self.keys
             .push((to, Source(((result as u64) << 32) | u64::from(at))));
