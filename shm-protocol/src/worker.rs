@@ -142,8 +142,8 @@ pub struct TickWork {
     pub steps: Vec<StepOrder>,
     /// Agents to shut down (`agent_shutdown`) and drop.
     pub stops: Vec<u64>,
-    /// Measure per-agent wall time this tick (telemetry sampling).
-    pub measure_time: bool,
+    /// Which agents report telemetry (wall time, memory size) this tick.
+    pub sample: Sample,
     /// Agents to remove without calling them, before anything else
     /// (quarantine of an agent that crashed its worker).
     pub evict: Vec<u64>,
@@ -153,6 +153,61 @@ pub struct TickWork {
     /// recorded ticks are re-executed (replay, recovery): fuel bounds every
     /// call anyway, and a trip there could not be reproduced.
     pub watchdog: bool,
+}
+
+/// Which agents report telemetry with their results in a tick: their
+/// calls' wall time and their memory size.  Telemetry never reaches a hash
+/// or the journal, so which agents are sampled does not change a run.
+///
+/// ```
+/// use shm_protocol::worker::Sample;
+/// // Each agent once every 4 ticks, a quarter of them in each tick.
+/// let s = Sample::slice(4, 6);
+/// assert!(s.covers(2) && s.covers(10) && !s.covers(3));
+/// assert!(Sample::All.covers(3) && !Sample::None.covers(3));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sample {
+    /// No agent.
+    #[default]
+    None,
+    /// Every agent called.
+    All,
+    /// The agents whose id has `phase` in the bits of `mask`
+    /// (`id & mask == phase`).
+    Slice {
+        /// The low bits compared.
+        mask: u64,
+        /// Their value in the agents sampled.
+        phase: u64,
+    },
+}
+
+impl Sample {
+    /// The slice of agents sampled at `tick` when each agent is sampled
+    /// once every `every` ticks (a power of two; another number is rounded
+    /// up to the next power of two): the agents whose id is `tick` modulo `every`, so that
+    /// every tick carries an equal share of the samples.
+    pub fn slice(every: u64, tick: u64) -> Self {
+        let mask = every
+            .max(1)
+            .checked_next_power_of_two()
+            .map_or(u64::MAX, |e| e - 1);
+        Sample::Slice {
+            mask,
+            phase: tick & mask,
+        }
+    }
+
+    /// Whether the agent `agent_id` is sampled.
+    #[inline]
+    pub fn covers(self, agent_id: u64) -> bool {
+        match self {
+            Sample::None => false,
+            Sample::All => true,
+            Sample::Slice { mask, phase } => agent_id & mask == phase,
+        }
+    }
 }
 
 /// Why an agent call failed.
@@ -302,12 +357,12 @@ pub struct AgentResult {
     /// The fault that ended its last call, if any (the agent is then
     /// `faulted` until restarted).
     pub fault: Option<Fault>,
-    /// Wall time of its calls (only when `measure_time`), ns.
+    /// Wall time of its calls (only when [`TickWork::sample`] covers it), ns.
     pub wall_ns: u64,
     /// Agent-level log lines suppressed by rate limiting this tick.
     pub logs_suppressed: u32,
     /// Size of its linear memory after its calls (pages × 64 KiB), bytes;
-    /// only when `measure_time`, else 0.  Telemetry, like `wall_ns`: never
+    /// only when [`TickWork::sample`] covers it, else 0.  Telemetry, like `wall_ns`: never
     /// part of a hash or of the journal.
     pub memory_bytes: u64,
 }
@@ -946,5 +1001,27 @@ mod tests {
         let enc = crate::codec::encode(&out).unwrap();
         assert!(enc.ends_with(&bytes));
         assert_eq!(crate::codec::decode::<Output>(&enc).unwrap(), out);
+    }
+
+    /// Over any `every` consecutive ticks a slice sample covers each agent
+    /// exactly once, whatever the agent ids and the starting tick; a count
+    /// that is not a power of two behaves as the next one.
+    #[test]
+    fn slices_cover_each_agent_once_per_period() {
+        for every in [1u64, 2, 3, 4, 64, 100] {
+            let period = every.next_power_of_two();
+            for start in [0u64, 1, 63, 64, 1_000_003, u64::MAX - 300] {
+                for id in (0..300u64).chain([u64::MAX, u64::MAX - 1, 1 << 40]) {
+                    let hits = (0..period)
+                        .filter(|k| Sample::slice(every, start.wrapping_add(*k)).covers(id))
+                        .count();
+                    assert_eq!(hits, 1, "every {every}, start {start}, agent {id}");
+                }
+            }
+        }
+        // Zero behaves as one: every agent every tick.
+        assert!((0..10).all(|id| Sample::slice(0, 9).covers(id)));
+        // Beyond the largest power of two: one id per tick, no overflow.
+        assert!(Sample::slice(u64::MAX, 7).covers(7) && !Sample::slice(u64::MAX, 7).covers(8));
     }
 }

@@ -18,7 +18,7 @@ use lockstep_common::live::{
     AgentRow, ChildStatus, LIVE_STATE_VERSION, LiveState, MAX_AGENT_ROWS, MAX_EXTRA_ROWS, RunStats,
 };
 use shm_protocol::board::BoardWriter;
-use shm_protocol::worker::{AgentResult, OutputRef};
+use shm_protocol::worker::{AgentResult, OutputRef, Sample};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -90,13 +90,18 @@ impl Observers {
         !self.hooks.is_empty() || self.metrics.is_some() || self.board.is_some()
     }
 
-    /// Whether per-agent samples are taken at `tick`: every
-    /// [`crate::run::SAMPLE_EVERY`] ticks, or every tick while a hook asks
-    /// for it.
-    pub fn samples_agents_at(&self, tick: u64) -> bool {
-        self.wants_agent_samples()
-            && (tick.is_multiple_of(crate::run::SAMPLE_EVERY)
-                || self.hooks.iter().any(|h| h.agent_samples_every_tick()))
+    /// The agents that report a sample at `tick`: each agent once every
+    /// [`crate::run::SAMPLE_EVERY`] ticks, an equal share of them in every
+    /// tick; every agent every tick while a hook asks for it; none without
+    /// a consumer.
+    pub fn sample_at(&self, tick: u64) -> Sample {
+        if !self.wants_agent_samples() {
+            Sample::None
+        } else if self.hooks.iter().any(|h| h.agent_samples_every_tick()) {
+            Sample::All
+        } else {
+            Sample::slice(crate::run::SAMPLE_EVERY, tick)
+        }
     }
 
     /// Registers a hook.
@@ -119,8 +124,9 @@ impl Observers {
         let _span =
             tracing::trace_span!("tick", tick = t.tick, wall_us = t.wall_us, steps = t.steps)
                 .entered();
-        // What goes to disk stays sampled every SAMPLE_EVERY ticks.
-        let on_disk = t.tick.is_multiple_of(crate::run::SAMPLE_EVERY);
+        // What goes to disk stays one sample per agent every SAMPLE_EVERY
+        // ticks, whatever the hooks ask for.
+        let on_disk = Sample::slice(crate::run::SAMPLE_EVERY, t.tick);
         for h in &mut self.hooks {
             h.on_tick(t);
             for a in agents {
@@ -129,7 +135,7 @@ impl Observers {
         }
         if let Some(m) = &mut self.metrics {
             m.on_tick(t);
-            for a in agents.iter().filter(|_| on_disk) {
+            for a in agents.iter().filter(|a| on_disk.covers(a.agent)) {
                 m.on_agent(a);
             }
         }

@@ -34,6 +34,7 @@ use crate::snapshot::{ModelState, SnapshotBody, SnapshotError};
 use crate::telemetry::{AgentTelemetry, CheckpointTelemetry, TelemetryHook, TickTelemetry};
 use crate::timeline::Timeline;
 use lockstep_common::live::LiveState;
+use shm_protocol::worker::Sample;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -43,10 +44,12 @@ pub use crate::config::{RunConfig, default_address_space_limit};
 pub use crate::jail::SandboxSettings;
 pub use crate::timeline::Script;
 
-/// Every this many ticks, every called agent reports its fuel and wall time
-/// (per-agent telemetry is sampled to keep ticks cheap), when something
-/// consumes the samples (metrics, the board or a hook); the samples never
-/// reach the tick hash, so a replay without observers agrees.
+/// Every called agent reports its fuel, wall time and memory size once
+/// every this many ticks (per-agent telemetry is sampled to keep ticks
+/// cheap) when something consumes the samples (metrics, the board or a
+/// hook): in each tick the agents whose id is the tick modulo this, so that
+/// every tick carries an equal share.  The samples never reach the tick
+/// hash, so a replay without observers agrees.
 pub const SAMPLE_EVERY: u64 = 64;
 
 /// Failures of a run.
@@ -484,17 +487,18 @@ impl Run {
         // 2. Plan.
         let tp = Instant::now();
         let mut plan = self.sim.begin_tick();
-        let measure = self.observers.samples_agents_at(plan.tick);
-        let mailbox: BTreeMap<u64, u64> = if measure {
+        let sample = self.observers.sample_at(plan.tick);
+        let mailbox: BTreeMap<u64, u64> = if sample == Sample::None {
+            BTreeMap::new()
+        } else {
             plan.deliveries
                 .iter()
+                .filter(|d| sample.covers(d.agent_id))
                 .map(|d| (d.agent_id, d.messages.len() as u64))
                 .collect()
-        } else {
-            BTreeMap::new()
         };
         let ctx = TickCtx {
-            measure,
+            sample,
             watchdog: !replaying,
             preempt: decisions
                 .iter()
@@ -612,7 +616,7 @@ impl Run {
             faults: summary.faults,
             agents: summary.live,
             tasks_open: self.sim.tasks.open.len() as u64,
-            queued: if measure {
+            queued: if self.observers.wants_agent_samples() {
                 self.sim.mailboxes.values().map(|m| m.len() as u64).sum()
             } else {
                 0
@@ -623,10 +627,13 @@ impl Run {
             infer_batches_in_flight: infer.in_flight as u64,
             infer_busy_us: infer.busy_us,
         };
-        let agents: Vec<AgentTelemetry> = if measure {
+        let agents: Vec<AgentTelemetry> = if sample == Sample::None {
+            Vec::new()
+        } else {
             outcome
                 .results
                 .iter()
+                .filter(|r| sample.covers(r.agent_id))
                 .map(|r| AgentTelemetry {
                     tick: summary.tick,
                     agent: r.agent_id,
@@ -638,8 +645,6 @@ impl Run {
                     memory_bytes: r.memory_bytes,
                 })
                 .collect()
-        } else {
-            Vec::new()
         };
         self.observers.tick(&tel, &agents);
         if self.cfg.checkpoint_every > 0 && summary.tick.is_multiple_of(self.cfg.checkpoint_every) {

@@ -50,8 +50,8 @@ pub struct TickTelemetry {
     pub infer_busy_us: u64,
 }
 
-/// One agent in a sampled tick (every [`crate::run::SAMPLE_EVERY`]
-/// ticks every called agent reports its fuel and time).
+/// One agent's sample (each called agent reports its fuel, time and memory
+/// once every [`crate::run::SAMPLE_EVERY`] ticks).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AgentTelemetry {
     /// Tick.
@@ -172,9 +172,10 @@ impl TelemetryHook for LogPrinter {
 /// Receives telemetry (register with the supervisor's API).
 pub trait TelemetryHook: Send {
     /// Whether this hook wants every called agent's sample every tick
-    /// (otherwise every [`crate::run::SAMPLE_EVERY`] ticks).  Costs the
-    /// workers a measurement per agent call on every tick while it is
-    /// registered; `metrics.jsonl` keeps sampling every `SAMPLE_EVERY`.
+    /// (otherwise each agent's once every [`crate::run::SAMPLE_EVERY`]
+    /// ticks).  Costs the workers a measurement per agent call on every
+    /// tick while it is registered; `metrics.jsonl` keeps one sample per
+    /// agent every `SAMPLE_EVERY` ticks.
     fn agent_samples_every_tick(&self) -> bool {
         false
     }

@@ -768,3 +768,58 @@ fn warmup_ticks_are_left_out_of_the_reported_latency() {
         "{err}"
     );
 }
+
+/// With metrics on, each agent reports one sample (wall time, memory) every
+/// 64 ticks, and every tick carries an equal share of the samples — the
+/// agents whose id is the tick modulo 64 — instead of every agent's at once
+/// every 64th tick.  Sampling changes no hash.
+#[test]
+fn agent_samples_are_spread_evenly_over_the_ticks() {
+    let _w = Watchdog::new("samples", Duration::from_secs(120));
+    let tmp = TempDir::new("samples");
+    std::fs::write(tmp.path().join("idle.wat"), idle_wat(1, 0x10000)).unwrap();
+    let manifest = tmp.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        "[run]\nseed = 5\nworkers = 2\n\n[[agents]]\nname = \"idle\"\nmodule = \"idle.wat\"\ncount = 200\n",
+    )
+    .unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = Command::new(bin("lockstep"))
+            .arg("run")
+            .arg(&manifest)
+            .args(["--ticks", "130", "--no-board", "--json", "--run-dir"])
+            .arg(tmp.path().join(name))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["hash"].as_str().unwrap().to_owned()
+    };
+    let sampled = run("metrics", &[]);
+    let unsampled = run("quiet", &["--no-metrics"]);
+    assert_eq!(sampled, unsampled, "sampling changed the run");
+    let text = std::fs::read_to_string(tmp.path().join("metrics/metrics.jsonl")).unwrap();
+    let mut per_tick = std::collections::BTreeMap::<u64, Vec<u64>>::new();
+    for line in text.lines().filter(|l| l.starts_with(r#"{"type":"agent""#)) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (tick, agent) = (v["tick"].as_u64().unwrap(), v["agent"].as_u64().unwrap());
+        assert!(v["wall_ns"].as_u64().unwrap() > 0, "{line}");
+        assert_eq!(v["memory_bytes"], 65536, "{line}");
+        per_tick.entry(tick).or_default().push(agent);
+    }
+    for tick in 1..=130u64 {
+        let want: Vec<u64> = (1..=200).filter(|a| a % 64 == tick % 64).collect();
+        assert_eq!(
+            per_tick.get(&tick),
+            Some(&want),
+            "the agents sampled in tick {tick}"
+        );
+    }
+    assert_eq!(per_tick.len(), 130, "{:?}", per_tick.keys());
+}

@@ -5,8 +5,8 @@ use crate::agent::{Agent, CallOutcome, Runtime, hex, state_hash};
 use crate::engine::{self, AgentModule, EpochTicker};
 use crate::error::LoadError;
 use shm_protocol::worker::{
-    AgentLimits, AgentResult, Fault, ModuleFacts, SpawnOrder, TickDone, TickWork, WorkerCommand,
-    WorkerReply, digest_add, digest_term,
+    AgentLimits, AgentResult, Fault, ModuleFacts, Sample, SpawnOrder, TickDone, TickWork,
+    WorkerCommand, WorkerReply, digest_add, digest_term,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -87,7 +87,7 @@ impl Collect {
     }
 
     /// Collects a slot's accumulator (not a tripped one's) and resets it.
-    fn slot(&mut self, slot: &mut Slot, timed: bool) {
+    fn slot(&mut self, slot: &mut Slot, sample: Sample) {
         let acc = slot.acc.take();
         if !acc.called && !acc.report {
             return;
@@ -110,6 +110,7 @@ impl Collect {
         // after a call, the agent had outputs or suppressed logs; without
         // it neither can have changed since, so the host data (a cache
         // miss with thousands of agents) need not be read.
+        let timed = sample.covers(slot.id);
         if !(acc.report || acc.host_pending || timed) {
             return;
         }
@@ -610,7 +611,7 @@ impl Worker {
                 self.slots[i].acc.report = true;
             }
         }
-        let timed = work.measure_time;
+        let sample = work.sample;
         for sp in &work.spawns {
             if self.find(sp.agent_id).is_ok() {
                 self.gone_fault(
@@ -620,12 +621,12 @@ impl Worker {
                 );
                 continue;
             }
-            self.start_agent(sp, tick, timed, preempted(sp.agent_id));
+            self.start_agent(sp, tick, sample.covers(sp.agent_id), preempted(sp.agent_id));
         }
         for sp in &work.restarts {
             // A restart is a fresh instance; an agent whose spawn could not
             // be instantiated gets its instance now.
-            self.start_agent(sp, tick, timed, preempted(sp.agent_id));
+            self.start_agent(sp, tick, sample.covers(sp.agent_id), preempted(sp.agent_id));
         }
         for up in &work.upgrades {
             let Ok(i) = self.find(up.agent_id) else {
@@ -682,6 +683,7 @@ impl Worker {
                 continue;
             };
             let slot = &mut self.slots[i];
+            let timed = sample.covers(slot.id);
             for m in d.messages.iter() {
                 if !slot.agent.is_live() || slot.acc.tripped {
                     break;
@@ -707,13 +709,15 @@ impl Worker {
                 let slot = &mut self.slots[i];
                 if slot.agent.is_live() {
                     let mailbox = slot.acc.mailbox;
-                    Self::run(slot, timed, |a| a.step(tick, None, mailbox));
+                    Self::run(slot, sample.covers(slot.id), |a| {
+                        a.step(tick, None, mailbox)
+                    });
                 }
                 if let Some(c) = &mut collect {
                     if slot.acc.tripped {
                         left = true;
                     } else {
-                        c.slot(slot, timed);
+                        c.slot(slot, sample);
                     }
                 }
             }
@@ -731,7 +735,9 @@ impl Worker {
             let slot = &mut self.slots[i];
             if slot.agent.is_live() {
                 let mailbox = slot.acc.mailbox;
-                Self::run(slot, timed, |a| a.step(tick, s.task.as_ref(), mailbox));
+                Self::run(slot, sample.covers(slot.id), |a| {
+                    a.step(tick, s.task.as_ref(), mailbox)
+                });
             }
         }
         let mut stopped = Vec::new();
@@ -744,7 +750,7 @@ impl Worker {
             let slot = &mut self.slots[i];
             slot.acc.report = true;
             if slot.agent.is_live() {
-                Self::run(slot, timed, |a| a.shutdown(tick));
+                Self::run(slot, sample.covers(slot.id), |a| a.shutdown(tick));
             }
             stopped.push(id);
         }
@@ -752,12 +758,12 @@ impl Worker {
         let mut done = match inline {
             Some((c, false)) => c.finish(),
             Some((c, true)) => {
-                let mut done = self.collect(c, timed);
+                let mut done = self.collect(c, sample);
                 // Slots collected inline came first.
                 done.results.sort_by_key(|r| r.agent_id);
                 done
             }
-            None => self.collect(Collect::new(tick), timed),
+            None => self.collect(Collect::new(tick), sample),
         };
         for id in stopped {
             if let Ok(i) = self.find(id) {
@@ -797,7 +803,7 @@ impl Worker {
 
     /// Gathers this tick's results (into `c`, which may hold slots already
     /// collected) and resets the accumulators.
-    fn collect(&mut self, mut c: Collect, timed: bool) -> TickDone {
+    fn collect(&mut self, mut c: Collect, sample: Sample) -> TickDone {
         // Tripped agents first get their fresh instance (or lose theirs).
         let tripped: Vec<usize> = (0..self.slots.len())
             .filter(|&i| self.slots[i].acc.tripped)
@@ -829,7 +835,7 @@ impl Worker {
                 c.other(watchdog_result(slot.id));
                 continue;
             }
-            c.slot(slot, timed);
+            c.slot(slot, sample);
         }
         for (_, r) in gone {
             c.other(r);

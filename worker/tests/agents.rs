@@ -5,8 +5,8 @@ use lockstep_worker::engine;
 use lockstep_worker::error::LoadError;
 use lockstep_worker::service::Worker;
 use shm_protocol::worker::{
-    AgentLimits, Delivery, Fault, Output, SpawnOrder, StepOrder, TaskRef, TickDone, TickWork,
-    WireMessage, WorkerCommand, WorkerReply,
+    AgentLimits, Delivery, Fault, Output, Sample, SpawnOrder, StepOrder, TaskRef, TickDone,
+    TickWork, WireMessage, WorkerCommand, WorkerReply,
 };
 
 /// A WAT agent whose `agent_step` runs `step` (with `$ctx` the context
@@ -297,6 +297,51 @@ fn faults_are_contained() {
 
 /// The same calls consume the same fuel in independent workers (engines).
 #[test]
+fn telemetry_covers_exactly_the_sampled_agents_and_changes_no_digest() {
+    // Quiet agents (no outputs) report a result only when sampled.
+    let quiet = agent("", "");
+    let agents: Vec<(u64, u32)> = (1..=8).map(|id| (id, 1)).collect();
+    let run = |sample: fn(u64) -> Sample| {
+        let mut w = worker_with(&[(1, &quiet)]);
+        w.tick(&spawn(&agents, limits()));
+        (1..=8)
+            .map(|t| {
+                w.tick(&TickWork {
+                    sample: sample(t),
+                    ..step_all(t)
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let sliced = run(|t| Sample::slice(4, t));
+    let unsampled = run(|_| Sample::None);
+    for (t, (s, u)) in (1u64..).zip(sliced.iter().zip(&unsampled)) {
+        let ids: Vec<u64> = s.results.iter().map(|r| r.agent_id).collect();
+        let want: Vec<u64> = (1..=8).filter(|id| id % 4 == t % 4).collect();
+        assert_eq!(ids, want, "tick {t}");
+        for r in &s.results {
+            assert!(
+                r.wall_ns > 0,
+                "tick {t}: agent {} has no wall time",
+                r.agent_id
+            );
+            assert_eq!(r.memory_bytes, 65536, "tick {t}: agent {}", r.agent_id);
+            assert!(r.outputs.is_empty() && r.fault.is_none());
+        }
+        assert!(
+            u.results.is_empty(),
+            "tick {t}: unsampled results {:?}",
+            u.results
+        );
+        assert_eq!(
+            (s.digest, s.agents_called, s.calls, &s.tenant_fuel),
+            (u.digest, u.agents_called, u.calls, &u.tenant_fuel),
+            "tick {t}"
+        );
+    }
+}
+
+#[test]
 fn fuel_is_deterministic() {
     let m = agent(
         "(local $i i32) (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1))) (br_if $l (i32.lt_u (local.get $i) (i32.wrap_i64 (i64.rem_u (call $random) (i64.const 1000))))))",
@@ -316,7 +361,7 @@ fn fuel_is_deterministic() {
         for t in 1..=20 {
             let d = w.tick(&TickWork {
                 tick: t,
-                measure_time: true,
+                sample: Sample::All,
                 step_all: true,
                 ..TickWork::default()
             });

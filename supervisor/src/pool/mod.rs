@@ -23,7 +23,7 @@ use serde_bytes::ByteBuf;
 use shm_protocol::control::{Down, Role, Up};
 use shm_protocol::segment::SegmentConfig;
 use shm_protocol::worker::{
-    AgentImage, AgentResult, CHUNK, ChunkData, Fault, ModuleFacts, RestoreOrder, TickDone,
+    AgentImage, AgentResult, CHUNK, ChunkData, Fault, ModuleFacts, RestoreOrder, Sample, TickDone,
     TickWork, WorkerCommand, WorkerReply, digest_add,
 };
 use shm_protocol::{ChannelError, WaitPolicy};
@@ -201,8 +201,8 @@ fn read_chunks(
 /// What to do with a tick besides the plan.
 #[derive(Debug, Clone, Default)]
 pub struct TickCtx {
-    /// Measure per-agent wall time (telemetry sampling).
-    pub measure: bool,
+    /// The agents that report telemetry (wall time, memory size).
+    pub sample: Sample,
     /// Whether the wall-clock watchdog may stop calls (off when recorded
     /// ticks are re-executed).
     pub watchdog: bool,
@@ -1264,7 +1264,7 @@ fn partition(plan: &mut TickPlan, ctx: &TickCtx, at: &Placement, k: usize) -> Ve
         .map(|_| TickWork {
             tick: plan.tick,
             step_all: plan.step_all,
-            measure_time: ctx.measure,
+            sample: ctx.sample,
             watchdog: ctx.watchdog,
             ..TickWork::default()
         })
@@ -1335,7 +1335,7 @@ fn filter_work(w: &TickWork, keep: impl Fn(u64) -> bool) -> TickWork {
             .cloned()
             .collect(),
         stops: w.stops.iter().copied().filter(|a| keep(*a)).collect(),
-        measure_time: w.measure_time,
+        sample: w.sample,
         evict: w.evict.clone(),
         preempt: w.preempt.iter().copied().filter(|a| keep(*a)).collect(),
         watchdog: w.watchdog,
