@@ -192,7 +192,6 @@ impl SimState {
         let mut infer_count: BTreeMap<u32, u64> = BTreeMap::new();
         for (ri, r) in results.iter().enumerate() {
             let from = r.agent_id;
-            let tenant = self.agents.get(&from).map_or(0, |a| a.tenant);
             let mut outputs = r.outputs.iter();
             loop {
                 // A direct message is read from its result when delivered.
@@ -255,6 +254,7 @@ impl SimState {
                         model,
                         input,
                     } => {
+                        let tenant = self.agents.get(&from).map_or(0, |a| a.tenant);
                         let n = infer_count.entry(tenant).or_default();
                         let quota = self
                             .tenants
