@@ -7,11 +7,13 @@
 //! * [`parse_or_exit`] / [`connect_or_exit`] — argument parsing and bring-up
 //!   that end the process with the documented [`ExitCode`] on failure.
 //! * [`start_heartbeat`] — a child's heartbeat, independent of its work.
+//! * [`cpu`] — CPU affinity: the CPUs allowed, pinning a thread.
 //! * [`text_model`] — the blob that carries a text model and its tokenizer
 //!   to the inference host.
 
 #![forbid(unsafe_code)]
 
+pub mod cpu;
 pub mod live;
 pub mod text_model;
 
@@ -65,9 +67,27 @@ pub struct ChildArgs {
     /// CPU the supervisor needs to take that reply.
     #[arg(long)]
     pub wait_yield: bool,
+    /// Run on this CPU only.  The supervisor gives each worker a CPU of its
+    /// own when its processes take every CPU of the machine: a worker that
+    /// stays on one CPU keeps its caches, and two workers never queue on
+    /// the same CPU while another idles.
+    #[arg(long, value_name = "CPU")]
+    pub cpu: Option<usize>,
 }
 
 impl ChildArgs {
+    /// Pins the process to `--cpu`, if given: call it before the process
+    /// starts a thread (threads inherit the mask).  A CPU that cannot be
+    /// had (outside the process's cpuset) is a warning: where a process
+    /// runs changes how fast it runs, never what it computes.
+    pub fn pin_to_cpu(&self) {
+        if let Some(cpu) = self.cpu
+            && let Err(e) = cpu::pin_current_thread(cpu)
+        {
+            tracing::warn!(error = %e, "running on every allowed CPU instead");
+        }
+    }
+
     /// The segment source named on the command line, a path opened now
     /// (call it before the sandbox takes the file system away); a path that
     /// cannot be opened exits with [`ExitCode::Attach`].

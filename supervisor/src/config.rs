@@ -78,6 +78,9 @@ pub struct RunConfig {
     pub sandbox: SandboxSettings,
     /// Shared worker slots placed on other machines (`--nats`, `--nodes`).
     pub remote: Option<crate::remote::RemoteWorkers>,
+    /// Give each worker a CPU of its own when the workers and the
+    /// supervisor take every CPU (`--no-pin-workers` turns it off).
+    pub pin_workers: bool,
 }
 
 impl RunConfig {
@@ -120,6 +123,7 @@ impl RunConfig {
             first_worker_env: Vec::new(),
             sandbox: SandboxSettings::from_manifest(&manifest),
             remote: None,
+            pin_workers: true,
             manifest,
         })
     }

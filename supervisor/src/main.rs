@@ -235,6 +235,11 @@ struct RunArgs {
     /// Do not write metrics.jsonl.
     #[arg(long)]
     no_metrics: bool,
+    /// Let the workers run on any CPU.  By default, when the workers and the
+    /// supervisor take every CPU of the machine (no core to spare), each
+    /// worker runs on a CPU of its own.
+    #[arg(long)]
+    no_pin_workers: bool,
     /// Leave the first N ticks of this run out of the tick latency it
     /// reports (p50, p99): they run and are journaled like every other,
     /// but the first instantiates every agent and the next few warm the
@@ -536,6 +541,7 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     cfg.watchdog = Duration::from_millis(args.watchdog_ms.max(1));
     cfg.board = !args.no_board;
     cfg.metrics = !args.no_metrics;
+    cfg.pin_workers = !args.no_pin_workers;
     if args.no_sandbox {
         cfg.sandbox.mode = lockstep_common::SandboxMode::Off;
     }

@@ -315,6 +315,7 @@ impl Run {
             log_path: dir.join("recovery.log"),
             address_space,
             remote: cfg.remote.clone(),
+            pin_workers: cfg.pin_workers,
         })?;
         let modules = ModuleStore::new(
             Some(&dir),

@@ -315,6 +315,21 @@ mod runs {
 }
 pub use runs::{agent, config, model, root, run_to, society};
 
+/// The children of process `pid` (every thread's), from `/proc`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(c) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
 /// An agent that does nothing, as WAT: every export of the ABI, a memory of
 /// `pages` 64 KiB pages, and `abi` as its `agent_abi_version`
 /// (`0x10000` is ABI 1.0).

@@ -4,7 +4,7 @@
 //! `LOCKSTEP_SOAK_SECS` seconds (default 60); `scripts/soak.sh` runs it for
 //! longer.
 
-use lockstep_tests::{ChildGuard, TempDir, Watchdog, bin, idle_wat};
+use lockstep_tests::{ChildGuard, TempDir, Watchdog, bin, children, idle_wat};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,21 +20,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// The children of `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if let Ok(c) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
 }
 
 fn dir_size(p: &Path) -> u64 {

@@ -7,7 +7,8 @@ use lockstep_supervisor::replay;
 use lockstep_supervisor::run::Run;
 use lockstep_supervisor::sim::{Event, InputOutcome};
 use lockstep_tests::{
-    ChildGuard, TempDir, Watchdog, agent, bin, config, idle_wat, journal_diff, run_to, society,
+    ChildGuard, TempDir, Watchdog, agent, bin, children, config, idle_wat, journal_diff, run_to,
+    society,
 };
 use shm_protocol::worker::Fault;
 use std::path::Path;
@@ -822,4 +823,129 @@ fn agent_samples_are_spread_evenly_over_the_ticks() {
         );
     }
     assert_eq!(per_tick.len(), 130, "{:?}", per_tick.keys());
+}
+
+/// The CPUs of a `Cpus_allowed_list` (`0-1`, `0,3`, `2-3,6`).
+fn cpu_list(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        out.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    out
+}
+
+/// The CPUs each thread of process `pid` may run on.
+fn thread_cpus(pid: u32) -> Vec<Vec<usize>> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap();
+            cpu_list(line)
+        })
+        .collect()
+}
+
+/// When the workers and the supervisor take every CPU (here: a supervisor
+/// allowed two CPUs, with two workers), each worker runs on a CPU of its
+/// own — every thread of it — and the supervisor on both; with
+/// `--no-pin-workers` the workers may use both.
+#[test]
+fn workers_get_a_cpu_each_when_they_fill_the_machine() {
+    let _w = Watchdog::new("pinning", Duration::from_secs(180));
+    let cpus = lockstep_common::cpu::allowed_cpus();
+    if cpus.len() < 2 {
+        eprintln!(
+            "skipped: this process may use {} CPU, the test needs 2",
+            cpus.len()
+        );
+        return;
+    }
+    let two = vec![cpus[0], cpus[1]];
+    let tmp = TempDir::new("pinning");
+    std::fs::write(tmp.path().join("idle.wat"), idle_wat(1, 0x10000)).unwrap();
+    let manifest = tmp.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        "[run]\nseed = 3\nworkers = 2\n\n[[agents]]\nname = \"idle\"\nmodule = \"idle.wat\"\ncount = 20\n",
+    )
+    .unwrap();
+    for (name, extra) in [("pinned", None), ("free", Some("--no-pin-workers"))] {
+        let dir = tmp.path().join(name);
+        let (m, d, allowed) = (manifest.clone(), dir.clone(), two.clone());
+        // The supervisor inherits the mask of the thread that starts it.
+        let child = std::thread::spawn(move || {
+            let mut set = nix::sched::CpuSet::new();
+            for c in &allowed {
+                set.set(*c).unwrap();
+            }
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+            Command::new(bin("lockstep"))
+                .args([
+                    "run",
+                    m.to_str().unwrap(),
+                    "--forever",
+                    "--no-board",
+                    "--no-metrics",
+                ])
+                .args(extra)
+                .arg("--run-dir")
+                .arg(&d)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        let mut sup = ChildGuard::new(child);
+        // The control socket opens once every worker is up.
+        let t0 = Instant::now();
+        while !dir.join("control.sock").exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{name}: no control socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let workers: Vec<u32> = children(sup.id())
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "lockstep-worker")
+            })
+            .collect();
+        assert_eq!(workers.len(), 2, "{name}: workers {workers:?}");
+        let masks: Vec<Vec<Vec<usize>>> = workers.iter().map(|&w| thread_cpus(w)).collect();
+        let supervisor = thread_cpus(sup.id());
+        assert!(!ctl(&dir, &["stop"]).is_empty());
+        assert!(sup.child().wait().unwrap().success(), "{name}");
+        assert!(
+            supervisor.iter().all(|m| *m == two),
+            "{name}: supervisor {supervisor:?}"
+        );
+        if extra.is_none() {
+            let mut own: Vec<usize> = masks
+                .iter()
+                .map(|threads| {
+                    assert!(
+                        threads.iter().all(|m| m.len() == 1 && *m == threads[0]),
+                        "{name}: a worker's threads {threads:?}"
+                    );
+                    threads[0][0]
+                })
+                .collect();
+            own.sort_unstable();
+            assert_eq!(own, two, "{name}: one CPU each");
+        } else {
+            assert!(
+                masks.iter().flatten().all(|m| *m == two),
+                "{name}: workers {masks:?}"
+            );
+        }
+    }
 }

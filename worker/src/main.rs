@@ -46,6 +46,8 @@ fn main() {
     bootstrap::install_panic_exit("lockstep-worker");
     let args: Args = lockstep_common::parse_or_exit();
     lockstep_common::init_logging("warn");
+    // Before any thread starts: every thread of the worker inherits it.
+    args.child.pin_to_cpu();
     let keep: Vec<i32> = args.child.shm_fd.into_iter().collect();
     let mut jail = Jail::enter(Class::Worker, args.jail.config(&keep)).unwrap_or_else(|e| e.exit());
     // The epoch thread starts inside the sandbox (see `Jail::lock`).

@@ -76,6 +76,9 @@ pub struct PoolConfig {
     pub address_space: u64,
     /// Shared worker slots placed on other machines (`None`: all here).
     pub remote: Option<crate::remote::RemoteWorkers>,
+    /// Give each worker a CPU of its own when the workers and the
+    /// supervisor take every CPU ([`worker_cpus`]).
+    pub pin_workers: bool,
 }
 
 /// A tenant with process isolation.
@@ -303,6 +306,8 @@ pub struct WorkerPool {
     placement: Placement,
     /// How the supervisor waits for its workers.
     wait: WaitPolicy,
+    /// The CPU of each worker slot, if the workers are pinned.
+    cpus: Vec<usize>,
 }
 
 impl WorkerPool {
@@ -330,6 +335,15 @@ impl WorkerPool {
             notes: Vec::new(),
             spawned: 0,
             wait: supervisor_policy(spare_core(placement.workers())),
+            cpus: if cfg.pin_workers {
+                worker_cpus(
+                    placement.workers(),
+                    &lockstep_common::cpu::allowed_cpus(),
+                    spare_core(placement.workers()),
+                )
+            } else {
+                Vec::new()
+            },
             placement,
             cfg,
         };
@@ -424,6 +438,10 @@ impl WorkerPool {
         args.extend(prepared.args);
         if !spare {
             args.push("--wait-yield".into());
+        }
+        if let Some(cpu) = slot.and_then(|wi| self.cpus.get(wi)) {
+            args.push("--cpu".into());
+            args.push(cpu.to_string().into());
         }
         let mut env = prepared.env;
         env.extend(self.cfg.env.iter().cloned());
@@ -1358,6 +1376,22 @@ fn supervisor_policy(spare: bool) -> WaitPolicy {
     }
 }
 
+/// The CPU of each of `workers` worker slots (`allowed`: the CPUs the
+/// supervisor may use, ascending), or none.  Without a core to spare the
+/// workers and the supervisor share every CPU: then each worker gets a CPU
+/// of its own — the last ones allowed — and the supervisor, which works
+/// while the workers wait, runs wherever one is free.  A worker that stays
+/// on one CPU keeps its caches, and two never queue on one CPU while the
+/// other idles.  With a core to spare, or more workers than CPUs, nothing
+/// is pinned: the scheduler has the room, and runs sharing a larger
+/// machine do not pile onto the same CPUs.
+pub fn worker_cpus(workers: usize, allowed: &[usize], spare: bool) -> Vec<usize> {
+    if spare || workers == 0 || workers > allowed.len() {
+        return Vec::new();
+    }
+    allowed[allowed.len() - workers..].to_vec()
+}
+
 /// Whether the machine has a core for the supervisor and every worker plus
 /// one to spare.
 fn spare_core(workers: usize) -> bool {
@@ -1380,5 +1414,24 @@ fn describe(r: &WorkerReply) -> &'static str {
         WorkerReply::Restored { .. } => "Restored",
         WorkerReply::StateRestored { .. } => "StateRestored",
         WorkerReply::Error(_) => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_cpus;
+
+    #[test]
+    fn workers_are_pinned_only_when_they_and_the_supervisor_fill_the_machine() {
+        // 2 workers on 2 CPUs: one each.
+        assert_eq!(worker_cpus(2, &[0, 1], false), vec![0, 1]);
+        // The last CPUs allowed (a cpuset of 2, 5, 7).
+        assert_eq!(worker_cpus(2, &[2, 5, 7], false), vec![5, 7]);
+        assert_eq!(worker_cpus(1, &[0], false), vec![0]);
+        // A core to spare, more workers than CPUs, nothing known: none.
+        assert!(worker_cpus(2, &[0, 1, 2, 3], true).is_empty());
+        assert!(worker_cpus(3, &[0, 1], false).is_empty());
+        assert!(worker_cpus(2, &[], false).is_empty());
+        assert!(worker_cpus(0, &[0, 1], false).is_empty());
     }
 }
