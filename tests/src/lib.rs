@@ -6,7 +6,7 @@
 //! * [`ChildGuard`] — kills and reaps a spawned process on drop.
 //! * [`bin`] — finds the workspace's binaries in the target directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -314,6 +314,37 @@ mod runs {
     }
 }
 pub use runs::{agent, config, model, root, run_to, society};
+
+/// Writes an idle agent (`idle.wat`, [`idle_wat`]) and a manifest running
+/// `count` of them on `workers` workers with `seed` into `dir`; returns the
+/// manifest's path.
+pub fn idle_manifest(dir: &Path, seed: u64, count: usize, workers: usize) -> PathBuf {
+    std::fs::write(dir.join("idle.wat"), idle_wat(1, 0x10000)).unwrap();
+    let manifest = dir.join("m.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[run]\nseed = {seed}\nworkers = {workers}\n\n\
+             [[agents]]\nname = \"idle\"\nmodule = \"idle.wat\"\ncount = {count}\n"
+        ),
+    )
+    .unwrap();
+    manifest
+}
+
+/// Waits until the run in `dir` opens its control socket (once every
+/// worker is up), at most `timeout`.
+pub fn wait_for_control_socket(dir: &Path, timeout: Duration) {
+    let t0 = std::time::Instant::now();
+    while !dir.join("control.sock").exists() {
+        assert!(
+            t0.elapsed() < timeout,
+            "{}: no control socket after {timeout:?}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// The children of process `pid` (every thread's), from `/proc`.
 pub fn children(pid: u32) -> Vec<u32> {

@@ -7,8 +7,8 @@ use lockstep_supervisor::replay;
 use lockstep_supervisor::run::Run;
 use lockstep_supervisor::sim::{Event, InputOutcome};
 use lockstep_tests::{
-    ChildGuard, TempDir, Watchdog, agent, bin, children, config, idle_wat, journal_diff, run_to,
-    society,
+    ChildGuard, TempDir, Watchdog, agent, bin, children, config, idle_manifest, idle_wat,
+    journal_diff, run_to, society, wait_for_control_socket,
 };
 use shm_protocol::worker::Fault;
 use std::path::Path;
@@ -105,11 +105,7 @@ fn ctl_inputs_are_journaled_and_replayed() {
     let manifest = society(tmp.path(), 1, 50);
     let dir = tmp.path().join("run");
     let mut sup = run_forever(&manifest, &dir);
-    let t0 = Instant::now();
-    while !dir.join("control.sock").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_control_socket(&dir, Duration::from_secs(60));
     let answers = [
         ctl(&dir, &["status"]),
         ctl(&dir, &["spawn", "late-counter", &agent("counter")]),
@@ -778,13 +774,7 @@ fn warmup_ticks_are_left_out_of_the_reported_latency() {
 fn agent_samples_are_spread_evenly_over_the_ticks() {
     let _w = Watchdog::new("samples", Duration::from_secs(120));
     let tmp = TempDir::new("samples");
-    std::fs::write(tmp.path().join("idle.wat"), idle_wat(1, 0x10000)).unwrap();
-    let manifest = tmp.path().join("m.toml");
-    std::fs::write(
-        &manifest,
-        "[run]\nseed = 5\nworkers = 2\n\n[[agents]]\nname = \"idle\"\nmodule = \"idle.wat\"\ncount = 200\n",
-    )
-    .unwrap();
+    let manifest = idle_manifest(tmp.path(), 5, 200, 2);
     let run = |name: &str, extra: &[&str]| {
         let out = Command::new(bin("lockstep"))
             .arg("run")
@@ -868,13 +858,7 @@ fn workers_get_a_cpu_each_when_they_fill_the_machine() {
     }
     let two = vec![cpus[0], cpus[1]];
     let tmp = TempDir::new("pinning");
-    std::fs::write(tmp.path().join("idle.wat"), idle_wat(1, 0x10000)).unwrap();
-    let manifest = tmp.path().join("m.toml");
-    std::fs::write(
-        &manifest,
-        "[run]\nseed = 3\nworkers = 2\n\n[[agents]]\nname = \"idle\"\nmodule = \"idle.wat\"\ncount = 20\n",
-    )
-    .unwrap();
+    let manifest = idle_manifest(tmp.path(), 3, 20, 2);
     for (name, extra) in [("pinned", None), ("free", Some("--no-pin-workers"))] {
         let dir = tmp.path().join(name);
         let (m, d, allowed) = (manifest.clone(), dir.clone(), two.clone());
@@ -903,15 +887,7 @@ fn workers_get_a_cpu_each_when_they_fill_the_machine() {
         .join()
         .unwrap();
         let mut sup = ChildGuard::new(child);
-        // The control socket opens once every worker is up.
-        let t0 = Instant::now();
-        while !dir.join("control.sock").exists() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "{name}: no control socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_control_socket(&dir, Duration::from_secs(60));
         let workers: Vec<u32> = children(sup.id())
             .into_iter()
             .filter(|p| {
