@@ -14,8 +14,9 @@
 //! 5. **inference** — the tick's requests answered for the next tick;
 //! 6. **record** — decisions, events, inference answers and the tick record
 //!    journaled (live) or checked (recorded);
-//! 7. **observe and checkpoint** — telemetry, the board, and every
-//!    `checkpoint_every` ticks a checkpoint.
+//! 7. **observe and checkpoint** — telemetry, the board, and a checkpoint
+//!    every `checkpoint_every` ticks or once the messages and task payloads
+//!    sent since the last one reach the manifest's `checkpoint_work`.
 
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::ctl::CtlServer;
@@ -51,6 +52,25 @@ pub use crate::timeline::Script;
 /// every tick carries an equal share.  The samples never reach the tick
 /// hash, so a replay without observers agrees.
 pub const SAMPLE_EVERY: u64 = 64;
+
+/// Bytes of messages and task payloads a tick's plan sends to the workers:
+/// what the work log keeps of it (for recovery, until the next
+/// checkpoint).  A function of the plan alone, so every worker count
+/// checkpoints at the same ticks.
+fn work_bytes(plan: &crate::sim::TickPlan) -> u64 {
+    let messages: usize = plan
+        .deliveries
+        .iter()
+        .map(|d| d.messages.as_bytes().len())
+        .sum();
+    let tasks: usize = plan
+        .steps
+        .iter()
+        .filter_map(|s| s.task.as_ref())
+        .map(|t| t.payload.len())
+        .sum();
+    (messages + tasks) as u64
+}
 
 /// Failures of a run.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +196,9 @@ pub struct Run {
     loaded: BTreeSet<u32>,
     pub(crate) journal: Option<JournalWriter>,
     checkpointer: Checkpointer,
+    /// Bytes of messages and task payloads sent to the workers since the
+    /// last checkpoint (the manifest's `checkpoint_work` bounds it).
+    work_since_checkpoint: u64,
     pub(crate) observers: Observers,
     pub(crate) ctl: Option<CtlServer>,
     timeline: Timeline,
@@ -346,6 +369,7 @@ impl Run {
             loaded: BTreeSet::new(),
             journal,
             checkpointer,
+            work_since_checkpoint: 0,
             observers,
             ctl,
             timeline,
@@ -488,6 +512,7 @@ impl Run {
         // 2. Plan.
         let tp = Instant::now();
         let mut plan = self.sim.begin_tick();
+        self.work_since_checkpoint += work_bytes(&plan);
         let sample = self.observers.sample_at(plan.tick);
         let mailbox: BTreeMap<u64, u64> = if sample == Sample::None {
             BTreeMap::new()
@@ -648,7 +673,10 @@ impl Run {
                 .collect()
         };
         self.observers.tick(&tel, &agents);
-        if self.cfg.checkpoint_every > 0 && summary.tick.is_multiple_of(self.cfg.checkpoint_every) {
+        let every = self.cfg.checkpoint_every;
+        if (every > 0 && summary.tick.is_multiple_of(every))
+            || self.work_since_checkpoint >= self.cfg.manifest.checkpoint_work
+        {
             self.checkpoint()?;
         }
         self.publish_board("running");
@@ -873,6 +901,7 @@ impl Run {
     /// Returns the snapshot's file name (relative to the run directory).
     pub fn checkpoint(&mut self) -> Result<(String, Arc<SnapshotBody>), RunError> {
         let t0 = Instant::now();
+        self.work_since_checkpoint = 0;
         let body = self.capture_state()?;
         // A recorded tick's checkpoint is reproduced if the journal has it,
         // taken (and journaled) if a crash cut the run before it.

@@ -925,3 +925,57 @@ fn workers_get_a_cpu_each_when_they_fill_the_machine() {
         }
     }
 }
+
+/// With checkpoints only at the start and the end (`checkpoint_every = 0`),
+/// a checkpoint is still taken once the messages sent to the workers since
+/// the last one reach `checkpoint_work` — at the same ticks whatever the
+/// number of workers (the journals are byte-identical), so the work a
+/// recovery re-executes and the recovery log stay bounded.
+#[test]
+fn checkpoints_follow_the_work_sent_when_the_period_is_off() {
+    let _w = Watchdog::new("checkpoint-work", Duration::from_secs(600));
+    let tmp = TempDir::new("checkpoint-work");
+    let manifest = society(tmp.path(), 4, 0);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replacen(
+            "checkpoint_every = 0\n",
+            "checkpoint_every = 0\ncheckpoint_work = \"64KiB\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let checkpoints = |name: &str| -> Vec<u64> {
+        journal::read_journal(&tmp.path().join(name).join("journal.lsj"))
+            .unwrap()
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Checkpoint { tick, .. } => Some(*tick),
+                _ => None,
+            })
+            .collect()
+    };
+    let (h1, _) = run_to(config(&manifest, tmp.path().join("w1"), 1), 150);
+    let (h2, _) = run_to(config(&manifest, tmp.path().join("w2"), 2), 150);
+    assert_eq!(h1, h2);
+    assert_eq!(
+        journal_diff(
+            &tmp.path().join("w1/journal.lsj"),
+            &tmp.path().join("w2/journal.lsj")
+        ),
+        None
+    );
+    let ticks = checkpoints("w1");
+    eprintln!("checkpoints at {ticks:?}");
+    // The start, the end, and some in between — not every tick.
+    assert!(ticks.len() > 3 && ticks.len() < 100, "{ticks:?}");
+    assert_eq!(ticks.first(), Some(&0));
+    assert_eq!(ticks.last(), Some(&150));
+    // With the default bound (256 MiB): only the start and the end.
+    std::fs::create_dir(tmp.path().join("plain-m")).unwrap();
+    let plain = society(&tmp.path().join("plain-m"), 4, 0);
+    run_to(config(&plain, tmp.path().join("plain"), 2), 150);
+    assert_eq!(checkpoints("plain"), vec![0, 150]);
+}

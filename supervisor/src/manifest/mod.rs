@@ -8,6 +8,11 @@
 //! ticks = 1000
 //! workers = 2
 //! checkpoint_every = 100        # default 1000; 0: only at the start and end
+//! checkpoint_work = "256MiB"    # also checkpoint once the messages and task
+//!                               # payloads sent to the workers since the last
+//!                               # checkpoint reach this (default 256MiB): what a
+//!                               # worker's recovery re-executes, and the
+//!                               # recovery log on disk, stay bounded
 //! retain_checkpoints = 8        # keep the last 8 checkpoints and the journal
 //!                               # from the oldest of them (default: all; for
 //!                               # `--forever` runs 8)
@@ -159,6 +164,7 @@ struct RawRun {
     ticks: Option<u64>,
     workers: Option<Spanned<u64>>,
     checkpoint_every: Option<u64>,
+    checkpoint_work: Option<Spanned<RawSize>>,
     retain_checkpoints: Option<Spanned<u64>>,
 }
 
@@ -386,6 +392,10 @@ pub struct Manifest {
     pub workers: u64,
     /// Checkpoint period in ticks (0: only at the start and the end).
     pub checkpoint_every: u64,
+    /// Bytes of messages and task payloads sent to the workers after which
+    /// a checkpoint is taken at the end of the tick, whatever the period.
+    #[serde(default = "default_checkpoint_work")]
+    pub checkpoint_work: u64,
     /// How many of the most recent checkpoints to keep, with the journal
     /// from the oldest of them on (`None`: the run's default policy).
     #[serde(default)]
@@ -415,6 +425,12 @@ pub struct Manifest {
 pub const MAX_AGENTS: u64 = 1 << 24;
 /// Checkpoint period of a manifest that does not set one.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+/// `checkpoint_work` of a manifest that does not set it.
+pub const DEFAULT_CHECKPOINT_WORK: u64 = 256 << 20;
+
+fn default_checkpoint_work() -> u64 {
+    DEFAULT_CHECKPOINT_WORK
+}
 /// Smallest agent memory limit (one WebAssembly page).
 pub const MIN_AGENT_MEMORY: u64 = 64 << 10;
 /// Largest agent memory limit (a 32-bit memory).
@@ -595,6 +611,20 @@ impl Manifest {
                 format!("must be at most {} messages", u32::MAX),
             );
         }
+        let checkpoint_work = match run.as_ref().and_then(|r| r.checkpoint_work.as_ref()) {
+            Some(s) => match parse_size(s.get_ref()) {
+                Ok(0) => {
+                    return cx.err(
+                        Some(s.span()),
+                        "run.checkpoint_work",
+                        "must be at least 1 byte",
+                    );
+                }
+                Ok(n) => n,
+                Err(m) => return cx.err(Some(s.span()), "run.checkpoint_work", m),
+            },
+            None => DEFAULT_CHECKPOINT_WORK,
+        };
         let retain_checkpoints = match run.as_ref().and_then(|r| r.retain_checkpoints.clone()) {
             Some(r) => Some(positive(&Some(r), "run.retain_checkpoints", 1)?),
             None => None,
@@ -1015,6 +1045,7 @@ impl Manifest {
                 .as_ref()
                 .and_then(|r| r.checkpoint_every)
                 .unwrap_or(DEFAULT_CHECKPOINT_EVERY),
+            checkpoint_work,
             retain_checkpoints,
             mode: sched
                 .as_ref()
@@ -1265,6 +1296,23 @@ mod tests {
         assert_eq!((e.line, e.field.as_str()), (4, "agents[0].memory"));
         let e = parse("[run]\nworkers = 0\n").unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (2, "run.workers"));
+        for (work, says) in [("\"0\"", "at least 1 byte"), ("\"lots\"", "lots")] {
+            let e = parse(&format!("[run]\nseed = 1\ncheckpoint_work = {work}\n")).unwrap_err();
+            assert_eq!(
+                (e.line, e.field.as_str()),
+                (3, "run.checkpoint_work"),
+                "{e}"
+            );
+            assert!(e.message.contains(says), "{e}");
+        }
+        let base = "[[agents]]\nname = \"a\"\nmodule = \"a.wasm\"\n";
+        assert_eq!(parse(base).unwrap().checkpoint_work, 256 << 20);
+        assert_eq!(
+            parse(&format!("[run]\ncheckpoint_work = \"64MiB\"\n\n{base}"))
+                .unwrap()
+                .checkpoint_work,
+            64 << 20
+        );
         for (cap, says) in [
             ("0", "at least 1"),
             ("4294967296", "at most 4294967295 messages"),
